@@ -1,0 +1,27 @@
+/* The tally command line: `tally CMD -c FILE [-s section.key=value ...]`. */
+#ifndef TALLY_CMD_H
+#define TALLY_CMD_H
+
+#include "common/config.h"
+
+#define EXIT_USAGE 2
+
+typedef struct {
+    const char *config_path;
+    const char **overrides;
+    int noverrides;
+    const char *until;   /* replay --until */
+    int quiet;
+} cmd_opts_t;
+
+/* Parses the options every command shares; prints help and exits 0 on
+ * --help, prints the error and exits 2 on a bad option. */
+void cmd_parse(int argc, char **argv, const char *cmd, const char *help, int allow_until,
+               cmd_opts_t *o);
+/* Loads the config or exits 2 with a message naming the bad key or line. */
+tally_config_t *cmd_load_config(const cmd_opts_t *o);
+
+int cmd_run(int argc, char **argv);
+int cmd_replay(int argc, char **argv);
+
+#endif

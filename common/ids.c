@@ -1,0 +1,24 @@
+#include "common/ids.h"
+
+int id_valid(const char *s, size_t len) {
+    if (len == 0 || len > ID_MAX_LEN)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+int voter_valid(const char *s, size_t len) {
+    if (len == 0 || len > VOTER_MAX_LEN)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f)
+            return 0;
+    }
+    return 1;
+}

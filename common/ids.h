@@ -1,0 +1,15 @@
+/* Identifier rules shared by config, ingest and the log. */
+#ifndef TALLY_IDS_H
+#define TALLY_IDS_H
+
+#include <stddef.h>
+
+#define ID_MAX_LEN 64
+#define VOTER_MAX_LEN 256
+
+/* Poll and option ids: 1-64 chars of [A-Za-z0-9_-]. */
+int id_valid(const char *s, size_t len);
+/* Voter ids: 1-256 bytes, no control characters (UTF-8 allowed). */
+int voter_valid(const char *s, size_t len);
+
+#endif

@@ -1,0 +1,83 @@
+/* The counter engine: every poll's totals, in memory, built from the vote
+ * log.
+ *
+ * State is sharded by log partition. Each partition has exactly one writer,
+ * the worker thread that owns it (partition p belongs to worker p % threads),
+ * so counting takes no locks. Readers (the publisher) sum the partitions with
+ * atomic loads under a per-partition sequence counter, so they see each
+ * partition as of a whole batch, never half of a vote change. */
+#ifndef TALLY_ENGINE_H
+#define TALLY_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/config.h"
+#include "log/vlog.h"
+
+typedef struct engine_s engine_t;
+
+typedef struct {
+    uint64_t applied;  /* records read and counted (or found repeated) */
+    uint64_t skipped;  /* undecodable, unknown poll or unknown option */
+    uint64_t after_cutoff; /* replay --until: records newer than the cut-off */
+    uint64_t voters;   /* distinct (poll, voter) pairs held */
+    uint64_t state_bytes; /* bytes of voter tables */
+} engine_stats_t;
+
+/* The engine keeps a pointer to c: it must outlive the engine. */
+engine_t *engine_new(const tally_config_t *c, int npartitions);
+void engine_free(engine_t *e);
+
+/* Records with a timestamp after until_ms are not counted (replay --until). */
+void engine_set_cutoff(engine_t *e, uint64_t until_ms);
+
+/* Counting, @locality the partition's single writer. A batch brackets a run
+ * of engine_apply() calls so readers never see a partial batch. */
+void engine_batch_begin(engine_t *e, int partition);
+/* Counts one encoded record and moves the partition to next_pos. ts_ms >= 0
+ * overrides the record's own timestamp. Returns the poll index it touched,
+ * or -1 when the record was skipped. */
+int engine_apply(engine_t *e, int partition, const uint8_t *rec, size_t len, uint64_t next_pos,
+                 int64_t ts_ms);
+void engine_batch_end(engine_t *e, int partition);
+
+/* Reading, @locality any thread. */
+int engine_npolls(const engine_t *e);
+const poll_conf_t *engine_poll(const engine_t *e, int i);
+int engine_poll_index(const engine_t *e, const char *id, size_t len);
+/* Bumped after every batch that changed poll i. */
+uint64_t engine_poll_generation(const engine_t *e, int i);
+/* counts must hold engine_poll(e,i)->noptions entries. */
+void engine_poll_totals(const engine_t *e, int i, uint64_t *counts);
+uint64_t engine_position(const engine_t *e, int partition);
+engine_stats_t engine_stats(const engine_t *e);
+
+/* Snapshots, see snapshot.c. Save: @locality the partition's writer.
+ * Load: before any worker starts. */
+int engine_snapshot_save(engine_t *e, int partition, const char *dir, char *errstr, size_t esz);
+/* Loads each partition's newest valid snapshot (older ones and a fresh start
+ * are the fall-backs); returns how many partitions resumed from one. */
+int engine_snapshot_load(engine_t *e, const char *dir, char *errstr, size_t esz);
+
+/* Workers. */
+typedef struct {
+    vlog_t *log;
+    const char *snapshot_dir;  /* NULL: no snapshots */
+    int snapshot_interval_ms;
+    int threads;
+    const uint64_t *stop_at;   /* replay: stop once each partition reaches this */
+    void (*on_change)(void *arg); /* after a batch changed totals */
+    void *on_change_arg;
+} engine_run_opts_t;
+
+int engine_start(engine_t *e, const engine_run_opts_t *o, char *errstr, size_t esz);
+/* Joins the workers once they reach stop_at (replay) or engine_stop() was
+ * called; each writes a final snapshot. Returns 0, or -1 if a worker hit an
+ * error it could not go past (then errstr says which). */
+int engine_join(engine_t *e, char *errstr, size_t esz);
+void engine_stop(engine_t *e);
+/* 1 once a worker has failed (the log is unreadable): the process must stop. */
+int engine_failed(const engine_t *e);
+
+#endif

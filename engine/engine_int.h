@@ -1,0 +1,59 @@
+/* Engine internals shared by engine.c and snapshot.c. */
+#ifndef TALLY_ENGINE_INT_H
+#define TALLY_ENGINE_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "engine/engine.h"
+#include "engine/voters.h"
+
+/* String id -> index, open addressing; built once from the config. */
+typedef struct {
+    int *slots; /* index + 1; 0 empty */
+    size_t mask;
+} idmap_t;
+
+typedef struct {
+    _Atomic uint64_t *counts; /* [noptions], written by the partition's worker */
+    voters_t voters;          /* empty in unlimited mode */
+} ppoll_t;
+
+typedef struct {
+    uint64_t position;          /* next record to read; writer only */
+    _Atomic uint64_t pos_pub;   /* position, for readers */
+    _Atomic uint64_t seq;       /* odd while a batch is being applied */
+    ppoll_t *polls;             /* [npolls] */
+    uint8_t *touched;           /* [npolls]: changed in the current batch */
+    uint64_t snap_position;     /* position of the last snapshot written */
+    _Atomic uint64_t applied, skipped, after_cutoff;
+} partition_t;
+
+typedef struct {
+    engine_t *e;
+    int id;
+    pthread_t thread;
+    int *parts;
+    int nparts;
+} worker_t;
+
+struct engine_s {
+    const tally_config_t *conf;
+    int npolls;
+    int npartitions;
+    idmap_t poll_map;
+    idmap_t *opt_maps;          /* [npolls] */
+    _Atomic uint64_t *gens;     /* [npolls] */
+    partition_t *parts;
+    uint64_t until_ms;
+
+    engine_run_opts_t run;
+    worker_t *workers;
+    int nworkers;
+    _Atomic int stopping;
+    _Atomic int failed;
+    pthread_mutex_t err_mu;
+    char err[512];
+};
+
+#endif

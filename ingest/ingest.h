@@ -1,0 +1,55 @@
+/* The HTTP API: validates votes and appends them to the vote log, answering
+ * 202 only from the log's acknowledgement, i.e. once the vote is durable.
+ *
+ *   POST /v1/polls/{poll}/votes   {"option":"..","voter":".."}  -> 202
+ *   GET  /healthz                                              -> 200
+ *   GET  /, /polls/ID.html, ...   publisher.dir, read-only (tally run)
+ *
+ * Errors are JSON {"error":code,"message":text}. server.threads event loops
+ * share one listening socket. */
+#ifndef TALLY_INGEST_H
+#define TALLY_INGEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/config.h"
+#include "log/vlog.h"
+
+struct evhttp_request;
+
+typedef struct ingest_s ingest_t;
+
+/* Binds server.listen. static_dir (may be NULL) is served read-only. */
+ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errstr, size_t esz);
+/* The log to append to; its ack callback must be ingest_ack. */
+void ingest_set_log(ingest_t *in, vlog_t *log);
+/* Called every 200 ms on the main loop; a non-zero return stops the server
+ * (used to stop when the engine fails). */
+void ingest_set_tick(ingest_t *in, int (*tick)(void *arg), void *arg);
+/* Runs until SIGINT/SIGTERM or ingest_stop(), then drains: stops accepting,
+ * waits for the log to answer every vote in flight, replies, returns. */
+int ingest_run(ingest_t *in);
+/* @locality any thread */
+void ingest_stop(ingest_t *in);
+void ingest_free(ingest_t *in);
+/* The port actually bound (server.listen may say 0). */
+int ingest_port(const ingest_t *in);
+
+/* The vlog ack callback. @locality the log's thread */
+void ingest_ack(void *opaque, vlog_err_t err);
+
+/* Request outcome counters. */
+typedef struct {
+    uint64_t accepted, rejected, unavailable;
+} ingest_stats_t;
+ingest_stats_t ingest_stats(const ingest_t *in);
+
+/* static.c: serves root/path for GET/HEAD, refusing anything outside root.
+ * Returns the HTTP status sent. */
+int static_serve(struct evhttp_request *req, const char *root, const char *path);
+/* Sends {"error":code,"message":msg} with status. */
+void ingest_reply_error(struct evhttp_request *req, int status, const char *code,
+                        const char *msg);
+
+#endif

@@ -1,0 +1,36 @@
+/* Backend interface behind vlog.h. */
+#ifndef TALLY_VLOG_INT_H
+#define TALLY_VLOG_INT_H
+
+#include "log/vlog.h"
+
+typedef struct {
+    const char *name;
+    vlog_err_t (*append)(vlog_t *l, int partition, const uint8_t *rec, size_t len, void *opaque);
+    int (*flush)(vlog_t *l, int timeout_ms);
+    void (*close)(vlog_t *l);
+    int (*end_positions)(vlog_t *l, uint64_t *ends, char *errstr, size_t esz);
+    uint64_t (*begin_position)(vlog_t *l, int partition);
+    vlog_reader_t *(*reader_new)(vlog_t *l, const int *parts, const uint64_t *pos, int n,
+                                 char *errstr, size_t esz);
+    int (*reader_poll)(vlog_reader_t *r, vlog_msg_cb *cb, void *arg, int max, int timeout_ms,
+                       char *errstr, size_t esz);
+    void (*reader_free)(vlog_reader_t *r);
+} vlog_ops_t;
+
+struct vlog_s {
+    const vlog_ops_t *ops;
+    int npartitions;
+    vlog_ack_cb *ack;
+};
+
+struct vlog_reader_s {
+    vlog_t *log;
+};
+
+vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, char *errstr,
+                       size_t esz);
+vlog_t *vlog_kafka_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, char *errstr,
+                        size_t esz);
+
+#endif

@@ -1,0 +1,204 @@
+#include "publisher/publisher.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+
+struct publisher_s {
+    const tally_config_t *conf;
+    engine_t *engine;
+    char *dir;
+    int min_interval_ms;
+    uint64_t *published_gen; /* [npolls], publisher thread only */
+    uint64_t *last_ms;       /* [npolls], monotonic ms of the last write */
+    uint8_t *ever;           /* [npolls]: written at least once */
+    _Atomic uint64_t writes;
+
+    pthread_t thread;
+    int started;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    int notified; /* under mu */
+    int stopping; /* under mu */
+};
+
+publisher_t *pub_new(const tally_config_t *c, engine_t *e) {
+    publisher_t *p = xcalloc(1, sizeof *p);
+    p->conf = c;
+    p->engine = e;
+    p->dir = xstrdup(c->pub_dir);
+    p->min_interval_ms = c->pub_min_interval_ms;
+    int n = c->npolls ? c->npolls : 1;
+    p->published_gen = xcalloc((size_t)n, sizeof(uint64_t));
+    p->last_ms = xcalloc((size_t)n, sizeof(uint64_t));
+    p->ever = xcalloc((size_t)n, 1);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    return p;
+}
+
+void pub_free(publisher_t *p) {
+    if (!p)
+        return;
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cond);
+    free(p->published_gen);
+    free(p->last_ms);
+    free(p->ever);
+    free(p->dir);
+    free(p);
+}
+
+uint64_t pub_writes(const publisher_t *p) { return atomic_load(&p->writes); }
+
+static int write_out(const char *dir, const char *name, const buf_t *b, char *errstr,
+                     size_t esz) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    /* Not fsynced: published files are derived data, rebuilt from the log. */
+    if (write_file_atomic(path, b->data, b->len, 0) != 0) {
+        snprintf(errstr, esz, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads generation before totals: a change after the read bumps the
+ * generation again, so it is never missed. */
+static int publish_poll(publisher_t *p, int i, char *errstr, size_t esz) {
+    const poll_conf_t *pc = engine_poll(p->engine, i);
+    uint64_t gen = engine_poll_generation(p->engine, i);
+    uint64_t *counts = xmalloc(sizeof *counts * (size_t)pc->noptions);
+    engine_poll_totals(p->engine, i, counts);
+    uint64_t now = now_ms();
+    buf_t json = {0}, html = {0};
+    pub_render_json(pc, counts, now, &json);
+    pub_render_html(pc, counts, now, &html);
+    char name[128];
+    int rc = 0;
+    /* The HTML first: a reader that sees new JSON finds a page at least as new. */
+    snprintf(name, sizeof name, "polls/%s.html", pc->id);
+    rc = write_out(p->dir, name, &html, errstr, esz);
+    snprintf(name, sizeof name, "polls/%s.json", pc->id);
+    if (rc == 0)
+        rc = write_out(p->dir, name, &json, errstr, esz);
+    buf_free(&json);
+    buf_free(&html);
+    free(counts);
+    if (rc == 0) {
+        p->published_gen[i] = gen;
+        p->last_ms[i] = mono_ms();
+        p->ever[i] = 1;
+        atomic_fetch_add(&p->writes, 1);
+    }
+    return rc;
+}
+
+int pub_publish_all(publisher_t *p, char *errstr, size_t esz) {
+    char sub[4200];
+    snprintf(sub, sizeof sub, "%s/polls", p->dir);
+    if (mkdir_p(sub) != 0) {
+        snprintf(errstr, esz, "publisher.dir %s: %s", p->dir, strerror(errno));
+        return -1;
+    }
+    buf_t idx = {0};
+    pub_render_index(p->conf, now_ms(), &idx);
+    int rc = write_out(p->dir, "index.html", &idx, errstr, esz);
+    buf_free(&idx);
+    for (int i = 0; i < engine_npolls(p->engine) && rc == 0; i++)
+        rc = publish_poll(p, i, errstr, esz);
+    return rc;
+}
+
+/* One round: publishes what changed and is due; returns ms until the next
+ * poll becomes due, or -1 when nothing is pending. */
+static int publish_round(publisher_t *p, int force) {
+    int next = -1;
+    uint64_t now = mono_ms();
+    for (int i = 0; i < engine_npolls(p->engine); i++) {
+        if (p->ever[i] && engine_poll_generation(p->engine, i) == p->published_gen[i])
+            continue;
+        uint64_t due = p->last_ms[i] + (uint64_t)p->min_interval_ms;
+        if (!force && p->ever[i] && now < due) {
+            int wait = (int)(due - now);
+            if (next < 0 || wait < next)
+                next = wait;
+            continue;
+        }
+        char err[512];
+        if (publish_poll(p, i, err, sizeof err) != 0) {
+            log_error("publisher: %s (retrying)", err);
+            if (next < 0 || next > 1000)
+                next = 1000;
+        }
+    }
+    return next;
+}
+
+static struct timespec deadline_in(int ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (long)ms * 1000000;
+    ts.tv_sec += ts.tv_nsec / 1000000000;
+    ts.tv_nsec %= 1000000000;
+    return ts;
+}
+
+static void *pub_main(void *arg) {
+    publisher_t *p = arg;
+    int next = -1;
+    pthread_mutex_lock(&p->mu);
+    while (!p->stopping) {
+        if (next > 0) {
+            /* Something is waiting out its min interval: further notices
+             * would only wake us early, so sleep the interval out. */
+            struct timespec ts = deadline_in(next);
+            while (!p->stopping && pthread_cond_timedwait(&p->cond, &p->mu, &ts) != ETIMEDOUT)
+                ;
+        } else if (!p->notified) {
+            struct timespec ts = deadline_in(1000);
+            pthread_cond_timedwait(&p->cond, &p->mu, &ts);
+        }
+        p->notified = 0;
+        if (p->stopping)
+            break;
+        pthread_mutex_unlock(&p->mu);
+        next = publish_round(p, 0);
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    publish_round(p, 1); /* last round: nothing changed stays unpublished */
+    return NULL;
+}
+
+int pub_start(publisher_t *p, char *errstr, size_t esz) {
+    if (pthread_create(&p->thread, NULL, pub_main, p) != 0) {
+        snprintf(errstr, esz, "publisher: cannot start thread");
+        return -1;
+    }
+    p->started = 1;
+    return 0;
+}
+
+void pub_notify(void *arg) {
+    publisher_t *p = arg;
+    pthread_mutex_lock(&p->mu);
+    if (!p->notified) {
+        p->notified = 1;
+        pthread_cond_signal(&p->cond);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+void pub_stop(publisher_t *p) {
+    if (!p->started)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->stopping = 1;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+    p->started = 0;
+}

@@ -1,0 +1,42 @@
+/* The publisher: turns the engine's totals into static results files in
+ * publisher.dir, each written atomically (temp file + rename):
+ *   polls/ID.json   machine-readable totals
+ *   polls/ID.html   the results page, refreshing itself
+ *   index.html      the list of polls
+ * A poll's files are rewritten only when its totals changed, and at most once
+ * per publisher.min_interval_ms, so a burst of votes costs one write. */
+#ifndef TALLY_PUBLISHER_H
+#define TALLY_PUBLISHER_H
+
+#include <stdint.h>
+
+#include "common/config.h"
+#include "common/util.h"
+#include "engine/engine.h"
+
+typedef struct publisher_s publisher_t;
+
+publisher_t *pub_new(const tally_config_t *c, engine_t *e);
+void pub_free(publisher_t *p);
+
+/* Writes index.html and every poll's files now. 0 or -1 with errstr. */
+int pub_publish_all(publisher_t *p, char *errstr, size_t esz);
+
+/* The background thread: republishes changed polls. */
+int pub_start(publisher_t *p, char *errstr, size_t esz);
+/* Wakes the thread: totals may have changed. @locality any thread */
+void pub_notify(void *p);
+/* Stops the thread after a last round for anything still unpublished. */
+void pub_stop(publisher_t *p);
+/* How many times poll files were written (for tests and stats). */
+uint64_t pub_writes(const publisher_t *p);
+
+/* Rendering, no I/O (render.c). counts has poll->noptions entries. */
+void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
+                     buf_t *out);
+void pub_render_html(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
+                     buf_t *out);
+void pub_render_index(const tally_config_t *c, uint64_t updated_ms, buf_t *out);
+void html_escape(buf_t *out, const char *s);
+
+#endif

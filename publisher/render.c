@@ -1,0 +1,106 @@
+/* Rendering of the published results. JSON goes through cJSON; HTML is
+ * escaped text in a fixed template with inline CSS only (no external
+ * resources, so the page works from any static host). */
+#include <cJSON.h>
+#include <string.h>
+
+#include "publisher/publisher.h"
+
+void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
+                     buf_t *out) {
+    char ts[40];
+    fmt_rfc3339(updated_ms, ts, sizeof ts);
+    uint64_t total = 0;
+    for (int i = 0; i < poll->noptions; i++)
+        total += counts[i];
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "poll", poll->id);
+    cJSON_AddStringToObject(root, "title", poll->title);
+    cJSON_AddStringToObject(root, "mode", poll_mode_name(poll->mode));
+    /* Counts are written as raw integers: cJSON numbers are doubles, exact
+     * only up to 2^53. */
+    char num[32];
+    snprintf(num, sizeof num, "%llu", (unsigned long long)total);
+    cJSON_AddItemToObject(root, "total", cJSON_CreateRaw(num));
+    cJSON *opts = cJSON_AddArrayToObject(root, "options");
+    for (int i = 0; i < poll->noptions; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "id", poll->options[i].id);
+        cJSON_AddStringToObject(o, "label", poll->options[i].label);
+        snprintf(num, sizeof num, "%llu", (unsigned long long)counts[i]);
+        cJSON_AddItemToObject(o, "votes", cJSON_CreateRaw(num));
+        cJSON_AddItemToArray(opts, o);
+    }
+    cJSON_AddStringToObject(root, "updated_at", ts);
+    char *s = cJSON_PrintUnformatted(root);
+    buf_puts(out, s);
+    buf_puts(out, "\n");
+    cJSON_free(s);
+    cJSON_Delete(root);
+}
+
+void html_escape(buf_t *out, const char *s) {
+    for (; *s; s++) {
+        switch (*s) {
+        case '&': buf_puts(out, "&amp;"); break;
+        case '<': buf_puts(out, "&lt;"); break;
+        case '>': buf_puts(out, "&gt;"); break;
+        case '"': buf_puts(out, "&quot;"); break;
+        case '\'': buf_puts(out, "&#39;"); break;
+        default: buf_append(out, s, 1);
+        }
+    }
+}
+
+static const char *css =
+    "body{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem;"
+    "color:#222}h1{font-size:1.6rem}.opt{margin:.9rem 0}.lbl{display:flex;"
+    "justify-content:space-between;font-weight:600}.bar{background:#eee;border-radius:4px;"
+    "height:1.4rem;overflow:hidden}.fill{background:#2b6cb0;height:100%}"
+    ".meta{color:#666;font-size:.9rem;margin-top:1.5rem}a{color:#2b6cb0}";
+
+void pub_render_html(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
+                     buf_t *out) {
+    char ts[40];
+    fmt_rfc3339(updated_ms, ts, sizeof ts);
+    uint64_t total = 0;
+    for (int i = 0; i < poll->noptions; i++)
+        total += counts[i];
+    buf_puts(out, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                  "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+                  "<meta http-equiv=\"refresh\" content=\"2\"><title>");
+    html_escape(out, poll->title);
+    buf_printf(out, " - results</title><style>%s</style></head><body>\n<h1>", css);
+    html_escape(out, poll->title);
+    buf_puts(out, "</h1>\n");
+    for (int i = 0; i < poll->noptions; i++) {
+        double pct = total ? 100.0 * (double)counts[i] / (double)total : 0.0;
+        buf_puts(out, "<div class=\"opt\"><div class=\"lbl\"><span>");
+        html_escape(out, poll->options[i].label);
+        buf_printf(out,
+                   "</span><span>%llu (%.1f%%)</span></div><div class=\"bar\"><div "
+                   "class=\"fill\" style=\"width:%.2f%%\"></div></div></div>\n",
+                   (unsigned long long)counts[i], pct, pct);
+    }
+    buf_printf(out,
+               "<p class=\"meta\">Total: <strong>%llu</strong> votes &middot; mode: %s &middot; "
+               "as of <time datetime=\"%s\">%s</time> &middot; <a href=\"%s.json\">JSON</a> "
+               "&middot; <a href=\"../index.html\">all polls</a></p>\n</body></html>\n",
+               (unsigned long long)total, poll_mode_name(poll->mode), ts, ts, poll->id);
+}
+
+void pub_render_index(const tally_config_t *c, uint64_t updated_ms, buf_t *out) {
+    char ts[40];
+    fmt_rfc3339(updated_ms, ts, sizeof ts);
+    buf_printf(out,
+               "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+               "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+               "<title>Polls</title><style>%s</style></head><body>\n<h1>Polls</h1>\n<ul>\n",
+               css);
+    for (int i = 0; i < c->npolls; i++) {
+        buf_printf(out, "<li><a href=\"polls/%s.html\">", c->polls[i].id);
+        html_escape(out, c->polls[i].title);
+        buf_puts(out, "</a></li>\n");
+    }
+    buf_printf(out, "</ul>\n<p class=\"meta\">as of %s</p>\n</body></html>\n", ts);
+}

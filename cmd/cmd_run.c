@@ -19,6 +19,7 @@ static const char *help =
     "\n"
     "  POST /v1/polls/{poll}/votes   {\"option\":\"ID\",\"voter\":\"ID\"}\n"
     "  GET  /healthz\n"
+    "  GET  /v1/stats              log ends, engine positions and lag, counters\n"
     "  GET  /  /polls/{poll}.html  /polls/{poll}.json\n"
     "\n"
     "Options:\n"
@@ -30,6 +31,44 @@ static const char *help =
     "snapshots and the last results, exit 0.\n";
 
 static int engine_failed_tick(void *arg) { return engine_failed(arg); }
+
+typedef struct {
+    vlog_t *log;
+    engine_t *engine;
+    publisher_t *pub;
+} run_ctx_t;
+
+/* GET /v1/stats: how far the engine is behind the log, and the counters.
+ * Operators watch "lag"; tests wait for it to reach 0. */
+static void fill_stats(void *arg, ingest_t *in, void *out) {
+    run_ctx_t *rc = arg;
+    buf_t *b = out;
+    int np = vlog_partitions(rc->log);
+    uint64_t *ends = xcalloc((size_t)np, sizeof *ends);
+    char err[256];
+    int have_ends = vlog_end_positions(rc->log, ends, err, sizeof err) == 0;
+    uint64_t lag = 0;
+    buf_printf(b, "{\"log\":{\"backend\":\"%s\",\"partitions\":%d,\"end\":[", vlog_name(rc->log), np);
+    for (int p = 0; p < np; p++)
+        buf_printf(b, "%s%llu", p ? "," : "", (unsigned long long)ends[p]);
+    buf_puts(b, "]},\"engine\":{\"positions\":[");
+    for (int p = 0; p < np; p++) {
+        uint64_t pos = engine_position(rc->engine, p);
+        if (have_ends && ends[p] > pos)
+            lag += ends[p] - pos;
+        buf_printf(b, "%s%llu", p ? "," : "", (unsigned long long)pos);
+    }
+    engine_stats_t es = engine_stats(rc->engine);
+    ingest_stats_t is = ingest_stats(in);
+    buf_printf(b,
+               "],\"lag\":%llu,\"applied\":%llu,\"skipped\":%llu},\"publisher\":{\"writes\":%llu},"
+               "\"ingest\":{\"accepted\":%llu,\"rejected\":%llu,\"unavailable\":%llu}}",
+               (unsigned long long)lag, (unsigned long long)es.applied,
+               (unsigned long long)es.skipped, (unsigned long long)pub_writes(rc->pub),
+               (unsigned long long)is.accepted, (unsigned long long)is.rejected,
+               (unsigned long long)is.unavailable);
+    free(ends);
+}
 
 int cmd_run(int argc, char **argv) {
     cmd_opts_t o;
@@ -66,6 +105,8 @@ int cmd_run(int argc, char **argv) {
         goto out;
     ingest_set_log(in, log);
     ingest_set_tick(in, engine_failed_tick, e);
+    run_ctx_t ctx = {log, e, pub};
+    ingest_set_stats(in, fill_stats, &ctx);
     log_info("tally run: http://%s (port %d), %d polls, %s log with %d partitions, %d of them "
              "resumed from snapshots, %d engine threads",
              c->listen, ingest_port(in), c->npolls, vlog_name(log), vlog_partitions(log), resumed,

@@ -64,6 +64,8 @@ struct ingest_s {
     struct event *sig_int, *sig_term, *tick_ev;
     int (*tick)(void *arg);
     void *tick_arg;
+    void (*stats_fill)(void *arg, ingest_t *in, void *buf);
+    void *stats_arg;
     _Atomic uint64_t accepted, rejected, unavailable;
 };
 
@@ -310,6 +312,18 @@ static void on_request(struct evhttp_request *req, void *arg) {
         reply_json(req, 200, "OK", "{\"status\":\"ok\"}");
         return;
     }
+    if (!strcmp(path, "/v1/stats") && w->in->stats_fill) {
+        if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+            reject(w, req, 405, "method_not_allowed", "use GET");
+            return;
+        }
+        buf_t b = {0};
+        w->in->stats_fill(w->in->stats_arg, w->in, &b);
+        reply_json(req, 200, "OK", b.data ? b.data : "{}");
+        buf_free(&b);
+        return;
+    }
     if (w->in->static_dir) {
         if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
             evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
@@ -467,6 +481,11 @@ void ingest_set_log(ingest_t *in, vlog_t *log) { in->log = log; }
 void ingest_set_tick(ingest_t *in, int (*tick)(void *), void *arg) {
     in->tick = tick;
     in->tick_arg = arg;
+}
+
+void ingest_set_stats(ingest_t *in, void (*fill)(void *, ingest_t *, void *), void *arg) {
+    in->stats_fill = fill;
+    in->stats_arg = arg;
 }
 
 int ingest_port(const ingest_t *in) { return in->port; }

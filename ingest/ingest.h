@@ -3,6 +3,7 @@
  *
  *   POST /v1/polls/{poll}/votes   {"option":"..","voter":".."}  -> 202
  *   GET  /healthz                                              -> 200
+ *   GET  /v1/stats   log ends, engine positions, counters       -> 200
  *   GET  /, /polls/ID.html, ...   publisher.dir, read-only (tally run)
  *
  * Errors are JSON {"error":code,"message":text}. server.threads event loops
@@ -24,6 +25,8 @@ typedef struct ingest_s ingest_t;
 ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errstr, size_t esz);
 /* The log to append to; its ack callback must be ingest_ack. */
 void ingest_set_log(ingest_t *in, vlog_t *log);
+/* GET /v1/stats answers with what fill writes (a JSON object). */
+void ingest_set_stats(ingest_t *in, void (*fill)(void *arg, ingest_t *in, void *buf), void *arg);
 /* Called every 200 ms on the main loop; a non-zero return stops the server
  * (used to stop when the engine fails). */
 void ingest_set_tick(ingest_t *in, int (*tick)(void *arg), void *arg);

@@ -364,8 +364,11 @@ tally_config_t *config_load(const char *path, const char *const *overrides, int 
             goto fail;
         }
     }
-    if (config_validate(c, errstr, esz) != 0)
+    char verr[512];
+    if (config_validate(c, verr, sizeof verr) != 0) {
+        seterr(errstr, esz, "%s: %s", path ? path : "config", verr);
         goto fail;
+    }
     return c;
 fail:
     config_free(c);

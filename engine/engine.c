@@ -101,18 +101,18 @@ void engine_set_cutoff(engine_t *e, uint64_t until_ms) { e->until_ms = until_ms;
 
 /* ---- counting ---- */
 
+/* Single writer: a plain load and store (no lock prefix). The release store
+ * orders it after the batch's odd sequence number, for readers that load it
+ * with acquire; on x86 both are plain moves. */
 static inline void count_add(_Atomic uint64_t *c, int64_t d) {
-    /* Single writer: a plain load and store, atomic only so that readers
-     * never see a torn value. */
     uint64_t v = atomic_load_explicit(c, memory_order_relaxed);
-    atomic_store_explicit(c, v + (uint64_t)d, memory_order_relaxed);
+    atomic_store_explicit(c, v + (uint64_t)d, memory_order_release);
 }
 
 void engine_batch_begin(engine_t *e, int partition) {
     partition_t *pt = &e->parts[partition];
     uint64_t s = atomic_load_explicit(&pt->seq, memory_order_relaxed);
     atomic_store_explicit(&pt->seq, s + 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
 }
 
 void engine_batch_end(engine_t *e, int partition) {
@@ -200,9 +200,9 @@ void engine_poll_totals(const engine_t *e, int i, uint64_t *counts) {
                 sched_yield(); /* a batch is being applied: short */
                 continue;
             }
+            /* Acquire loads keep the re-check of seq after them. */
             for (int k = 0; k < n; k++)
-                tmp[k] = atomic_load_explicit(&src[k], memory_order_relaxed);
-            atomic_thread_fence(memory_order_acquire);
+                tmp[k] = atomic_load_explicit(&src[k], memory_order_acquire);
             if (atomic_load_explicit(&pt->seq, memory_order_relaxed) == s1)
                 break;
         }

@@ -22,6 +22,8 @@ void cmd_parse(int argc, char **argv, const char *cmd, const char *help, int all
 tally_config_t *cmd_load_config(const cmd_opts_t *o);
 
 int cmd_run(int argc, char **argv);
+int cmd_ingest(int argc, char **argv);
+int cmd_engine(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 
 #endif

@@ -1,5 +1,6 @@
 /* tally replay: rebuild every total from the whole vote log into fresh
  * state, write snapshots, republish, print a summary. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,8 +53,11 @@ int cmd_replay(int argc, char **argv) {
     publisher_t *pub = NULL;
     uint64_t *ends = NULL;
     vlog_t *log = vlog_open(c, VLOG_F_READ, noop_ack, err, sizeof err);
-    if (!log)
+    if (!log) {
+        if (errno == EINVAL)
+            rc = EXIT_USAGE;
         goto out;
+    }
     int np = vlog_partitions(log);
     ends = xcalloc((size_t)np, sizeof *ends);
     if (vlog_end_positions(log, ends, err, sizeof err) != 0)

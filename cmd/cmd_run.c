@@ -1,7 +1,14 @@
-/* tally run: the whole pipeline in one process.
- *   ingest (HTTP) -> vote log -> engine workers -> publisher -> publisher.dir */
+/* tally run | ingest | engine: the pipeline, whole or by role.
+ *   run:    ingest (HTTP) -> vote log -> engine workers -> publisher
+ *   ingest: ingest (HTTP) -> Kafka                       (scale out: many)
+ *   engine: Kafka -> engine workers -> publisher         (one)            */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "cmd/cmd.h"
 #include "common/util.h"
@@ -10,12 +17,15 @@
 #include "log/vlog.h"
 #include "publisher/publisher.h"
 
-static const char *help =
+enum { ROLE_INGEST = 1, ROLE_ENGINE = 2 };
+
+static const char *help_run =
     "usage: tally run -c FILE [-s section.key=value ...]\n"
     "\n"
     "Runs the HTTP API, the vote log, the counter engine and the publisher in one\n"
-    "process. Votes are answered 202 once durable in the log; totals are published\n"
-    "to publisher.dir and served read-only on the same port.\n"
+    "process. Votes are answered 202 once durable in the log (the embedded file\n"
+    "log, or Kafka when kafka.brokers is set); totals are published to\n"
+    "publisher.dir and served read-only on the same port.\n"
     "\n"
     "  POST /v1/polls/{poll}/votes   {\"option\":\"ID\",\"voter\":\"ID\"}\n"
     "  GET  /healthz\n"
@@ -30,13 +40,36 @@ static const char *help =
     "SIGTERM or SIGINT: stop accepting, answer every vote in flight, write\n"
     "snapshots and the last results, exit 0.\n";
 
-static int engine_failed_tick(void *arg) { return engine_failed(arg); }
+static const char *help_ingest =
+    "usage: tally ingest -c FILE [-s section.key=value ...]\n"
+    "\n"
+    "The HTTP API alone, appending votes to Kafka (kafka.brokers must be set).\n"
+    "Stateless: run as many as the load needs, against one topic. A vote is\n"
+    "answered 202 from Kafka's delivery report (acks=all, idempotent producer);\n"
+    "while Kafka is unreachable or the local queue is full the answer is 503 with\n"
+    "Retry-After. GET /healthz and GET /v1/stats are served too.\n"
+    "\n"
+    "Options: -c FILE, -s S.K=V, -q (as tally run). SIGTERM: stop accepting,\n"
+    "flush, answer everything in flight, exit.\n";
+
+static const char *help_engine =
+    "usage: tally engine -c FILE [-s section.key=value ...]\n"
+    "\n"
+    "The counter engine and publisher alone, consuming Kafka (kafka.brokers must\n"
+    "be set). It assigns itself every partition of kafka.topic, resumes from the\n"
+    "offsets in its snapshots (never Kafka's committed offsets), and publishes\n"
+    "to publisher.dir. Run one engine per topic.\n"
+    "\n"
+    "Options: -c FILE, -s S.K=V, -q (as tally run). SIGTERM: write snapshots and\n"
+    "the last results, exit.\n";
 
 typedef struct {
     vlog_t *log;
     engine_t *engine;
     publisher_t *pub;
 } run_ctx_t;
+
+static int engine_failed_tick(void *arg) { return arg && engine_failed(arg); }
 
 /* GET /v1/stats: how far the engine is behind the log, and the counters.
  * Operators watch "lag"; tests wait for it to reach 0. */
@@ -47,89 +80,140 @@ static void fill_stats(void *arg, ingest_t *in, void *out) {
     uint64_t *ends = xcalloc((size_t)np, sizeof *ends);
     char err[256];
     int have_ends = vlog_end_positions(rc->log, ends, err, sizeof err) == 0;
-    uint64_t lag = 0;
-    buf_printf(b, "{\"log\":{\"backend\":\"%s\",\"partitions\":%d,\"end\":[", vlog_name(rc->log), np);
+    buf_printf(b, "{\"log\":{\"backend\":\"%s\",\"partitions\":%d,\"end\":[", vlog_name(rc->log),
+               np);
     for (int p = 0; p < np; p++)
         buf_printf(b, "%s%llu", p ? "," : "", (unsigned long long)ends[p]);
-    buf_puts(b, "]},\"engine\":{\"positions\":[");
-    for (int p = 0; p < np; p++) {
-        uint64_t pos = engine_position(rc->engine, p);
-        if (have_ends && ends[p] > pos)
-            lag += ends[p] - pos;
-        buf_printf(b, "%s%llu", p ? "," : "", (unsigned long long)pos);
+    buf_puts(b, "]}");
+    if (rc->engine) {
+        uint64_t lag = 0;
+        buf_puts(b, ",\"engine\":{\"positions\":[");
+        for (int p = 0; p < np; p++) {
+            uint64_t pos = engine_position(rc->engine, p);
+            if (have_ends && ends[p] > pos)
+                lag += ends[p] - pos;
+            buf_printf(b, "%s%llu", p ? "," : "", (unsigned long long)pos);
+        }
+        engine_stats_t es = engine_stats(rc->engine);
+        buf_printf(b, "],\"lag\":%llu,\"applied\":%llu,\"skipped\":%llu},\"publisher\":{\"writes\":%llu}",
+                   (unsigned long long)lag, (unsigned long long)es.applied,
+                   (unsigned long long)es.skipped, (unsigned long long)pub_writes(rc->pub));
     }
-    engine_stats_t es = engine_stats(rc->engine);
     ingest_stats_t is = ingest_stats(in);
-    buf_printf(b,
-               "],\"lag\":%llu,\"applied\":%llu,\"skipped\":%llu},\"publisher\":{\"writes\":%llu},"
-               "\"ingest\":{\"accepted\":%llu,\"rejected\":%llu,\"unavailable\":%llu}}",
-               (unsigned long long)lag, (unsigned long long)es.applied,
-               (unsigned long long)es.skipped, (unsigned long long)pub_writes(rc->pub),
+    buf_printf(b, ",\"ingest\":{\"accepted\":%llu,\"rejected\":%llu,\"unavailable\":%llu}}",
                (unsigned long long)is.accepted, (unsigned long long)is.rejected,
                (unsigned long long)is.unavailable);
     free(ends);
 }
 
-int cmd_run(int argc, char **argv) {
+/* The engine role without HTTP: waits for SIGINT/SIGTERM or an engine
+ * failure. The signals are blocked in every thread (set before any start). */
+static void wait_for_signal(engine_t *e, const sigset_t *set) {
+    for (;;) {
+        struct timespec ts = {0, 200 * 1000000};
+        int sig = sigtimedwait(set, NULL, &ts);
+        if (sig == SIGINT || sig == SIGTERM) {
+            log_info("engine: %s received: writing snapshots and results",
+                     sig == SIGINT ? "SIGINT" : "SIGTERM");
+            return;
+        }
+        if (engine_failed(e))
+            return;
+    }
+}
+
+static int pipeline(int argc, char **argv, const char *cmd, const char *help, int roles) {
     cmd_opts_t o;
-    cmd_parse(argc, argv, "run", help, 0, &o);
+    cmd_parse(argc, argv, cmd, help, 0, &o);
     tally_config_t *c = cmd_load_config(&o);
-    char err[1024];
+    char err[1024] = "";
     int rc = 1;
     vlog_t *log = NULL;
     engine_t *e = NULL;
     publisher_t *pub = NULL;
     ingest_t *in = NULL;
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
 
+    if (roles != (ROLE_INGEST | ROLE_ENGINE) && !(c->kafka_brokers && c->kafka_brokers[0])) {
+        fprintf(stderr,
+                "tally %s: kafka.brokers is empty: the %s role alone needs Kafka as the vote "
+                "log; with the embedded log use tally run\n",
+                cmd, cmd);
+        rc = EXIT_USAGE;
+        goto done;
+    }
     if (c->npolls == 0)
-        log_warn("no [poll.ID] sections in %s: every vote will get 404", o.config_path);
-    in = ingest_new(c, c->pub_dir, err, sizeof err);
-    if (!in)
+        log_warn("no [poll.ID] sections in %s", o.config_path);
+    if (!(roles & ROLE_INGEST))
+        pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* before any thread starts */
+    if (roles & ROLE_INGEST) {
+        in = ingest_new(c, (roles & ROLE_ENGINE) ? c->pub_dir : NULL, err, sizeof err);
+        if (!in)
+            goto out;
+    }
+    log = vlog_open(c, ((roles & ROLE_INGEST) ? VLOG_F_WRITE : 0) | ((roles & ROLE_ENGINE) ? VLOG_F_READ : 0),
+                    ingest_ack, err, sizeof err);
+    if (!log) {
+        if (errno == EINVAL)
+            rc = EXIT_USAGE;
         goto out;
-    log = vlog_open(c, VLOG_F_WRITE | VLOG_F_READ, ingest_ack, err, sizeof err);
-    if (!log)
-        goto out;
-    e = engine_new(c, vlog_partitions(log));
-    int resumed = engine_snapshot_load(e, c->snapshot_dir, err, sizeof err);
-    pub = pub_new(c, e);
-    engine_run_opts_t ro = {
-        .log = log,
-        .snapshot_dir = c->snapshot_dir,
-        .snapshot_interval_ms = c->snapshot_interval_ms,
-        .threads = c->engine_threads,
-        .on_change = pub_notify,
-        .on_change_arg = pub,
-    };
-    if (pub_publish_all(pub, err, sizeof err) != 0 || engine_start(e, &ro, err, sizeof err) != 0 ||
-        pub_start(pub, err, sizeof err) != 0)
-        goto out;
-    ingest_set_log(in, log);
-    ingest_set_tick(in, engine_failed_tick, e);
+    }
+    int resumed = 0;
+    if (roles & ROLE_ENGINE) {
+        e = engine_new(c, vlog_partitions(log));
+        resumed = engine_snapshot_load(e, c->snapshot_dir, err, sizeof err);
+        pub = pub_new(c, e);
+        engine_run_opts_t ro = {
+            .log = log,
+            .snapshot_dir = c->snapshot_dir,
+            .snapshot_interval_ms = c->snapshot_interval_ms,
+            .threads = c->engine_threads,
+            .on_change = pub_notify,
+            .on_change_arg = pub,
+        };
+        if (pub_publish_all(pub, err, sizeof err) != 0 ||
+            engine_start(e, &ro, err, sizeof err) != 0 || pub_start(pub, err, sizeof err) != 0)
+            goto out;
+    }
     run_ctx_t ctx = {log, e, pub};
-    ingest_set_stats(in, fill_stats, &ctx);
-    log_info("tally run: http://%s (port %d), %d polls, %s log with %d partitions, %d of them "
-             "resumed from snapshots, %d engine threads",
-             c->listen, ingest_port(in), c->npolls, vlog_name(log), vlog_partitions(log), resumed,
-             c->engine_threads);
-    ingest_run(in);
-
-    if (vlog_flush(log, 10000) != 0)
-        log_error("the log did not answer every vote in time");
-    engine_stop(e);
-    if (engine_join(e, err, sizeof err) != 0)
-        goto out;
-    pub_stop(pub);
-    ingest_stats_t st = ingest_stats(in);
-    engine_stats_t es = engine_stats(e);
-    log_info("tally run: stopped; %llu votes accepted, %llu rejected, %llu answered 503; engine "
-             "counted %llu records, skipped %llu",
-             (unsigned long long)st.accepted, (unsigned long long)st.rejected,
-             (unsigned long long)st.unavailable, (unsigned long long)es.applied,
-             (unsigned long long)es.skipped);
+    log_info("tally %s: %d polls, %s log with %d partitions%s", cmd, c->npolls, vlog_name(log),
+             vlog_partitions(log), e ? "" : ", no engine in this process");
+    if (e)
+        log_info("tally %s: %d engine threads, %d partitions resumed from snapshots", cmd,
+                 c->engine_threads, resumed);
+    if (in) {
+        ingest_set_log(in, log);
+        ingest_set_tick(in, engine_failed_tick, e);
+        ingest_set_stats(in, fill_stats, &ctx);
+        log_info("tally %s: listening on http://%s (port %d)", cmd, c->listen, ingest_port(in));
+        ingest_run(in);
+        if (vlog_flush(log, 10000) != 0)
+            log_error("the log did not answer every vote in time");
+    } else {
+        wait_for_signal(e, &sigs);
+    }
+    if (e) {
+        engine_stop(e);
+        if (engine_join(e, err, sizeof err) != 0)
+            goto out;
+        pub_stop(pub);
+        engine_stats_t es = engine_stats(e);
+        log_info("tally %s: engine counted %llu records, skipped %llu", cmd,
+                 (unsigned long long)es.applied, (unsigned long long)es.skipped);
+    }
+    if (in) {
+        ingest_stats_t st = ingest_stats(in);
+        log_info("tally %s: %llu votes accepted, %llu rejected, %llu answered 503", cmd,
+                 (unsigned long long)st.accepted, (unsigned long long)st.rejected,
+                 (unsigned long long)st.unavailable);
+    }
     rc = 0;
 out:
     if (rc != 0)
-        fprintf(stderr, "tally run: %s\n", err);
+        fprintf(stderr, "tally %s: %s\n", cmd, err);
     if (pub)
         pub_stop(pub);
     if (e && rc != 0) {
@@ -140,7 +224,18 @@ out:
     ingest_free(in);
     pub_free(pub);
     engine_free(e);
+done:
     config_free(c);
     free(o.overrides);
     return rc;
+}
+
+int cmd_run(int argc, char **argv) {
+    return pipeline(argc, argv, "run", help_run, ROLE_INGEST | ROLE_ENGINE);
+}
+int cmd_ingest(int argc, char **argv) {
+    return pipeline(argc, argv, "ingest", help_ingest, ROLE_INGEST);
+}
+int cmd_engine(int argc, char **argv) {
+    return pipeline(argc, argv, "engine", help_engine, ROLE_ENGINE);
 }

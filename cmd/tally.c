@@ -12,6 +12,8 @@ static const char *usage =
     "\n"
     "Commands:\n"
     "  run      HTTP ingest + vote log + counter engine + publisher in one process\n"
+    "  ingest   HTTP ingest only, appending to Kafka (kafka.brokers); run many\n"
+    "  engine   counter engine + publisher only, consuming Kafka; run one\n"
     "  replay   rebuild every poll's totals from the whole vote log (tally run stopped)\n"
     "\n"
     "Options (every command):\n"
@@ -95,6 +97,10 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "run"))
         return cmd_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "ingest"))
+        return cmd_ingest(argc - 1, argv + 1);
+    if (!strcmp(cmd, "engine"))
+        return cmd_engine(argc - 1, argv + 1);
     if (!strcmp(cmd, "replay"))
         return cmd_replay(argc - 1, argv + 1);
     fprintf(stderr, "tally: unknown command '%s'\n\n%s", cmd, usage);

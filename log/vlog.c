@@ -16,10 +16,8 @@ const char *vlog_err2str(vlog_err_t err) {
 
 vlog_t *vlog_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, char *errstr,
                   size_t esz) {
-    if (c->kafka_brokers && c->kafka_brokers[0]) {
-        snprintf(errstr, esz, "kafka.brokers: the Kafka log is not in this build");
-        return NULL;
-    }
+    if (c->kafka_brokers && c->kafka_brokers[0])
+        return vlog_kafka_open(c, flags, ack, errstr, esz);
     return vlog_file_open(c, flags, ack, errstr, esz);
 }
 

@@ -33,8 +33,10 @@ typedef void(vlog_ack_cb)(void *opaque, vlog_err_t err);
 
 enum { VLOG_F_WRITE = 1, VLOG_F_READ = 2 };
 
-/* Opens the backend the config selects. VLOG_F_WRITE on the embedded log
- * recovers it (drops a torn tail) and takes its lock. */
+/* Opens the backend the config selects. The embedded log is recovered (a
+ * torn tail dropped) and locked against other processes. On failure returns
+ * NULL with errstr set, and errno EINVAL when the cause is configuration
+ * (e.g. a kafka.* key librdkafka rejects). */
 vlog_t *vlog_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, char *errstr,
                   size_t errstr_size);
 int vlog_partitions(const vlog_t *l);

@@ -590,5 +590,6 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, cha
     return &l->base;
 fail:
     flog_close(&l->base);
+    errno = 0; /* not a configuration error */
     return NULL;
 }

@@ -1,0 +1,230 @@
+/* The Kafka vote log under faults a real broker cannot stage on demand,
+ * using librdkafka's mock cluster (rdkafka_mock.h): produce request errors,
+ * leader changes, all brokers down. The invariant everywhere: every append
+ * acknowledged OK is in the log exactly once, and nothing is in the log twice. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/util.h"
+#include "log/record.h"
+#include "log/vlog.h"
+
+#define TOPIC "votes"
+#define NPART 4
+#define MAXV 20000
+
+static rd_kafka_t *mrk;
+static rd_kafka_mock_cluster_t *mc;
+static tally_config_t *conf;
+static _Atomic int status[MAXV]; /* 0 pending, 1 ok, 2 failed */
+static _Atomic int nacks;
+
+static void ack(void *opaque, vlog_err_t err) {
+    int i = (int)(intptr_t)opaque - 1;
+    atomic_store(&status[i], err == VLOG_OK ? 1 : 2);
+    atomic_fetch_add(&nacks, 1);
+}
+
+static void setup(void) {
+    char err[256];
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    rd_kafka_conf_set(kc, "log_level", "0", err, sizeof err);
+    mrk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, err, sizeof err);
+    cr_assert(mrk, "%s", err);
+    mc = rd_kafka_mock_cluster_new(mrk, 3);
+    cr_assert(mc);
+    cr_assert_eq(rd_kafka_mock_topic_create(mc, TOPIC, NPART, 3), 0);
+    conf = config_new_defaults();
+    free(conf->kafka_brokers);
+    conf->kafka_brokers = xstrdup(rd_kafka_mock_cluster_bootstraps(mc));
+    free(conf->kafka_topic);
+    conf->kafka_topic = xstrdup(TOPIC);
+    cr_assert_eq(config_set(conf, "kafka", "message.timeout.ms", "3000", err, sizeof err), 0);
+    cr_assert_eq(config_set(conf, "kafka", "log_level", "2", err, sizeof err), 0);
+    memset((void *)status, 0, sizeof status);
+    atomic_store(&nacks, 0);
+}
+
+static void teardown(void) {
+    config_free(conf);
+    rd_kafka_mock_cluster_destroy(mc);
+    rd_kafka_destroy(mrk);
+}
+
+static vlog_err_t append_vote(vlog_t *l, int i) {
+    char voter[32];
+    snprintf(voter, sizeof voter, "v%d", i);
+    vote_record_t v = {now_ms(), "poll", 4, "opt", 3, voter, strlen(voter)};
+    uint8_t rec[RECORD_MAX_LEN];
+    size_t len = record_encode(&v, rec);
+    return vlog_append(l, record_partition(&v, vlog_partitions(l), 0), rec, len,
+                       (void *)(intptr_t)(i + 1));
+}
+
+static void wait_acks(int want) {
+    uint64_t deadline = mono_ms() + 30000;
+    while (atomic_load(&nacks) < want && mono_ms() < deadline) {
+        struct timespec ts = {0, 5 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_eq(atomic_load(&nacks), want, "acks %d of %d", atomic_load(&nacks), want);
+}
+
+typedef struct {
+    int seen[MAXV];
+    int n;
+} seen_t;
+
+static int on_msg(void *arg, const vlog_msg_t *m) {
+    seen_t *s = arg;
+    vote_record_t v;
+    cr_assert_eq(record_decode(m->rec, m->len, &v), 0);
+    int i = atoi(v.voter + 1);
+    s->seen[i]++;
+    s->n++;
+    return 0;
+}
+
+/* Reads every partition to its end; checks exactly-once against status. */
+static void verify_log(vlog_t *l, int total) {
+    static seen_t s;
+    memset(&s, 0, sizeof s);
+    char err[256];
+    uint64_t ends[NPART], pos[NPART] = {0};
+    int parts[NPART] = {0, 1, 2, 3};
+    cr_assert_eq(vlog_end_positions(l, ends, err, sizeof err), 0, "%s", err);
+    uint64_t want = 0;
+    for (int p = 0; p < NPART; p++)
+        want += ends[p];
+    vlog_reader_t *r = vlog_reader_new(l, parts, pos, NPART, err, sizeof err);
+    cr_assert(r, "%s", err);
+    uint64_t deadline = mono_ms() + 30000;
+    while ((uint64_t)s.n < want && mono_ms() < deadline)
+        cr_assert_geq(vlog_reader_poll(r, on_msg, &s, 1000, 100, err, sizeof err), 0, "%s", err);
+    vlog_reader_free(r);
+    cr_assert_eq((uint64_t)s.n, want, "read %d of %llu records", s.n, (unsigned long long)want);
+    int ok = 0;
+    for (int i = 0; i < total; i++) {
+        cr_assert_leq(s.seen[i], 1, "vote %d is in the log %d times", i, s.seen[i]);
+        if (atomic_load(&status[i]) == 1) {
+            ok++;
+            cr_assert_eq(s.seen[i], 1, "acknowledged vote %d is not in the log", i);
+        }
+    }
+    cr_assert_gt(ok, 0);
+}
+
+TestSuite(kafka_mock, .init = setup, .fini = teardown, .timeout = 120);
+
+Test(kafka_mock, produce_and_read_back) {
+    char err[256];
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, err, sizeof err);
+    cr_assert(l, "%s", err);
+    cr_assert_eq(vlog_partitions(l), NPART);
+    for (int i = 0; i < 2000; i++)
+        cr_assert_eq(append_vote(l, i), VLOG_OK);
+    wait_acks(2000);
+    for (int i = 0; i < 2000; i++)
+        cr_assert_eq(atomic_load(&status[i]), 1);
+    verify_log(l, 2000);
+    vlog_close(l);
+}
+
+Test(kafka_mock, produce_request_errors_are_retried_once) {
+    char err[256];
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, err, sizeof err);
+    cr_assert(l, "%s", err);
+    /* Produce (ApiKey 0) fails several times with retriable errors,
+     * including a timeout after which the broker may or may not have
+     * written: idempotence must keep it to one copy. */
+    rd_kafka_mock_push_request_errors(
+        mc, 0, 8, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT);
+    for (int i = 0; i < 3000; i++)
+        cr_assert_eq(append_vote(l, i), VLOG_OK);
+    wait_acks(3000);
+    verify_log(l, 3000);
+    vlog_close(l);
+}
+
+Test(kafka_mock, leader_change_mid_stream) {
+    char err[256];
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, err, sizeof err);
+    cr_assert(l, "%s", err);
+    for (int i = 0; i < 1500; i++)
+        cr_assert_eq(append_vote(l, i), VLOG_OK);
+    for (int p = 0; p < NPART; p++)
+        rd_kafka_mock_partition_set_leader(mc, TOPIC, p, 1 + (p + 1) % 3);
+    for (int i = 1500; i < 3000; i++)
+        cr_assert_eq(append_vote(l, i), VLOG_OK);
+    wait_acks(3000);
+    verify_log(l, 3000);
+    vlog_close(l);
+}
+
+Test(kafka_mock, brokers_down_then_back) {
+    char err[256];
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, err, sizeof err);
+    cr_assert(l, "%s", err);
+    int n = 0, accepted = 0;
+    for (; n < 500; n++)
+        accepted += append_vote(l, n) == VLOG_OK;
+    for (int b = 1; b <= 3; b++)
+        rd_kafka_mock_broker_set_down(mc, b);
+    /* While down: appends are refused (503) or fail within
+     * message.timeout.ms; none blocks. */
+    uint64_t until = mono_ms() + 5000;
+    int refused = 0;
+    while (mono_ms() < until && n < 5000) {
+        vlog_err_t e = append_vote(l, n);
+        n++;
+        if (e == VLOG_OK)
+            accepted++;
+        else
+            refused++;
+        struct timespec ts = {0, 2 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    wait_acks(accepted);
+    int failed = 0;
+    for (int i = 0; i < n; i++)
+        failed += atomic_load(&status[i]) == 2;
+    cr_assert_gt(refused + failed, 0, "the outage was not noticed");
+    for (int b = 1; b <= 3; b++)
+        rd_kafka_mock_broker_set_up(mc, b);
+    /* Back: appends succeed again within a few seconds. */
+    uint64_t deadline = mono_ms() + 30000;
+    int ok_after = 0;
+    while (ok_after < 200 && mono_ms() < deadline && n < MAXV) {
+        if (append_vote(l, n) == VLOG_OK) {
+            accepted++;
+            ok_after++;
+        } else {
+            struct timespec ts = {0, 20 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+        n++;
+    }
+    cr_assert_eq(ok_after, 200, "appends did not recover");
+    wait_acks(accepted);
+    verify_log(l, n);
+    vlog_close(l);
+}
+
+Test(kafka_mock, bad_librdkafka_key_is_a_config_error) {
+    char err[256];
+    cr_assert_eq(config_set(conf, "kafka", "no.such.property", "1", err, sizeof err), 0);
+    errno = 0;
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE, ack, err, sizeof err);
+    cr_assert_null(l);
+    cr_assert_eq(errno, EINVAL);
+    cr_assert(strstr(err, "kafka.no.such.property"), "%s", err);
+}

@@ -285,18 +285,59 @@ int config_set(tally_config_t *c, const char *section, const char *key, const ch
     return -1;
 }
 
+/* inih reads through parse_ctx_t's reader so that the handler knows the
+ * physical line: errors name it, and an indented line continues the value of
+ * the key above it (inih's lines are at most 199 characters). */
 typedef struct {
     tally_config_t *c;
+    FILE *f;
+    int line;      /* physical line last read */
+    int cont;      /* that line is an indented continuation */
+    int too_long;  /* that line did not fit inih's buffer */
     char err[512];
-    int failed;
+    int err_line;
+    char last_section[256], last_key[256];
+    buf_t last_value;
 } parse_ctx_t;
+
+static char *ini_read(char *str, int num, void *stream) {
+    parse_ctx_t *ctx = stream;
+    if (ctx->err_line)
+        return NULL; /* stop at the first error */
+    if (!fgets(str, num, ctx->f))
+        return NULL;
+    ctx->line++;
+    size_t n = strlen(str);
+    if (n == (size_t)num - 1 && str[n - 1] != '\n' && !feof(ctx->f)) {
+        snprintf(ctx->err, sizeof ctx->err,
+                 "line longer than %d characters: continue the value on the next line, "
+                 "indented",
+                 num - 2);
+        ctx->err_line = ctx->line;
+        return NULL;
+    }
+    ctx->cont = (str[0] == ' ' || str[0] == '\t') && strspn(str, " \t\r\n") != n;
+    return str;
+}
 
 static int on_ini(void *user, const char *section, const char *name, const char *value) {
     parse_ctx_t *ctx = user;
-    if (ctx->failed)
-        return 1; /* report only the first error */
-    if (config_set(ctx->c, section, name, value, ctx->err, sizeof ctx->err) != 0) {
-        ctx->failed = 1;
+    if (ctx->err_line)
+        return 1;
+    const char *v = value;
+    if (ctx->cont && !strcmp(ctx->last_section, section) && !strcmp(ctx->last_key, name)) {
+        /* Continuation: options join with a comma, text with a space. */
+        buf_puts(&ctx->last_value, strcmp(name, "options") ? " " : ",");
+        buf_puts(&ctx->last_value, value);
+        v = ctx->last_value.data;
+    } else {
+        snprintf(ctx->last_section, sizeof ctx->last_section, "%s", section);
+        snprintf(ctx->last_key, sizeof ctx->last_key, "%s", name);
+        ctx->last_value.len = 0;
+        buf_puts(&ctx->last_value, value);
+    }
+    if (config_set(ctx->c, section, name, v, ctx->err, sizeof ctx->err) != 0) {
+        ctx->err_line = ctx->line;
         return 0;
     }
     return 1;
@@ -323,20 +364,21 @@ tally_config_t *config_load(const char *path, const char *const *overrides, int 
     tally_config_t *c = config_new_defaults();
     parse_ctx_t ctx = {.c = c};
     if (path) {
-        FILE *f = fopen(path, "r");
-        if (!f) {
+        ctx.f = fopen(path, "r");
+        if (!ctx.f) {
             seterr(errstr, esz, "%s: %s", path, strerror(errno));
             goto fail;
         }
-        int line = ini_parse_file(f, on_ini, &ctx);
-        fclose(f);
-        if (ctx.failed) {
-            seterr(errstr, esz, "%s:%d: %s", path, line, ctx.err);
-            goto fail;
-        }
-        if (line != 0) {
+        int line = ini_parse_stream(ini_read, &ctx, on_ini, &ctx);
+        fclose(ctx.f);
+        buf_free(&ctx.last_value);
+        if (line != 0 && (!ctx.err_line || line < ctx.err_line)) {
             seterr(errstr, esz, "%s:%d: syntax error (expected [section] or key = value)", path,
                    line);
+            goto fail;
+        }
+        if (ctx.err_line) {
+            seterr(errstr, esz, "%s:%d: %s", path, ctx.err_line, ctx.err);
             goto fail;
         }
     }

@@ -86,42 +86,64 @@ void fmt_rfc3339(uint64_t ms, char *buf, size_t size) {
     snprintf(buf, size, "%s.%03uZ", base, (unsigned)(ms % 1000));
 }
 
+/* Reads exactly n digits. */
+static int digits(const char **p, int n, int *out) {
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        char c = (*p)[i];
+        if (c < '0' || c > '9')
+            return -1;
+        v = v * 10 + (c - '0');
+    }
+    *p += n;
+    *out = v;
+    return 0;
+}
+
 int parse_rfc3339(const char *s, uint64_t *out) {
-    struct tm tm;
-    memset(&tm, 0, sizeof tm);
-    const char *p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-    if (!p)
+    /* YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM), fields of fixed width. */
+    static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    const char *p = s;
+    int Y, M, D, h, m, sec;
+    if (digits(&p, 4, &Y) || *p++ != '-' || digits(&p, 2, &M) || *p++ != '-' ||
+        digits(&p, 2, &D) || (*p != 'T' && *p != 't') || !*p++ ||
+        digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &m) || *p++ != ':' ||
+        digits(&p, 2, &sec))
+        return -1;
+    int leap = (Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0;
+    if (Y < 1970 || M < 1 || M > 12 || D < 1 || D > mdays[M - 1] + (M == 2 && leap) ||
+        h > 23 || m > 59 || sec > 59)
         return -1;
     uint64_t frac_ms = 0;
     if (*p == '.') {
-        int digits = 0;
+        int n = 0;
         p++;
         while (*p >= '0' && *p <= '9') {
-            if (digits < 3)
+            if (n < 3)
                 frac_ms = frac_ms * 10 + (uint64_t)(*p - '0');
-            digits++;
+            n++;
             p++;
         }
-        if (digits == 0)
+        if (n == 0)
             return -1;
-        for (; digits < 3; digits++)
+        for (; n < 3; n++)
             frac_ms *= 10;
     }
     long offset = 0;
     if (*p == 'Z' || *p == 'z') {
         p++;
     } else if (*p == '+' || *p == '-') {
-        int sign = *p == '-' ? -1 : 1;
-        int hh, mm;
-        if (sscanf(p + 1, "%2d:%2d", &hh, &mm) != 2 || hh > 23 || mm > 59)
+        int sign = *p++ == '-' ? -1 : 1, oh, om;
+        if (digits(&p, 2, &oh) || *p++ != ':' || digits(&p, 2, &om) || oh > 23 || om > 59)
             return -1;
-        offset = sign * (hh * 3600L + mm * 60L);
-        p += 6;
+        offset = sign * (oh * 3600L + om * 60L);
     } else {
         return -1;
     }
     if (*p != '\0')
         return -1;
+    struct tm tm = {.tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D,
+                    .tm_hour = h, .tm_min = m, .tm_sec = sec};
     time_t t = timegm(&tm);
     if (t == (time_t)-1 || t - offset < 0)
         return -1;

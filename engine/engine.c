@@ -35,7 +35,7 @@ static int idmap_find(const idmap_t *m, const char *id, size_t len,
     size_t j = (size_t)XXH3_64bits(id, len) & m->mask;
     while (m->slots[j]) {
         const char *cand = id_at(ctx, m->slots[j] - 1);
-        if (strncmp(cand, id, len) == 0 && cand[len] == '\0')
+        if (strlen(cand) == len && memcmp(cand, id, len) == 0)
             return m->slots[j] - 1;
         j = (j + 1) & m->mask;
     }
@@ -120,6 +120,13 @@ void engine_batch_end(engine_t *e, int partition) {
     uint64_t s = atomic_load_explicit(&pt->seq, memory_order_relaxed);
     atomic_store_explicit(&pt->seq, s + 1, memory_order_release);
     atomic_store_explicit(&pt->pos_pub, pt->position, memory_order_release);
+    uint64_t voters = 0, bytes = 0;
+    for (int i = 0; i < e->npolls; i++) {
+        voters += pt->polls[i].voters.count;
+        bytes += voters_bytes(&pt->polls[i].voters);
+    }
+    atomic_store_explicit(&pt->voters_pub, voters, memory_order_relaxed);
+    atomic_store_explicit(&pt->bytes_pub, bytes, memory_order_relaxed);
     for (int i = 0; i < e->npolls; i++) {
         if (pt->touched[i]) {
             pt->touched[i] = 0;
@@ -146,16 +153,16 @@ int engine_apply(engine_t *e, int partition, const uint8_t *rec, size_t len, uin
         count_add((_Atomic uint64_t *)&pt->after_cutoff, 1);
         return -1;
     }
-    count_add((_Atomic uint64_t *)&pt->applied, 1);
     const poll_conf_t *pc = &e->conf->polls[pi];
     ppoll_t *pp = &pt->polls[pi];
-    if (pc->mode == MODE_UNLIMITED || v.voter_len == 0) {
-        if (pc->mode != MODE_UNLIMITED) {
-            /* A voter-less vote in a voter mode never passes ingest; a log
-             * written under another config may hold one. */
-            count_add((_Atomic uint64_t *)&pt->skipped, 1);
-            return -1;
-        }
+    if (pc->mode != MODE_UNLIMITED && v.voter_len == 0) {
+        /* A voter-less vote in a voter mode never passes ingest; a log
+         * written under another config may hold one. */
+        count_add((_Atomic uint64_t *)&pt->skipped, 1);
+        return -1;
+    }
+    count_add((_Atomic uint64_t *)&pt->applied, 1);
+    if (pc->mode == MODE_UNLIMITED) {
         count_add(&pp->counts[oi], 1);
         pt->touched[pi] = 1;
         return pi;
@@ -224,6 +231,8 @@ engine_stats_t engine_stats(const engine_t *e) {
         s.applied += atomic_load_explicit(&pt->applied, memory_order_relaxed);
         s.skipped += atomic_load_explicit(&pt->skipped, memory_order_relaxed);
         s.after_cutoff += atomic_load_explicit(&pt->after_cutoff, memory_order_relaxed);
+        s.voters += atomic_load_explicit(&pt->voters_pub, memory_order_relaxed);
+        s.state_bytes += atomic_load_explicit(&pt->bytes_pub, memory_order_relaxed);
     }
     return s;
 }

@@ -27,6 +27,7 @@ typedef struct {
     uint8_t *touched;           /* [npolls]: changed in the current batch */
     uint64_t snap_position;     /* position of the last snapshot written */
     _Atomic uint64_t applied, skipped, after_cutoff;
+    _Atomic uint64_t voters_pub, bytes_pub; /* voter tables, as of the last batch */
 } partition_t;
 
 typedef struct {

@@ -502,6 +502,15 @@ static int check_meta(const char *dir, int partitions, char *errstr, size_t esz)
     snprintf(want, sizeof want, "tally-log 1 partitions=%d\n", partitions);
     FILE *f = fopen(path, "r");
     if (!f) {
+        char p0[4200];
+        snprintf(p0, sizeof p0, "%s/p000.log", dir);
+        if (errno == ENOENT && access(p0, F_OK) == 0) {
+            snprintf(errstr, esz,
+                     "%s is missing but the log has partition files: the partition count is "
+                     "unknown (log.partitions may not match it); restore META (\"tally-log 1 partitions=N\")",
+                     path);
+            return -1;
+        }
         if (errno != ENOENT || write_file_atomic(path, want, strlen(want), 1) != 0) {
             snprintf(errstr, esz, "%s: %s", path, strerror(errno));
             return -1;

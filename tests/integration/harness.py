@@ -2,6 +2,7 @@
 over real sockets (stdlib only). No fixed sleeps: everything polls with a
 deadline, stretched under sanitizers."""
 import http.client
+import threading
 import json
 import os
 import shutil
@@ -57,9 +58,17 @@ mode = unlimited
 class Tally:
     """One tally installation: a config file and data dirs in a temp dir."""
 
-    def __init__(self, polls=DEFAULT_POLLS, extra="", workdir=None):
+    def __init__(self, polls=DEFAULT_POLLS, extra="", workdir=None, config=None):
         self.dir = workdir or tempfile.mkdtemp(prefix="tally-it-")
         self.port = free_port()
+        if config:
+            # Another process of the same installation (e.g. a second ingest):
+            # same config, its own port and stderr.
+            self.config, self.proc = config, None
+            self.stderr_path = os.path.join(self.dir, f"stderr-{self.port}.log")
+            self.args = ["-s", f"server.listen=127.0.0.1:{self.port}"]
+            return
+        self.args = []
         self.proc = None
         self.stderr_path = os.path.join(self.dir, "stderr.log")
         self.config = os.path.join(self.dir, "tally.ini")
@@ -81,14 +90,24 @@ min_interval_ms = 20
 """)
 
     # ---- process control ----
-    def start(self, *args, wait=True):
+    def start(self, *args, wait=True, cmd="run"):
         assert self.proc is None
         self.errf = open(self.stderr_path, "a")
-        self.proc = subprocess.Popen([TALLY_BIN, "run", "-c", self.config, *args],
+        self.started_at = os.path.getsize(self.stderr_path)
+        self.proc = subprocess.Popen([TALLY_BIN, cmd, "-c", self.config, *self.args, *args],
                                      stdout=self.errf, stderr=self.errf)
-        if wait:
-            wait_until(self.healthy, 30, "tally run to answer /healthz")
+        if wait and cmd == "engine":
+            # No HTTP in the engine role: ready once it logged its start.
+            wait_until(lambda: self.alive() and "resumed from snapshots" in self.stderr()[self.started_at:],
+                       60, "tally engine to start")
+        elif wait:
+            wait_until(self.healthy, 60, f"tally {cmd} to answer /healthz")
         return self
+
+    def alive(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"tally exited with {self.proc.returncode}:\n{self.stderr()}")
+        return True
 
     def healthy(self):
         if self.proc.poll() is not None:
@@ -216,8 +235,84 @@ DEFAULT_SHAPE = {"one": ("one-per-voter", ["a", "b", "c"]),
                  "free": ("unlimited", ["p", "q"])}
 
 
+SHAPE = {"one": ["a", "b", "c"], "free": ["p", "q"]}
+
+
+class Load:
+    """Client threads casting votes with never-repeated voters, to one or more
+    tally processes, until stopped. Records what was acknowledged and what
+    was not (no answer, or 503): those may or may not be in the log."""
+
+    rounds = 0
+
+    def __init__(self, t, nthreads=4):
+        Load.rounds += 1
+        self.round = Load.rounds
+        self.targets = t if isinstance(t, list) else [t]
+        self.t, self.stop, self.lock = t, threading.Event(), threading.Lock()
+        self.acked = {p: {o: 0 for o in opts} for p, opts in SHAPE.items()}
+        self.unanswered = {p: {o: 0 for o in opts} for p, opts in SHAPE.items()}
+        self.total_acked = 0
+        self.codes = {}
+        self.threads = [threading.Thread(target=self.run, args=(i,)) for i in range(nthreads)]
+        for th in self.threads:
+            th.start()
+
+    def run(self, tid):
+        t = self.targets[tid % len(self.targets)]
+        conn, n = None, 0
+        while not self.stop.is_set():
+            poll = "one" if n % 3 else "free"
+            opt = SHAPE[poll][n % len(SHAPE[poll])]
+            voter = f"r{self.round}-t{tid}-{n}"
+            n += 1
+            try:
+                conn = conn or t.connect(timeout=20)
+                st, _ = t.vote(poll, opt, voter, conn=conn)
+            except (OSError, http.client.HTTPException):
+                with self.lock:
+                    self.unanswered[poll][opt] += 1
+                conn = None
+                if self.stop.is_set():
+                    break
+                time.sleep(0.01)
+                continue
+            with self.lock:
+                self.codes[st] = self.codes.get(st, 0) + 1
+                if st == 202:
+                    self.acked[poll][opt] += 1
+                    self.total_acked += 1
+                else:
+                    # 503: not written, or written by Kafka after a timeout.
+                    self.unanswered[poll][opt] += 1
+            if st == 503:
+                time.sleep(0.05)  # Retry-After, shortened
+        if conn:
+            conn.close()
+
+    def finish(self):
+        self.stop.set()
+        for th in self.threads:
+            th.join()
+
+    def merge(self, other):
+        """Adds another round's counts (for checks over several rounds)."""
+        for p in SHAPE:
+            for o in SHAPE[p]:
+                self.acked[p][o] += other.acked[p][o]
+                self.unanswered[p][o] += other.unanswered[p][o]
+
+
 class TallyTestCase(unittest.TestCase):
     def make(self, **kw):
         t = Tally(**kw)
         self.addCleanup(t.cleanup)
         return t
+
+    def assert_within(self, live, load):
+        """Every acknowledged vote counted; nothing beyond what was sent."""
+        for p, opts in SHAPE.items():
+            for o in opts:
+                self.assertGreaterEqual(live[p][o], load.acked[p][o], f"lost acknowledged votes in {p}/{o}")
+                self.assertLessEqual(live[p][o] - load.acked[p][o], load.unanswered[p][o],
+                                     f"{p}/{o} counted more than was sent")

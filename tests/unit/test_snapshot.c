@@ -1,0 +1,553 @@
+/* engine/snapshot.c: engine_snapshot_save / engine_snapshot_load. */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "unit_helpers.h"
+
+#define NPART 2
+
+static char *dir;
+static tally_config_t *conf;
+static engine_t *eng;
+
+enum { P_ONE, P_CHG, P_UNL };
+
+/* The polls as tests vary them: the default is the base config. */
+typedef struct {
+    const char *one_options, *one_mode, *chg_options, *chg_mode;
+    const char *extra_poll; /* id of a fourth poll, or NULL */
+    const char *one_title;
+    int drop_unl;
+    const char *rename_unl;
+    int chg_first; /* list chg before one */
+} conf_opts_t;
+
+static tally_config_t *make_conf(const conf_opts_t *o) {
+    tally_config_t *c = config_new_defaults();
+    for (int k = 0; k < 2; k++) {
+        if (k == (o && o->chg_first ? 1 : 0)) {
+            conf_add_poll(c, "one", o && o->one_mode ? o->one_mode : "one-per-voter",
+                          o && o->one_options ? o->one_options : "a, b, c");
+            if (o && o->one_title)
+                conf_set(c, "poll.one", "title", o->one_title);
+        } else {
+            conf_add_poll(c, "chg", o && o->chg_mode ? o->chg_mode : "changeable",
+                          o && o->chg_options ? o->chg_options : "x, y, z");
+        }
+    }
+    if (!(o && o->drop_unl))
+        conf_add_poll(c, o && o->rename_unl ? o->rename_unl : "unl", "unlimited", "p, q");
+    if (o && o->extra_poll)
+        conf_add_poll(c, o->extra_poll, "one-per-voter", "m, n");
+    conf_finish(c);
+    return c;
+}
+
+static void setup(void) {
+    dir = tmpdir_new();
+    conf = make_conf(NULL);
+    eng = engine_new(conf, NPART);
+    tally_log_quiet = 1;
+}
+
+static void teardown(void) {
+    engine_free(eng);
+    config_free(conf);
+    tmpdir_free(dir);
+    eng = NULL;
+    conf = NULL;
+    dir = NULL;
+}
+
+TestSuite(snapshot, .init = setup, .fini = teardown);
+
+/* Applies one vote to partition part of e, in a batch of its own; the
+ * position advances by one "frame" per record. Returns engine_apply's. */
+static int put(engine_t *e, int part, const char *poll, const char *opt, const char *voter) {
+    uint8_t rec[RECORD_MAX_LEN];
+    size_t n = rec_make(rec, poll, opt, voter, 1);
+    uint64_t pos = engine_position(e, part) + 8 + n;
+    engine_batch_begin(e, part);
+    int rc = engine_apply(e, part, rec, n, pos, -1);
+    engine_batch_end(e, part);
+    return rc;
+}
+
+static void totals(engine_t *e, int poll, uint64_t *out) { engine_poll_totals(e, poll, out); }
+
+static void expect3(engine_t *e, int poll, uint64_t a, uint64_t b, uint64_t c) {
+    uint64_t t[3];
+    totals(e, poll, t);
+    cr_assert(t[0] == a && t[1] == b && t[2] == c, "poll %d: %llu %llu %llu, want %llu %llu %llu",
+              poll, (unsigned long long)t[0], (unsigned long long)t[1], (unsigned long long)t[2],
+              (unsigned long long)a, (unsigned long long)b, (unsigned long long)c);
+}
+
+static void expect2(engine_t *e, int poll, uint64_t a, uint64_t b) {
+    uint64_t t[2];
+    totals(e, poll, t);
+    cr_assert(t[0] == a && t[1] == b, "poll %d: %llu %llu, want %llu %llu", poll,
+              (unsigned long long)t[0], (unsigned long long)t[1], (unsigned long long)a,
+              (unsigned long long)b);
+}
+
+static void save(engine_t *e, int part) {
+    char err[512];
+    cr_assert_eq(engine_snapshot_save(e, part, dir, err, sizeof err), 0, "%s", err);
+}
+
+static char *snap_path(int part, uint64_t pos) {
+    char name[64];
+    snprintf(name, sizeof name, "p%03d-%016llx.snap", part, (unsigned long long)pos);
+    return path_join(dir, name);
+}
+
+/* A fresh engine for cfg (NULL: the base config) loaded from dir. */
+static engine_t *reload(tally_config_t *cfg, int nparts, int *resumed) {
+    engine_t *e = engine_new(cfg ? cfg : conf, nparts);
+    char err[512];
+    *resumed = engine_snapshot_load(e, dir, err, sizeof err);
+    return e;
+}
+
+/* State in every mode on both partitions. */
+static void fill_state(engine_t *e) {
+    put(e, 0, "one", "a", "alice");
+    put(e, 0, "one", "b", "bob");
+    put(e, 1, "one", "c", "carol");
+    put(e, 0, "chg", "x", "alice");
+    put(e, 0, "chg", "z", "alice"); /* alice changed to z */
+    put(e, 1, "chg", "y", "dave");
+    put(e, 0, "unl", "p", NULL);
+    put(e, 1, "unl", "q", "erin");
+    put(e, 1, "unl", "q", "erin");
+}
+
+static void expect_filled(engine_t *e) {
+    expect3(e, P_ONE, 1, 1, 1);
+    expect3(e, P_CHG, 0, 1, 1);
+    expect2(e, P_UNL, 1, 2);
+}
+
+static void expect_empty_partition(engine_t *e, int part) {
+    cr_assert_eq(engine_position(e, part), 0, "partition %d resumed at %llu", part,
+                 (unsigned long long)engine_position(e, part));
+}
+
+Test(snapshot, roundtrip) {
+    fill_state(eng);
+    uint64_t pos0 = engine_position(eng, 0), pos1 = engine_position(eng, 1);
+    save(eng, 0);
+    save(eng, 1);
+
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 2);
+    cr_assert_eq(engine_position(e, 0), pos0);
+    cr_assert_eq(engine_position(e, 1), pos1);
+    expect_filled(e);
+
+    /* Voters survive: a repeat vote is still recognized ... */
+    put(e, 0, "one", "c", "alice");
+    put(e, 0, "one", "a", "bob");
+    expect3(e, P_ONE, 1, 1, 1);
+    /* ... a changeable voter's current option too: alice moves z -> y. */
+    put(e, 0, "chg", "y", "alice");
+    expect3(e, P_CHG, 0, 2, 0);
+    put(e, 0, "chg", "y", "alice");
+    expect3(e, P_CHG, 0, 2, 0);
+    /* and new voters still count. */
+    put(e, 1, "one", "a", "frank");
+    expect3(e, P_ONE, 2, 1, 1);
+    put(e, 1, "unl", "q", "erin");
+    expect2(e, P_UNL, 1, 3);
+    engine_free(e);
+}
+
+Test(snapshot, roundtrip_many_voters) {
+    for (int i = 0; i < 20000; i++) {
+        char voter[32];
+        snprintf(voter, sizeof voter, "v%d", i);
+        put(eng, i % NPART, "one", i % 3 == 0 ? "a" : "b", voter);
+    }
+    save(eng, 0);
+    save(eng, 1);
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 2);
+    uint64_t t[3];
+    totals(e, P_ONE, t);
+    cr_assert_eq(t[0], 6667);
+    cr_assert_eq(t[1], 13333);
+    for (int i = 0; i < 20000; i += 7) {
+        char voter[32];
+        snprintf(voter, sizeof voter, "v%d", i);
+        put(e, i % NPART, "one", "c", voter);
+    }
+    expect3(e, P_ONE, 6667, 13333, 0);
+    engine_free(e);
+}
+
+Test(snapshot, file_names_and_only_two_kept) {
+    put(eng, 0, "unl", "p", NULL);
+    uint64_t p1 = engine_position(eng, 0);
+    save(eng, 0);
+    put(eng, 0, "unl", "p", NULL);
+    uint64_t p2 = engine_position(eng, 0);
+    save(eng, 0);
+    put(eng, 0, "unl", "p", NULL);
+    uint64_t p3 = engine_position(eng, 0);
+    save(eng, 0);
+    save(eng, 0); /* same position again: same file */
+    char *f1 = snap_path(0, p1), *f2 = snap_path(0, p2), *f3 = snap_path(0, p3);
+    cr_assert_eq(file_size(f1), -1, "the oldest snapshot was kept");
+    cr_assert_gt(file_size(f2), 0);
+    cr_assert_gt(file_size(f3), 0);
+    cr_assert_eq(dir_count(dir, NULL), 2, "stray files in the snapshot dir");
+    /* Partition 1's snapshots are separate. */
+    put(eng, 1, "unl", "q", NULL);
+    save(eng, 1);
+    cr_assert_eq(dir_count(dir, "p001-"), 1);
+    cr_assert_eq(dir_count(dir, "p000-"), 2);
+    free(f1);
+    free(f2);
+    free(f3);
+}
+
+Test(snapshot, save_creates_the_directory) {
+    char *sub = path_join(dir, "a/b");
+    char err[512];
+    put(eng, 0, "unl", "p", NULL);
+    cr_assert_eq(engine_snapshot_save(eng, 0, sub, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(dir_count(sub, ".snap"), 1);
+    free(sub);
+}
+
+Test(snapshot, save_fails_cleanly) {
+    char *file = path_join(dir, "file");
+    file_write_str(file, "x");
+    char *under = path_join(dir, "file/snaps");
+    char err[512] = "";
+    cr_assert_eq(engine_snapshot_save(eng, 0, under, err, sizeof err), -1);
+    cr_assert_neq(err[0], '\0');
+    free(file);
+    free(under);
+}
+
+Test(snapshot, missing_or_empty_dir_loads_nothing) {
+    char *missing = path_join(dir, "nope");
+    engine_t *e = engine_new(conf, NPART);
+    char err[512];
+    cr_assert_eq(engine_snapshot_load(e, missing, err, sizeof err), 0);
+    cr_assert_eq(engine_snapshot_load(e, dir, err, sizeof err), 0);
+    expect_empty_partition(e, 0);
+    engine_free(e);
+    free(missing);
+}
+
+/* Two snapshots of partition 0: older at `older` with one state, newest at
+ * `newest` with more. */
+static void two_snapshots(uint64_t *older, uint64_t *newest) {
+    put(eng, 0, "one", "a", "alice");
+    put(eng, 0, "unl", "p", NULL);
+    *older = engine_position(eng, 0);
+    save(eng, 0);
+    put(eng, 0, "one", "b", "bob");
+    put(eng, 0, "unl", "p", NULL);
+    *newest = engine_position(eng, 0);
+    save(eng, 0);
+}
+
+static void expect_older_state(engine_t *e, uint64_t older) {
+    cr_assert_eq(engine_position(e, 0), older);
+    expect3(e, P_ONE, 1, 0, 0);
+    expect2(e, P_UNL, 1, 0);
+    /* bob voted after the older snapshot: his vote comes again from the
+     * log and must count. */
+    put(e, 0, "one", "b", "bob");
+    expect3(e, P_ONE, 1, 1, 0);
+    put(e, 0, "one", "c", "alice");
+    expect3(e, P_ONE, 1, 1, 0);
+}
+
+Test(snapshot, corrupt_newest_falls_back_to_older) {
+    uint64_t older, newest;
+    two_snapshots(&older, &newest);
+    char *f = snap_path(0, newest);
+    long long size = file_size(f);
+    cr_assert_gt(size, 40);
+    file_flip_byte(f, size / 2);
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 1);
+    expect_older_state(e, older);
+    engine_free(e);
+    free(f);
+}
+
+Test(snapshot, corrupt_checksum_falls_back_to_older) {
+    uint64_t older, newest;
+    two_snapshots(&older, &newest);
+    char *f = snap_path(0, newest);
+    file_flip_byte(f, -1); /* the checksum itself */
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 1);
+    expect_older_state(e, older);
+    engine_free(e);
+    free(f);
+}
+
+Test(snapshot, truncated_newest_falls_back_to_older) {
+    uint64_t older, newest;
+    two_snapshots(&older, &newest);
+    char *f = snap_path(0, newest);
+    file_truncate(f, file_size(f) - 9);
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 1);
+    expect_older_state(e, older);
+    engine_free(e);
+    free(f);
+}
+
+Test(snapshot, every_single_byte_flip_is_refused) {
+    fill_state(eng);
+    uint64_t pos = engine_position(eng, 0);
+    save(eng, 0);
+    char *f = snap_path(0, pos);
+    size_t len;
+    char *orig = file_read(f, &len);
+    for (size_t i = 0; i < len; i++) {
+        file_write(f, orig, len);
+        file_flip_byte(f, (long long)i);
+        int resumed;
+        engine_t *e = reload(NULL, NPART, &resumed);
+        cr_assert_eq(resumed, 0, "byte %zu flipped and the snapshot was used", i);
+        expect_empty_partition(e, 0);
+        expect3(e, P_ONE, 0, 0, 0);
+        engine_free(e);
+    }
+    free(orig);
+    free(f);
+}
+
+Test(snapshot, every_truncation_is_refused) {
+    fill_state(eng);
+    uint64_t pos = engine_position(eng, 0);
+    save(eng, 0);
+    char *f = snap_path(0, pos);
+    size_t len;
+    char *orig = file_read(f, &len);
+    for (size_t n = 0; n < len; n++) {
+        file_write(f, orig, n);
+        int resumed;
+        engine_t *e = reload(NULL, NPART, &resumed);
+        cr_assert_eq(resumed, 0, "truncated to %zu of %zu and used", n, len);
+        expect_empty_partition(e, 0);
+        expect3(e, P_CHG, 0, 0, 0);
+        engine_free(e);
+    }
+    /* Trailing garbage is refused too. */
+    file_write(f, orig, len);
+    file_append(f, "junk", 4);
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 0);
+    engine_free(e);
+    free(orig);
+    free(f);
+}
+
+Test(snapshot, only_snapshot_truncated_starts_from_zero) {
+    fill_state(eng);
+    uint64_t pos = engine_position(eng, 0);
+    save(eng, 0);
+    save(eng, 1);
+    char *f = snap_path(0, pos);
+    file_truncate(f, 10);
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 1, "partition 1 is unaffected");
+    expect_empty_partition(e, 0);
+    cr_assert_eq(engine_position(e, 1), engine_position(eng, 1));
+    /* Only partition 1's share remains. */
+    expect3(e, P_ONE, 0, 0, 1);
+    expect3(e, P_CHG, 0, 1, 0);
+    expect2(e, P_UNL, 0, 2);
+    engine_free(e);
+    free(f);
+}
+
+Test(snapshot, not_a_snapshot_is_ignored) {
+    char *f = snap_path(0, 0x100);
+    file_write_str(f, "this is not a tally snapshot at all, just text\n");
+    char *g = snap_path(0, 0x200);
+    file_write(g, "", 0);
+    char *h = path_join(dir, "p000-zzzz.snap");
+    file_write_str(h, "x");
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 0);
+    expect_empty_partition(e, 0);
+    engine_free(e);
+    free(f);
+    free(g);
+    free(h);
+}
+
+/* Saves fill_state()'s partitions, then loads them under cfg. */
+static int resumed_under(const conf_opts_t *o, int nparts) {
+    fill_state(eng);
+    save(eng, 0);
+    save(eng, 1);
+    tally_config_t *c = make_conf(o);
+    int resumed;
+    engine_t *e = reload(c, nparts, &resumed);
+    if (resumed == 0) {
+        /* Not used: every partition starts at 0 with empty state. */
+        for (int p = 0; p < nparts; p++)
+            expect_empty_partition(e, p);
+        for (int i = 0; i < engine_npolls(e); i++) {
+            uint64_t t[8];
+            engine_poll_totals(e, i, t);
+            for (int k = 0; k < engine_poll(e, i)->noptions; k++)
+                cr_assert_eq(t[k], 0, "poll %d option %d kept %llu", i, k,
+                             (unsigned long long)t[k]);
+        }
+    }
+    engine_free(e);
+    config_free(c);
+    return resumed;
+}
+
+Test(snapshot, config_unchanged_is_used) {
+    conf_opts_t o = {0};
+    cr_assert_eq(resumed_under(&o, NPART), 2);
+}
+
+Test(snapshot, config_title_change_is_fine) {
+    conf_opts_t o = {.one_title = "A new title"};
+    cr_assert_eq(resumed_under(&o, NPART), 2);
+}
+
+Test(snapshot, config_poll_order_changed_is_fine) {
+    /* Polls are matched by id, not by their place in the file. */
+    fill_state(eng);
+    save(eng, 0);
+    save(eng, 1);
+    conf_opts_t o = {.chg_first = 1};
+    tally_config_t *c = make_conf(&o);
+    cr_assert_str_eq(c->polls[0].id, "chg");
+    int resumed;
+    engine_t *e = reload(c, NPART, &resumed);
+    cr_assert_eq(resumed, 2);
+    uint64_t t[3];
+    engine_poll_totals(e, 1, t); /* one */
+    cr_assert(t[0] == 1 && t[1] == 1 && t[2] == 1);
+    engine_poll_totals(e, 0, t); /* chg */
+    cr_assert(t[0] == 0 && t[1] == 1 && t[2] == 1);
+    /* alice's changeable vote is still z: moving her to x takes z's vote. */
+    put(e, 0, "chg", "x", "alice");
+    engine_poll_totals(e, 0, t);
+    cr_assert(t[0] == 1 && t[1] == 1 && t[2] == 0);
+    engine_free(e);
+    config_free(c);
+}
+
+Test(snapshot, config_poll_added_not_used) {
+    conf_opts_t o = {.extra_poll = "newpoll"};
+    cr_assert_eq(resumed_under(&o, NPART), 0);
+}
+
+Test(snapshot, config_poll_removed_not_used) {
+    conf_opts_t o = {.drop_unl = 1};
+    cr_assert_eq(resumed_under(&o, NPART), 0);
+}
+
+Test(snapshot, config_poll_renamed_not_used) {
+    conf_opts_t o = {.rename_unl = "unl2"};
+    cr_assert_eq(resumed_under(&o, NPART), 0);
+}
+
+Test(snapshot, config_option_order_changed_not_used) {
+    conf_opts_t o = {.chg_options = "y, x, z"};
+    cr_assert_eq(resumed_under(&o, NPART), 0);
+}
+
+Test(snapshot, config_option_added_not_used) {
+    conf_opts_t o = {.one_options = "a, b, c, d"};
+    cr_assert_eq(resumed_under(&o, NPART), 0);
+}
+
+Test(snapshot, config_option_renamed_not_used) {
+    conf_opts_t o = {.one_options = "a, b, k"};
+    cr_assert_eq(resumed_under(&o, NPART), 0);
+}
+
+Test(snapshot, config_mode_changed_not_used) {
+    conf_opts_t o = {.chg_mode = "one-per-voter"};
+    cr_assert_eq(resumed_under(&o, NPART), 0);
+    conf_opts_t o2 = {.one_mode = "unlimited"};
+    teardown();
+    setup();
+    cr_assert_eq(resumed_under(&o2, NPART), 0);
+}
+
+Test(snapshot, partition_count_changed_not_used) {
+    /* 2 -> 3 partitions: p000 and p001 exist but were cut for 2. */
+    cr_assert_eq(resumed_under(NULL, 3), 0);
+}
+
+Test(snapshot, snapshot_of_another_partition_not_used) {
+    fill_state(eng);
+    uint64_t pos = engine_position(eng, 0);
+    save(eng, 0);
+    /* Pretend partition 0's file belongs to partition 1. */
+    char *from = snap_path(0, pos), *to = snap_path(1, pos);
+    cr_assert_eq(rename(from, to), 0);
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 0);
+    expect_empty_partition(e, 1);
+    engine_free(e);
+    free(from);
+    free(to);
+}
+
+Test(snapshot, failed_newest_leaves_nothing_behind_for_the_fallback) {
+    /* The older snapshot matches the config; the newest was written under
+     * a config where chg was one-per-voter, so loading it fails after poll
+     * "one" (listed first) was already read in. The fallback must start
+     * from a clean partition. */
+    put(eng, 0, "one", "a", "alice");
+    uint64_t older = engine_position(eng, 0);
+    save(eng, 0);
+
+    conf_opts_t o = {.chg_mode = "one-per-voter"};
+    tally_config_t *c2 = make_conf(&o);
+    engine_t *e2 = engine_new(c2, NPART);
+    for (int i = 0; i < 50; i++) {
+        char voter[16];
+        snprintf(voter, sizeof voter, "w%d", i);
+        put(e2, 0, "one", "c", voter);
+    }
+    put(e2, 0, "one", "c", "bob");
+    cr_assert_gt(engine_position(e2, 0), older);
+    char err[512];
+    cr_assert_eq(engine_snapshot_save(e2, 0, dir, err, sizeof err), 0, "%s", err);
+    engine_free(e2);
+    config_free(c2);
+
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 1);
+    cr_assert_eq(engine_position(e, 0), older);
+    expect3(e, P_ONE, 1, 0, 0);
+    /* bob and w* are unknown here: their votes count. */
+    put(e, 0, "one", "b", "bob");
+    put(e, 0, "one", "b", "w3");
+    expect3(e, P_ONE, 1, 2, 0);
+    engine_free(e);
+}

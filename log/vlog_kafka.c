@@ -286,10 +286,33 @@ static void klog_close(vlog_t *base) {
     free(l);
 }
 
+static int retriable(rd_kafka_resp_err_t e) {
+    switch (e) {
+    case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+    case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Low and high watermarks of a partition, retrying what a fresh topic or a
+ * leader election answers for a moment. */
 static int watermarks(klog_t *l, rd_kafka_t *rk, int p, int64_t *lo, int64_t *hi, char *errstr,
                       size_t esz) {
-    rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(rk, l->topic, p, lo, hi,
-                                                             META_TIMEOUT_MS);
+    uint64_t deadline = mono_ms() + META_TIMEOUT_MS * 3;
+    rd_kafka_resp_err_t e;
+    while ((e = rd_kafka_query_watermark_offsets(rk, l->topic, p, lo, hi, META_TIMEOUT_MS)) &&
+           retriable(e) && mono_ms() < deadline) {
+        struct timespec ts = {0, 100 * 1000000};
+        nanosleep(&ts, NULL);
+    }
     if (e) {
         snprintf(errstr, esz, "kafka %s[%d]: cannot read offsets: %s", l->topic, p,
                  rd_kafka_err2str(e));

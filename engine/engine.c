@@ -135,6 +135,22 @@ void engine_batch_end(engine_t *e, int partition) {
     }
 }
 
+/* Skipped records are counted (engine_stats) and the first few logged, so
+ * that a log written by a newer version or another config is noticed. */
+static void note_skipped(int partition, uint64_t next_pos, const uint8_t *rec, size_t len) {
+    static _Atomic int logged;
+    if (atomic_fetch_add_explicit(&logged, 1, memory_order_relaxed) >= 10)
+        return;
+    vote_record_t v;
+    if (record_decode(rec, len, &v) != 0)
+        log_warn("engine: partition %d: record before position %llu is unreadable (version %d, "
+                 "%zu bytes): skipped",
+                 partition, (unsigned long long)next_pos, len ? rec[0] : -1, len);
+    else
+        log_warn("engine: partition %d: vote for %.*s/%.*s is not in the config: skipped",
+                 partition, (int)v.poll_len, v.poll, (int)v.option_len, v.option);
+}
+
 int engine_apply(engine_t *e, int partition, const uint8_t *rec, size_t len, uint64_t next_pos,
                  int64_t ts_ms) {
     partition_t *pt = &e->parts[partition];
@@ -146,6 +162,7 @@ int engine_apply(engine_t *e, int partition, const uint8_t *rec, size_t len, uin
         (oi = idmap_find(&e->opt_maps[pi], v.option, v.option_len, opt_id_at,
                          &e->conf->polls[pi])) < 0) {
         count_add((_Atomic uint64_t *)&pt->skipped, 1);
+        note_skipped(partition, next_pos, rec, len);
         return -1;
     }
     uint64_t ts = ts_ms >= 0 ? (uint64_t)ts_ms : v.ts_ms;

@@ -24,7 +24,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/ids.h"
 #include "common/util.h"
+#include "log/record.h"
 #include "log/vlog_int.h"
 
 #define META_TIMEOUT_MS 10000
@@ -235,20 +237,21 @@ static vlog_err_t klog_append(vlog_t *base, int partition, const uint8_t *rec, s
         atomic_fetch_sub(&l->inflight, 1);
         return VLOG_FULL;
     }
-    /* Key: the record's poll and voter ids, "poll/voter" (bytes 11.. of v1). */
-    const uint8_t *key = NULL;
-    size_t klen = 0;
-    if (len > 11 && rec[0] == 1) {
-        key = rec + 11;
-        klen = rec[10];
+    /* Key "poll/voter": what keeps a voter's votes together, readable by
+     * any Kafka tool. The partition itself is chosen by tally (explicit). */
+    vote_record_t v;
+    if (record_decode(rec, len, &v) != 0) {
+        atomic_fetch_sub(&l->inflight, 1);
+        return VLOG_ERR;
     }
-    uint64_t ts = 0;
-    for (int i = 7; i >= 0; i--)
-        ts = (ts << 8) | rec[2 + i];
+    char key[ID_MAX_LEN + 1 + VOTER_MAX_LEN];
+    size_t klen = (size_t)snprintf(key, sizeof key, "%.*s/%.*s", (int)v.poll_len, v.poll,
+                                   (int)v.voter_len, v.voter ? v.voter : "");
+    uint64_t ts = v.ts_ms;
     rd_kafka_resp_err_t e = rd_kafka_producev(
         l->rk, RD_KAFKA_V_RKT(l->rkt), RD_KAFKA_V_PARTITION(partition),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_VALUE((void *)rec, len),
-        RD_KAFKA_V_KEY((void *)key, klen), RD_KAFKA_V_TIMESTAMP((int64_t)ts),
+        RD_KAFKA_V_KEY(key, klen), RD_KAFKA_V_TIMESTAMP((int64_t)ts),
         RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
     if (e) {
         atomic_fetch_sub(&l->inflight, 1);

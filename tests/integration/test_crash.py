@@ -68,6 +68,41 @@ class Crash(TallyTestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(t.published_counts("one"), {"a": 40, "b": 1, "c": 0})
 
+    def test_recovery_from_checkpoint(self):
+        """Recovery scans from the log's CHECKPOINT; a torn tail after it is
+        still dropped, and a damaged or lying checkpoint only costs a scan."""
+        t = self.make().start()
+        ckpt = os.path.join(t.dir, "log", "CHECKPOINT")
+        n = 0
+
+        def vote_until_checkpoint():
+            nonlocal n
+            self.assertEqual(t.vote("one", "a", f"v{n}")[0], 202)
+            n += 1
+            return os.path.exists(ckpt)
+        wait_until(vote_until_checkpoint, 30, "a checkpoint")
+        for _ in range(20):
+            self.assertEqual(t.vote("one", "b", f"v{n}")[0], 202)
+            n += 1
+        t.kill9()
+        parts = sorted(glob.glob(os.path.join(t.dir, "log", "p*.log")))
+        with open(parts[2], "ab") as f:
+            f.write(b"\x30\x00\x00\x00\x01\x02")
+        t.start()
+        t.wait_counts({"one": {"a": n - 20, "b": 20, "c": 0}})
+        t.stop()
+        for c, text in enumerate((b"garbage\n",
+                                  b"tally-ckpt 1 4 999999 999999 999999 999999 0000000000000000\n")):
+            with open(ckpt, "wb") as f:
+                f.write(text)
+            t.start()
+            t.wait_counts({"one": {"a": n - 20, "b": 20, "c": c}})
+            self.assertEqual(t.vote("one", "c", f"after-{c}")[0], 202)
+            t.stop()
+        r = t.replay()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(t.published_counts("one"), {"a": n - 20, "b": 20, "c": 2})
+
     def test_damaged_snapshots_fall_back(self):
         t = self.make().start()
         for i in range(30):

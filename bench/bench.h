@@ -1,0 +1,53 @@
+/* tally-bench: the load generator and benchmarks of tally.
+ *   tally-bench http     HTTP load on a running tally (or anything that
+ *                        answers POST /v1/polls/ID/votes), with --verify
+ *   tally-bench engine   the counter engine in-process
+ *   tally-bench replay   `tally replay` over a generated log
+ * Shared helpers live in bench_util.c. */
+#ifndef BENCH_BENCH_H
+#define BENCH_BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "bench/hist.h"
+#include "common/config.h"
+
+#define BENCH_EXIT_FAIL 1   /* could not run, or the result was wrong */
+#define BENCH_EXIT_USAGE 2  /* bad option */
+#define BENCH_EXIT_VERIFY 3 /* --verify: the published totals did not match */
+
+int bench_http_main(int argc, char **argv);
+int bench_engine_main(int argc, char **argv);
+int bench_replay_main(int argc, char **argv);
+
+/* "2000", "10k", "1M", "2.5M", "1e6": a non-negative count. 0 or -1. */
+int bench_parse_count(const char *s, uint64_t *out);
+/* A finite double. 0 or -1. */
+int bench_parse_double(const char *s, double *out);
+
+/* The polls a bench works with: from tally's INI (config_load, so the file
+ * `tally run` uses gives the same polls, options and modes), or, without a
+ * file, one poll per id in polls_csv with options_csv and mode. NULL with
+ * errstr on a bad file or flag. */
+tally_config_t *bench_load_polls(const char *config_path, const char *polls_csv,
+                                 const char *options_csv, const char *mode, char *errstr,
+                                 size_t esz);
+/* Parses a mode name. 0 or -1. */
+int bench_parse_mode(const char *s, poll_mode_t *m);
+
+/* Prints "p50 1.234  p90 ..." of a ns histogram in ms. */
+void bench_print_latency(FILE *out, const char *label, const hist_t *h);
+/* {"count":..,"p50":..,"p90":..,"p99":..,"p99_9":..,"max":..,"mean":..} in
+ * ms, as a cJSON object (cJSON * as void * to keep cJSON out of this header). */
+void *bench_json_latency(const hist_t *h);
+/* Writes the cJSON item to path, pretty-printed; frees nothing. 0 or -1. */
+int bench_json_write(const char *path, const void *item);
+
+/* Resident set size of this process, bytes (0 if unknown). */
+uint64_t bench_rss_bytes(void);
+/* A random-ish 64-bit seed from the clock and pid. */
+uint64_t bench_seed(void);
+
+#endif

@@ -1,0 +1,129 @@
+#include <cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench/bench.h"
+#include "common/util.h"
+
+int bench_parse_count(const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || !isfinite(v) || v < 0)
+        return -1;
+    double mult = 1;
+    if (*end == 'k' || *end == 'K')
+        mult = 1e3, end++;
+    else if (*end == 'm' || *end == 'M')
+        mult = 1e6, end++;
+    else if (*end == 'g' || *end == 'G')
+        mult = 1e9, end++;
+    if (*end != '\0')
+        return -1;
+    v *= mult;
+    if (v > 1e18 || v != floor(v))
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int bench_parse_double(const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end != '\0' || !isfinite(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int bench_parse_mode(const char *s, poll_mode_t *m) {
+    if (!strcmp(s, "one-per-voter"))
+        *m = MODE_ONE_PER_VOTER;
+    else if (!strcmp(s, "changeable"))
+        *m = MODE_CHANGEABLE;
+    else if (!strcmp(s, "unlimited"))
+        *m = MODE_UNLIMITED;
+    else
+        return -1;
+    return 0;
+}
+
+tally_config_t *bench_load_polls(const char *config_path, const char *polls_csv,
+                                 const char *options_csv, const char *mode, char *errstr,
+                                 size_t esz) {
+    if (config_path)
+        return config_load(config_path, NULL, 0, errstr, esz);
+    tally_config_t *c = config_new_defaults();
+    char *list = xstrdup(polls_csv ? polls_csv : "bench");
+    int rc = 0;
+    for (char *save = NULL, *id = strtok_r(list, ",", &save); id && rc == 0;
+         id = strtok_r(NULL, ",", &save)) {
+        char section[128];
+        snprintf(section, sizeof section, "poll.%s", id);
+        rc = config_set(c, section, "options", options_csv ? options_csv : "a,b,c,d", errstr, esz);
+        if (rc == 0)
+            rc = config_set(c, section, "mode", mode ? mode : "one-per-voter", errstr, esz);
+    }
+    free(list);
+    if (rc == 0)
+        rc = config_validate(c, errstr, esz);
+    if (rc != 0) {
+        config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static double ms(uint64_t ns) { return (double)ns / 1e6; }
+
+void bench_print_latency(FILE *out, const char *label, const hist_t *h) {
+    if (hist_count(h) == 0) {
+        fprintf(out, "  %-13s no samples\n", label);
+        return;
+    }
+    fprintf(out, "  %-13s p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n", label,
+            ms(hist_percentile(h, 50)), ms(hist_percentile(h, 90)), ms(hist_percentile(h, 99)),
+            ms(hist_percentile(h, 99.9)), ms(h->max), hist_mean(h) / 1e6);
+}
+
+void *bench_json_latency(const hist_t *h) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "count", (double)hist_count(h));
+    cJSON_AddNumberToObject(o, "p50", ms(hist_percentile(h, 50)));
+    cJSON_AddNumberToObject(o, "p90", ms(hist_percentile(h, 90)));
+    cJSON_AddNumberToObject(o, "p99", ms(hist_percentile(h, 99)));
+    cJSON_AddNumberToObject(o, "p99_9", ms(hist_percentile(h, 99.9)));
+    cJSON_AddNumberToObject(o, "max", ms(hist_count(h) ? h->max : 0));
+    cJSON_AddNumberToObject(o, "mean", hist_mean(h) / 1e6);
+    return o;
+}
+
+int bench_json_write(const char *path, const void *item) {
+    char *s = cJSON_Print((const cJSON *)item);
+    size_t len = strlen(s);
+    FILE *f = !strcmp(path, "-") ? stdout : fopen(path, "w");
+    int rc = -1;
+    if (f) {
+        rc = fwrite(s, 1, len, f) == len && fputc('\n', f) != EOF ? 0 : -1;
+        if (f != stdout && fclose(f) != 0)
+            rc = -1;
+    }
+    cJSON_free(s);
+    return rc;
+}
+
+uint64_t bench_rss_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return 0;
+    unsigned long long size = 0, rss = 0;
+    int n = fscanf(f, "%llu %llu", &size, &rss);
+    fclose(f);
+    return n == 2 ? rss * (uint64_t)sysconf(_SC_PAGESIZE) : 0;
+}
+
+uint64_t bench_seed(void) { return mono_ns() ^ ((uint64_t)getpid() << 32) ^ now_ms(); }

@@ -1,0 +1,1110 @@
+/* tally-bench http: the HTTP load generator.
+ *
+ * One libevent loop drives --connections keep-alive connections (the evhttp
+ * client API, one request in flight per connection). Closed loop: a
+ * connection sends its next vote as soon as the last one is answered. Open
+ * loop (--rate): request k is due at start + k/rate and its latency counts
+ * from then, even when every connection was busy and it went out late.
+ *
+ * Votes come from gen.c, which never has two votes of one (poll, voter) in
+ * flight, so the 202s can be replayed through expect.c in the order the
+ * server saw them; --verify then waits for publisher.dir to show exactly
+ * those totals. A probe (--fresh-poll) casts one vote at a time on a poll the
+ * load leaves alone and times how long its 202 takes to show in the JSON.
+ * @locality everything here runs on the one loop thread */
+#include <cJSON.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <getopt.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench/bench.h"
+#include "bench/expect.h"
+#include "bench/gen.h"
+#include "bench/hist.h"
+#include "bench/rate.h"
+#include "bench/verify.h"
+#include "common/util.h"
+
+#define NSTATUS 600
+#define HIST_HIGHEST (3600ull * 1000000000ull) /* 1 h in ns */
+#define FRESH_TIMEOUT_NS (10ull * 1000000000ull)
+#define WATCH_US 1000 /* the probe re-checks the published file every ms */
+
+static const char *help =
+    "usage: tally-bench http [options]\n"
+    "\n"
+    "Sends votes to POST URL/v1/polls/ID/votes over keep-alive connections and\n"
+    "reports throughput, latency percentiles and answers by status code.\n"
+    "\n"
+    "Load:\n"
+    "  -u, --url URL            server base URL (default http://127.0.0.1:8080)\n"
+    "  -c, --connections N      keep-alive connections (default 16)\n"
+    "  -d, --duration SECONDS   stop sending after this long (default 10 unless --votes)\n"
+    "  -n, --votes N            stop after N votes (2000, 10k, 1M)\n"
+    "  -r, --rate PER_SECOND    open loop at this rate; latency counts from each\n"
+    "                           vote's intended send time (default: closed loop)\n"
+    "      --timeout SECONDS    per-request timeout (default 10)\n"
+    "Votes:\n"
+    "      --config FILE        tally's INI: its polls, options and modes\n"
+    "      --poll ID[,ID..]     polls to vote in (default: every poll of --config);\n"
+    "                           without --config each is defined by --options/--mode\n"
+    "      --options A,B,..     options of --poll without --config (default a,b,c,d)\n"
+    "      --mode MODE          one-per-voter|changeable|unlimited, idem\n"
+    "      --voters N           distinct voters per poll (default 10000)\n"
+    "      --dist uniform|zipf  who votes again (default uniform)\n"
+    "      --zipf-s S           zipf exponent (default 1.0)\n"
+    "      --repeat-ratio R     share of votes repeating the voter's last vote (0.1)\n"
+    "      --change-ratio R     share of votes changing the voter's option (0.1)\n"
+    "      --seed N             generator seed (default: from the clock)\n"
+    "Checks:\n"
+    "      --verify DIR         after the run, wait until DIR/polls/*.json (publisher.dir)\n"
+    "                           show exactly the totals the 202s imply; exit 3 if not.\n"
+    "                           The run starts once those files stood still for 300 ms\n"
+    "      --verify-timeout S   how long to wait (default 30)\n"
+    "      --fresh-poll ID      measure freshness with probe votes on this poll (left\n"
+    "                           out of the load): 202 -> visible in the published JSON\n"
+    "      --fresh-interval MS  one probe vote per MS (default 100)\n"
+    "      --public DIR         publisher.dir for --fresh-poll (default: --verify DIR)\n"
+    "Output:\n"
+    "      --json FILE          the results as JSON too ('-' for stdout)\n"
+    "  -q, --quiet              no progress line\n"
+    "\n"
+    "Voter ids carry a random per-run prefix, so runs against a server that already\n"
+    "holds votes verify too, provided nothing else votes meanwhile.\n"
+    "Exit status: 0 ok, 1 error, 2 usage, 3 verification failed.\n";
+
+typedef struct bh_s bh_t;
+
+typedef struct {
+    bh_t *b;
+    struct evhttp_connection *evcon;
+    int is_probe;
+    gen_vote_t vote;
+    uint64_t intended_ns;
+} conn_t;
+
+typedef struct {
+    /* options */
+    const char *url;
+    int nconns;
+    double duration_s;
+    uint64_t max_votes;
+    double rate;
+    int timeout_s;
+    const char *config_path, *polls_csv, *options_csv, *mode;
+    uint64_t voters;
+    gen_dist_t dist;
+    double zipf_s, repeat, change;
+    uint64_t seed;
+    int seed_set;
+    const char *verify_dir;
+    double verify_timeout_s;
+    const char *fresh_poll;
+    int fresh_interval_ms;
+    const char *public_dir;
+    const char *json_path;
+    int quiet;
+} bh_opts_t;
+
+struct bh_s {
+    bh_opts_t o;
+    tally_config_t *conf;
+    struct event_base *base;
+    char host[256];
+    int port;
+    char hostport[300];
+    char runid[16];
+
+    /* load */
+    const poll_conf_t **polls; /* the load's polls */
+    int npolls;
+    char **paths; /* [npolls] request paths */
+    gen_t gen;
+    expect_poll_t *expect; /* [npolls] when verifying */
+    conn_t *conns;
+    conn_t **freel;
+    int nfree;
+    int open_loop;
+    rate_t rate;
+    uint64_t next_k;
+    uint64_t max_backlog;
+    uint64_t unsent_due; /* open loop: due by the end but never sent */
+    uint64_t start_ns, last_done_ns, deadline_ns;
+    int stop_sending;
+    int finished;
+    uint64_t sent, done, gen_blocked;
+    uint64_t status[NSTATUS];
+    uint64_t no_response; /* errors and timeouts: outcome unknown */
+    hist_t lat, lat_sec;
+    struct event *send_ev, *progress_ev, *deadline_ev, *drain_ev, *sigint_ev;
+    uint64_t prev_done;
+
+    /* freshness probe */
+    const poll_conf_t *probe_poll;
+    char *probe_path;
+    char probe_json[4200];
+    conn_t probe;
+    int probe_busy; /* request in flight or waiting to become visible */
+    int probe_watching;
+    uint64_t probe_base_total, probe_accepted, probe_sent, probe_failed, probe_no_response;
+    uint64_t probe_202_ns;
+    struct stat probe_st;
+    hist_t fresh;
+    uint64_t fresh_timeouts;
+    struct event *probe_ev, *watch_ev;
+};
+
+static uint64_t sec_ns(double s) { return (uint64_t)(s * 1e9); }
+
+/* ---- sending ---- */
+
+static void on_response(struct evhttp_request *req, void *arg);
+static void maybe_finish(bh_t *b);
+
+static int inflight(const bh_t *b) { return b->o.nconns - b->nfree; }
+
+/* POSTs {"option":option,"voter":"RUNID-<kind><voter>"}; c answers in
+ * on_response. Voter ids carry the run id so runs never share voters. */
+static int send_post(bh_t *b, conn_t *c, const char *path, const char *option, const char *kind,
+                     uint64_t voter) {
+    struct evhttp_request *req = evhttp_request_new(on_response, c);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Host", b->hostport);
+    evhttp_add_header(h, "Content-Type", "application/json");
+    char body[512];
+    int n = snprintf(body, sizeof body, "{\"option\":\"%s\",\"voter\":\"%s-%s%llu\"}", option,
+                     b->runid, kind, (unsigned long long)voter);
+    evbuffer_add(evhttp_request_get_output_buffer(req), body, (size_t)n);
+    /* On failure libevent has freed req and will not call back. */
+    return evhttp_make_request(c->evcon, req, EVHTTP_REQ_POST, path);
+}
+
+static struct timeval ns_tv(uint64_t ns) {
+    struct timeval tv = {(time_t)(ns / 1000000000ull), (suseconds_t)(ns % 1000000000ull / 1000)};
+    return tv;
+}
+
+static void schedule_send(bh_t *b, uint64_t wait_ns) {
+    struct timeval tv = ns_tv(wait_ns);
+    event_add(b->send_ev, &tv);
+}
+
+/* No more votes: the duration or the vote count is reached. */
+static void stop_load(bh_t *b) {
+    if (b->stop_sending)
+        return;
+    if (b->open_loop && b->deadline_ns) {
+        uint64_t due = rate_due(&b->rate, b->deadline_ns);
+        if (b->o.max_votes && due > b->o.max_votes)
+            due = b->o.max_votes;
+        b->unsent_due = due > b->next_k ? due - b->next_k : 0;
+    }
+    b->stop_sending = 1;
+}
+
+/* Sends whatever is due on the free connections. */
+static void pump(bh_t *b) {
+    while (b->nfree > 0 && !b->stop_sending) {
+        uint64_t now = mono_ns();
+        if ((b->o.max_votes && b->sent >= b->o.max_votes) ||
+            (b->deadline_ns && now >= b->deadline_ns)) {
+            stop_load(b);
+            break;
+        }
+        uint64_t intended = now;
+        if (b->open_loop) {
+            intended = rate_intended_ns(&b->rate, b->next_k);
+            if (intended > now) {
+                schedule_send(b, intended - now);
+                break;
+            }
+            uint64_t backlog = rate_due(&b->rate, now) - b->next_k;
+            if (backlog > b->max_backlog)
+                b->max_backlog = backlog;
+        }
+        gen_vote_t v;
+        if (gen_next(&b->gen, &v) != 0) {
+            b->gen_blocked++; /* every voter busy: a completion will call us */
+            break;
+        }
+        conn_t *c = b->freel[--b->nfree];
+        c->vote = v;
+        c->intended_ns = intended;
+        const poll_conf_t *p = b->polls[v.poll];
+        b->sent++;
+        if (b->open_loop)
+            b->next_k++;
+        if (send_post(b, c, b->paths[v.poll], p->options[v.option].id, "", v.voter) != 0) {
+            /* Never reached the wire: no outcome to account for. */
+            b->status[0]++;
+            b->done++;
+            gen_done(&b->gen, &v);
+            b->freel[b->nfree++] = c;
+            log_error("cannot send a request to %s", b->o.url);
+            b->stop_sending = 1;
+            break;
+        }
+    }
+    if (b->stop_sending)
+        maybe_finish(b);
+}
+
+static void on_send_timer(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    pump(arg);
+}
+
+/* ---- freshness probe ---- */
+
+static uint64_t probe_published_total(bh_t *b, int *ok) {
+    uint64_t counts[256], *cp = counts;
+    int n = b->probe_poll->noptions;
+    if (n > 256)
+        cp = xmalloc(sizeof *cp * (size_t)n);
+    char err[512];
+    int rc = verify_read_poll(b->o.public_dir, b->probe_poll, cp, err, sizeof err);
+    uint64_t total = 0;
+    for (int k = 0; k < n; k++)
+        total += cp[k];
+    if (cp != counts)
+        free(cp);
+    *ok = rc >= 0;
+    return total;
+}
+
+static void probe_stop_watching(bh_t *b) {
+    event_del(b->watch_ev);
+    b->probe_watching = 0;
+    b->probe_busy = 0;
+    if (b->stop_sending)
+        maybe_finish(b);
+}
+
+static void on_watch(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    bh_t *b = arg;
+    uint64_t now = mono_ns();
+    struct stat st;
+    /* The publisher renames a new file into place: a new inode (or mtime)
+     * is the only time the content can have changed. */
+    if (stat(b->probe_json, &st) == 0 &&
+        (st.st_ino != b->probe_st.st_ino || st.st_mtim.tv_sec != b->probe_st.st_mtim.tv_sec ||
+         st.st_mtim.tv_nsec != b->probe_st.st_mtim.tv_nsec || st.st_size != b->probe_st.st_size)) {
+        int ok;
+        uint64_t total = probe_published_total(b, &ok);
+        if (ok) {
+            b->probe_st = st;
+            if (total >= b->probe_base_total + b->probe_accepted) {
+                hist_record(&b->fresh, now - b->probe_202_ns);
+                probe_stop_watching(b);
+                return;
+            }
+        }
+    }
+    if (now - b->probe_202_ns > FRESH_TIMEOUT_NS) {
+        b->fresh_timeouts++;
+        probe_stop_watching(b);
+    }
+}
+
+static void probe_send(bh_t *b) {
+    if (b->probe_busy || b->stop_sending)
+        return;
+    b->probe_busy = 1;
+    b->probe.intended_ns = mono_ns();
+    b->probe_sent++;
+    if (send_post(b, &b->probe, b->probe_path, b->probe_poll->options[0].id, "p", b->probe_sent) !=
+        0) {
+        b->probe_failed++;
+        b->probe_busy = 0;
+    }
+}
+
+static void on_probe_timer(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    probe_send(arg);
+}
+
+static void probe_response(bh_t *b, int code) {
+    if (code == 202) {
+        b->probe_accepted++;
+        b->probe_202_ns = mono_ns();
+        b->probe_watching = 1;
+        struct timeval tv = {0, WATCH_US};
+        event_add(b->watch_ev, &tv);
+        on_watch(-1, 0, b); /* maybe visible already */
+        return;
+    }
+    if (code == 0)
+        b->probe_no_response++;
+    else
+        b->probe_failed++;
+    b->probe_busy = 0;
+    if (b->stop_sending)
+        maybe_finish(b);
+}
+
+/* ---- answers ---- */
+
+static void on_response(struct evhttp_request *req, void *arg) {
+    conn_t *c = arg;
+    bh_t *b = c->b;
+    uint64_t now = mono_ns();
+    int code = req ? evhttp_request_get_response_code(req) : 0;
+    if (code < 0 || code >= NSTATUS)
+        code = NSTATUS - 1;
+    if (c->is_probe) {
+        probe_response(b, code);
+        return;
+    }
+    b->done++;
+    b->last_done_ns = now;
+    if (code == 0) {
+        b->no_response++;
+    } else {
+        b->status[code]++;
+        uint64_t lat = rate_latency_ns(c->intended_ns, now);
+        hist_record(&b->lat, lat);
+        hist_record(&b->lat_sec, lat);
+    }
+    if (code == 202 && b->expect)
+        expect_poll_accept(&b->expect[c->vote.poll], c->vote.voter, c->vote.option);
+    gen_done(&b->gen, &c->vote);
+    b->freel[b->nfree++] = c;
+    pump(b);
+}
+
+/* ---- progress and the end ---- */
+
+static void on_progress(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    bh_t *b = arg;
+    if (b->o.quiet)
+        return;
+    double el = (double)(mono_ns() - b->start_ns) / 1e9;
+    uint64_t d = b->done - b->prev_done;
+    b->prev_done = b->done;
+    fprintf(stderr, "[%5.1fs] %llu done, %llu/s, %d in flight, 202: %llu, p99 %.3f ms%s\n", el,
+            (unsigned long long)b->done, (unsigned long long)d, inflight(b),
+            (unsigned long long)b->status[202], (double)hist_percentile(&b->lat_sec, 99) / 1e6,
+            b->open_loop && rate_due(&b->rate, mono_ns()) > b->next_k + (uint64_t)b->o.nconns
+                ? " (behind the rate)"
+                : "");
+    hist_reset(&b->lat_sec);
+}
+
+static void maybe_finish(bh_t *b) {
+    if (b->finished || !b->stop_sending)
+        return;
+    if (!event_pending(b->drain_ev, EV_TIMEOUT, NULL)) {
+        /* Give answers in flight the request timeout, then give up. */
+        struct timeval tv = {b->o.timeout_s + 1, 0};
+        event_add(b->drain_ev, &tv);
+    }
+    if (inflight(b) > 0 || b->probe_busy)
+        return;
+    b->finished = 1;
+    event_base_loopexit(b->base, NULL);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    bh_t *b = arg;
+    stop_load(b);
+    maybe_finish(b);
+}
+
+static void on_drain_timeout(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    bh_t *b = arg;
+    log_warn("%d requests still unanswered after the timeout; their outcome is unknown",
+             inflight(b) + (b->probe_busy && !b->probe_watching));
+    b->finished = 1;
+    event_base_loopexit(b->base, NULL);
+}
+
+static void on_sigint(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    bh_t *b = arg;
+    if (b->stop_sending) {
+        event_base_loopexit(b->base, NULL);
+        return;
+    }
+    fprintf(stderr, "tally-bench: interrupted; waiting for answers in flight (^C again to quit)\n");
+    b->stop_sending = 1;
+    maybe_finish(b);
+}
+
+/* ---- setup ---- */
+
+static int parse_opts(int argc, char **argv, bh_opts_t *o) {
+    enum {
+        O_TIMEOUT = 256,
+        O_CONFIG,
+        O_POLL,
+        O_OPTIONS,
+        O_MODE,
+        O_VOTERS,
+        O_DIST,
+        O_ZIPF,
+        O_REPEAT,
+        O_CHANGE,
+        O_SEED,
+        O_VERIFY,
+        O_VTIMEOUT,
+        O_FPOLL,
+        O_FINT,
+        O_PUBLIC,
+        O_JSON,
+    };
+    static const struct option longopts[] = {{"url", required_argument, 0, 'u'},
+                                             {"connections", required_argument, 0, 'c'},
+                                             {"duration", required_argument, 0, 'd'},
+                                             {"votes", required_argument, 0, 'n'},
+                                             {"rate", required_argument, 0, 'r'},
+                                             {"timeout", required_argument, 0, O_TIMEOUT},
+                                             {"config", required_argument, 0, O_CONFIG},
+                                             {"poll", required_argument, 0, O_POLL},
+                                             {"options", required_argument, 0, O_OPTIONS},
+                                             {"mode", required_argument, 0, O_MODE},
+                                             {"voters", required_argument, 0, O_VOTERS},
+                                             {"dist", required_argument, 0, O_DIST},
+                                             {"zipf-s", required_argument, 0, O_ZIPF},
+                                             {"repeat-ratio", required_argument, 0, O_REPEAT},
+                                             {"change-ratio", required_argument, 0, O_CHANGE},
+                                             {"seed", required_argument, 0, O_SEED},
+                                             {"verify", required_argument, 0, O_VERIFY},
+                                             {"verify-timeout", required_argument, 0, O_VTIMEOUT},
+                                             {"fresh-poll", required_argument, 0, O_FPOLL},
+                                             {"fresh-interval", required_argument, 0, O_FINT},
+                                             {"public", required_argument, 0, O_PUBLIC},
+                                             {"json", required_argument, 0, O_JSON},
+                                             {"quiet", no_argument, 0, 'q'},
+                                             {"help", no_argument, 0, 'h'},
+                                             {0, 0, 0, 0}};
+    memset(o, 0, sizeof *o);
+    o->url = "http://127.0.0.1:8080";
+    o->nconns = 16;
+    o->timeout_s = 10;
+    o->voters = 10000;
+    o->zipf_s = 1.0;
+    o->repeat = 0.1;
+    o->change = 0.1;
+    o->verify_timeout_s = 30;
+    o->fresh_interval_ms = 100;
+    int ch;
+    uint64_t u;
+    double d;
+    opterr = 0;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, ":u:c:d:n:r:qh", longopts, NULL)) != -1) {
+        const char *bad = NULL;
+        switch (ch) {
+        case 'u': o->url = optarg; break;
+        case 'c':
+            if (bench_parse_count(optarg, &u) || u < 1 || u > 100000)
+                bad = "--connections: 1..100000";
+            o->nconns = (int)u;
+            break;
+        case 'd':
+            if (bench_parse_double(optarg, &o->duration_s) || o->duration_s <= 0)
+                bad = "--duration: seconds > 0";
+            break;
+        case 'n':
+            if (bench_parse_count(optarg, &o->max_votes) || o->max_votes < 1)
+                bad = "--votes: a count >= 1";
+            break;
+        case 'r':
+            if (bench_parse_double(optarg, &o->rate) || o->rate <= 0)
+                bad = "--rate: votes per second > 0";
+            break;
+        case O_TIMEOUT:
+            if (bench_parse_double(optarg, &d) || d < 1 || d > 3600)
+                bad = "--timeout: 1..3600 seconds";
+            o->timeout_s = (int)d;
+            break;
+        case O_CONFIG: o->config_path = optarg; break;
+        case O_POLL: o->polls_csv = optarg; break;
+        case O_OPTIONS: o->options_csv = optarg; break;
+        case O_MODE: {
+            poll_mode_t m;
+            if (bench_parse_mode(optarg, &m))
+                bad = "--mode: one-per-voter, changeable or unlimited";
+            o->mode = optarg;
+            break;
+        }
+        case O_VOTERS:
+            if (bench_parse_count(optarg, &o->voters) || o->voters < 1 ||
+                o->voters > UINT32_MAX - 1)
+                bad = "--voters: 1..4294967294";
+            break;
+        case O_DIST:
+            if (!strcmp(optarg, "uniform"))
+                o->dist = DIST_UNIFORM;
+            else if (!strcmp(optarg, "zipf"))
+                o->dist = DIST_ZIPF;
+            else
+                bad = "--dist: uniform or zipf";
+            break;
+        case O_ZIPF:
+            if (bench_parse_double(optarg, &o->zipf_s) || o->zipf_s <= 0 || o->zipf_s > 10)
+                bad = "--zipf-s: (0, 10]";
+            break;
+        case O_REPEAT:
+            if (bench_parse_double(optarg, &o->repeat) || o->repeat < 0 || o->repeat > 1)
+                bad = "--repeat-ratio: 0..1";
+            break;
+        case O_CHANGE:
+            if (bench_parse_double(optarg, &o->change) || o->change < 0 || o->change > 1)
+                bad = "--change-ratio: 0..1";
+            break;
+        case O_SEED:
+            if (bench_parse_count(optarg, &o->seed))
+                bad = "--seed: a non-negative integer";
+            o->seed_set = 1;
+            break;
+        case O_VERIFY: o->verify_dir = optarg; break;
+        case O_VTIMEOUT:
+            if (bench_parse_double(optarg, &o->verify_timeout_s) || o->verify_timeout_s < 0)
+                bad = "--verify-timeout: seconds >= 0";
+            break;
+        case O_FPOLL: o->fresh_poll = optarg; break;
+        case O_FINT:
+            if (bench_parse_count(optarg, &u) || u < 1 || u > 60000)
+                bad = "--fresh-interval: 1..60000 ms";
+            o->fresh_interval_ms = (int)u;
+            break;
+        case O_PUBLIC: o->public_dir = optarg; break;
+        case O_JSON: o->json_path = optarg; break;
+        case 'q': o->quiet = 1; break;
+        case 'h': fputs(help, stdout); exit(0);
+        case ':':
+            fprintf(stderr, "tally-bench http: option %s needs a value\n", argv[optind - 1]);
+            return -1;
+        default:
+            fprintf(stderr, "tally-bench http: unknown option '%s' (see --help)\n",
+                    argv[optind - 1]);
+            return -1;
+        }
+        if (bad) {
+            fprintf(stderr, "tally-bench http: %s (got '%s')\n", bad, optarg);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tally-bench http: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (o->repeat + o->change > 1.0) {
+        fprintf(stderr, "tally-bench http: --repeat-ratio + --change-ratio must be <= 1\n");
+        return -1;
+    }
+    if (!o->duration_s && !o->max_votes)
+        o->duration_s = 10;
+    if (!o->public_dir)
+        o->public_dir = o->verify_dir;
+    if (o->fresh_poll && !o->public_dir) {
+        fprintf(stderr, "tally-bench http: --fresh-poll needs --public DIR or --verify DIR\n");
+        return -1;
+    }
+    if (!o->config_path && !o->polls_csv) {
+        fprintf(stderr, "tally-bench http: say which polls: --config FILE or --poll ID\n");
+        return -1;
+    }
+    if (o->config_path && (o->options_csv || o->mode)) {
+        fprintf(stderr, "tally-bench http: --options/--mode define polls without --config; "
+                        "with --config the file says\n");
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_url(bh_t *b, char *err, size_t esz) {
+    struct evhttp_uri *u = evhttp_uri_parse(b->o.url);
+    int rc = -1;
+    if (!u || !evhttp_uri_get_host(u) ||
+        (evhttp_uri_get_scheme(u) && strcmp(evhttp_uri_get_scheme(u), "http") != 0)) {
+        snprintf(err, esz, "--url: '%s' is not an http://host[:port][/prefix] URL", b->o.url);
+        goto out;
+    }
+    snprintf(b->host, sizeof b->host, "%s", evhttp_uri_get_host(u));
+    b->port = evhttp_uri_get_port(u) > 0 ? evhttp_uri_get_port(u) : 80;
+    snprintf(b->hostport, sizeof b->hostport, "%s:%d", b->host, b->port);
+    const char *prefix = evhttp_uri_get_path(u) ? evhttp_uri_get_path(u) : "";
+    size_t plen = strlen(prefix);
+    while (plen > 0 && prefix[plen - 1] == '/')
+        plen--;
+    b->paths = xcalloc((size_t)b->npolls, sizeof *b->paths);
+    for (int i = 0; i < b->npolls; i++) {
+        buf_t p = {0};
+        buf_printf(&p, "%.*s/v1/polls/%s/votes", (int)plen, prefix, b->polls[i]->id);
+        b->paths[i] = p.data;
+    }
+    if (b->probe_poll) {
+        buf_t p = {0};
+        buf_printf(&p, "%.*s/v1/polls/%s/votes", (int)plen, prefix, b->probe_poll->id);
+        b->probe_path = p.data;
+    }
+    rc = 0;
+out:
+    if (u)
+        evhttp_uri_free(u);
+    return rc;
+}
+
+/* Picks the load's polls and the probe poll from the config. */
+static int choose_polls(bh_t *b, char *err, size_t esz) {
+    tally_config_t *c = b->conf;
+    if (b->o.fresh_poll) {
+        b->probe_poll = config_poll(c, b->o.fresh_poll, strlen(b->o.fresh_poll));
+        if (!b->probe_poll) {
+            snprintf(err, esz, "--fresh-poll: no poll '%s' in %s", b->o.fresh_poll,
+                     b->o.config_path ? b->o.config_path : "--poll");
+            return -1;
+        }
+    }
+    b->polls = xcalloc((size_t)c->npolls + 1, sizeof *b->polls);
+    if (b->o.config_path && b->o.polls_csv) {
+        char *list = xstrdup(b->o.polls_csv);
+        for (char *save = NULL, *id = strtok_r(list, ",", &save); id;
+             id = strtok_r(NULL, ",", &save)) {
+            const poll_conf_t *p = config_poll(c, id, strlen(id));
+            if (!p) {
+                snprintf(err, esz, "--poll: no poll '%s' in %s", id, b->o.config_path);
+                free(list);
+                return -1;
+            }
+            if (p != b->probe_poll)
+                b->polls[b->npolls++] = p;
+        }
+        free(list);
+    } else {
+        for (int i = 0; i < c->npolls; i++)
+            if (&c->polls[i] != b->probe_poll)
+                b->polls[b->npolls++] = &c->polls[i];
+    }
+    if (b->npolls == 0) {
+        snprintf(err, esz, "no poll left to load (the probe poll is not loaded)");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- report ---- */
+
+static uint64_t answered(const bh_t *b) { return b->done - b->no_response - b->status[0]; }
+
+static double per_sec(uint64_t n, double secs) { return secs > 0 ? (double)n / secs : 0; }
+
+static void print_report(bh_t *b, double secs) {
+    FILE *out = stdout;
+    fprintf(out, "tally-bench http: %s, %d connections, %s", b->o.url, b->o.nconns,
+            b->open_loop ? "open loop" : "closed loop");
+    if (b->open_loop)
+        fprintf(out, " at %.0f/s", b->o.rate);
+    fprintf(out, ", %.2f s\n", secs);
+    fprintf(out, "  %-13s %llu (%.1f/s); 202: %llu (%.1f/s)\n", "requests",
+            (unsigned long long)b->done, per_sec(b->done, secs), (unsigned long long)b->status[202],
+            per_sec(b->status[202], secs));
+    fprintf(out, "  %-13s", "status");
+    for (int s = 1; s < NSTATUS; s++)
+        if (b->status[s])
+            fprintf(out, " %d: %llu", s, (unsigned long long)b->status[s]);
+    fprintf(out, "%s\n", answered(b) ? "" : " none");
+    if (b->no_response || b->status[0])
+        fprintf(out, "  %-13s %llu without an answer (error or timeout)\n", "errors",
+                (unsigned long long)(b->no_response + b->status[0]));
+    uint64_t nk = b->gen.kinds[0] + b->gen.kinds[1] + b->gen.kinds[2];
+    fprintf(out, "  %-13s", "votes");
+    for (int k = 0; k < VOTE_KINDS; k++)
+        fprintf(out, " %s %.1f%%", vote_kind_name((vote_kind_t)k),
+                nk ? 100.0 * (double)b->gen.kinds[k] / (double)nk : 0.0);
+    fprintf(out, " of %llu, %d poll%s, up to %llu voters each (%s)\n", (unsigned long long)nk,
+            b->npolls, b->npolls == 1 ? "" : "s", (unsigned long long)b->o.voters,
+            b->o.dist == DIST_ZIPF ? "zipf" : "uniform");
+    bench_print_latency(out, "latency ms", &b->lat);
+    if (b->open_loop && b->max_backlog > (uint64_t)b->o.nconns)
+        fprintf(out,
+                "  %-13s up to %llu votes were overdue: %d connections could not keep up "
+                "with the rate (their wait is in the latency); %llu due by the end were "
+                "never sent\n",
+                "note", (unsigned long long)b->max_backlog, b->o.nconns,
+                (unsigned long long)b->unsent_due);
+    if (b->probe_poll) {
+        bench_print_latency(out, "freshness ms", &b->fresh);
+        fprintf(out,
+                "  %-13s %llu probe votes on poll %s, %llu visible, %llu not within %llu s, "
+                "%llu not accepted\n",
+                "", (unsigned long long)b->probe_sent, b->probe_poll->id,
+                (unsigned long long)hist_count(&b->fresh), (unsigned long long)b->fresh_timeouts,
+                FRESH_TIMEOUT_NS / 1000000000ull,
+                (unsigned long long)(b->probe_failed + b->probe_no_response));
+    }
+    fflush(out);
+}
+
+static cJSON *json_report(bh_t *b, double secs) {
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "url", b->o.url);
+    cJSON_AddNumberToObject(r, "connections", b->o.nconns);
+    cJSON_AddStringToObject(r, "loop", b->open_loop ? "open" : "closed");
+    if (b->open_loop)
+        cJSON_AddNumberToObject(r, "target_rate", b->o.rate);
+    cJSON_AddNumberToObject(r, "seconds", secs);
+    cJSON_AddNumberToObject(r, "requests", (double)b->done);
+    cJSON_AddNumberToObject(r, "throughput", per_sec(b->done, secs));
+    cJSON_AddNumberToObject(r, "accepted", (double)b->status[202]);
+    cJSON_AddNumberToObject(r, "accepted_per_sec", per_sec(b->status[202], secs));
+    cJSON_AddNumberToObject(r, "no_response", (double)(b->no_response + b->status[0]));
+    cJSON *st = cJSON_AddObjectToObject(r, "status");
+    for (int s = 1; s < NSTATUS; s++)
+        if (b->status[s]) {
+            char k[8];
+            snprintf(k, sizeof k, "%d", s);
+            cJSON_AddNumberToObject(st, k, (double)b->status[s]);
+        }
+    cJSON *mix = cJSON_AddObjectToObject(r, "votes");
+    for (int k = 0; k < VOTE_KINDS; k++)
+        cJSON_AddNumberToObject(mix, vote_kind_name((vote_kind_t)k), (double)b->gen.kinds[k]);
+    cJSON_AddItemToObject(r, "latency_ms", bench_json_latency(&b->lat));
+    if (b->open_loop) {
+        cJSON_AddNumberToObject(r, "max_overdue", (double)b->max_backlog);
+        cJSON_AddNumberToObject(r, "unsent_due", (double)b->unsent_due);
+    }
+    if (b->probe_poll) {
+        cJSON *f = bench_json_latency(&b->fresh);
+        cJSON_AddNumberToObject(f, "probes", (double)b->probe_sent);
+        cJSON_AddNumberToObject(f, "timeouts", (double)b->fresh_timeouts);
+        cJSON_AddItemToObject(r, "freshness_ms", f);
+    }
+    return r;
+}
+
+/* ---- verify ---- */
+
+/* The totals before the run. Votes sent just before it (a previous run that
+ * did not wait for them) may still be on their way to the published files,
+ * so the baseline is taken only once the files have stood still for
+ * BASELINE_QUIET_MS: the engine and the publisher (min_interval_ms) are then
+ * done with them. */
+#define BASELINE_QUIET_MS 300
+#define BASELINE_WAIT_MS 10000
+static int read_still(const char *dir, const poll_conf_t *const *polls, int n, uint64_t **base,
+                      char *err, size_t esz) {
+    uint64_t **prev = xcalloc((size_t)(n ? n : 1), sizeof *prev);
+    for (int i = 0; i < n; i++)
+        prev[i] = xcalloc((size_t)polls[i]->noptions, sizeof **prev);
+    int rc = -1;
+    uint64_t t0 = mono_ms(), still_since = t0;
+    for (int round = 0;; round++) {
+        int same = 1;
+        for (int i = 0; i < n; i++) {
+            const poll_conf_t *p = polls[i];
+            if (verify_read_poll(dir, p, base[i], err, esz) < 0)
+                goto out;
+            if (round > 0 && memcmp(base[i], prev[i], sizeof **base * (size_t)p->noptions))
+                same = 0;
+            memcpy(prev[i], base[i], sizeof **base * (size_t)p->noptions);
+        }
+        uint64_t now = mono_ms();
+        if (!same)
+            still_since = now;
+        if (now - still_since >= BASELINE_QUIET_MS)
+            break;
+        if (now - t0 >= BASELINE_WAIT_MS) {
+            log_warn("the published totals in %s keep changing: something else is voting, and "
+                     "--verify or freshness will be wrong",
+                     dir);
+            break;
+        }
+        struct timespec ts = {0, 20 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    rc = 0;
+out:
+    for (int i = 0; i < n; i++)
+        free(prev[i]);
+    free(prev);
+    return rc;
+}
+
+static int read_baselines(bh_t *b, uint64_t ***base_out, char *err, size_t esz) {
+    int n = b->conf->npolls;
+    uint64_t **base = xcalloc((size_t)n, sizeof *base);
+    const poll_conf_t **polls = xcalloc((size_t)n, sizeof *polls);
+    *base_out = base;
+    for (int i = 0; i < n; i++) {
+        polls[i] = &b->conf->polls[i];
+        base[i] = xcalloc((size_t)polls[i]->noptions, sizeof **base);
+    }
+    int rc = read_still(b->o.verify_dir, polls, n, base, err, esz);
+    free(polls);
+    return rc;
+}
+
+static int do_verify(bh_t *b, uint64_t **base, cJSON *json) {
+    int n = b->conf->npolls;
+    uint64_t unknown = b->no_response + b->probe_no_response;
+    cJSON *v = json ? cJSON_AddObjectToObject(json, "verify") : NULL;
+    if (unknown) {
+        fprintf(stderr,
+                "verify: %llu votes got no answer, so whether they were counted is unknown: the "
+                "totals cannot be checked exactly\n",
+                (unsigned long long)unknown);
+        if (v)
+            cJSON_AddBoolToObject(v, "ok", 0);
+        return BENCH_EXIT_VERIFY;
+    }
+    verify_item_t *items = xcalloc((size_t)n, sizeof *items);
+    uint64_t **exp = xcalloc((size_t)n, sizeof *exp);
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        const poll_conf_t *p = &b->conf->polls[i];
+        exp[i] = xcalloc((size_t)p->noptions, sizeof **exp);
+        items[i].poll = p;
+        items[i].expected = exp[i];
+        memcpy(exp[i], base[i], sizeof **exp * (size_t)p->noptions);
+        for (int j = 0; j < b->npolls; j++)
+            if (b->polls[j] == p && expect_poll_totals(&b->expect[j], base[i], exp[i]) != 0)
+                rc = -1;
+        if (p == b->probe_poll)
+            exp[i][0] += b->probe_accepted; /* a new voter each: +1 in any mode */
+    }
+    uint64_t waited = 0, accepted = b->status[202] + b->probe_accepted;
+    if (rc == 0)
+        rc = verify_wait(b->o.verify_dir, items, n, (int)(b->o.verify_timeout_s * 1000), stderr,
+                         &waited);
+    else
+        fprintf(stderr, "verify: the published totals before the run were inconsistent\n");
+    if (rc == 0)
+        printf("verify: OK: %s/polls/*.json show exactly the totals of the %llu accepted votes "
+               "(%d polls, matched %llu ms after the last answer)\n",
+               b->o.verify_dir, (unsigned long long)accepted, n, (unsigned long long)waited);
+    else
+        printf("verify: FAILED (see the difference above)\n");
+    if (v) {
+        cJSON_AddBoolToObject(v, "ok", rc == 0);
+        cJSON_AddNumberToObject(v, "accepted", (double)accepted);
+        cJSON_AddNumberToObject(v, "waited_ms", (double)waited);
+    }
+    for (int i = 0; i < n; i++)
+        free(exp[i]);
+    free(exp);
+    free(items);
+    return rc == 0 ? 0 : BENCH_EXIT_VERIFY;
+}
+
+/* ---- main ---- */
+
+int bench_http_main(int argc, char **argv) {
+    bh_t *b = xcalloc(1, sizeof *b);
+    char err[1024] = "";
+    int rc = BENCH_EXIT_USAGE;
+    uint64_t **base = NULL;
+    cJSON *json = NULL;
+    struct event_config *ecfg = NULL;
+    if (parse_opts(argc, argv, &b->o) != 0)
+        goto out_nofree;
+    b->conf = bench_load_polls(b->o.config_path, b->o.polls_csv, b->o.options_csv, b->o.mode, err,
+                               sizeof err);
+    if (!b->conf)
+        goto out;
+    if (!b->o.config_path && b->o.fresh_poll &&
+        !config_poll(b->conf, b->o.fresh_poll, strlen(b->o.fresh_poll))) {
+        /* A probe poll named on the command line only: define it like --poll. */
+        char section[128];
+        snprintf(section, sizeof section, "poll.%s", b->o.fresh_poll);
+        if (config_set(b->conf, section, "options", b->o.options_csv ? b->o.options_csv : "a,b,c,d",
+                       err, sizeof err) != 0 ||
+            config_set(b->conf, section, "mode", b->o.mode ? b->o.mode : "one-per-voter", err,
+                       sizeof err) != 0 ||
+            config_validate(b->conf, err, sizeof err) != 0)
+            goto out;
+    }
+    if (choose_polls(b, err, sizeof err) != 0 || parse_url(b, err, sizeof err) != 0)
+        goto out;
+    rc = BENCH_EXIT_FAIL;
+    if (!b->o.seed_set)
+        b->o.seed = bench_seed();
+    rng_t idr;
+    rng_seed(&idr, b->o.seed ^ 0x5eedULL);
+    snprintf(b->runid, sizeof b->runid, "b%08llx", (unsigned long long)(rng_next(&idr) >> 32));
+
+    if (b->o.verify_dir && read_baselines(b, &base, err, sizeof err) != 0)
+        goto out;
+    if (b->probe_poll) {
+        snprintf(b->probe_json, sizeof b->probe_json, "%s/polls/%s.json", b->o.public_dir,
+                 b->probe_poll->id);
+        uint64_t *counts = xcalloc((size_t)b->probe_poll->noptions, sizeof *counts);
+        if (read_still(b->o.public_dir, &b->probe_poll, 1, &counts, err, sizeof err) != 0) {
+            free(counts);
+            goto out;
+        }
+        for (int k = 0; k < b->probe_poll->noptions; k++)
+            b->probe_base_total += counts[k];
+        free(counts);
+        stat(b->probe_json, &b->probe_st);
+    }
+
+    gen_init(&b->gen, b->polls, b->npolls, (uint32_t)b->o.voters, b->o.dist, b->o.zipf_s,
+             b->o.repeat, b->o.change, b->o.seed);
+    if (b->o.verify_dir) {
+        b->expect = xcalloc((size_t)b->npolls, sizeof *b->expect);
+        for (int i = 0; i < b->npolls; i++)
+            expect_poll_init(&b->expect[i], b->polls[i]->mode, b->polls[i]->noptions,
+                             (uint32_t)b->o.voters);
+    }
+    hist_init(&b->lat, HIST_SUB_BITS_DEFAULT, HIST_HIGHEST);
+    hist_init(&b->lat_sec, HIST_SUB_BITS_DEFAULT, HIST_HIGHEST);
+    hist_init(&b->fresh, HIST_SUB_BITS_DEFAULT, HIST_HIGHEST);
+
+    /* The changelist folds evhttp's read/write interest flips into one
+     * epoll_ctl per request instead of three: measurably more requests per
+     * core of the generator. Precise (timerfd) timers cost two syscalls per
+     * request, so only the open loop, which must send on time, takes them. */
+    ecfg = event_config_new();
+    event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    if (b->o.rate > 0)
+        event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    b->base = event_base_new_with_config(ecfg);
+    if (!b->base) {
+        snprintf(err, sizeof err, "cannot create an event loop");
+        goto out;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    b->conns = xcalloc((size_t)b->o.nconns, sizeof *b->conns);
+    b->freel = xcalloc((size_t)b->o.nconns, sizeof *b->freel);
+    for (int i = 0; i < b->o.nconns; i++) {
+        conn_t *c = &b->conns[i];
+        c->b = b;
+        c->evcon = evhttp_connection_base_new(b->base, NULL, b->host, (unsigned short)b->port);
+        if (!c->evcon) {
+            snprintf(err, sizeof err, "cannot create a connection to %s", b->hostport);
+            goto out;
+        }
+        evhttp_connection_set_timeout(c->evcon, b->o.timeout_s);
+        evhttp_connection_set_retries(c->evcon, 0); /* a retried POST could count twice */
+        b->freel[b->nfree++] = c;
+    }
+    /* Free list as a stack, first connection on top. */
+    for (int i = 0; i < b->o.nconns / 2; i++) {
+        conn_t *t = b->freel[i];
+        b->freel[i] = b->freel[b->o.nconns - 1 - i];
+        b->freel[b->o.nconns - 1 - i] = t;
+    }
+    b->send_ev = evtimer_new(b->base, on_send_timer, b);
+    b->progress_ev = event_new(b->base, -1, EV_PERSIST, on_progress, b);
+    b->deadline_ev = evtimer_new(b->base, on_deadline, b);
+    b->drain_ev = evtimer_new(b->base, on_drain_timeout, b);
+    b->sigint_ev = evsignal_new(b->base, SIGINT, on_sigint, b);
+    event_add(b->sigint_ev, NULL);
+    struct timeval one_s = {1, 0};
+    event_add(b->progress_ev, &one_s);
+    if (b->probe_poll) {
+        b->probe.b = b;
+        b->probe.is_probe = 1;
+        b->probe.evcon =
+            evhttp_connection_base_new(b->base, NULL, b->host, (unsigned short)b->port);
+        evhttp_connection_set_timeout(b->probe.evcon, b->o.timeout_s);
+        evhttp_connection_set_retries(b->probe.evcon, 0);
+        b->probe_ev = event_new(b->base, -1, EV_PERSIST, on_probe_timer, b);
+        b->watch_ev = event_new(b->base, -1, EV_PERSIST, on_watch, b);
+        struct timeval iv = {b->o.fresh_interval_ms / 1000, (b->o.fresh_interval_ms % 1000) * 1000};
+        event_add(b->probe_ev, &iv);
+    }
+
+    b->start_ns = mono_ns();
+    b->last_done_ns = b->start_ns;
+    if (b->o.duration_s > 0) {
+        b->deadline_ns = b->start_ns + sec_ns(b->o.duration_s);
+        struct timeval tv = ns_tv(sec_ns(b->o.duration_s));
+        event_add(b->deadline_ev, &tv);
+    }
+    if (b->o.rate > 0) {
+        b->open_loop = 1;
+        rate_init(&b->rate, b->o.rate, b->start_ns);
+    }
+    if (b->probe_poll)
+        probe_send(b);
+    pump(b);
+    event_base_dispatch(b->base);
+    /* Left without an answer (drain timeout, second ^C): outcome unknown. */
+    b->no_response += (uint64_t)inflight(b);
+    b->done += (uint64_t)inflight(b);
+    if (b->probe_busy && !b->probe_watching)
+        b->probe_no_response++;
+
+    double secs = (double)(b->last_done_ns - b->start_ns) / 1e9;
+    print_report(b, secs);
+    if (b->o.json_path)
+        json = json_report(b, secs);
+    rc = 0;
+    if (answered(b) == 0 && b->sent > 0) {
+        fprintf(stderr, "tally-bench http: no request was answered: is %s up?\n", b->o.url);
+        rc = BENCH_EXIT_FAIL;
+    }
+    if (b->o.verify_dir && rc == 0)
+        rc = do_verify(b, base, json);
+    if (json && bench_json_write(b->o.json_path, json) != 0) {
+        fprintf(stderr, "tally-bench http: cannot write %s\n", b->o.json_path);
+        rc = rc ? rc : BENCH_EXIT_FAIL;
+    }
+out:
+    if (err[0])
+        fprintf(stderr, "tally-bench http: %s\n", err);
+    cJSON_Delete(json);
+    if (base) {
+        for (int i = 0; i < b->conf->npolls; i++)
+            free(base[i]);
+        free(base);
+    }
+    for (int i = 0; b->conns && i < b->o.nconns; i++)
+        if (b->conns[i].evcon)
+            evhttp_connection_free(b->conns[i].evcon);
+    if (b->probe.evcon)
+        evhttp_connection_free(b->probe.evcon);
+    struct event *evs[] = {b->send_ev,   b->progress_ev, b->deadline_ev, b->drain_ev,
+                           b->sigint_ev, b->probe_ev,    b->watch_ev};
+    for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
+        if (evs[i])
+            event_free(evs[i]);
+    if (b->base)
+        event_base_free(b->base);
+    if (ecfg)
+        event_config_free(ecfg);
+    if (b->expect) {
+        for (int i = 0; i < b->npolls; i++)
+            expect_poll_free(&b->expect[i]);
+        free(b->expect);
+    }
+    if (b->gen.polls)
+        gen_free(&b->gen);
+    hist_free(&b->lat);
+    hist_free(&b->lat_sec);
+    hist_free(&b->fresh);
+    for (int i = 0; b->paths && i < b->npolls; i++)
+        free(b->paths[i]);
+    free(b->paths);
+    free(b->probe_path);
+    free(b->polls);
+    free(b->conns);
+    free(b->freel);
+    config_free(b->conf);
+out_nofree:
+    free(b);
+    return rc;
+}

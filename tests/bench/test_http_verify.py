@@ -1,0 +1,188 @@
+"""tally-bench http --verify against a real `tally run`.
+
+Starts tally on a free port with its log, snapshots and results in a temp
+dir, waits for /healthz, runs the load generator with --verify (and the
+freshness probe), then stops tally with SIGTERM (KILL only if it hangs) and
+fails on a non-zero exit, a signal or a sanitizer report.
+
+Env (set by bench/CMakeLists.txt): TALLY_BIN, TALLY_BENCH_BIN,
+TALLY_SOURCE_DIR, TALLY_SANITIZE.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+TALLY = os.environ.get("TALLY_BIN", "build/tally")
+BENCH = os.environ.get("TALLY_BENCH_BIN", "build/tally-bench")
+SRC = os.environ.get("TALLY_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+CONFIG = os.path.join(SRC, "config", "tally.ini")
+# Sanitized binaries are several times slower: stretch every timeout.
+TMOUT = 4.0 if os.environ.get("TALLY_SANITIZE") else 1.0
+SANITIZER_MARKS = ("AddressSanitizer", "UndefinedBehaviorSanitizer", "runtime error:",
+                   "LeakSanitizer", "ThreadSanitizer")
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TallyServer:
+    """`tally run` on a free port with everything under a temp dir."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.pub = os.path.join(tmp, "public")
+        self.port = None
+        self.proc = None
+        self.log_path = os.path.join(tmp, "tally.log")
+
+    def start(self):
+        for _ in range(3):  # another process may take the port between pick and bind
+            self.port = free_port()
+            self.log = open(self.log_path, "wb")
+            self.proc = subprocess.Popen(
+                [TALLY, "run", "-c", CONFIG,
+                 "-s", f"server.listen=127.0.0.1:{self.port}",
+                 "-s", "log.dir=" + os.path.join(self.tmp, "log"),
+                 "-s", "engine.snapshot_dir=" + os.path.join(self.tmp, "snapshots"),
+                 "-s", "publisher.dir=" + self.pub],
+                stdout=self.log, stderr=subprocess.STDOUT)
+            if self.wait_healthy(10 * TMOUT):
+                return
+            self.stop(check=False)
+        raise AssertionError("tally run never answered /healthz:\n" + self.output())
+
+    def wait_healthy(self, timeout):
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        return True
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.02)  # polling interval, not a wait for readiness
+        return False
+
+    def output(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self, check=True):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20 * TMOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                if check:
+                    raise AssertionError("tally run ignored SIGTERM:\n" + self.output())
+        self.log.close()
+        rc, out = self.proc.returncode, self.output()
+        self.proc = None
+        if check:
+            if rc != 0:
+                raise AssertionError(f"tally run exited {rc}:\n{out}")
+            for mark in SANITIZER_MARKS:
+                if mark in out:
+                    raise AssertionError("sanitizer report from tally run:\n" + out)
+
+
+def run_bench(*args, timeout=120):
+    p = subprocess.run([BENCH, "http", *args], capture_output=True, text=True,
+                       timeout=timeout * TMOUT)
+    for mark in SANITIZER_MARKS:
+        if mark in p.stderr:
+            raise AssertionError("sanitizer report from tally-bench:\n" + p.stderr)
+    return p
+
+
+class HttpVerify(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="tally-bench-test.")
+        cls.server = TallyServer(cls.tmp)
+        cls.server.start()
+        cls.url = f"http://127.0.0.1:{cls.server.port}"
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.server.stop()
+        finally:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def bench(self, *args):
+        out = os.path.join(self.tmp, "result.json")
+        p = run_bench("--url", self.url, "--config", CONFIG, "--json", out, "-q", *args)
+        msg = f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+        return p, msg, out
+
+    def test_1_votes_2000_verify(self):
+        """The issue's check: 2000 votes, every 202 accounted for."""
+        p, msg, out = self.bench("--votes", "2000", "--connections", "8",
+                                 "--verify", self.server.pub,
+                                 "--verify-timeout", str(30 * TMOUT))
+        self.assertEqual(p.returncode, 0, msg)
+        self.assertIn("verify: OK", p.stdout, msg)
+        with open(out) as f:
+            r = json.load(f)
+        self.assertEqual(r["requests"], 2000)
+        self.assertEqual(r["status"].get("202"), 2000, msg)
+        self.assertTrue(r["verify"]["ok"])
+        self.assertGreater(r["votes"]["repeat"] + r["votes"]["change"], 0,
+                           "the mix has re-votes")
+        lat = r["latency_ms"]
+        self.assertEqual(lat["count"], 2000)
+        self.assertLessEqual(lat["p50"], lat["p99"])
+        self.assertLessEqual(lat["p99"], lat["max"])
+
+    def test_2_open_loop_zipf_fresh_on_a_server_with_votes(self):
+        """Open loop, zipf voters, freshness probe; the server already holds
+        the first test's votes, so this verifies on top of a baseline."""
+        p, msg, out = self.bench("--votes", "1500", "--rate", "1500", "--connections", "16",
+                                 "--dist", "zipf", "--voters", "300",
+                                 "--repeat-ratio", "0.3", "--change-ratio", "0.3",
+                                 "--poll", "demo,mood", "--fresh-poll", "applause",
+                                 "--fresh-interval", "20",
+                                 "--verify", self.server.pub,
+                                 "--verify-timeout", str(30 * TMOUT))
+        self.assertEqual(p.returncode, 0, msg)
+        with open(out) as f:
+            r = json.load(f)
+        self.assertEqual(r["loop"], "open")
+        self.assertEqual(r["status"].get("202"), 1500, msg)
+        self.assertTrue(r["verify"]["ok"])
+        self.assertGreater(r["freshness_ms"]["count"], 0, msg)
+        self.assertEqual(r["freshness_ms"]["timeouts"], 0, msg)
+
+    def test_3_verify_fails_on_totals_that_do_not_move(self):
+        """A frozen copy of the results never shows the new votes: exit 3
+        with a diff, so a pass above means something."""
+        frozen = os.path.join(self.tmp, "frozen")
+        shutil.copytree(self.server.pub, frozen)
+        p, msg, _ = self.bench("--votes", "200", "--verify", frozen, "--verify-timeout", "0.3")
+        self.assertEqual(p.returncode, 3, msg)
+        self.assertIn("expected", p.stderr, msg)
+        self.assertIn("<--", p.stderr, msg)
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0]] + [a for a in sys.argv[1:] if a == "-v"], verbosity=2)

@@ -282,6 +282,13 @@ static int on_msg(void *arg, const vlog_msg_t *m) {
         engine_batch_begin(e, m->partition);
         ctx->open[m->partition] = 1;
     }
+    if (!m->rec) {
+        /* Progress without a record: nothing of this partition before
+         * next_pos (the file log's partitions share one file). */
+        if (m->next_pos > e->parts[m->partition].position)
+            e->parts[m->partition].position = m->next_pos;
+        return 0;
+    }
     if (engine_apply(e, m->partition, m->rec, m->len, m->next_pos, m->ts_ms) >= 0)
         ctx->changed = 1;
     return 0;

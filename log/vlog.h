@@ -58,7 +58,8 @@ int vlog_end_positions(vlog_t *l, uint64_t *ends, char *errstr, size_t errstr_si
 uint64_t vlog_begin_position(vlog_t *l, int partition);
 
 /* A record handed to the engine: rec points into the reader's buffer and is
- * valid until the callback returns. */
+ * valid until the callback returns. rec NULL (len 0) reports progress only:
+ * the partition has nothing before next_pos that was not delivered. */
 typedef struct {
     int partition;
     uint64_t next_pos; /* position after this record */

@@ -274,8 +274,19 @@ typedef struct {
 static int on_msg(void *arg, const vlog_msg_t *m) {
     apply_ctx_t *ctx = arg;
     engine_t *e = ctx->e;
-    if (e->run.stop_at && m->next_pos > e->run.stop_at[m->partition])
-        return 1; /* past replay's end: leave it for later */
+    if (e->run.stop_at && m->next_pos > e->run.stop_at[m->partition]) {
+        /* Past replay's end. Readers deliver in log order, so nothing of
+         * this partition lies before stop_at any more: it is reached. */
+        partition_t *pt = &e->parts[m->partition];
+        if (pt->position < e->run.stop_at[m->partition]) {
+            if (!ctx->open[m->partition]) {
+                engine_batch_begin(e, m->partition);
+                ctx->open[m->partition] = 1;
+            }
+            pt->position = e->run.stop_at[m->partition];
+        }
+        return m->rec ? 1 : 0; /* leave the record for later */
+    }
     if (!ctx->open[m->partition]) {
         /* Begin lazily: a reader that waits for data must not hold the
          * partition's sequence odd meanwhile. */

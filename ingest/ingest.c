@@ -443,7 +443,12 @@ ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errs
         w->in = in;
         w->id = i;
         pthread_mutex_init(&w->mu, NULL);
-        w->base = event_base_new();
+        /* The changelist folds a connection's add/del of read and write
+         * interest into one epoll_ctl per loop turn. */
+        struct event_config *ec = event_config_new();
+        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+        w->base = event_base_new_with_config(ec);
+        event_config_free(ec);
         w->http = evhttp_new(w->base);
         evhttp_set_gencb(w->http, on_request, w);
         evhttp_set_max_body_size(w->http, HTTP_BODY_LIMIT);

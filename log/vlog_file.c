@@ -1,18 +1,26 @@
-/* The embedded vote log: one append-only file per partition in log.dir.
+/* The embedded vote log: one append-only file, log.dir/votes.log, holding
+ * the frames of every partition interleaved in commit order.
  *
- * Frame: u32 len | u32 checksum | payload, little-endian; the checksum is the
- * low 32 bits of XXH3-64 of the payload seeded with its length. One writer
- * thread does group commit: it takes every append queued since its last
- * round, writes each partition's share with one write(), fdatasyncs the
- * files it touched, and only then publishes the new durable end to readers
- * and acknowledges the appends. Readers never see past the durable end, so
- * nothing the engine counts can vanish in a crash.
+ * Frame, little-endian: u32 len | u32 checksum | u16 partition | u16 0 |
+ * payload. The checksum is the low 32 bits of XXH3-64 of the payload seeded
+ * with the length and the partition.
  *
- * Recovery at open: every partition is scanned from its last checkpointed
- * durable end (CHECKPOINT, see ckpt_write); a torn tail (crash mid-write,
- * never acknowledged) fails its checksum and is truncated. Bad bytes longer
- * than one write could have left are corruption, not a torn tail: the log
- * refuses to open rather than drop acknowledged votes. */
+ * One writer thread does group commit: it takes every append queued since its
+ * last round, writes them with one write(), fdatasyncs once, and only then
+ * publishes the new durable end to readers and acknowledges the appends. One
+ * file means one fsync per round however many partitions the round touched
+ * (one file per partition cost an fsync each). Readers never see past the
+ * durable end, so nothing the engine counts can vanish in a crash.
+ *
+ * Partitions stay what the engine shards by: each reader scans the file and
+ * delivers the frames of its own partitions. A position is a byte offset in
+ * the file: "every frame of this partition before it has been delivered".
+ *
+ * Recovery at open scans from the last checkpointed durable end (CHECKPOINT,
+ * see ckpt_write); a torn tail (crash mid-write, never acknowledged) fails its
+ * checksum and is truncated. Bad bytes longer than one write could have left
+ * are corruption, not a torn tail: the log refuses to open rather than drop
+ * acknowledged votes. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -29,32 +37,31 @@
 #include "log/record.h"
 #include "log/vlog_int.h"
 
-#define FRAME_HDR 8
+#define LOG_FORMAT 2
+#define FRAME_HDR 12
 #define FRAME_MAX_PAYLOAD 65536
-#define MAX_WRITE (16u << 20) /* bytes one partition may take in one write */
+#define MAX_WRITE (16u << 20) /* bytes one group commit may write */
 #define READ_CHUNK (1u << 20)
-
-typedef struct {
-    int fd;
-    uint64_t end;              /* writer: durable end of the file */
-    _Atomic uint64_t durable;  /* readers: never read past this */
-    buf_t pending;             /* frames waiting for the writer, under mu */
-    buf_t writing;             /* the writer's own */
-} fpart_t;
+#define CKPT_INTERVAL_MS 1000
 
 typedef struct {
     vlog_t base;
     char *dir;
+    char *path;
+    int fd;
     int lockfd;
     int flags;
-    fpart_t *parts;
     int fsync;
     int group_us;
     size_t max_pending;
+    uint64_t end;             /* writer: durable end of the file */
+    _Atomic uint64_t durable; /* readers: never read past this */
 
-    pthread_mutex_t mu; /* guards pending buffers, acks, inflight, stopping */
+    pthread_mutex_t mu; /* guards pending, acks, inflight, stopping */
     pthread_cond_t wake;
     pthread_cond_t drained;
+    buf_t pending; /* frames waiting for the writer */
+    buf_t writing; /* the writer's own */
     void **acks;
     size_t nacks, capacks;
     size_t inflight;
@@ -71,24 +78,52 @@ typedef struct {
     vlog_reader_t base;
     int n;
     int *parts;
-    uint64_t *pos;
-    int next; /* partition to start the next poll at, for fairness */
-    uint8_t *done; /* the callback declined a record: deliver no more */
+    uint64_t *pos;  /* [n] */
+    uint8_t *done;  /* [n]: the callback declined a record: deliver no more */
+    int *mine;      /* [npartitions]: index into parts, or -1 */
+    uint64_t scan;  /* file offset the next poll reads from */
     uint8_t *buf;
 } freader_t;
 
-static uint32_t frame_sum(const uint8_t *p, uint32_t len) {
-    return (uint32_t)XXH3_64bits_withSeed(p, len, len);
+static uint32_t frame_sum(const uint8_t *p, uint32_t len, uint16_t partition) {
+    return (uint32_t)XXH3_64bits_withSeed(p, len, (uint64_t)len | (uint64_t)partition << 32);
 }
 
-static void put_u32(uint8_t *p, uint32_t v) {
+static void put_u16(uint8_t *p, uint16_t v) {
     p[0] = (uint8_t)v;
     p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
 }
+static void put_u32(uint8_t *p, uint32_t v) {
+    put_u16(p, (uint16_t)v);
+    put_u16(p + 2, (uint16_t)(v >> 16));
+}
+static uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 static uint32_t get_u32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    return (uint32_t)get_u16(p) | (uint32_t)get_u16(p + 2) << 16;
+}
+
+/* Checks the frame at p (avail bytes there). Returns its total length, 0 when
+ * it needs more bytes than avail, or -1 with *why when it is bad. */
+static int64_t frame_check(const uint8_t *p, size_t avail, int npartitions, const char **why) {
+    if (avail < FRAME_HDR)
+        return 0;
+    uint32_t len = get_u32(p);
+    uint16_t part = get_u16(p + 8);
+    if (len == 0 || len > FRAME_MAX_PAYLOAD) {
+        *why = "bad frame length";
+        return -1;
+    }
+    if (part >= npartitions || get_u16(p + 10) != 0) {
+        *why = "bad frame header";
+        return -1;
+    }
+    if (avail < FRAME_HDR + len)
+        return 0;
+    if (frame_sum(p + FRAME_HDR, len, part) != get_u32(p + 4)) {
+        *why = "checksum mismatch";
+        return -1;
+    }
+    return FRAME_HDR + len;
 }
 
 static int pwrite_all(int fd, const char *p, size_t n, uint64_t off) {
@@ -122,53 +157,42 @@ static ssize_t pread_full(int fd, uint8_t *p, size_t n, uint64_t off) {
     return (ssize_t)got;
 }
 
-/* Scans a partition file; truncates a torn tail. Returns the valid end, or
- * -1 with errstr set. */
-static int64_t recover_partition(int fd, int partition, const char *path, uint64_t from,
-                                 char *errstr, size_t esz) {
+/* Scans the file from `from` (a known frame boundary); truncates a torn
+ * tail. Returns the valid end, or -1 with errstr set. */
+static int64_t recover(flog_t *l, uint64_t from, char *errstr, size_t esz) {
     struct stat st;
-    if (fstat(fd, &st) != 0) {
-        snprintf(errstr, esz, "%s: %s", path, strerror(errno));
+    if (fstat(l->fd, &st) != 0) {
+        snprintf(errstr, esz, "%s: %s", l->path, strerror(errno));
         return -1;
     }
-    uint64_t size = (uint64_t)st.st_size, pos = from <= (uint64_t)st.st_size ? from : 0;
-    size_t bufsize = READ_CHUNK + FRAME_HDR + FRAME_MAX_PAYLOAD; /* always holds a whole frame */
+    uint64_t size = (uint64_t)st.st_size, pos = from <= size ? from : 0;
+    size_t bufsize = READ_CHUNK + FRAME_HDR + FRAME_MAX_PAYLOAD; /* holds a whole frame */
     uint8_t *buf = xmalloc(bufsize);
     const char *why = NULL;
     while (pos < size && !why) {
         size_t want = (size_t)(size - pos < bufsize ? size - pos : bufsize);
-        ssize_t got = pread_full(fd, buf, want, pos);
+        ssize_t got = pread_full(l->fd, buf, want, pos);
         if (got < 0) {
-            snprintf(errstr, esz, "%s: read: %s", path, strerror(errno));
+            snprintf(errstr, esz, "%s: read: %s", l->path, strerror(errno));
             free(buf);
             return -1;
         }
         size_t off = 0;
-        for (;;) {
-            if (off + FRAME_HDR > (size_t)got) {
-                if (pos + off + FRAME_HDR > size && pos + off < size)
-                    why = "incomplete frame header";
-                break;
-            }
-            uint32_t len = get_u32(buf + off);
-            if (len == 0 || len > FRAME_MAX_PAYLOAD) {
-                why = "bad frame length";
-                break;
-            }
-            if (off + FRAME_HDR + len > (size_t)got) {
-                if (pos + off + FRAME_HDR + len > size)
-                    why = "incomplete frame";
-                break; /* else the frame straddles this read: read again from it */
-            }
-            if (frame_sum(buf + off + FRAME_HDR, len) != get_u32(buf + off + 4)) {
-                why = "checksum mismatch";
-                break;
-            }
-            off += FRAME_HDR + len;
-        }
-        if (off == 0 && !why)
-            why = "unreadable frame";
+        int64_t n;
+        while ((n = frame_check(buf + off, (size_t)got - off, l->base.npartitions, &why)) > 0)
+            off += (size_t)n;
+        if (n == 0 && off == 0)
+            why = "incomplete frame"; /* a whole frame always fits the buffer */
         pos += off;
+        if (why && pos == from && from > 0) {
+            /* The checkpoint does not point at a frame of this file: do not
+             * trust it, scan everything. */
+            log_warn("log: CHECKPOINT offset %llu is not a frame boundary (%s); scanning the "
+                     "whole log",
+                     (unsigned long long)from, why);
+            pos = from = 0;
+            why = NULL;
+        }
     }
     free(buf);
     if (pos < size) {
@@ -177,78 +201,64 @@ static int64_t recover_partition(int fd, int partition, const char *path, uint64
             snprintf(errstr, esz,
                      "%s: %s at offset %llu with %llu bytes after it: this is corruption, not a "
                      "torn tail; refusing to drop data (restore the log or move the file away)",
-                     path, why ? why : "bad data", (unsigned long long)pos,
-                     (unsigned long long)tail);
+                     l->path, why, (unsigned long long)pos, (unsigned long long)tail);
             return -1;
         }
-        log_warn("log partition %d: dropping torn tail of %llu bytes at offset %llu (%s); it was "
-                 "never acknowledged",
-                 partition, (unsigned long long)tail, (unsigned long long)pos,
-                 why ? why : "bad data");
-        if (ftruncate(fd, (off_t)pos) != 0 || fsync(fd) != 0) {
-            snprintf(errstr, esz, "%s: truncate: %s", path, strerror(errno));
+        log_warn("log: dropping torn tail of %llu bytes at offset %llu (%s); it was never "
+                 "acknowledged",
+                 (unsigned long long)tail, (unsigned long long)pos, why);
+        if (ftruncate(l->fd, (off_t)pos) != 0 || fsync(l->fd) != 0) {
+            snprintf(errstr, esz, "%s: truncate: %s", l->path, strerror(errno));
             return -1;
         }
     }
     return (int64_t)pos;
 }
 
-/* CHECKPOINT: the durable end of every partition, rewritten about once a
- * second after a group commit. Recovery scans from there instead of from the
- * start of a possibly huge file: everything before it was fsynced before the
- * checkpoint was written. The file is checksummed; a missing, damaged or
- * implausible one means a full scan, never a wrong answer. */
-#define CKPT_INTERVAL_MS 1000
-
+/* CHECKPOINT: the durable end, rewritten about once a second after a group
+ * commit. Recovery scans from there instead of from the start of a possibly
+ * huge file: everything before it was fsynced before the checkpoint was
+ * written. Checksummed; a missing, damaged or implausible one means a full
+ * scan, never a wrong answer. */
 static void ckpt_write(flog_t *l) {
-    buf_t b = {0};
-    buf_printf(&b, "tally-ckpt 1 %d", l->base.npartitions);
-    for (int p = 0; p < l->base.npartitions; p++)
-        buf_printf(&b, " %llu", (unsigned long long)l->parts[p].end);
-    buf_printf(&b, " %016llx\n", (unsigned long long)XXH3_64bits(b.data, b.len));
-    char path[4200];
+    char text[128], path[4200];
+    struct stat st;
+    if (fstat(l->fd, &st) != 0)
+        return;
+    /* The inode ties the checkpoint to this very file: a votes.log moved
+     * away or restored from a backup does not inherit it. */
+    int n = snprintf(text, sizeof text, "tally-ckpt %d %llu %llu", LOG_FORMAT,
+                     (unsigned long long)st.st_ino, (unsigned long long)l->end);
+    n += snprintf(text + n, sizeof text - (size_t)n, " %016llx\n",
+                  (unsigned long long)XXH3_64bits(text, (size_t)n));
     snprintf(path, sizeof path, "%s/CHECKPOINT", l->dir);
-    if (write_file_atomic(path, b.data, b.len, 0) != 0)
-        log_warn("log: cannot write %s: %s (recovery will scan whole files)", path,
+    if (write_file_atomic(path, text, (size_t)n, 0) != 0)
+        log_warn("log: cannot write %s: %s (recovery will scan the whole log)", path,
                  strerror(errno));
-    buf_free(&b);
 }
 
-/* Fills hints[] (zeros when there is no usable checkpoint). */
-static void ckpt_read(const char *dir, int np, uint64_t *hints) {
-    memset(hints, 0, sizeof *hints * (size_t)np);
-    char path[4200], text[64 * 1024];
+static uint64_t ckpt_read(const char *dir, int fd) {
+    char path[4200], text[160];
     snprintf(path, sizeof path, "%s/CHECKPOINT", dir);
     FILE *f = fopen(path, "r");
     if (!f)
-        return;
+        return 0;
     size_t n = fread(text, 1, sizeof text - 1, f);
     fclose(f);
     text[n] = '\0';
     char *sum = strrchr(text, ' ');
-    int have_np = 0;
-    if (!sum || sscanf(text, "tally-ckpt 1 %d", &have_np) != 1 || have_np != np ||
+    int fmt = 0;
+    unsigned long long ino = 0, end = 0;
+    struct stat st;
+    if (!sum || sscanf(text, "tally-ckpt %d %llu %llu", &fmt, &ino, &end) != 3 ||
+        fmt != LOG_FORMAT || fstat(fd, &st) != 0 || ino != (unsigned long long)st.st_ino ||
         strtoull(sum + 1, NULL, 16) != XXH3_64bits(text, (size_t)(sum - text)))
-        return;
-    uint64_t *tmp = xcalloc((size_t)np, sizeof *tmp);
-    char *p = text + strlen("tally-ckpt 1 ");
-    strtol(p, &p, 10);
-    for (int i = 0; i < np; i++) {
-        char *end;
-        tmp[i] = strtoull(p, &end, 10);
-        if (end == p || end > sum) {
-            free(tmp);
-            return;
-        }
-        p = end;
-    }
-    memcpy(hints, tmp, sizeof *hints * (size_t)np);
-    free(tmp);
+        return 0;
+    return end;
 }
 
 static void *writer_main(void *arg) {
     flog_t *l = arg;
-    int np = l->base.npartitions;
     uint64_t last_ckpt = mono_ms();
     void **acks = NULL;
     size_t capacks = 0;
@@ -265,13 +275,11 @@ static void *writer_main(void *arg) {
             nanosleep(&ts, NULL);
             pthread_mutex_lock(&l->mu);
         }
-        /* Take the batch: swap pending buffers and the ack list. */
-        for (int p = 0; p < np; p++) {
-            buf_t t = l->parts[p].writing;
-            t.len = 0;
-            l->parts[p].writing = l->parts[p].pending;
-            l->parts[p].pending = t;
-        }
+        /* Take the batch: swap the pending buffer and the ack list. */
+        buf_t t = l->writing;
+        t.len = 0;
+        l->writing = l->pending;
+        l->pending = t;
         void **tmp = acks;
         size_t tcap = capacks, n = l->nacks;
         acks = l->acks;
@@ -282,33 +290,17 @@ static void *writer_main(void *arg) {
         pthread_mutex_unlock(&l->mu);
 
         vlog_err_t err = VLOG_OK;
-        for (int p = 0; p < np && err == VLOG_OK; p++) {
-            fpart_t *fp = &l->parts[p];
-            if (fp->writing.len == 0)
-                continue;
-            if (pwrite_all(fp->fd, fp->writing.data, fp->writing.len, fp->end) != 0 ||
-                (l->fsync && fdatasync(fp->fd) != 0)) {
-                log_error("log partition %d: write failed: %s; %zu votes not acknowledged", p,
-                          strerror(errno), n);
-                err = VLOG_UNAVAIL;
-            }
-        }
-        if (err != VLOG_OK) {
+        if (pwrite_all(l->fd, l->writing.data, l->writing.len, l->end) != 0 ||
+            (l->fsync && fdatasync(l->fd) != 0)) {
+            log_error("log: write failed: %s; %zu votes not acknowledged", strerror(errno), n);
+            err = VLOG_UNAVAIL;
             /* Cut what this round may have left so the next round does not
              * append after garbage. */
-            for (int p = 0; p < np; p++) {
-                fpart_t *fp = &l->parts[p];
-                if (fp->writing.len && ftruncate(fp->fd, (off_t)fp->end) != 0)
-                    tally_assert(!"cannot truncate the log after a failed write");
-            }
+            if (ftruncate(l->fd, (off_t)l->end) != 0)
+                tally_assert(!"cannot truncate the log after a failed write");
         } else {
-            for (int p = 0; p < np; p++) {
-                fpart_t *fp = &l->parts[p];
-                if (fp->writing.len == 0)
-                    continue;
-                fp->end += fp->writing.len;
-                atomic_store_explicit(&fp->durable, fp->end, memory_order_release);
-            }
+            l->end += l->writing.len;
+            atomic_store_explicit(&l->durable, l->end, memory_order_release);
             pthread_mutex_lock(&l->rmu);
             l->rgen++;
             pthread_cond_broadcast(&l->rcond);
@@ -333,25 +325,24 @@ static void *writer_main(void *arg) {
 static vlog_err_t flog_append(vlog_t *base, int partition, const uint8_t *rec, size_t len,
                               void *opaque) {
     flog_t *l = (flog_t *)base;
-    if (len == 0 || len > FRAME_MAX_PAYLOAD)
-        return VLOG_ERR;
-    if (!(l->flags & VLOG_F_WRITE))
+    if (len == 0 || len > FRAME_MAX_PAYLOAD || !(l->flags & VLOG_F_WRITE))
         return VLOG_ERR;
     uint8_t hdr[FRAME_HDR];
     put_u32(hdr, (uint32_t)len);
-    put_u32(hdr + 4, frame_sum(rec, (uint32_t)len));
+    put_u32(hdr + 4, frame_sum(rec, (uint32_t)len, (uint16_t)partition));
+    put_u16(hdr + 8, (uint16_t)partition);
+    put_u16(hdr + 10, 0);
     pthread_mutex_lock(&l->mu);
-    fpart_t *fp = &l->parts[partition];
     if (l->stopping) {
         pthread_mutex_unlock(&l->mu);
         return VLOG_UNAVAIL;
     }
-    if (l->inflight >= l->max_pending || fp->pending.len + FRAME_HDR + len > MAX_WRITE) {
+    if (l->inflight >= l->max_pending || l->pending.len + FRAME_HDR + len > MAX_WRITE) {
         pthread_mutex_unlock(&l->mu);
         return VLOG_FULL;
     }
-    buf_append(&fp->pending, hdr, FRAME_HDR);
-    buf_append(&fp->pending, rec, len);
+    buf_append(&l->pending, hdr, FRAME_HDR);
+    buf_append(&l->pending, rec, len);
     if (l->nacks == l->capacks) {
         l->capacks = l->capacks ? l->capacks * 2 : 1024;
         l->acks = xrealloc(l->acks, l->capacks * sizeof *l->acks);
@@ -364,16 +355,21 @@ static vlog_err_t flog_append(vlog_t *base, int partition, const uint8_t *rec, s
     return VLOG_OK;
 }
 
-static int flog_flush(vlog_t *base, int timeout_ms) {
-    flog_t *l = (flog_t *)base;
+static struct timespec deadline_in(int ms) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000;
     if (ts.tv_nsec >= 1000000000) {
         ts.tv_sec++;
         ts.tv_nsec -= 1000000000;
     }
+    return ts;
+}
+
+static int flog_flush(vlog_t *base, int timeout_ms) {
+    flog_t *l = (flog_t *)base;
+    struct timespec ts = deadline_in(timeout_ms);
     int rc = 0;
     pthread_mutex_lock(&l->mu);
     while (l->inflight > 0 && rc == 0)
@@ -391,22 +387,22 @@ static void flog_close(vlog_t *base) {
         pthread_cond_signal(&l->wake);
         pthread_mutex_unlock(&l->mu);
         pthread_join(l->writer, NULL);
+        if (l->fsync)
+            ckpt_write(l);
     }
-    for (int p = 0; p < l->base.npartitions; p++) {
-        if (l->parts[p].fd >= 0)
-            close(l->parts[p].fd);
-        buf_free(&l->parts[p].pending);
-        buf_free(&l->parts[p].writing);
-    }
+    if (l->fd >= 0)
+        close(l->fd);
     if (l->lockfd >= 0)
         close(l->lockfd); /* releases the flock */
+    buf_free(&l->pending);
+    buf_free(&l->writing);
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->wake);
     pthread_cond_destroy(&l->drained);
     pthread_mutex_destroy(&l->rmu);
     pthread_cond_destroy(&l->rcond);
     free(l->acks);
-    free(l->parts);
+    free(l->path);
     free(l->dir);
     free(l);
 }
@@ -415,8 +411,9 @@ static int flog_end_positions(vlog_t *base, uint64_t *ends, char *errstr, size_t
     (void)errstr;
     (void)esz;
     flog_t *l = (flog_t *)base;
+    uint64_t end = atomic_load_explicit(&l->durable, memory_order_acquire);
     for (int p = 0; p < l->base.npartitions; p++)
-        ends[p] = atomic_load_explicit(&l->parts[p].durable, memory_order_acquire);
+        ends[p] = end;
     return 0;
 }
 
@@ -426,7 +423,15 @@ static uint64_t flog_begin_position(vlog_t *base, int partition) {
     return 0;
 }
 
-static void flog_reader_free(vlog_reader_t *rb);
+static void flog_reader_free(vlog_reader_t *rb) {
+    freader_t *r = (freader_t *)rb;
+    free(r->done);
+    free(r->parts);
+    free(r->pos);
+    free(r->mine);
+    free(r->buf);
+    free(r);
+}
 
 static vlog_reader_t *flog_reader_new(vlog_t *base, const int *parts, const uint64_t *pos, int n,
                                       char *errstr, size_t esz) {
@@ -436,12 +441,23 @@ static vlog_reader_t *flog_reader_new(vlog_t *base, const int *parts, const uint
     r->n = n;
     r->parts = xmalloc(sizeof(int) * (size_t)(n ? n : 1));
     r->pos = xmalloc(sizeof(uint64_t) * (size_t)(n ? n : 1));
-    r->buf = xmalloc(READ_CHUNK);
     r->done = xcalloc((size_t)(n ? n : 1), 1);
+    r->mine = xmalloc(sizeof(int) * (size_t)base->npartitions);
+    r->buf = xmalloc(READ_CHUNK + FRAME_HDR + FRAME_MAX_PAYLOAD);
+    for (int p = 0; p < base->npartitions; p++)
+        r->mine[p] = -1;
+    uint64_t end = atomic_load(&l->durable);
+    r->scan = n ? UINT64_MAX : end;
     for (int i = 0; i < n; i++) {
+        if (parts[i] < 0 || parts[i] >= base->npartitions || r->mine[parts[i]] >= 0) {
+            snprintf(errstr, esz, "reader: partition %d is out of range or listed twice",
+                     parts[i]);
+            flog_reader_free(&r->base);
+            return NULL;
+        }
         r->parts[i] = parts[i];
         r->pos[i] = pos[i];
-        uint64_t end = atomic_load(&l->parts[parts[i]].durable);
+        r->mine[parts[i]] = i;
         if (pos[i] > end) {
             snprintf(errstr, esz,
                      "partition %d: start position %llu is past the end of the log (%llu): the "
@@ -450,6 +466,8 @@ static vlog_reader_t *flog_reader_new(vlog_t *base, const int *parts, const uint
             flog_reader_free(&r->base);
             return NULL;
         }
+        if (pos[i] < r->scan)
+            r->scan = pos[i];
     }
     return &r->base;
 }
@@ -463,66 +481,62 @@ static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int m
     pthread_mutex_unlock(&l->rmu);
 
     int delivered = 0;
-    for (int k = 0; k < r->n && delivered < max; k++) {
-        int i = (r->next + k) % r->n;
-        int p = r->parts[i];
-        fpart_t *fp = &l->parts[p];
-        if (r->done[i])
-            continue;
-        uint64_t end = atomic_load_explicit(&fp->durable, memory_order_acquire);
-        while (r->pos[i] < end && delivered < max) {
-            uint64_t want = end - r->pos[i];
-            if (want > READ_CHUNK)
-                want = READ_CHUNK;
-            ssize_t got = pread_full(fp->fd, r->buf, (size_t)want, r->pos[i]);
-            if (got < (ssize_t)FRAME_HDR) {
-                snprintf(errstr, esz, "log partition %d: read at %llu: %s", p,
-                         (unsigned long long)r->pos[i], got < 0 ? strerror(errno) : "short read");
+    uint64_t end = atomic_load_explicit(&l->durable, memory_order_acquire);
+    while (r->scan < end && delivered < max) {
+        uint64_t want = end - r->scan;
+        if (want > READ_CHUNK + FRAME_HDR + FRAME_MAX_PAYLOAD)
+            want = READ_CHUNK + FRAME_HDR + FRAME_MAX_PAYLOAD;
+        ssize_t got = pread_full(l->fd, r->buf, (size_t)want, r->scan);
+        if (got < (ssize_t)FRAME_HDR) {
+            snprintf(errstr, esz, "log: read at %llu: %s", (unsigned long long)r->scan,
+                     got < 0 ? strerror(errno) : "short read");
+            return -1;
+        }
+        size_t off = 0;
+        while (delivered < max) {
+            const char *why = NULL;
+            int64_t n = frame_check(r->buf + off, (size_t)got - off, l->base.npartitions, &why);
+            if (n < 0) {
+                snprintf(errstr, esz, "log: %s at offset %llu", why,
+                         (unsigned long long)(r->scan + off));
                 return -1;
             }
-            size_t off = 0;
-            while (off + FRAME_HDR <= (size_t)got && delivered < max) {
-                uint32_t len = get_u32(r->buf + off);
-                if (len == 0 || len > FRAME_MAX_PAYLOAD) {
-                    snprintf(errstr, esz, "log partition %d: bad frame length at %llu", p,
-                             (unsigned long long)(r->pos[i] + off));
-                    return -1;
-                }
-                if (off + FRAME_HDR + len > (size_t)got)
-                    break;
-                const uint8_t *payload = r->buf + off + FRAME_HDR;
-                if (frame_sum(payload, len) != get_u32(r->buf + off + 4)) {
-                    snprintf(errstr, esz, "log partition %d: checksum mismatch at %llu", p,
-                             (unsigned long long)(r->pos[i] + off));
-                    return -1;
-                }
-                vlog_msg_t m = {p, r->pos[i] + off + FRAME_HDR + len, -1, payload, len};
+            if (n == 0)
+                break;
+            int i = r->mine[get_u16(r->buf + off + 8)];
+            uint64_t at = r->scan + off, next = at + (uint64_t)n;
+            if (i >= 0 && !r->done[i] && at >= r->pos[i]) {
+                vlog_msg_t m = {r->parts[i], next, -1, r->buf + off + FRAME_HDR,
+                                (size_t)n - FRAME_HDR};
                 if (cb(arg, &m) != 0) {
                     r->done[i] = 1;
-                    break;
+                } else {
+                    r->pos[i] = next;
+                    delivered++;
                 }
-                off += FRAME_HDR + len;
-                delivered++;
             }
-            if (r->done[i]) {
-                r->pos[i] += off;
-                break;
-            }
-            if (off == 0) {
-                snprintf(errstr, esz, "log partition %d: frame larger than the read buffer at %llu",
-                         p, (unsigned long long)r->pos[i]);
-                return -1;
-            }
-            r->pos[i] += off;
+            off += (size_t)n;
+        }
+        if (off == 0) {
+            snprintf(errstr, esz, "log: incomplete frame at offset %llu below the durable end",
+                     (unsigned long long)r->scan);
+            return -1;
+        }
+        r->scan += off;
+    }
+    /* Nothing of these partitions lies before scan: say so, so that their
+     * positions (and replay's end) advance past other partitions' frames. */
+    for (int i = 0; i < r->n; i++) {
+        if (!r->done[i] && r->pos[i] < r->scan) {
+            vlog_msg_t m = {r->parts[i], r->scan, -1, NULL, 0};
+            if (cb(arg, &m) != 0)
+                r->done[i] = 1;
+            else
+                r->pos[i] = r->scan;
         }
     }
-    r->next = (r->next + 1) % (r->n ? r->n : 1);
-    if (delivered == 0 && timeout_ms > 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += (long)timeout_ms * 1000000;
-        ts.tv_sec += ts.tv_nsec / 1000000000;
-        ts.tv_nsec %= 1000000000;
+    if (delivered == 0 && timeout_ms > 0 && r->scan >= end) {
+        struct timespec ts = deadline_in(timeout_ms);
         pthread_mutex_lock(&l->rmu);
         while (l->rgen == gen)
             if (pthread_cond_timedwait(&l->rcond, &l->rmu, &ts) == ETIMEDOUT)
@@ -530,15 +544,6 @@ static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int m
         pthread_mutex_unlock(&l->rmu);
     }
     return delivered;
-}
-
-static void flog_reader_free(vlog_reader_t *rb) {
-    freader_t *r = (freader_t *)rb;
-    free(r->done);
-    free(r->parts);
-    free(r->pos);
-    free(r->buf);
-    free(r);
 }
 
 static const vlog_ops_t flog_ops = {
@@ -553,21 +558,20 @@ static const vlog_ops_t flog_ops = {
     .reader_free = flog_reader_free,
 };
 
-/* The META file pins the partition count: changing it would move voters to
- * other partitions and break one-vote-per-voter. */
-static int check_meta(const char *dir, int partitions, char *errstr, size_t esz) {
+/* The META file pins the format and the partition count: changing the count
+ * would move voters to other partitions and break one-vote-per-voter. */
+static int check_meta(flog_t *l, char *errstr, size_t esz) {
     char path[4200], want[64];
-    snprintf(path, sizeof path, "%s/META", dir);
-    snprintf(want, sizeof want, "tally-log 1 partitions=%d\n", partitions);
+    int partitions = l->base.npartitions;
+    snprintf(path, sizeof path, "%s/META", l->dir);
+    snprintf(want, sizeof want, "tally-log %d partitions=%d\n", LOG_FORMAT, partitions);
     FILE *f = fopen(path, "r");
     if (!f) {
-        char p0[4200];
-        snprintf(p0, sizeof p0, "%s/p000.log", dir);
-        if (errno == ENOENT && access(p0, F_OK) == 0) {
+        if (errno == ENOENT && access(l->path, F_OK) == 0) {
             snprintf(errstr, esz,
-                     "%s is missing but the log has partition files: the partition count is "
-                     "unknown (log.partitions may not match it); restore META (\"tally-log 1 partitions=N\")",
-                     path);
+                     "%s is missing but %s exists: the partition count is unknown "
+                     "(log.partitions may not match it); restore META (\"%.*s\")",
+                     path, l->path, (int)strlen(want) - 1, want);
             return -1;
         }
         if (errno != ENOENT || write_file_atomic(path, want, strlen(want), 1) != 0) {
@@ -580,16 +584,21 @@ static int check_meta(const char *dir, int partitions, char *errstr, size_t esz)
     if (!fgets(have, sizeof have, f))
         have[0] = '\0';
     fclose(f);
-    int n = 0;
-    if (sscanf(have, "tally-log 1 partitions=%d", &n) != 1) {
+    int fmt = 0, n = 0;
+    if (sscanf(have, "tally-log %d partitions=%d", &fmt, &n) != 2) {
         snprintf(errstr, esz, "%s: not a tally log (unreadable META)", path);
+        return -1;
+    }
+    if (fmt != LOG_FORMAT) {
+        snprintf(errstr, esz, "%s: log format %d, this tally reads format %d", path, fmt,
+                 LOG_FORMAT);
         return -1;
     }
     if (n != partitions) {
         snprintf(errstr, esz,
                  "log.partitions: the log in %s has %d partitions, config says %d; the partition "
                  "count of an existing log cannot change",
-                 dir, n, partitions);
+                 l->dir, n, partitions);
         return -1;
     }
     return 0;
@@ -603,7 +612,7 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, cha
     l->base.ack = ack;
     l->dir = xstrdup(c->log_dir);
     l->flags = flags;
-    l->lockfd = -1;
+    l->fd = l->lockfd = -1;
     l->fsync = c->log_fsync;
     l->group_us = c->log_group_commit_us;
     l->max_pending = (size_t)c->max_pending;
@@ -612,11 +621,12 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, cha
     pthread_cond_init(&l->drained, NULL);
     pthread_mutex_init(&l->rmu, NULL);
     pthread_cond_init(&l->rcond, NULL);
-    l->parts = xcalloc((size_t)l->base.npartitions, sizeof *l->parts);
-    for (int p = 0; p < l->base.npartitions; p++)
-        l->parts[p].fd = -1;
+    buf_t pb = {0};
+    buf_printf(&pb, "%s/votes.log", l->dir);
+    l->path = pb.data;
 
     char path[4200];
+    int64_t end;
     if (mkdir_p(l->dir) != 0) {
         snprintf(errstr, esz, "log.dir %s: %s", l->dir, strerror(errno));
         goto fail;
@@ -629,26 +639,19 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, cha
                                       : strerror(errno));
         goto fail;
     }
-    if (check_meta(l->dir, l->base.npartitions, errstr, esz) != 0)
+    if (check_meta(l, errstr, esz) != 0)
         goto fail;
-    uint64_t *hints = xcalloc((size_t)l->base.npartitions, sizeof *hints);
-    ckpt_read(l->dir, l->base.npartitions, hints);
-    for (int p = 0; p < l->base.npartitions; p++) {
-        snprintf(path, sizeof path, "%s/p%03d.log", l->dir, p);
-        l->parts[p].fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (l->parts[p].fd < 0) {
-            snprintf(errstr, esz, "%s: %s", path, strerror(errno));
-            goto fail;
-        }
-        int64_t end = recover_partition(l->parts[p].fd, p, path, hints[p], errstr, esz);
-        if (end < 0) {
-            free(hints);
-            goto fail;
-        }
-        l->parts[p].end = (uint64_t)end;
-        atomic_store(&l->parts[p].durable, (uint64_t)end);
+    l->fd = open(l->path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (l->fd < 0) {
+        snprintf(errstr, esz, "%s: %s", l->path, strerror(errno));
+        goto fail;
     }
-    free(hints);
+    if ((end = recover(l, ckpt_read(l->dir, l->fd), errstr, esz)) < 0)
+        goto fail;
+    l->end = (uint64_t)end;
+    if (l->fsync && (flags & VLOG_F_WRITE))
+        ckpt_write(l); /* the recovered end, for this file */
+    atomic_store(&l->durable, (uint64_t)end);
     if (fsync_dir(l->dir) != 0) {
         snprintf(errstr, esz, "log.dir %s: fsync: %s", l->dir, strerror(errno));
         goto fail;

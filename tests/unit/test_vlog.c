@@ -1,29 +1,68 @@
 /* tsan: the file log's writer thread, concurrent appenders and readers. */
-/* log/vlog.h over log/vlog_file.c, the embedded log: appends and acks,
- * reading back, durability across reopen, torn-tail recovery, corruption,
- * the META and LOCK files, back-pressure. */
+/* log/vlog.h over log/vlog_file.c, the embedded log: one file, votes.log,
+ * with every partition's frames interleaved in commit order. Appends and
+ * acks, reading back (positions are offsets in the shared file, progress
+ * messages), durability across reopen, torn-tail recovery, CHECKPOINT,
+ * corruption, the META and LOCK files, back-pressure. */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <xxhash.h>
 
 #include "log/vlog.h"
 #include "unit_helpers.h"
 
-#define FRAME_HDR 8
+#define NPARTS 3 /* setup's log.partitions */
+#define FRAME_HDR 12
 #define MAX_PAYLOAD 65536
+#define MAX_WRITE (16u << 20)
 
 static char *dir;
 static tally_config_t *conf;
 
 static atomic_ulong acks_ok, acks_bad;
 
+/* ---- fdatasync, counted, held or made to fail on demand ----
+ * The log is linked into this binary, so its calls land here. The writer
+ * thread is the only caller. While the sync gate is closed, fdatasync waits:
+ * the round is in the file but not yet durable. */
+static atomic_int fdatasync_calls, fdatasync_fail;
+static pthread_mutex_t sync_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t sync_cv = PTHREAD_COND_INITIALIZER;
+static int sync_closed, sync_entered;
+
+int fdatasync(int fd) {
+    atomic_fetch_add(&fdatasync_calls, 1);
+    pthread_mutex_lock(&sync_mu);
+    sync_entered++;
+    pthread_cond_broadcast(&sync_cv);
+    while (sync_closed)
+        pthread_cond_wait(&sync_cv, &sync_mu);
+    pthread_mutex_unlock(&sync_mu);
+    if (atomic_load(&fdatasync_fail)) {
+        errno = EIO;
+        return -1;
+    }
+    return (int)syscall(SYS_fdatasync, fd);
+}
+
+static void sync_gate(int closed) {
+    pthread_mutex_lock(&sync_mu);
+    sync_closed = closed;
+    sync_entered = 0;
+    pthread_cond_broadcast(&sync_cv);
+    pthread_mutex_unlock(&sync_mu);
+}
+
 /* The ack gate: while closed, the writer thread blocks in its first ack,
  * which holds the log's state still (nothing is acknowledged, nothing
- * leaves `inflight`). */
+ * leaves `inflight`, the next round is not taken). */
 static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
 static int gate_closed, gate_entered;
@@ -56,19 +95,40 @@ static void gate_open(void) {
     pthread_mutex_unlock(&gate_mu);
 }
 
-/* Waits until the writer is inside an ack. */
-static void gate_wait_entered(void) {
+static void wait_entered(pthread_mutex_t *mu, pthread_cond_t *cv, const int *entered,
+                         const char *what) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += 10 * TMOUT_MULT;
-    pthread_mutex_lock(&gate_mu);
+    pthread_mutex_lock(mu);
     int rc = 0;
-    while (gate_entered == 0 && rc == 0)
-        rc = pthread_cond_timedwait(&gate_cv, &gate_mu, &ts);
-    int entered = gate_entered;
-    pthread_mutex_unlock(&gate_mu);
-    cr_assert_gt(entered, 0, "the writer never acknowledged");
+    while (*entered == 0 && rc == 0)
+        rc = pthread_cond_timedwait(cv, mu, &ts);
+    int n = *entered;
+    pthread_mutex_unlock(mu);
+    cr_assert_gt(n, 0, "the writer never got to %s", what);
 }
+
+/* Waits until the writer is inside an ack. */
+static void gate_wait_entered(void) {
+    wait_entered(&gate_mu, &gate_cv, &gate_entered, "an ack");
+}
+
+/* Waits until the writer is inside fdatasync. */
+static void sync_wait_entered(void) {
+    wait_entered(&sync_mu, &sync_cv, &sync_entered, "fdatasync");
+}
+
+/* ---- the model: what votes.log should hold, frame by frame ----
+ * Appends from one thread are committed in the order they were made, so the
+ * file is the model's frames end to end. */
+typedef struct {
+    int p, i; /* payload(p, i) */
+    uint64_t start, end;
+} mframe_t;
+
+static mframe_t *model;
+static int nmodel, capmodel;
 
 static void setup(void) {
     dir = tmpdir_new();
@@ -76,21 +136,29 @@ static void setup(void) {
     char *ld = path_join(dir, "log");
     conf_set_str(&conf->log_dir, ld);
     free(ld);
-    conf->log_partitions = 3;
+    conf->log_partitions = NPARTS;
     conf->log_group_commit_us = 0;
     conf->log_fsync = 0;
     atomic_store(&acks_ok, 0);
     atomic_store(&acks_bad, 0);
+    atomic_store(&fdatasync_calls, 0);
+    atomic_store(&fdatasync_fail, 0);
+    nmodel = 0;
     gate_open();
+    sync_gate(0);
     tally_log_quiet = 1;
 }
 
 static void teardown(void) {
     gate_open();
+    sync_gate(0);
     config_free(conf);
     conf = NULL;
     tmpdir_free(dir);
     dir = NULL;
+    free(model);
+    model = NULL;
+    nmodel = capmodel = 0;
 }
 
 TestSuite(vlog, .init = setup, .fini = teardown);
@@ -102,12 +170,25 @@ static vlog_t *open_log(int flags) {
     return l;
 }
 
-static vlog_t *open_rw(void) { return open_log(VLOG_F_WRITE | VLOG_F_READ); }
+static vlog_t *open_rw(void) {
+    return open_log(VLOG_F_WRITE | VLOG_F_READ);
+}
 
-static char *part_path(int p) {
-    char name[32];
-    snprintf(name, sizeof name, "log/p%03d.log", p);
-    return path_join(dir, name);
+/* Caller frees. */
+static char *log_file(const char *name) {
+    char rel[64];
+    snprintf(rel, sizeof rel, "log/%s", name);
+    return path_join(dir, rel);
+}
+static char *votes_path(void) {
+    return log_file("votes.log");
+}
+
+static long long votes_size(void) {
+    char *f = votes_path();
+    long long n = file_size(f);
+    free(f);
+    return n;
 }
 
 /* Record i of partition p: a recognizable payload of varying length. */
@@ -118,19 +199,76 @@ static size_t payload(int p, int i, uint8_t *out) {
     return n + pad;
 }
 
+static uint64_t model_end(void) {
+    return nmodel ? model[nmodel - 1].end : 0;
+}
+
+static void model_add(int p, int i) {
+    uint8_t b[256];
+    if (nmodel == capmodel) {
+        capmodel = capmodel ? capmodel * 2 : 256;
+        model = xrealloc(model, sizeof *model * (size_t)capmodel);
+    }
+    uint64_t start = model_end();
+    model[nmodel++] = (mframe_t){p, i, start, start + FRAME_HDR + payload(p, i, b)};
+}
+
+/* The first k frames of the model that belong to partition p end here
+ * (0 for k == 0). */
+static uint64_t model_part_end(int p, int k) {
+    uint64_t end = 0;
+    for (int j = 0; j < nmodel && k > 0; j++)
+        if (model[j].p == p) {
+            end = model[j].end;
+            k--;
+        }
+    cr_assert_eq(k, 0, "the model has fewer frames of partition %d", p);
+    return end;
+}
+
+/* Index of the model frame that starts at off. */
+static int model_at(uint64_t off) {
+    for (int j = 0; j < nmodel; j++)
+        if (model[j].start == off)
+            return j;
+    cr_assert_fail("no frame starts at %llu", (unsigned long long)off);
+    return -1;
+}
+
 static void append_ok(vlog_t *l, int p, const uint8_t *rec, size_t n) {
     vlog_err_t err = vlog_append(l, p, rec, n, NULL);
     cr_assert_eq(err, VLOG_OK, "append: %s", vlog_err2str(err));
 }
 
+/* Appends payload(p, from..to-1) and adds them to the model. */
 static void append_n(vlog_t *l, int p, int from, int to) {
     uint8_t buf[256];
-    for (int i = from; i < to; i++)
+    for (int i = from; i < to; i++) {
         append_ok(l, p, buf, payload(p, i, buf));
+        model_add(p, i);
+    }
+}
+
+/* Appends `rounds` records to each of partitions [0, np) taking turns:
+ * p0 r0, p1 r0, p2 r0, p0 r1, ... */
+static void append_interleaved(vlog_t *l, int np, int rounds) {
+    for (int i = 0; i < rounds; i++)
+        for (int p = 0; p < np; p++)
+            append_n(l, p, i, i + 1);
 }
 
 static void flush_ok(vlog_t *l) {
     cr_assert_eq(vlog_flush(l, 10000 * TMOUT_MULT), 0, "flush timed out");
+}
+
+static uint64_t durable_end(vlog_t *l) {
+    uint64_t ends[64];
+    char err[256];
+    int np = vlog_partitions(l);
+    cr_assert_eq(vlog_end_positions(l, ends, err, sizeof err), 0, "%s", err);
+    for (int p = 1; p < np; p++)
+        cr_assert_eq(ends[p], ends[0], "partitions of one file end at different positions");
+    return ends[0];
 }
 
 /* ---- reading ---- */
@@ -147,20 +285,42 @@ typedef struct {
     int n, cap;
     int decline_at; /* decline the record with this index, -1: never */
     int decline_part;
+    int progress;         /* progress-only messages seen */
+    uint64_t pos[64];     /* per partition: the last next_pos seen (or the start) */
+    uint8_t declined[64]; /* per partition: a record was declined */
+    uint64_t last;        /* next_pos of the last record, any partition */
 } sink_t;
 
+/* Readers hand messages in file order, each partition's positions only
+ * grow, and nothing comes for a partition after it declined. */
 static int sink_cb(void *arg, const vlog_msg_t *m) {
     sink_t *s = arg;
-    if (s->decline_at >= 0 && m->partition == s->decline_part && s->n == s->decline_at)
+    int p = m->partition;
+    cr_assert(p >= 0 && p < 64, "partition %d", p);
+    cr_assert_not(s->declined[p], "partition %d: a message after a decline", p);
+    cr_assert_gt(m->next_pos, s->pos[p], "partition %d: position %llu after %llu", p,
+                 (unsigned long long)m->next_pos, (unsigned long long)s->pos[p]);
+    cr_assert_eq(m->ts_ms, -1, "the file log has no timestamps of its own");
+    if (!m->rec) {
+        cr_assert_eq(m->len, 0);
+        s->progress++;
+        s->pos[p] = m->next_pos;
+        return 0; /* progress only */
+    }
+    if (s->decline_at >= 0 && p == s->decline_part && s->n == s->decline_at) {
+        s->declined[p] = 1;
         return 1;
+    }
+    cr_assert_gt(m->next_pos, s->last, "records out of file order");
+    s->last = m->next_pos;
+    s->pos[p] = m->next_pos;
     if (s->n == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 64;
         s->msgs = xrealloc(s->msgs, sizeof *s->msgs * (size_t)s->cap);
     }
     msg_t *d = &s->msgs[s->n++];
-    d->partition = m->partition;
+    d->partition = p;
     d->next_pos = m->next_pos;
-    cr_assert_eq(m->ts_ms, -1, "the file log has no timestamps of its own");
     cr_assert(m->len > 0 && m->len <= MAX_PAYLOAD);
     d->len = m->len;
     d->data = xmalloc(m->len);
@@ -182,50 +342,147 @@ static void sink_free(sink_t *s) {
     s->cap = 0;
 }
 
-/* Reads partitions [0, nparts) from pos (NULL: 0) until nothing is left. */
+/* Gets the sink ready for a new reader of partitions [0, 64) from pos
+ * (NULL: 0). */
+static void sink_begin(sink_t *s, const uint64_t *pos) {
+    for (int p = 0; p < 64; p++) {
+        s->pos[p] = pos ? pos[p] : 0;
+        s->declined[p] = 0;
+    }
+    s->last = 0;
+}
+
+/* A reader of parts[0..n) from pos[0..n) (NULL: 0). */
+static vlog_reader_t *reader_new(vlog_t *l, const int *parts, const uint64_t *pos, int n,
+                                 sink_t *s) {
+    uint64_t zero[64] = {0}, all[64] = {0};
+    char err[512];
+    vlog_reader_t *r = vlog_reader_new(l, parts, pos ? pos : zero, n, err, sizeof err);
+    cr_assert_not_null(r, "reader: %s", err);
+    for (int i = 0; i < n; i++)
+        all[parts[i]] = pos ? pos[i] : 0;
+    sink_begin(s, all);
+    return r;
+}
+
+/* Polls until a poll delivers nothing. Returns how many were delivered. */
+static int drain(vlog_reader_t *r, sink_t *s, int max) {
+    char err[512];
+    int got, total = 0;
+    while ((got = vlog_reader_poll(r, sink_cb, s, max, 0, err, sizeof err)) > 0) {
+        cr_assert_leq(got, max);
+        total += got;
+    }
+    cr_assert_eq(got, 0, "poll: %s", err);
+    return total;
+}
+
+/* Reads partitions [0, np) from pos (NULL: 0) until nothing is left; then
+ * every partition has reached the durable end, records or not. */
 static void read_all(vlog_t *l, const uint64_t *pos, sink_t *s) {
     int np = vlog_partitions(l);
     int parts[64];
-    uint64_t zero[64] = {0};
     for (int p = 0; p < np; p++)
         parts[p] = p;
-    char err[512];
-    vlog_reader_t *r = vlog_reader_new(l, parts, pos ? pos : zero, np, err, sizeof err);
-    cr_assert_not_null(r, "reader: %s", err);
-    int got;
-    while ((got = vlog_reader_poll(r, sink_cb, s, 1000, 0, err, sizeof err)) > 0)
-        ;
-    cr_assert_eq(got, 0, "poll: %s", err);
+    vlog_reader_t *r = reader_new(l, parts, pos, np, s);
+    drain(r, s, 1000);
+    uint64_t end = durable_end(l);
+    for (int p = 0; p < np; p++)
+        cr_assert_eq(s->pos[p], end, "partition %d stopped at %llu, the end is %llu", p,
+                     (unsigned long long)s->pos[p], (unsigned long long)end);
     vlog_reader_free(r);
 }
 
-/* The records of partition p read back are exactly payload(p, 0..n-1) in
- * order, at increasing positions that add up to the file's size. */
-static void expect_partition(const sink_t *s, int p, int n) {
+/* The sink's records of partition p are exactly the model's frames of p that
+ * start at or after from, in order, with next_pos the offset after each
+ * frame in the shared file. Returns how many. */
+static int expect_part_from(const sink_t *s, int p, uint64_t from) {
     uint8_t want[256];
-    int i = 0;
-    uint64_t pos = 0;
-    for (int k = 0; k < s->n; k++) {
-        const msg_t *m = &s->msgs[k];
-        if (m->partition != p)
+    int k = 0, n = 0;
+    for (int j = 0; j < nmodel; j++) {
+        const mframe_t *f = &model[j];
+        if (f->p != p || f->start < from)
             continue;
-        cr_assert_lt(i, n, "partition %d: more than %d records", p, n);
-        size_t wl = payload(p, i, want);
-        cr_assert_eq(m->len, wl, "partition %d record %d: length %zu, want %zu", p, i, m->len, wl);
-        cr_assert_eq(memcmp(m->data, want, wl), 0, "partition %d record %d differs", p, i);
-        pos += FRAME_HDR + wl;
-        cr_assert_eq(m->next_pos, pos, "partition %d record %d: next_pos", p, i);
-        i++;
+        while (k < s->n && s->msgs[k].partition != p)
+            k++;
+        cr_assert_lt(k, s->n, "partition %d: record %d (frame at %llu) was not read", p, f->i,
+                     (unsigned long long)f->start);
+        const msg_t *m = &s->msgs[k++];
+        size_t wl = payload(p, f->i, want);
+        cr_assert_eq(m->len, wl, "partition %d record %d: length %zu, want %zu", p, f->i, m->len,
+                     wl);
+        cr_assert_eq(memcmp(m->data, want, wl), 0, "partition %d record %d differs", p, f->i);
+        cr_assert_eq(m->next_pos, f->end, "partition %d record %d: next_pos %llu, want %llu", p,
+                     f->i, (unsigned long long)m->next_pos, (unsigned long long)f->end);
+        n++;
     }
-    cr_assert_eq(i, n, "partition %d: %d records, want %d", p, i, n);
+    while (k < s->n && s->msgs[k].partition != p)
+        k++;
+    cr_assert_eq(k, s->n, "partition %d: a record that was never appended (next_pos %llu)", p,
+                 k < s->n ? (unsigned long long)s->msgs[k].next_pos : 0ull);
+    return n;
 }
 
-static uint64_t frames_size(int p, int n) {
-    uint8_t b[256];
-    uint64_t s = 0;
-    for (int i = 0; i < n; i++)
-        s += FRAME_HDR + payload(p, i, b);
-    return s;
+/* The sink holds partition p's first n records of the model, no more. */
+static void expect_partition(const sink_t *s, int p, int n) {
+    int got = expect_part_from(s, p, 0);
+    cr_assert_eq(got, n, "partition %d: %d records, want %d", p, got, n);
+}
+
+/* The sink holds exactly the model, every partition. */
+static void expect_model(const sink_t *s) {
+    int total = 0;
+    for (int p = 0; p < 64; p++)
+        total += expect_part_from(s, p, 0);
+    cr_assert_eq(total, nmodel);
+    cr_assert_eq(s->n, nmodel);
+}
+
+static int sink_count(const sink_t *s, int p) {
+    int n = 0;
+    for (int k = 0; k < s->n; k++)
+        n += s->msgs[k].partition == p;
+    return n;
+}
+
+/* ---- CHECKPOINT ---- */
+
+/* The text vlog_file.c writes: "tally-ckpt FMT INODE END SUM\n", INODE
+ * being votes.log's. */
+static unsigned long long votes_ino(void) {
+    char *f = path_join(dir, "log/votes.log");
+    struct stat st;
+    unsigned long long ino = stat(f, &st) == 0 ? (unsigned long long)st.st_ino : 0;
+    free(f);
+    return ino;
+}
+
+static void ckpt_text(char *out, size_t size, int fmt, unsigned long long end) {
+    int n = snprintf(out, size, "tally-ckpt %d %llu %llu", fmt, votes_ino(), end);
+    snprintf(out + n, size - (size_t)n, " %016llx\n",
+             (unsigned long long)XXH3_64bits(out, (size_t)n));
+}
+
+static void ckpt_put(const char *text) {
+    char *f = log_file("CHECKPOINT");
+    file_write_str(f, text);
+    free(f);
+}
+
+/* The END of the CHECKPOINT file, checked; -1 when there is none. */
+static long long ckpt_get(void) {
+    char *f = log_file("CHECKPOINT");
+    char *text = file_read(f, NULL);
+    free(f);
+    if (!text)
+        return -1;
+    unsigned long long ino, end;
+    cr_assert_eq(sscanf(text, "tally-ckpt 2 %llu %llu", &ino, &end), 2, "CHECKPOINT: '%s'", text);
+    char want[128];
+    ckpt_text(want, sizeof want, 2, end);
+    cr_assert_str_eq(text, want);
+    free(text);
+    return (long long)end;
 }
 
 /* ---- basics ---- */
@@ -238,40 +495,43 @@ Test(vlog, names_and_errors) {
     cr_assert_str_eq(vlog_err2str((vlog_err_t)42), "unknown");
     vlog_t *l = open_rw();
     cr_assert_str_eq(vlog_name(l), "file");
-    cr_assert_eq(vlog_partitions(l), 3);
-    for (int p = 0; p < 3; p++)
+    cr_assert_eq(vlog_partitions(l), NPARTS);
+    for (int p = 0; p < NPARTS; p++)
         cr_assert_eq(vlog_begin_position(l, p), 0);
     vlog_close(l);
     vlog_close(NULL);
+    /* One file for every partition, and no per-partition files. */
+    char *ld = log_file("");
+    cr_assert_eq(dir_count(ld, "votes.log"), 1);
+    cr_assert_eq(dir_count(ld, ".log"), 1);
+    free(ld);
 }
 
 Test(vlog, append_ack_and_read_back_in_order) {
     vlog_t *l = open_rw();
-    const int n[3] = {300, 1, 77};
+    const int n[NPARTS] = {300, 1, 77};
     /* Interleave the partitions. */
-    uint8_t buf[256];
     for (int i = 0; i < 300; i++)
-        for (int p = 0; p < 3; p++)
+        for (int p = 0; p < NPARTS; p++)
             if (i < n[p])
-                append_ok(l, p, buf, payload(p, i, buf));
+                append_n(l, p, i, i + 1);
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_ok), 378);
     cr_assert_eq(atomic_load(&acks_bad), 0);
 
-    uint64_t ends[3];
+    /* Every partition ends where the one file ends. */
+    uint64_t ends[NPARTS];
     char err[256];
     cr_assert_eq(vlog_end_positions(l, ends, err, sizeof err), 0);
-    for (int p = 0; p < 3; p++) {
-        cr_assert_eq(ends[p], frames_size(p, n[p]));
-        char *f = part_path(p);
-        cr_assert_eq((uint64_t)file_size(f), ends[p]);
-        free(f);
-    }
+    for (int p = 0; p < NPARTS; p++)
+        cr_assert_eq(ends[p], model_end(), "partition %d", p);
+    cr_assert_eq((uint64_t)votes_size(), model_end());
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
     cr_assert_eq(s.n, 378);
-    for (int p = 0; p < 3; p++)
+    for (int p = 0; p < NPARTS; p++)
         expect_partition(&s, p, n[p]);
+    expect_model(&s);
     sink_free(&s);
     vlog_close(l);
     cr_assert_eq(atomic_load(&acks_ok), 378, "acks after close");
@@ -282,24 +542,28 @@ Test(vlog, empty_log_reads_nothing) {
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
     cr_assert_eq(s.n, 0);
-    uint64_t ends[3] = {9, 9, 9};
+    cr_assert_eq(s.progress, 0, "progress reported on an empty log");
+    uint64_t ends[NPARTS] = {9, 9, 9};
     char err[256];
     cr_assert_eq(vlog_end_positions(l, ends, err, sizeof err), 0);
     cr_assert(ends[0] == 0 && ends[1] == 0 && ends[2] == 0);
     cr_assert_eq(vlog_flush(l, 0), 0, "nothing in flight");
     vlog_close(l);
+    cr_assert_eq(votes_size(), 0);
 }
 
 Test(vlog, durable_across_reopen) {
     conf->log_fsync = 1;
     vlog_t *l = open_rw();
-    append_n(l, 0, 0, 50);
+    append_n(l, 0, 0, 30);
     append_n(l, 2, 0, 20);
+    append_n(l, 0, 30, 50);
     flush_ok(l);
     vlog_close(l);
 
     for (int round = 0; round < 2; round++) {
         l = open_log(round == 0 ? VLOG_F_READ : VLOG_F_WRITE | VLOG_F_READ);
+        cr_assert_eq(durable_end(l), model_end());
         sink_t s = {.decline_at = -1};
         read_all(l, NULL, &s);
         expect_partition(&s, 0, 50);
@@ -311,6 +575,7 @@ Test(vlog, durable_across_reopen) {
 
     /* Appends after a reopen go after the old records. */
     l = open_rw();
+    append_n(l, 1, 0, 5);
     append_n(l, 0, 50, 60);
     flush_ok(l);
     vlog_close(l);
@@ -318,8 +583,11 @@ Test(vlog, durable_across_reopen) {
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
     expect_partition(&s, 0, 60);
+    expect_partition(&s, 1, 5);
+    expect_model(&s);
     sink_free(&s);
     vlog_close(l);
+    cr_assert_eq((uint64_t)votes_size(), model_end());
 }
 
 Test(vlog, close_drains_pending_appends) {
@@ -341,12 +609,43 @@ Test(vlog, group_commit_path) {
     conf->log_group_commit_us = 500;
     conf->log_fsync = 1;
     vlog_t *l = open_rw();
-    append_n(l, 1, 0, 200);
+    append_interleaved(l, NPARTS, 70);
     flush_ok(l);
-    cr_assert_eq(atomic_load(&acks_ok), 200);
+    cr_assert_eq(atomic_load(&acks_ok), 210);
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
-    expect_partition(&s, 1, 200);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
+}
+
+Test(vlog, one_fsync_per_group_commit_whatever_the_partitions) {
+    /* The point of the one file: a round that touches every partition
+     * costs one fdatasync, not one per partition. */
+    conf->log_fsync = 1;
+    vlog_t *l = open_rw();
+    gate_close();
+    append_n(l, 0, 0, 1);
+    gate_wait_entered(); /* round 1 is written; the writer waits in its ack */
+    atomic_store(&fdatasync_calls, 0);
+    append_interleaved(l, NPARTS, 1); /* round 2: one record per partition... */
+    append_n(l, 0, 1, 3);
+    gate_open();
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_ok), 6);
+    cr_assert_eq(atomic_load(&fdatasync_calls), 1, "%d fdatasyncs for one round",
+                 atomic_load(&fdatasync_calls));
+    /* and with fsync off, none. */
+    vlog_close(l);
+    conf->log_fsync = 0;
+    l = open_rw();
+    atomic_store(&fdatasync_calls, 0);
+    append_interleaved(l, NPARTS, 3);
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&fdatasync_calls), 0);
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
     sink_free(&s);
     vlog_close(l);
 }
@@ -357,17 +656,20 @@ Test(vlog, append_rejects_bad_arguments) {
     cr_assert_eq(vlog_append(l, 0, big, 0, NULL), VLOG_ERR);
     cr_assert_eq(vlog_append(l, 0, big, MAX_PAYLOAD + 1, NULL), VLOG_ERR);
     cr_assert_eq(vlog_append(l, -1, big, 10, NULL), VLOG_ERR);
-    cr_assert_eq(vlog_append(l, 3, big, 10, NULL), VLOG_ERR);
-    /* The largest frame is fine and reads back. */
+    cr_assert_eq(vlog_append(l, NPARTS, big, 10, NULL), VLOG_ERR);
+    /* The largest frame is fine and reads back, in the last partition. */
     for (size_t i = 0; i < MAX_PAYLOAD; i++)
         big[i] = (uint8_t)(i * 13);
-    cr_assert_eq(vlog_append(l, 0, big, MAX_PAYLOAD, NULL), VLOG_OK);
+    cr_assert_eq(vlog_append(l, NPARTS - 1, big, MAX_PAYLOAD, NULL), VLOG_OK);
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_ok), 1, "rejected appends were acknowledged");
+    cr_assert_eq(votes_size(), FRAME_HDR + MAX_PAYLOAD, "rejected appends left bytes");
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
     cr_assert_eq(s.n, 1);
+    cr_assert_eq(s.msgs[0].partition, NPARTS - 1);
     cr_assert_eq(s.msgs[0].len, (size_t)MAX_PAYLOAD);
+    cr_assert_eq(s.msgs[0].next_pos, FRAME_HDR + MAX_PAYLOAD);
     cr_assert_eq(memcmp(s.msgs[0].data, big, MAX_PAYLOAD), 0);
     sink_free(&s);
     vlog_close(l);
@@ -378,113 +680,159 @@ Test(vlog, append_rejects_bad_arguments) {
     vlog_close(l);
 }
 
-Test(vlog, failed_write_is_not_acknowledged_and_leaves_no_garbage) {
-    vlog_t *l = open_rw();
-    append_n(l, 0, 0, 5);
-    flush_ok(l);
-    uint64_t end = frames_size(0, 5);
-    /* Make the next write to partition 0 fail half-way: the file may grow
-     * by 10 bytes only. */
+/* Lets the file grow by at most `room` bytes past size (the writer's
+ * pwrite then fails with EFBIG). Returns the old limit. */
+static struct rlimit fsize_limit(uint64_t size, uint64_t room) {
     signal(SIGXFSZ, SIG_IGN);
     struct rlimit old, lim;
     cr_assert_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
     lim = old;
-    lim.rlim_cur = (rlim_t)end + 10;
+    lim.rlim_cur = (rlim_t)(size + room);
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
-    append_n(l, 0, 5, 6);
+    return old;
+}
+
+Test(vlog, failed_write_is_not_acknowledged_and_leaves_no_garbage) {
+    vlog_t *l = open_rw();
+    append_interleaved(l, 2, 5);
+    flush_ok(l);
+    uint64_t end = model_end();
+    /* The next write fails half-way: the file may grow by 10 bytes only. */
+    struct rlimit old = fsize_limit(end, 10);
+    uint8_t buf[256];
+    append_ok(l, 0, buf, payload(0, 5, buf));
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_bad), 1, "the failed append was not answered with an error");
-    cr_assert_eq(atomic_load(&acks_ok), 5);
-    char *f = part_path(0);
-    cr_assert_eq((uint64_t)file_size(f), end, "a failed write left bytes behind");
-    uint64_t ends[3];
-    char err[256];
-    cr_assert_eq(vlog_end_positions(l, ends, err, sizeof err), 0);
-    cr_assert_eq(ends[0], end, "the durable end moved over a failed write");
+    cr_assert_eq(atomic_load(&acks_ok), 10);
+    cr_assert_eq((uint64_t)votes_size(), end, "a failed write left bytes behind");
+    cr_assert_eq(durable_end(l), end, "the durable end moved over a failed write");
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
-    expect_partition(&s, 0, 5);
+    expect_model(&s);
     sink_free(&s);
 
     /* Once the disk has room again, appends go on right after the last
      * good record. */
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+    append_n(l, 1, 5, 6);
     append_n(l, 0, 5, 6);
     flush_ok(l);
-    cr_assert_eq(atomic_load(&acks_ok), 6);
+    cr_assert_eq(atomic_load(&acks_ok), 12);
     read_all(l, NULL, &s);
     expect_partition(&s, 0, 6);
+    expect_partition(&s, 1, 6);
+    expect_model(&s);
     sink_free(&s);
     vlog_close(l);
     l = open_log(VLOG_F_READ);
     read_all(l, NULL, &s);
-    expect_partition(&s, 0, 6);
+    expect_model(&s);
     sink_free(&s);
     vlog_close(l);
-    free(f);
+    cr_assert_eq((uint64_t)votes_size(), model_end());
 }
 
 Test(vlog, a_batch_fails_as_a_whole) {
-    /* Partition 1 is big, partition 0 small; one batch holds a record for
-     * each, and only partition 1's write fails. Neither is acknowledged as
-     * written, and neither becomes readable. */
+    /* One round holds a record of partition 0 then one of partition 1; the
+     * write of the first succeeds, the second is cut short. Neither is
+     * acknowledged as written, and neither becomes readable. */
     vlog_t *l = open_rw();
     append_n(l, 1, 0, 50);
     append_n(l, 0, 0, 2);
     flush_ok(l);
-    uint64_t end0 = frames_size(0, 2), end1 = frames_size(1, 50);
-    cr_assert_lt(end0 + 200, end1);
 
     gate_close();
     append_n(l, 2, 0, 1);
     gate_wait_entered(); /* the writer is held in this record's ack */
-    append_n(l, 0, 2, 3);
-    append_n(l, 1, 50, 51);
-    signal(SIGXFSZ, SIG_IGN);
-    struct rlimit old, lim;
-    cr_assert_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
-    lim = old;
-    lim.rlim_cur = (rlim_t)end0 + 200;
-    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    uint64_t end = model_end();
+    uint8_t buf[256];
+    size_t n0 = payload(0, 2, buf);
+    append_ok(l, 0, buf, n0);
+    append_ok(l, 1, buf, payload(1, 50, buf));
+    struct rlimit old = fsize_limit(end, FRAME_HDR + n0 + 5);
     gate_open();
     flush_ok(l);
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
     cr_assert_eq(atomic_load(&acks_ok), 53, "ok acks");
     cr_assert_eq(atomic_load(&acks_bad), 2, "both records of the failed batch get an error");
-    char *f0 = part_path(0), *f1 = part_path(1);
-    cr_assert_eq((uint64_t)file_size(f0), end0, "partition 0 kept a record of a failed batch");
-    cr_assert_eq((uint64_t)file_size(f1), end1);
+    cr_assert_eq((uint64_t)votes_size(), end, "the log kept part of a failed batch");
+    cr_assert_eq(durable_end(l), end);
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
     expect_partition(&s, 0, 2);
     expect_partition(&s, 1, 50);
     expect_partition(&s, 2, 1);
     sink_free(&s);
+
+    /* The next batch lands right after the last good one. */
+    append_n(l, 1, 50, 51);
+    append_n(l, 0, 2, 3);
+    flush_ok(l);
     vlog_close(l);
-    free(f0);
-    free(f1);
+    l = open_log(VLOG_F_READ);
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
+}
+
+Test(vlog, failed_fsync_fails_the_batch_and_leaves_no_garbage) {
+    conf->log_fsync = 1;
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 4);
+    flush_ok(l);
+    uint64_t end = model_end();
+    atomic_store(&fdatasync_fail, 1);
+    uint8_t buf[256];
+    append_ok(l, 0, buf, payload(0, 4, buf));
+    append_ok(l, 2, buf, payload(2, 4, buf));
+    flush_ok(l);
+    atomic_store(&fdatasync_fail, 0);
+    cr_assert_eq(atomic_load(&acks_ok), 12);
+    cr_assert_eq(atomic_load(&acks_bad), 2, "an unsynced batch was acknowledged");
+    cr_assert_eq((uint64_t)votes_size(), end, "the unsynced batch stayed in the file");
+    cr_assert_eq(durable_end(l), end);
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    append_n(l, 2, 4, 5);
+    flush_ok(l);
+    vlog_close(l);
+    l = open_log(VLOG_F_READ);
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
 }
 
 /* ---- readers ---- */
 
 Test(vlog, reader_from_a_position) {
     vlog_t *l = open_rw();
-    append_n(l, 0, 0, 10);
-    append_n(l, 1, 0, 10);
+    append_interleaved(l, 2, 10);
     flush_ok(l);
-    uint64_t pos[3] = {frames_size(0, 4), frames_size(1, 10), 0};
+    /* Partition 0 from after its 4th record (p1 r3 follows it), partition 1
+     * from the end, partition 2 (empty) from 0. */
+    uint64_t pos[NPARTS] = {model_part_end(0, 4), model_end(), 0};
     sink_t s = {.decline_at = -1};
     read_all(l, pos, &s);
     cr_assert_eq(s.n, 6);
-    uint8_t want[256];
-    for (int k = 0; k < 6; k++) {
-        cr_assert_eq(s.msgs[k].partition, 0);
-        size_t wl = payload(0, 4 + k, want);
-        cr_assert_eq(s.msgs[k].len, wl);
-        cr_assert_eq(memcmp(s.msgs[k].data, want, wl), 0);
-        cr_assert_eq(s.msgs[k].next_pos, frames_size(0, 5 + k));
-    }
+    cr_assert_eq(expect_part_from(&s, 0, pos[0]), 6);
+    cr_assert_eq(s.msgs[0].next_pos, model_part_end(0, 5));
+    cr_assert_eq(sink_count(&s, 1), 0);
+    cr_assert_eq(sink_count(&s, 2), 0);
     sink_free(&s);
+
+    /* Every position a reader was handed is a place to start again: from
+     * each, the rest of the partition and nothing before. */
+    for (int k = 0; k <= 10; k++) {
+        uint64_t from[NPARTS] = {model_part_end(0, k), model_part_end(1, 10 - k), 0};
+        read_all(l, from, &s);
+        cr_assert_eq(expect_part_from(&s, 0, from[0]), 10 - k);
+        cr_assert_eq(expect_part_from(&s, 1, from[1]), k);
+        sink_free(&s);
+    }
     vlog_close(l);
 }
 
@@ -493,12 +841,17 @@ Test(vlog, reader_past_the_end_is_refused) {
     append_n(l, 1, 0, 3);
     flush_ok(l);
     int parts[2] = {0, 1};
-    uint64_t pos[2] = {0, frames_size(1, 3) + 1};
+    uint64_t pos[2] = {0, model_end() + 1};
     char err[512] = "";
     cr_assert_null(vlog_reader_new(l, parts, pos, 2, err, sizeof err));
     cr_assert_not_null(strstr(err, "past the end"), "%s", err);
     cr_assert_not_null(strstr(err, "partition 1"), "%s", err);
-    pos[1] = frames_size(1, 3); /* exactly the end is fine */
+    /* Past the end of the file, even if not of any partition's records. */
+    parts[1] = 2;
+    err[0] = '\0';
+    cr_assert_null(vlog_reader_new(l, parts, pos, 2, err, sizeof err));
+    cr_assert_not_null(strstr(err, "partition 2"), "%s", err);
+    pos[1] = model_end(); /* exactly the end is fine, for any partition */
     vlog_reader_t *r = vlog_reader_new(l, parts, pos, 2, err, sizeof err);
     cr_assert_not_null(r, "%s", err);
     vlog_reader_free(r);
@@ -508,33 +861,31 @@ Test(vlog, reader_past_the_end_is_refused) {
 
 Test(vlog, reader_max_and_fairness) {
     vlog_t *l = open_rw();
-    append_n(l, 0, 0, 10);
-    append_n(l, 2, 0, 10);
+    /* Partitions 0 and 2 take turns; 1 has a burst at the start. */
+    append_n(l, 1, 0, 5);
+    for (int i = 0; i < 10; i++) {
+        append_n(l, 0, i, i + 1);
+        append_n(l, 2, i, i + 1);
+    }
     flush_ok(l);
     int parts[2] = {0, 2};
-    uint64_t pos[2] = {0, 0};
     char err[256];
-    vlog_reader_t *r = vlog_reader_new(l, parts, pos, 2, err, sizeof err);
     sink_t s = {.decline_at = -1};
+    vlog_reader_t *r = reader_new(l, parts, NULL, 2, &s);
+    /* max counts records delivered, not frames skipped. */
     cr_assert_eq(vlog_reader_poll(r, sink_cb, &s, 3, 0, err, sizeof err), 3);
     cr_assert_eq(s.n, 3);
-    int total = 3, polls = 1;
-    int got;
-    while ((got = vlog_reader_poll(r, sink_cb, &s, 3, 0, err, sizeof err)) > 0) {
-        cr_assert_leq(got, 3);
-        total += got;
-        polls++;
-    }
+    int total = 3 + drain(r, &s, 3);
     cr_assert_eq(total, 20);
     cr_assert_eq(s.n, 20);
     expect_partition(&s, 0, 10);
     expect_partition(&s, 2, 10);
-    /* Both partitions progress: partition 2 is not starved until 0 is done. */
-    int first2 = -1;
-    for (int k = 0; k < s.n && first2 < 0; k++)
-        if (s.msgs[k].partition == 2)
-            first2 = k;
-    cr_assert(first2 >= 0 && first2 < 10, "partition 2 first read at %d", first2);
+    /* Records come in commit order: partition 2 is not starved until 0 is
+     * done; they alternate as they were appended. */
+    for (int k = 0; k < s.n; k++)
+        cr_assert_eq(s.msgs[k].partition, k % 2 ? 2 : 0, "record %d", k);
+    cr_assert_eq(s.pos[0], model_end());
+    cr_assert_eq(s.pos[2], model_end());
     sink_free(&s);
     vlog_reader_free(r);
     vlog_close(l);
@@ -542,31 +893,31 @@ Test(vlog, reader_max_and_fairness) {
 
 Test(vlog, reader_decline_stops_that_partition) {
     vlog_t *l = open_rw();
-    append_n(l, 0, 0, 10);
+    append_interleaved(l, 2, 5);
     flush_ok(l);
-    append_n(l, 1, 0, 5);
+    append_n(l, 0, 5, 10);
     flush_ok(l);
     int parts[2] = {0, 1};
-    uint64_t pos[2] = {0, 0};
-    char err[256];
-    vlog_reader_t *r = vlog_reader_new(l, parts, pos, 2, err, sizeof err);
-    /* Decline the 4th record of partition 0 (index 3 of what was taken). */
-    sink_t s = {.decline_at = 3, .decline_part = 0};
-    while (vlog_reader_poll(r, sink_cb, &s, 1000, 0, err, sizeof err) > 0)
-        ;
-    int n0 = 0, n1 = 0;
-    for (int k = 0; k < s.n; k++)
-        *(s.msgs[k].partition == 0 ? &n0 : &n1) += 1;
-    cr_assert_eq(n0 + n1, s.n);
-    cr_assert_eq(n0, 3, "partition 0 delivered after a decline");
-    cr_assert_eq(n1, 5, "other partitions go on");
-    /* More data in the declined partition is not delivered either. */
+    /* Decline the 4th record of partition 0: it comes after 3 records of
+     * each partition (p0 r0, p1 r0, p0 r1, ...), so it is the 7th. */
+    sink_t s = {.decline_at = 6, .decline_part = 0};
+    vlog_reader_t *r = reader_new(l, parts, NULL, 2, &s);
+    drain(r, &s, 1000);
+    cr_assert_eq(sink_count(&s, 0), 3, "partition 0 delivered after a decline");
+    cr_assert_eq(sink_count(&s, 1), 5, "other partitions go on");
+    cr_assert(s.declined[0]);
+    /* Partition 1 read past p0's declined record, to the end. */
+    cr_assert_eq(s.pos[1], model_end());
+    cr_assert_lt(s.pos[0], model_end());
+    /* More data in the declined partition is not delivered either (the
+     * sink fails on any message for it); the other one goes on. */
     append_n(l, 0, 10, 12);
+    append_n(l, 1, 5, 7);
     flush_ok(l);
-    int before = s.n;
-    while (vlog_reader_poll(r, sink_cb, &s, 1000, 0, err, sizeof err) > 0)
-        ;
-    cr_assert_eq(s.n, before);
+    drain(r, &s, 1000);
+    cr_assert_eq(sink_count(&s, 0), 3);
+    cr_assert_eq(sink_count(&s, 1), 7);
+    cr_assert_eq(expect_part_from(&s, 1, 0), 7);
     sink_free(&s);
     vlog_reader_free(r);
     vlog_close(l);
@@ -575,10 +926,9 @@ Test(vlog, reader_decline_stops_that_partition) {
 Test(vlog, reader_waits_for_data_with_a_timeout) {
     vlog_t *l = open_rw();
     int parts[1] = {0};
-    uint64_t pos[1] = {0};
     char err[256];
-    vlog_reader_t *r = vlog_reader_new(l, parts, pos, 1, err, sizeof err);
     sink_t s = {.decline_at = -1};
+    vlog_reader_t *r = reader_new(l, parts, NULL, 1, &s);
     uint64_t t0 = mono_ms();
     cr_assert_eq(vlog_reader_poll(r, sink_cb, &s, 10, 40, err, sizeof err), 0);
     cr_assert_geq(mono_ms() - t0, 30, "returned before the timeout with nothing to read");
@@ -588,6 +938,16 @@ Test(vlog, reader_waits_for_data_with_a_timeout) {
     int got = 0;
     WAIT_UNTIL((got += vlog_reader_poll(r, sink_cb, &s, 10, 5000, err, sizeof err)) > 0, 10000);
     cr_assert_lt(mono_ms() - t0, 4000, "data was there but the poll waited");
+    /* Another partition's records are no data for this reader: the poll
+     * reads past them, reports progress and waits. */
+    append_n(l, 1, 0, 3);
+    flush_ok(l);
+    t0 = mono_ms();
+    cr_assert_eq(vlog_reader_poll(r, sink_cb, &s, 10, 40, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(s.pos[0], model_end());
+    cr_assert_eq(vlog_reader_poll(r, sink_cb, &s, 10, 40, err, sizeof err), 0, "%s", err);
+    cr_assert_geq(mono_ms() - t0, 30);
+    expect_partition(&s, 0, 1);
     sink_free(&s);
     vlog_reader_free(r);
     vlog_close(l);
@@ -610,14 +970,13 @@ static void *late_append(void *arg) {
 Test(vlog, reader_wakes_up_when_data_arrives) {
     vlog_t *l = open_rw();
     int parts[1] = {0};
-    uint64_t pos[1] = {0};
     char err[256];
-    vlog_reader_t *r = vlog_reader_new(l, parts, pos, 1, err, sizeof err);
+    sink_t s = {.decline_at = -1};
+    vlog_reader_t *r = reader_new(l, parts, NULL, 1, &s);
     atomic_int go = 0;
     late_append_t a = {l, &go};
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, late_append, &a), 0);
-    sink_t s = {.decline_at = -1};
     uint64_t t0 = mono_ms();
     atomic_store(&go, 1);
     int got = 0;
@@ -628,8 +987,189 @@ Test(vlog, reader_wakes_up_when_data_arrives) {
     cr_assert_eq(got, 1);
     cr_assert_lt(mono_ms() - t0, 5000 * TMOUT_MULT);
     pthread_join(th, NULL);
+    model_add(0, 0);
     flush_ok(l);
+    expect_model(&s);
     sink_free(&s);
+    vlog_reader_free(r);
+    vlog_close(l);
+}
+
+/* ---- progress and readers of some partitions ---- */
+
+Test(vlog, progress_lets_a_reader_reach_the_end) {
+    vlog_t *l = open_rw();
+    append_n(l, 1, 0, 5);
+    append_n(l, 0, 0, 10); /* the file ends with partition 0's frames */
+    flush_ok(l);
+    uint64_t stop = durable_end(l);
+    cr_assert_eq(stop, model_end());
+    cr_assert_gt(stop, model_part_end(1, 5));
+
+    /* A partition with no record at all gets there on progress alone. */
+    int empty[1] = {2};
+    char err[256];
+    sink_t s = {.decline_at = -1};
+    vlog_reader_t *r = reader_new(l, empty, NULL, 1, &s);
+    cr_assert_eq(vlog_reader_poll(r, sink_cb, &s, 2, 0, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(s.pos[2], stop);
+    cr_assert_eq(s.progress, 1);
+    cr_assert_eq(s.n, 0);
+    vlog_reader_free(r);
+    s.progress = 0;
+
+    /* Replay of partition 1 up to the end: its last record ends well
+     * before it, a progress message closes the gap. */
+    int parts[1] = {1};
+    r = reader_new(l, parts, NULL, 1, &s);
+    int polls = 0;
+    while (s.pos[1] < stop) {
+        cr_assert_lt(++polls, 100, "partition 1 never reached the end (at %llu of %llu)",
+                     (unsigned long long)s.pos[1], (unsigned long long)stop);
+        cr_assert_geq(vlog_reader_poll(r, sink_cb, &s, 2, 0, err, sizeof err), 0, "%s", err);
+    }
+    cr_assert_eq(s.pos[1], stop);
+    cr_assert_geq(s.progress, 1);
+    expect_partition(&s, 1, 5);
+    cr_assert_eq(sink_count(&s, 0), 0, "another partition's records were delivered");
+
+    /* At the end, polls report nothing more. */
+    int progress = s.progress;
+    cr_assert_eq(vlog_reader_poll(r, sink_cb, &s, 2, 0, err, sizeof err), 0);
+    cr_assert_eq(s.progress, progress, "progress without progress");
+
+    /* New records of other partitions move it on too. */
+    append_n(l, 2, 0, 3);
+    flush_ok(l);
+    cr_assert_eq(vlog_reader_poll(r, sink_cb, &s, 2, 0, err, sizeof err), 0);
+    cr_assert_eq(s.pos[1], model_end());
+    cr_assert_eq(s.progress, progress + 1);
+    vlog_reader_free(r);
+    sink_free(&s);
+    vlog_close(l);
+}
+
+Test(vlog, readers_of_some_partitions_skip_the_others) {
+    conf->log_partitions = 4;
+    vlog_t *l = open_rw();
+    uint64_t seed = 5;
+    int cnt[4] = {0};
+    for (int k = 0; k < 600; k++) {
+        int p = (int)(rng_next(&seed) % 7); /* partition 3 gets most */
+        p = p > 3 ? 3 : p;
+        append_n(l, p, cnt[p], cnt[p] + 1);
+        cnt[p]++;
+        if (k % 97 == 0)
+            flush_ok(l);
+    }
+    flush_ok(l);
+    cr_assert(cnt[0] > 0 && cnt[1] > 0 && cnt[2] > 0 && cnt[3] > cnt[0]);
+    uint64_t end = durable_end(l);
+
+    /* Three readers share the partitions out and poll in turns, a few
+     * records at a time. */
+    const int own[3][2] = {{2, -1}, {0, 3}, {1, -1}};
+    const int nown[3] = {1, 2, 1};
+    sink_t s[3] = {{.decline_at = -1}, {.decline_at = -1}, {.decline_at = -1}};
+    vlog_reader_t *r[3];
+    for (int k = 0; k < 3; k++)
+        r[k] = reader_new(l, own[k], NULL, nown[k], &s[k]);
+    char err[256];
+    for (int busy = 1; busy;) {
+        busy = 0;
+        for (int k = 0; k < 3; k++) {
+            int got = vlog_reader_poll(r[k], sink_cb, &s[k], 7, 0, err, sizeof err);
+            cr_assert_geq(got, 0, "%s", err);
+            cr_assert_leq(got, 7);
+            busy |= got > 0;
+        }
+    }
+    for (int k = 0; k < 3; k++) {
+        int mine = 0;
+        for (int i = 0; i < nown[k]; i++) {
+            int p = own[k][i];
+            cr_assert_eq(expect_part_from(&s[k], p, 0), cnt[p], "reader %d partition %d", k, p);
+            cr_assert_eq(s[k].pos[p], end, "reader %d partition %d", k, p);
+            mine += cnt[p];
+        }
+        cr_assert_eq(s[k].n, mine, "reader %d got another reader's records", k);
+        vlog_reader_free(r[k]);
+        sink_free(&s[k]);
+    }
+
+    /* One of them again, its partitions from different places. */
+    int two[2] = {3, 0};
+    uint64_t from[2] = {model_part_end(3, cnt[3] / 2), model_part_end(0, 1)};
+    vlog_reader_t *r2 = reader_new(l, two, from, 2, &s[0]);
+    drain(r2, &s[0], 5);
+    cr_assert_eq(expect_part_from(&s[0], 3, from[0]), cnt[3] - cnt[3] / 2);
+    cr_assert_eq(expect_part_from(&s[0], 0, from[1]), cnt[0] - 1);
+    cr_assert_eq(s[0].n, cnt[3] - cnt[3] / 2 + cnt[0] - 1);
+    cr_assert_eq(s[0].pos[3], end);
+    cr_assert_eq(s[0].pos[0], end);
+    vlog_reader_free(r2);
+    sink_free(&s[0]);
+    vlog_close(l);
+}
+
+/* Replay to a fixed end while the log holds more: declines whatever lies
+ * past the end. */
+typedef struct {
+    const uint64_t *stop;
+    uint64_t pos[NPARTS];
+    int nrec[NPARTS];
+    uint8_t past[NPARTS]; /* a message past the end was declined */
+} replay_t;
+
+static int replay_cb(void *arg, const vlog_msg_t *m) {
+    replay_t *r = arg;
+    int p = m->partition;
+    cr_assert_not(r->past[p], "partition %d: a message after the decline", p);
+    if (m->next_pos > r->stop[p]) {
+        r->past[p] = 1;
+        return 1;
+    }
+    r->pos[p] = m->next_pos;
+    r->nrec[p] += m->rec != NULL;
+    return 0;
+}
+
+Test(vlog, replay_to_a_fixed_end_with_more_in_the_log) {
+    vlog_t *l = open_rw();
+    append_n(l, 0, 0, 3);
+    append_n(l, 1, 0, 4);
+    append_n(l, 0, 3, 5); /* the end to replay to follows partition 0's records */
+    flush_ok(l);
+    uint64_t stop[NPARTS];
+    char err[256];
+    cr_assert_eq(vlog_end_positions(l, stop, err, sizeof err), 0);
+    append_n(l, 2, 0, 2);
+    append_n(l, 0, 5, 7);
+    append_n(l, 1, 4, 5);
+    flush_ok(l);
+
+    int parts[NPARTS] = {0, 1, 2};
+    uint64_t zero[NPARTS] = {0};
+    replay_t rp = {.stop = stop};
+    vlog_reader_t *r = vlog_reader_new(l, parts, zero, NPARTS, err, sizeof err);
+    cr_assert_not_null(r, "%s", err);
+    int got, polls = 0;
+    while ((got = vlog_reader_poll(r, replay_cb, &rp, 2, 0, err, sizeof err)) > 0)
+        cr_assert_lt(++polls, 100);
+    cr_assert_eq(got, 0, "%s", err);
+    /* Exactly the records before the end were taken; every partition was
+     * then handed a message past the end, which only comes once all of its
+     * records before the end were: the consumer may count itself there. */
+    const int want[NPARTS] = {5, 4, 0};
+    for (int p = 0; p < NPARTS; p++) {
+        cr_assert_eq(rp.nrec[p], want[p], "partition %d", p);
+        cr_assert(rp.past[p], "partition %d never got past the end", p);
+        cr_assert_leq(rp.pos[p], stop[p]);
+    }
+    cr_assert_eq(rp.pos[0], stop[0]);
+    /* Partitions 1 and 2 may be handed no message ending exactly at the
+     * end (here their last accepted progress stops short of it): a consumer
+     * that only counts what it takes never sees them arrive there. */
     vlog_reader_free(r);
     vlog_close(l);
 }
@@ -641,21 +1181,54 @@ Test(vlog, readers_never_see_unacknowledged_records) {
     gate_close();
     append_n(l, 0, 0, 1);
     gate_wait_entered(); /* the writer holds record 0 in its ack */
-    append_n(l, 0, 1, 3); /* queued behind it, not written */
-    uint64_t ends[3];
+    uint64_t end1 = model_end();
+    append_n(l, 1, 0, 1); /* queued behind it, not written */
+    append_n(l, 0, 1, 3);
+    uint64_t ends[NPARTS];
     char err[256];
     cr_assert_eq(vlog_end_positions(l, ends, err, sizeof err), 0);
-    cr_assert_eq(ends[0], frames_size(0, 1));
+    for (int p = 0; p < NPARTS; p++)
+        cr_assert_eq(ends[p], end1, "partition %d", p);
+    cr_assert_eq(votes_size(), (long long)end1, "written before the round was taken");
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
     cr_assert_eq(s.n, 1, "a reader saw records not yet durable");
+    cr_assert_eq(s.pos[1], end1, "progress past the durable end");
     sink_free(&s);
     cr_assert_neq(vlog_flush(l, 50), 0, "flush returned with acks outstanding");
     gate_open();
     flush_ok(l);
-    cr_assert_eq(atomic_load(&acks_ok), 3);
+    cr_assert_eq(atomic_load(&acks_ok), 4);
     read_all(l, NULL, &s);
     expect_partition(&s, 0, 3);
+    expect_partition(&s, 1, 1);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
+}
+
+Test(vlog, readers_never_see_written_but_unsynced_records) {
+    conf->log_fsync = 1;
+    vlog_t *l = open_rw();
+    append_interleaved(l, 2, 2);
+    flush_ok(l);
+    uint64_t end = model_end();
+    sync_gate(1);
+    append_n(l, 1, 2, 3);
+    append_n(l, 0, 2, 4);
+    sync_wait_entered(); /* a round is in the file, its fdatasync held */
+    WAIT_UNTIL(votes_size() > (long long)end, 10000);
+    cr_assert_eq(durable_end(l), end);
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s); /* every partition stops at the durable end */
+    cr_assert_eq(s.n, 4, "a reader saw records not yet durable");
+    cr_assert_eq(atomic_load(&acks_ok), 4, "acknowledged before fdatasync returned");
+    sink_free(&s);
+    sync_gate(0);
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_ok), 7);
+    read_all(l, NULL, &s);
+    expect_model(&s);
     sink_free(&s);
     vlog_close(l);
 }
@@ -675,8 +1248,9 @@ Test(vlog, full_when_max_pending_exceeded) {
     gate_open();
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_ok), 3, "a VLOG_FULL append was acknowledged");
+    cr_assert_eq((uint64_t)votes_size(), model_end(), "a VLOG_FULL append was written");
     /* Room again. */
-    cr_assert_eq(vlog_append(l, 0, buf, n, NULL), VLOG_OK);
+    append_n(l, 0, 1, 2);
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_ok), 4);
     sink_t s = {.decline_at = -1};
@@ -684,16 +1258,17 @@ Test(vlog, full_when_max_pending_exceeded) {
     expect_partition(&s, 0, 2);
     expect_partition(&s, 1, 1);
     expect_partition(&s, 2, 1);
+    expect_model(&s);
     sink_free(&s);
     vlog_close(l);
 }
 
-Test(vlog, full_when_one_partition_queues_16mib) {
+Test(vlog, full_when_16mib_queued_in_total) {
     vlog_t *l = open_rw();
     gate_close();
     uint8_t small[4] = "tiny";
     append_ok(l, 0, small, 4);
-    gate_wait_entered();
+    gate_wait_entered(); /* the next round starts empty */
     static uint8_t big[MAX_PAYLOAD];
     memset(big, 'B', sizeof big);
     int ok = 0;
@@ -701,21 +1276,45 @@ Test(vlog, full_when_one_partition_queues_16mib) {
     while ((err = vlog_append(l, 0, big, sizeof big, NULL)) == VLOG_OK)
         ok++;
     cr_assert_eq(err, VLOG_FULL);
-    /* 16 MiB / (8 + 64 KiB) frames */
-    cr_assert_eq(ok, (int)((16u << 20) / (FRAME_HDR + MAX_PAYLOAD)));
-    /* The limit is per partition. */
-    cr_assert_eq(vlog_append(l, 1, big, sizeof big, NULL), VLOG_OK);
+    /* 16 MiB / (12 + 64 KiB) frames */
+    const uint32_t frame = FRAME_HDR + MAX_PAYLOAD;
+    cr_assert_eq(ok, (int)(MAX_WRITE / frame));
+    /* The bound is on the whole round, not per partition: another
+     * partition is full too... */
+    cr_assert_eq(vlog_append(l, 1, big, sizeof big, NULL), VLOG_FULL);
+    /* ...but what still fits, fits, exactly up to 16 MiB... */
+    size_t rest = MAX_WRITE - (size_t)ok * frame - FRAME_HDR;
+    cr_assert_eq(vlog_append(l, 2, big, rest + 1, NULL), VLOG_FULL);
+    cr_assert_eq(vlog_append(l, 2, big, rest, NULL), VLOG_OK);
+    /* ...and not one byte more. */
+    cr_assert_eq(vlog_append(l, 1, small, 1, NULL), VLOG_FULL);
     gate_open();
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_ok), (unsigned long)ok + 2);
-    char *f = part_path(0);
-    cr_assert_eq(file_size(f),
-                 (long long)(FRAME_HDR + 4) + (long long)ok * (FRAME_HDR + MAX_PAYLOAD));
-    free(f);
+    cr_assert_eq(atomic_load(&acks_bad), 0);
+    cr_assert_eq(votes_size(), (long long)(FRAME_HDR + 4) + MAX_WRITE);
+
+    /* All of it reads back, the round's frames in order. */
+    int parts[NPARTS] = {0, 1, 2};
+    sink_t s = {.decline_at = -1};
+    vlog_reader_t *r = reader_new(l, parts, NULL, NPARTS, &s);
+    cr_assert_eq(drain(r, &s, 50), ok + 2);
+    cr_assert_eq(s.msgs[0].len, 4);
+    for (int k = 1; k <= ok; k++) {
+        cr_assert_eq(s.msgs[k].partition, 0);
+        cr_assert_eq(s.msgs[k].len, (size_t)MAX_PAYLOAD);
+        cr_assert_eq(s.msgs[k].next_pos, FRAME_HDR + 4 + (uint64_t)k * frame);
+    }
+    cr_assert_eq(s.msgs[ok + 1].partition, 2);
+    cr_assert_eq(s.msgs[ok + 1].len, rest);
+    cr_assert_eq(s.msgs[ok + 1].next_pos, (uint64_t)votes_size());
+    cr_assert_eq(s.pos[1], (uint64_t)votes_size());
+    sink_free(&s);
+    vlog_reader_free(r);
     vlog_close(l);
 }
 
-/* ---- many appenders ---- */
+/* ---- many appenders, readers meanwhile ---- */
 
 #define APPENDERS 4
 #define PER_APPENDER 2000
@@ -730,8 +1329,43 @@ static void *appender_main(void *arg) {
     for (int i = 0; i < PER_APPENDER; i++) {
         uint8_t rec[16];
         int n = snprintf((char *)rec, sizeof rec, "%d:%d", a->id, i);
-        while (vlog_append(a->l, (a->id + i) % 3, rec, (size_t)n, NULL) == VLOG_FULL)
+        while (vlog_append(a->l, (a->id + i) % NPARTS, rec, (size_t)n, NULL) == VLOG_FULL)
             sched_yield();
+    }
+    return NULL;
+}
+
+/* How many records appender_main puts in partition p, all appenders. */
+static int appended_to(int p) {
+    int n = 0;
+    for (int id = 0; id < APPENDERS; id++)
+        for (int i = 0; i < PER_APPENDER; i++)
+            n += (id + i) % NPARTS == p;
+    return n;
+}
+
+/* Checks what a reader of appender_main's records got: well-formed, in
+ * the right partition, each appender's in its own order. Returns NULL or
+ * what is wrong (static). */
+static const char *check_appended(const sink_t *s) {
+    static char why[128];
+    int last[NPARTS][APPENDERS];
+    memset(last, -1, sizeof last);
+    for (int k = 0; k < s->n; k++) {
+        char txt[32];
+        snprintf(txt, sizeof txt, "%.*s", (int)s->msgs[k].len, (const char *)s->msgs[k].data);
+        int id, i, p = s->msgs[k].partition;
+        if (sscanf(txt, "%d:%d", &id, &i) != 2 || id < 0 || id >= APPENDERS)
+            snprintf(why, sizeof why, "garbled record '%s'", txt);
+        else if (p != (id + i) % NPARTS)
+            snprintf(why, sizeof why, "record %s in partition %d", txt, p);
+        else if (i <= last[p][id])
+            snprintf(why, sizeof why, "appender %d out of order in partition %d", id, p);
+        else {
+            last[p][id] = i;
+            continue;
+        }
+        return why;
     }
     return NULL;
 }
@@ -752,159 +1386,519 @@ Test(vlog, concurrent_appenders) {
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
     cr_assert_eq(s.n, APPENDERS * PER_APPENDER);
-    /* Each appender's records are in its own order within a partition. */
-    int last[3][APPENDERS];
-    memset(last, -1, sizeof last);
-    int seen[APPENDERS] = {0};
-    for (int k = 0; k < s.n; k++) {
-        char txt[32];
-        snprintf(txt, sizeof txt, "%.*s", (int)s.msgs[k].len, (const char *)s.msgs[k].data);
-        int id, i;
-        cr_assert_eq(sscanf(txt, "%d:%d", &id, &i), 2, "garbled record '%s'", txt);
-        cr_assert(id >= 0 && id < APPENDERS);
-        int p = s.msgs[k].partition;
-        cr_assert_eq(p, (id + i) % 3, "record %s in partition %d", txt, p);
-        cr_assert_gt(i, last[p][id], "appender %d out of order in partition %d", id, p);
-        last[p][id] = i;
-        seen[id]++;
+    const char *why = check_appended(&s);
+    cr_assert_null(why, "%s", why);
+    for (int p = 0; p < NPARTS; p++)
+        cr_assert_eq(sink_count(&s, p), appended_to(p));
+    /* The frames fill the file end to end. */
+    uint64_t size = 0;
+    for (int k = 0; k < s.n; k++)
+        size += FRAME_HDR + s.msgs[k].len;
+    cr_assert_eq(size, (uint64_t)votes_size());
+    sink_free(&s);
+    vlog_close(l);
+}
+
+typedef struct {
+    vlog_t *l;
+    int parts[NPARTS], n;
+    int want; /* records to read before stopping */
+    sink_t s;
+    char err[256]; /* "" or what went wrong */
+} tail_reader_t;
+
+/* No cr_assert here: a reader thread reports through err. */
+static int tail_cb(void *arg, const vlog_msg_t *m) {
+    tail_reader_t *t = arg;
+    sink_t *s = &t->s;
+    int p = m->partition;
+    if (m->next_pos <= s->pos[p] && !t->err[0])
+        snprintf(t->err, sizeof t->err, "partition %d went back to %llu", p,
+                 (unsigned long long)m->next_pos);
+    s->pos[p] = m->next_pos;
+    if (!m->rec) {
+        s->progress++;
+        return 0;
+    }
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 64;
+        s->msgs = xrealloc(s->msgs, sizeof *s->msgs * (size_t)s->cap);
+    }
+    msg_t *d = &s->msgs[s->n++];
+    *d = (msg_t){p, m->next_pos, m->len, xmalloc(m->len)};
+    memcpy(d->data, m->rec, m->len);
+    return 0;
+}
+
+static void *tail_reader_main(void *arg) {
+    tail_reader_t *t = arg;
+    uint64_t zero[NPARTS] = {0};
+    vlog_reader_t *r = vlog_reader_new(t->l, t->parts, zero, t->n, t->err, sizeof t->err);
+    if (!r)
+        return NULL;
+    uint64_t deadline = mono_ms() + 30000 * TMOUT_MULT;
+    while (t->s.n < t->want && !t->err[0]) {
+        if (mono_ms() > deadline) {
+            snprintf(t->err, sizeof t->err, "read %d of %d records in time", t->s.n, t->want);
+            break;
+        }
+        /* Small max: polls end in the middle of what is there. */
+        if (vlog_reader_poll(r, tail_cb, t, 5, 50, t->err, sizeof t->err) < 0 && !t->err[0])
+            snprintf(t->err, sizeof t->err, "poll failed");
+    }
+    vlog_reader_free(r);
+    return NULL;
+}
+
+Test(vlog, readers_follow_concurrent_appenders, .timeout = 120) {
+    conf->max_pending = 256;
+    conf->log_group_commit_us = 100;
+    vlog_t *l = open_rw();
+    static tail_reader_t tr[2];
+    memset(tr, 0, sizeof tr);
+    tr[0] = (tail_reader_t){.l = l, .parts = {1}, .n = 1, .want = appended_to(1)};
+    tr[1] =
+        (tail_reader_t){.l = l, .parts = {2, 0}, .n = 2, .want = appended_to(0) + appended_to(2)};
+    pthread_t rth[2], ath[APPENDERS];
+    for (int k = 0; k < 2; k++)
+        cr_assert_eq(pthread_create(&rth[k], NULL, tail_reader_main, &tr[k]), 0);
+    appender_t a[APPENDERS];
+    for (int i = 0; i < APPENDERS; i++) {
+        a[i] = (appender_t){l, i};
+        cr_assert_eq(pthread_create(&ath[i], NULL, appender_main, &a[i]), 0);
     }
     for (int i = 0; i < APPENDERS; i++)
-        cr_assert_eq(seen[i], PER_APPENDER);
-    sink_free(&s);
+        pthread_join(ath[i], NULL);
+    flush_ok(l);
+    for (int k = 0; k < 2; k++)
+        pthread_join(rth[k], NULL);
+    uint64_t end = durable_end(l);
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(tr[k].err[0], '\0', "reader %d: %s", k, tr[k].err);
+        cr_assert_eq(tr[k].s.n, tr[k].want, "reader %d", k);
+        const char *why = check_appended(&tr[k].s);
+        cr_assert_null(why, "reader %d: %s", k, why);
+        for (int i = 0; i < tr[k].n; i++) {
+            int p = tr[k].parts[i];
+            cr_assert_eq(sink_count(&tr[k].s, p), appended_to(p), "reader %d partition %d", k, p);
+            cr_assert_leq(tr[k].s.pos[p], end);
+        }
+        sink_free(&tr[k].s);
+    }
     vlog_close(l);
 }
 
 /* ---- recovery: torn tails ---- */
 
-/* Writes 20 records to partition 0 and 5 to partition 1, closes. */
-static void prepare_closed_log(void) {
-    vlog_t *l = open_rw();
-    append_n(l, 0, 0, 20);
-    append_n(l, 1, 0, 5);
-    flush_ok(l);
-    vlog_close(l);
+static int model_count(int p) {
+    int n = 0;
+    for (int j = 0; j < nmodel; j++)
+        n += model[j].p == p;
+    return n;
 }
 
-/* Reopens; partition 0 holds exactly `intact` records, partition 1 its 5;
- * a new record appended to partition 0 lands right after them. */
-static void expect_recovered(int intact) {
-    char *f = part_path(0);
+/* 20 records of partition 0 with 5 of partition 1 among them; the file
+ * ends with partition 0's record 19. Closes the log. */
+static void prepare_closed_log(void) {
     vlog_t *l = open_rw();
-    cr_assert_eq((uint64_t)file_size(f), frames_size(0, intact), "torn tail not cut");
+    for (int i = 0; i < 20; i++) {
+        append_n(l, 0, i, i + 1);
+        if (i % 4 == 1)
+            append_n(l, 1, i / 4, i / 4 + 1);
+    }
+    flush_ok(l);
+    vlog_close(l);
+    cr_assert_eq(nmodel, 25);
+    cr_assert_eq(model[nmodel - 1].p, 0);
+}
+
+/* Reopens: the file holds exactly the first `intact` frames of the model;
+ * new records land right after them. */
+static void expect_recovered(int intact) {
+    nmodel = intact;
+    vlog_t *l = open_rw();
+    cr_assert_eq((uint64_t)votes_size(), model_end(), "torn tail not cut (size %lld, want %llu)",
+                 votes_size(), (unsigned long long)model_end());
+    cr_assert_eq(durable_end(l), model_end());
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
-    expect_partition(&s, 0, intact);
-    expect_partition(&s, 1, 5);
+    expect_model(&s);
     sink_free(&s);
-    append_n(l, 0, intact, intact + 1);
+    append_n(l, 0, model_count(0), model_count(0) + 1);
+    append_n(l, 1, model_count(1), model_count(1) + 1);
     flush_ok(l);
     vlog_close(l);
     l = open_log(VLOG_F_READ);
     read_all(l, NULL, &s);
-    expect_partition(&s, 0, intact + 1);
-    expect_partition(&s, 1, 5);
+    expect_model(&s);
     sink_free(&s);
     vlog_close(l);
+    cr_assert_eq((uint64_t)votes_size(), model_end());
+}
+
+static void votes_append(const void *data, size_t len) {
+    char *f = votes_path();
+    file_append(f, data, len);
+    free(f);
+}
+
+static void votes_flip(long long off) {
+    char *f = votes_path();
+    file_flip_byte(f, off);
     free(f);
 }
 
 Test(vlog, torn_tail_garbage_appended) {
     prepare_closed_log();
-    char *f = part_path(0);
-    file_append(f, "\x17garbage!", 9);
-    expect_recovered(20);
-    free(f);
+    votes_append("\x17garbage! and then some more garbage", 36);
+    expect_recovered(25);
+}
+
+Test(vlog, torn_tail_short_garbage) {
+    prepare_closed_log();
+    votes_append("\x17garbage!", 9);
+    expect_recovered(25);
 }
 
 Test(vlog, torn_tail_partial_header) {
     prepare_closed_log();
-    char *f = part_path(0);
-    file_append(f, "\x05\x00\x00", 3);
-    expect_recovered(20);
-    free(f);
+    votes_append("\x05\x00\x00\x00\x01\x02\x03\x04\x00", 9); /* up to half the partition */
+    expect_recovered(25);
 }
 
 Test(vlog, torn_tail_zeros) {
     /* A file system may leave zeros after a crash. */
     prepare_closed_log();
-    char *f = part_path(0);
     static const uint8_t zeros[4096];
-    file_append(f, zeros, sizeof zeros);
-    expect_recovered(20);
-    free(f);
+    votes_append(zeros, sizeof zeros);
+    expect_recovered(25);
 }
 
 Test(vlog, torn_tail_header_promising_more) {
     prepare_closed_log();
-    char *f = part_path(0);
-    uint8_t hdr[12] = {0x00, 0x10, 0x00, 0x00, 1, 2, 3, 4, 'a', 'b', 'c', 'd'}; /* 4096 bytes */
-    file_append(f, hdr, sizeof hdr);
-    expect_recovered(20);
-    free(f);
+    /* A plausible header (4096 bytes for partition 1) and 100 of them. */
+    uint8_t frame[FRAME_HDR + 100] = {0x00, 0x10, 0x00, 0x00, 1, 2, 3, 4, 1, 0, 0, 0};
+    memset(frame + FRAME_HDR, 'x', 100);
+    votes_append(frame, sizeof frame);
+    expect_recovered(25);
 }
 
 Test(vlog, torn_tail_last_frame_cut_at_every_length) {
     prepare_closed_log();
-    char *f = part_path(0);
+    char *f = votes_path();
     size_t len;
     char *orig = file_read(f, &len);
-    uint64_t last = frames_size(0, 19);
-    cr_assert_eq(len, frames_size(0, 20));
+    uint64_t last = model[nmodel - 2].end;
+    cr_assert_eq(len, model_end());
+    nmodel--; /* what every cut leaves */
     for (uint64_t cut = last; cut < len; cut++) {
         file_write(f, orig, (size_t)cut);
         vlog_t *l = open_rw();
-        cr_assert_eq((uint64_t)file_size(f), last, "cut at %llu", (unsigned long long)cut);
+        cr_assert_eq((uint64_t)votes_size(), last, "cut at %llu", (unsigned long long)cut);
         sink_t s = {.decline_at = -1};
         read_all(l, NULL, &s);
         expect_partition(&s, 0, 19);
+        expect_partition(&s, 1, 5);
         sink_free(&s);
         vlog_close(l);
     }
     file_write(f, orig, (size_t)last + 5);
-    expect_recovered(19);
+    expect_recovered(24);
     free(orig);
     free(f);
 }
 
 Test(vlog, torn_tail_any_byte_of_last_frame_flipped) {
     prepare_closed_log();
-    char *f = part_path(0);
+    char *f = votes_path();
     size_t len;
     char *orig = file_read(f, &len);
-    uint64_t last = frames_size(0, 19);
+    uint64_t last = model[nmodel - 2].end;
+    nmodel--; /* what every flip leaves */
     for (uint64_t at = last; at < len; at++) {
         file_write(f, orig, len);
         file_flip_byte(f, (long long)at);
         vlog_t *l = open_rw();
-        cr_assert_eq((uint64_t)file_size(f), last, "flip at %llu not cut",
-                     (unsigned long long)at);
+        cr_assert_eq((uint64_t)votes_size(), last, "flip at %llu not cut", (unsigned long long)at);
         sink_t s = {.decline_at = -1};
         read_all(l, NULL, &s);
         expect_partition(&s, 0, 19);
+        expect_partition(&s, 1, 5);
         sink_free(&s);
         vlog_close(l);
     }
     file_write(f, orig, len);
     file_flip_byte(f, -1);
-    expect_recovered(19);
+    expect_recovered(24);
     free(orig);
     free(f);
+}
+
+/* Rewrites the partition field of the frame starting at off. */
+static void votes_set_partition(uint64_t off, uint16_t p) {
+    char *f = votes_path();
+    int fd = open(f, O_RDWR);
+    cr_assert_geq(fd, 0);
+    uint8_t b[2] = {(uint8_t)p, (uint8_t)(p >> 8)};
+    cr_assert_eq(pwrite(fd, b, 2, (off_t)(off + 8)), 2);
+    close(fd);
+    free(f);
+}
+
+Test(vlog, a_frame_moved_to_another_partition_fails_its_checksum) {
+    /* The checksum covers the partition: a frame cannot silently change
+     * hands (and count votes in another shard). */
+    prepare_closed_log();
+    votes_set_partition(model[nmodel - 1].start, 1);
+    expect_recovered(24);
+}
+
+Test(vlog, a_frame_moved_in_the_middle_drops_the_rest) {
+    prepare_closed_log();
+    cr_assert_eq(model[7].p, 1);
+    votes_set_partition(model[7].start, 2);
+    expect_recovered(7);
 }
 
 Test(vlog, bad_frame_within_one_write_of_the_end_drops_the_rest) {
     /* Documented trade-off: bad bytes with at most one write (16 MiB) after
      * them count as a torn tail, so everything from them on is dropped. */
     prepare_closed_log();
-    char *f = part_path(0);
-    file_flip_byte(f, (long long)frames_size(0, 10) + FRAME_HDR + 1);
+    votes_flip((long long)model[10].start + FRAME_HDR + 1);
     expect_recovered(10);
+}
+
+Test(vlog, bad_bytes_longer_than_one_write_are_corruption, .timeout = 60) {
+    /* One group commit writes at most 16 MiB: a torn tail is never longer.
+     * 16 MiB of bad bytes are dropped, one byte more refuses to open. */
+    prepare_closed_log();
+    static uint8_t zeros[1 << 20];
+    for (int k = 0; k < 16; k++)
+        votes_append(zeros, sizeof zeros);
+    expect_recovered(25);
+    uint64_t good = model_end();
+    for (int k = 0; k < 16; k++)
+        votes_append(zeros, sizeof zeros);
+    votes_append(zeros, 1);
+    char err[1024] = "";
+    cr_assert_null(vlog_open(conf, VLOG_F_READ | VLOG_F_WRITE, on_ack, err, sizeof err));
+    cr_assert_not_null(strstr(err, "corruption"), "%s", err);
+    char at[64];
+    snprintf(at, sizeof at, "offset %llu with %llu bytes", (unsigned long long)good,
+             (unsigned long long)MAX_WRITE + 1);
+    cr_assert_not_null(strstr(err, at), "%s", err);
+    cr_assert_eq((uint64_t)votes_size(), good + MAX_WRITE + 1, "the log was cut after all");
+}
+
+/* ---- CHECKPOINT ---- */
+
+Test(vlog, checkpoint_written_at_close) {
+    conf->log_fsync = 1;
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 10);
+    flush_ok(l);
+    vlog_close(l);
+    cr_assert_eq(ckpt_get(), (long long)model_end());
+    /* A read-only open leaves it alone; a writer rewrites it at close. */
+    l = open_log(VLOG_F_READ);
+    vlog_close(l);
+    cr_assert_eq(ckpt_get(), (long long)model_end());
+    l = open_rw();
+    append_n(l, 1, 10, 12);
+    flush_ok(l);
+    vlog_close(l);
+    cr_assert_eq(ckpt_get(), (long long)model_end());
+    char *ld = log_file("");
+    cr_assert_eq(dir_count(ld, ".tmp"), 0, "temp files left behind");
+    free(ld);
+}
+
+Test(vlog, no_checkpoint_without_fsync) {
+    /* Without fsync the end is not durable: a checkpoint could point past
+     * what a crash leaves. */
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 10);
+    flush_ok(l);
+    vlog_close(l);
+    cr_assert_eq(ckpt_get(), -1);
+}
+
+Test(vlog, checkpoint_written_while_running, .timeout = 60) {
+    conf->log_fsync = 1;
+    vlog_t *l = open_rw();
+    /* About once a second after a group commit: keep committing until one
+     * shows up. */
+    int i = 0;
+    long long ck;
+    uint64_t deadline = mono_ms() + 10000 * TMOUT_MULT;
+    /* Open writes one for the recovered end (0 here): wait for a later one. */
+    while ((ck = ckpt_get()) <= 0) {
+        cr_assert_lt(mono_ms(), deadline, "no CHECKPOINT while running");
+        append_n(l, i % NPARTS, i / NPARTS, i / NPARTS + 1);
+        i++;
+        flush_ok(l);
+        tiny_pause();
+    }
+    /* It is a frame boundary at or before the durable end. */
+    cr_assert_gt(ck, 0);
+    cr_assert_leq((uint64_t)ck, durable_end(l));
+    if ((uint64_t)ck < model_end())
+        model_at((uint64_t)ck);
+    vlog_close(l);
+    cr_assert_eq(ckpt_get(), (long long)model_end());
+}
+
+/* A closed log with a checkpoint at its end and frame 5's payload damaged:
+ * a full scan would cut the log there. */
+static void prepare_checkpointed_log(void) {
+    conf->log_fsync = 1;
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 10);
+    flush_ok(l);
+    vlog_close(l);
+    conf->log_fsync = 0; /* reopens do not rewrite it */
+    cr_assert_eq(ckpt_get(), (long long)model_end());
+    votes_flip((long long)model[5].start + FRAME_HDR + 2);
+}
+
+Test(vlog, recovery_starts_at_the_checkpoint) {
+    prepare_checkpointed_log();
+    /* A frame after the checkpoint (fsync off: the checkpoint stays). */
+    vlog_t *l0 = open_rw();
+    append_n(l0, 1, 100, 101);
+    flush_ok(l0);
+    vlog_close(l0);
+    uint64_t end = model_end();
+    /* A torn tail after it is cut... */
+    static const uint8_t zeros[100];
+    votes_append(zeros, sizeof zeros);
+    vlog_t *l = open_rw();
+    cr_assert_eq((uint64_t)votes_size(), end);
+    cr_assert_eq(durable_end(l), end);
+    /* ...and what lies before it was not even looked at: the damage is
+     * there for the reader to find. */
+    int parts[NPARTS] = {0, 1, 2};
+    char err[256] = "";
+    sink_t s = {.decline_at = -1};
+    vlog_reader_t *r = reader_new(l, parts, NULL, NPARTS, &s);
+    int got, total = 0;
+    while ((got = vlog_reader_poll(r, sink_cb, &s, 2, 0, err, sizeof err)) > 0)
+        total += got;
+    cr_assert_eq(got, -1, "read a damaged frame");
+    cr_assert_eq(s.n, 5, "the records before the damage are read (%d in polls that ended well)",
+                 total);
+    cr_assert_not_null(strstr(err, "checksum mismatch"), "%s", err);
+    char at[64];
+    snprintf(at, sizeof at, "offset %llu", (unsigned long long)model[5].start);
+    cr_assert_not_null(strstr(err, at), "%s", err);
+    /* It stays stuck there. */
+    cr_assert_eq(vlog_reader_poll(r, sink_cb, &s, 2, 0, err, sizeof err), -1);
+    cr_assert_eq(s.n, 5);
+    vlog_reader_free(r);
+    sink_free(&s);
+    /* A reader from after the damage reads the rest. */
+    uint64_t after[NPARTS] = {model[5].end, model[5].end, model[5].end};
+    r = reader_new(l, parts, after, NPARTS, &s);
+    cr_assert_eq(drain(r, &s, 1000), nmodel - 6);
+    for (int p = 0; p < NPARTS; p++)
+        expect_part_from(&s, p, model[5].end);
+    vlog_reader_free(r);
+    sink_free(&s);
+    /* and appends go on after the checkpointed end. */
+    append_n(l, 2, 10, 11);
+    flush_ok(l);
+    cr_assert_eq((uint64_t)votes_size(), model_end());
+    vlog_close(l);
+}
+
+Test(vlog, damaged_checkpoint_falls_back_to_a_full_scan) {
+    prepare_checkpointed_log();
+    char *f = votes_path();
+    size_t len;
+    char *orig = file_read(f, &len);
+    unsigned long long end = len;
+    char good[128];
+    ckpt_text(good, sizeof good, 2, end);
+    /* One of these in CHECKPOINT: the full scan finds frame 5 and, within
+     * 16 MiB of the end, cuts the log there. */
+    char bad[8][128];
+    snprintf(bad[0], sizeof bad[0], "garbage\n");
+    snprintf(bad[1], sizeof bad[1], "tally-ckpt 2 %llu %llu 0000000000000000\n", votes_ino(), end);
+    ckpt_text(bad[2], sizeof bad[2], 2, end + 1); /* implausible: past the end */
+    ckpt_text(bad[3], sizeof bad[3], 1, end);     /* format 1 */
+    snprintf(bad[4], sizeof bad[4], "%s", "");
+    snprintf(bad[5], sizeof bad[5], "%s", good);
+    bad[5][strlen(good) - 20] ^= 1; /* a digit of END changed, sum kept */
+    snprintf(bad[6], sizeof bad[6], "%.*s", (int)strlen(good) - 5, good); /* cut short */
+    ckpt_text(bad[7], sizeof bad[7], 2, 1ull << 40);
+    for (int k = 0; k <= 8; k++) {
+        file_write(f, orig, len);
+        char *ck = log_file("CHECKPOINT");
+        if (k < 8)
+            file_write_str(ck, bad[k]);
+        else
+            cr_assert_eq(unlink(ck), 0); /* missing */
+        free(ck);
+        vlog_t *l = open_rw();
+        cr_assert_eq((uint64_t)votes_size(), model[5].start, "CHECKPOINT %d was trusted", k);
+        cr_assert_eq(durable_end(l), model[5].start);
+        vlog_close(l);
+    }
+    /* The control: the intact one is trusted. */
+    file_write(f, orig, len);
+    ckpt_put(good);
+    vlog_t *l = open_rw();
+    cr_assert_eq((uint64_t)votes_size(), end);
+    vlog_close(l);
+    free(orig);
     free(f);
+}
+
+/* A votes.log replaced (moved away, as the corruption message suggests, or
+ * restored) must not inherit the old CHECKPOINT: recovery would start in the
+ * middle of a frame, take it for a torn tail and cut acknowledged records.
+ * The checkpoint names the file's inode, and a checkpoint that does not land
+ * on a frame means a full scan. */
+Test(vlog, stale_checkpoint_of_a_replaced_log_is_not_trusted) {
+    conf->log_fsync = 1;
+    vlog_t *l = open_rw();
+    append_n(l, 0, 0, 20);
+    flush_ok(l);
+    vlog_close(l);
+    uint64_t old_end = model_end();
+    cr_assert_eq(ckpt_get(), (long long)old_end);
+
+    char *f = votes_path();
+    cr_assert_eq(unlink(f), 0);
+    free(f);
+    nmodel = 0;
+    conf->log_fsync = 0;
+    l = open_rw();
+    append_interleaved(l, NPARTS, 20);
+    flush_ok(l);
+    vlog_close(l);
+    cr_assert_gt(model_end(), old_end);
+    for (int j = 0; j < nmodel; j++)
+        cr_assert_neq(model[j].start, old_end, "the old end is a frame boundary by chance");
+
+    l = open_rw();
+    cr_assert_eq((uint64_t)votes_size(), model_end(), "acknowledged records were cut");
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
 }
 
 /* ---- recovery: corruption ---- */
 
-static uint32_t frame_sum(const uint8_t *p, uint32_t len) {
-    return (uint32_t)XXH3_64bits_withSeed(p, len, len);
+static uint32_t frame_sum(const uint8_t *p, uint32_t len, uint16_t partition) {
+    return (uint32_t)XXH3_64bits_withSeed(p, len, (uint64_t)len | (uint64_t)partition << 32);
+}
+
+static void put16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
 }
 
 static void put32(uint8_t *p, uint32_t v) {
@@ -912,96 +1906,196 @@ static void put32(uint8_t *p, uint32_t v) {
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
-/* Writes a one-partition log of > 16 MiB directly, frames of every size
- * from 1 byte to the maximum so that frames straddle every read chunk.
- * Returns the number of frames. */
-static int write_big_log(uint64_t *size_out) {
-    conf->log_partitions = 1;
+/* The big log's frames: partition, payload length, end offset. */
+typedef struct {
+    int n;
+    uint16_t *part;
+    uint32_t *len;
+    uint64_t *end;
+} big_log_t;
+
+static void big_log_free(big_log_t *b) {
+    free(b->part);
+    free(b->len);
+    free(b->end);
+}
+
+/* Writes a two-partition log of > 16 MiB directly, frames of every size
+ * from 1 byte to the maximum (so frames straddle every read chunk), of
+ * either partition at random. */
+static big_log_t write_big_log(void) {
+    conf->log_partitions = 2;
     char *ld = path_join(dir, "log");
     cr_assert_eq(mkdir_p(ld), 0);
     char *meta = path_join(ld, "META");
-    file_write_str(meta, "tally-log 1 partitions=1\n");
-    char *f = path_join(ld, "p000.log");
+    file_write_str(meta, "tally-log 2 partitions=2\n");
+    char *f = path_join(ld, "votes.log");
     FILE *out = fopen(f, "wb");
     cr_assert_not_null(out);
     static uint8_t frame[FRAME_HDR + MAX_PAYLOAD];
+    big_log_t b = {0};
+    int cap = 0;
     uint64_t size = 0, seed = 1;
-    int n = 0;
     while (size < (17u << 20) + 12345) {
         uint32_t len;
         uint64_t r = rng_next(&seed);
+        int n = b.n;
         if (n % 50 == 0)
             len = MAX_PAYLOAD;
         else if (n % 3 == 0)
             len = 1 + (uint32_t)(r % 64);
         else
             len = 1 + (uint32_t)(r % MAX_PAYLOAD);
+        uint16_t p = (uint16_t)(r >> 40 & 1);
         for (uint32_t j = 0; j < len; j++)
             frame[FRAME_HDR + j] = (uint8_t)(n * 7 + (int)j);
         put32(frame, len);
-        put32(frame + 4, frame_sum(frame + FRAME_HDR, len));
+        put32(frame + 4, frame_sum(frame + FRAME_HDR, len, p));
+        put16(frame + 8, p);
+        put16(frame + 10, 0);
         cr_assert_eq(fwrite(frame, 1, FRAME_HDR + len, out), FRAME_HDR + len);
         size += FRAME_HDR + len;
-        n++;
+        if (b.n == cap) {
+            cap = cap ? cap * 2 : 1024;
+            b.part = xrealloc(b.part, sizeof *b.part * (size_t)cap);
+            b.len = xrealloc(b.len, sizeof *b.len * (size_t)cap);
+            b.end = xrealloc(b.end, sizeof *b.end * (size_t)cap);
+        }
+        b.part[n] = p;
+        b.len[n] = len;
+        b.end[n] = size;
+        b.n++;
     }
     cr_assert_eq(fclose(out), 0);
     free(f);
     free(meta);
     free(ld);
-    *size_out = size;
-    return n;
+    return b;
 }
 
-Test(vlog, big_log_recovers_and_reads_across_chunks, .timeout = 60) {
-    uint64_t size;
-    int n = write_big_log(&size);
-    vlog_t *l = open_log(VLOG_F_READ);
-    uint64_t end;
+/* Reads with a reader of parts from pos and checks every record against
+ * the big log: the frames of those partitions that start at or after pos,
+ * in order. Returns how many. */
+static int big_log_read(vlog_t *l, const big_log_t *b, const int *parts, const uint64_t *pos,
+                        int nparts, int max) {
     char err[256];
-    cr_assert_eq(vlog_end_positions(l, &end, err, sizeof err), 0);
-    cr_assert_eq(end, size, "a valid log was cut at open");
-    int parts[1] = {0};
-    uint64_t pos[1] = {0};
-    vlog_reader_t *r = vlog_reader_new(l, parts, pos, 1, err, sizeof err);
     sink_t s = {.decline_at = -1};
-    int k = 0;
-    uint64_t at = 0;
+    vlog_reader_t *r = reader_new(l, parts, pos, nparts, &s);
+    int k = 0, delivered = 0;
+    uint64_t start[2] = {0, 0};
+    for (int i = 0; i < nparts; i++)
+        start[parts[i]] = pos ? pos[i] : 0;
     for (;;) {
         sink_clear(&s);
-        int got = vlog_reader_poll(r, sink_cb, &s, 64, 0, err, sizeof err);
+        int got = vlog_reader_poll(r, sink_cb, &s, max, 0, err, sizeof err);
         cr_assert_geq(got, 0, "%s", err);
         if (got == 0)
             break;
-        for (int i = 0; i < s.n; i++, k++) {
+        for (int i = 0; i < s.n; i++) {
             const msg_t *m = &s.msgs[i];
+            /* the next frame of the reader's partitions */
+            for (;; k++) {
+                cr_assert_lt(k, b->n, "a record past the last frame");
+                uint64_t fstart = b->end[k] - FRAME_HDR - b->len[k];
+                int p = b->part[k];
+                if ((p == parts[0] || (nparts > 1 && p == parts[1])) && fstart >= start[p])
+                    break;
+            }
+            cr_assert_eq(m->partition, b->part[k], "frame %d", k);
+            cr_assert_eq(m->len, b->len[k], "frame %d", k);
+            cr_assert_eq(m->next_pos, b->end[k], "frame %d", k);
             for (size_t j = 0; j < m->len; j += 997)
                 cr_assert_eq(m->data[j], (uint8_t)(k * 7 + (int)j), "frame %d byte %zu", k, j);
-            at += FRAME_HDR + m->len;
-            cr_assert_eq(m->next_pos, at);
+            cr_assert_eq(m->data[m->len - 1], (uint8_t)(k * 7 + (int)m->len - 1));
+            k++;
+            delivered++;
         }
     }
-    cr_assert_eq(k, n);
-    cr_assert_eq(at, size);
+    for (int i = 0; i < nparts; i++)
+        cr_assert_eq(s.pos[parts[i]], b->end[b->n - 1], "partition %d short of the end", parts[i]);
     sink_free(&s);
     vlog_reader_free(r);
+    return delivered;
+}
+
+Test(vlog, big_log_recovers_and_reads_across_chunks, .timeout = 60) {
+    big_log_t b = write_big_log();
+    uint64_t size = b.end[b.n - 1];
+    int n1 = 0;
+    for (int k = 0; k < b.n; k++)
+        n1 += b.part[k];
+    cr_assert(n1 > 0 && n1 < b.n);
+    vlog_t *l = open_log(VLOG_F_READ);
+    uint64_t ends[2];
+    char err[256];
+    cr_assert_eq(vlog_end_positions(l, ends, err, sizeof err), 0);
+    cr_assert_eq(ends[0], size, "a valid log was cut at open");
+    cr_assert_eq(ends[1], size);
+    int both[2] = {0, 1}, one[1] = {1}, zero[1] = {0};
+    cr_assert_eq(big_log_read(l, &b, both, NULL, 2, 64), b.n);
+    /* A reader of one partition skips the other's frames across chunks. */
+    cr_assert_eq(big_log_read(l, &b, one, NULL, 1, 64), n1);
+    cr_assert_eq(big_log_read(l, &b, zero, NULL, 1, 1000000), b.n - n1);
+    /* From the middle, past the first chunk. */
+    int mid = b.n / 2;
+    cr_assert_gt(b.end[mid], 1u << 20);
+    uint64_t from[2] = {b.end[mid], b.end[mid / 2]};
+    int want = 0;
+    for (int k = mid / 2 + 1; k < b.n; k++)
+        want += b.part[k] == 1 || k > mid;
+    cr_assert_eq(big_log_read(l, &b, both, from, 2, 7), want);
     vlog_close(l);
+    big_log_free(&b);
 }
 
 Test(vlog, corruption_far_from_the_tail_refuses_to_open, .timeout = 60) {
-    uint64_t size;
-    write_big_log(&size);
-    char *f = path_join(dir, "log/p000.log");
-    file_flip_byte(f, FRAME_HDR + 0); /* the first frame's payload */
-    char err[1024] = "";
-    cr_assert_null(vlog_open(conf, VLOG_F_READ | VLOG_F_WRITE, on_ack, err, sizeof err));
-    cr_assert_not_null(strstr(err, "corruption"), "%s", err);
-    cr_assert_not_null(strstr(err, "p000.log"), "%s", err);
-    cr_assert_not_null(strstr(err, "offset 0"), "%s", err);
-    cr_assert_eq((uint64_t)file_size(f), size, "the log was cut after all");
-    /* Read-only opens refuse too. */
-    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, err, sizeof err));
+    big_log_t b = write_big_log();
+    uint64_t size = b.end[b.n - 1];
+    char *f = votes_path();
+    char *orig = file_read(f, NULL);
+    /* A damaged payload in the first frame, or a damaged header in the
+     * second. */
+    const struct {
+        uint64_t at;
+        const char *why;
+    } dmg[2] = {{FRAME_HDR + 0, "checksum mismatch"}, {b.end[0] + 9, "bad frame header"}};
+    for (int d = 0; d < 2; d++) {
+        file_write(f, orig, size);
+        file_flip_byte(f, (long long)dmg[d].at);
+        char err[1024] = "";
+        cr_assert_null(vlog_open(conf, VLOG_F_READ | VLOG_F_WRITE, on_ack, err, sizeof err));
+        cr_assert_not_null(strstr(err, "corruption"), "%s", err);
+        cr_assert_not_null(strstr(err, "votes.log"), "%s", err);
+        cr_assert_not_null(strstr(err, dmg[d].why), "%s", err);
+        char at[64];
+        snprintf(at, sizeof at, "offset %llu ", d ? (unsigned long long)b.end[0] : 0ull);
+        cr_assert_not_null(strstr(err, at), "%s", err);
+        cr_assert_eq((uint64_t)file_size(f), size, "the log was cut after all");
+        /* Read-only opens refuse too. */
+        cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, err, sizeof err));
+        cr_assert_eq((uint64_t)file_size(f), size);
+    }
+
+    /* With a checkpoint past the damage, recovery does not look there: the
+     * log opens, and a reader stops at the damage with an error. */
+    char ck[96];
+    ckpt_text(ck, sizeof ck, 2, size);
+    ckpt_put(ck);
+    vlog_t *l = open_log(VLOG_F_READ);
+    int both[2] = {0, 1};
+    sink_t s = {.decline_at = -1};
+    vlog_reader_t *r = reader_new(l, both, NULL, 2, &s);
+    char err[256] = "";
+    cr_assert_eq(vlog_reader_poll(r, sink_cb, &s, 64, 0, err, sizeof err), -1);
+    cr_assert_eq(s.n, 1, "the frame before the damage is read");
+    cr_assert_not_null(strstr(err, "bad frame header"), "%s", err);
+    vlog_reader_free(r);
+    sink_free(&s);
+    vlog_close(l);
     cr_assert_eq((uint64_t)file_size(f), size);
+    free(orig);
     free(f);
+    big_log_free(&b);
 }
 
 /* ---- META and LOCK ---- */
@@ -1012,10 +2106,10 @@ Test(vlog, meta_partition_count_is_fixed) {
     append_n(l, 3, 0, 2);
     flush_ok(l);
     vlog_close(l);
-    char *meta = path_join(dir, "log/META");
+    char *meta = log_file("META");
     size_t len;
     char *text = file_read(meta, &len);
-    cr_assert_str_eq(text, "tally-log 1 partitions=4\n");
+    cr_assert_str_eq(text, "tally-log 2 partitions=4\n");
     free(text);
 
     conf->log_partitions = 2;
@@ -1024,24 +2118,52 @@ Test(vlog, meta_partition_count_is_fixed) {
     cr_assert_not_null(strstr(err, "log.partitions"), "%s", err);
     cr_assert_not_null(strstr(err, "4"), "%s", err);
     cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, err, sizeof err));
+    conf->log_partitions = 5;
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, err, sizeof err));
+    text = file_read(meta, &len);
+    cr_assert_str_eq(text, "tally-log 2 partitions=4\n", "a refused open changed META");
+    free(text);
 
     conf->log_partitions = 4;
     l = open_rw();
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
     expect_partition(&s, 3, 2);
+    expect_model(&s);
     sink_free(&s);
     vlog_close(l);
     free(meta);
 }
 
-Test(vlog, missing_meta_with_existing_partitions_is_refused) {
+Test(vlog, format_1_log_is_refused) {
+    /* A log of the old one-file-per-partition format. */
+    char *ld = log_file("");
+    cr_assert_eq(mkdir_p(ld), 0);
+    char *meta = log_file("META"), *p0 = log_file("p000.log");
+    file_write_str(meta, "tally-log 1 partitions=3\n");
+    file_write_str(p0, "old frames");
+    char err[1024] = "";
+    cr_assert_null(vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, on_ack, err, sizeof err));
+    cr_assert_not_null(strstr(err, "format 1"), "%s", err);
+    cr_assert_not_null(strstr(err, "format 2"), "%s", err);
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, err, sizeof err));
+    char *text = file_read(meta, NULL);
+    cr_assert_str_eq(text, "tally-log 1 partitions=3\n");
+    free(text);
+    cr_assert_eq(votes_size(), -1, "votes.log created next to an old log");
+    cr_assert_eq(file_size(p0), 10);
+    free(meta);
+    free(p0);
+    free(ld);
+}
+
+Test(vlog, missing_meta_with_an_existing_log_is_refused) {
     conf->log_partitions = 4;
     vlog_t *l = open_rw();
     append_n(l, 3, 0, 2);
     flush_ok(l);
     vlog_close(l);
-    char *meta = path_join(dir, "log/META");
+    char *meta = log_file("META");
     cr_assert_eq(unlink(meta), 0);
     conf->log_partitions = 2;
     char err[1024] = "";
@@ -1050,6 +2172,19 @@ Test(vlog, missing_meta_with_existing_partitions_is_refused) {
         vlog_close(l);
     cr_assert_null(l, "opened a 4-partition log as 2 partitions");
     cr_assert_not_null(strstr(err, "log.partitions"), "%s", err);
+    cr_assert_not_null(strstr(err, "META"), "%s", err);
+    cr_assert_eq(file_size(meta), -1, "META made up");
+    /* The same partition count is no excuse either: it cannot be known. */
+    conf->log_partitions = 4;
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, err, sizeof err));
+    /* Restored, it opens. */
+    file_write_str(meta, "tally-log 2 partitions=4\n");
+    l = open_rw();
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
     free(meta);
 }
 

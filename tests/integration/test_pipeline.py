@@ -4,6 +4,7 @@ results pages, restart and replay."""
 import json
 import random
 import threading
+import time
 import unittest
 
 from harness import DEFAULT_SHAPE, TallyTestCase, expected_totals
@@ -108,6 +109,28 @@ class Pipeline(TallyTestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("replayed 1 records", r.stdout)
         self.assertNotIn("skipped", r.stdout)
+
+    def test_publisher_coalesces_and_rests(self):
+        """A burst costs a few rewrites, not one per vote; no change, no write."""
+        t = self.make(extra="[publisher]\nmin_interval_ms = 300\n").start()
+
+        def writes():
+            st, data = t.request("GET", "/v1/stats")
+            return json.loads(data)["publisher"]["writes"]
+        w0 = writes()
+        conn = t.connect()
+        start = time.monotonic()
+        for i in range(300):
+            self.assertEqual(t.vote("free", "p", conn=conn)[0], 202)
+        conn.close()
+        took = time.monotonic() - start
+        t.wait_counts({"free": {"p": 300, "q": 0}})
+        w1 = writes()
+        # At most one rewrite per 300 ms of the burst, plus the first and last.
+        self.assertLessEqual(w1 - w0, int(took / 0.3) + 3, f"{w1 - w0} rewrites in {took:.2f} s")
+        time.sleep(1.0)  # a quiet second: nothing may be rewritten
+        self.assertEqual(writes(), w1)
+        t.stop()
 
     def test_results_pages_and_traversal(self):
         t = self.make().start()

@@ -361,6 +361,7 @@ static void kreader_free(vlog_reader_t *rb) {
 static vlog_reader_t *klog_reader_new(vlog_t *base, const int *parts, const uint64_t *pos, int n,
                                       char *errstr, size_t esz) {
     klog_t *l = (klog_t *)base;
+    rd_kafka_topic_partition_list_t *tl = NULL;
     kreader_t *r = xcalloc(1, sizeof *r);
     r->base.log = base;
     r->n = n;
@@ -381,20 +382,17 @@ static vlog_reader_t *klog_reader_new(vlog_t *base, const int *parts, const uint
         snprintf(errstr, esz, "kafka consumer: %s", err);
         goto fail;
     }
-    rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(n);
+    tl = rd_kafka_topic_partition_list_new(n);
     for (int i = 0; i < n; i++) {
         r->parts[i] = parts[i];
         int64_t lo, hi;
-        if (watermarks(l, r->rk, parts[i], &lo, &hi, errstr, esz) != 0) {
-            rd_kafka_topic_partition_list_destroy(tl);
+        if (watermarks(l, r->rk, parts[i], &lo, &hi, errstr, esz) != 0)
             goto fail;
-        }
         if ((int64_t)pos[i] < lo) {
             snprintf(errstr, esz,
                      "kafka %s[%d]: the engine needs offset %llu but the log now starts at %lld: "
                      "votes were deleted by retention; counting would not be exact",
                      l->topic, parts[i], (unsigned long long)pos[i], (long long)lo);
-            rd_kafka_topic_partition_list_destroy(tl);
             goto fail;
         }
         if ((int64_t)pos[i] > hi) {
@@ -402,20 +400,21 @@ static vlog_reader_t *klog_reader_new(vlog_t *base, const int *parts, const uint
                      "kafka %s[%d]: the snapshot is at offset %llu, past the log's end %lld "
                      "(was the topic recreated?)",
                      l->topic, parts[i], (unsigned long long)pos[i], (long long)hi);
-            rd_kafka_topic_partition_list_destroy(tl);
             goto fail;
         }
         rd_kafka_topic_partition_list_add(tl, l->topic, parts[i])->offset = (int64_t)pos[i];
     }
     rd_kafka_resp_err_t e = rd_kafka_assign(r->rk, tl);
-    rd_kafka_topic_partition_list_destroy(tl);
     if (e) {
         snprintf(errstr, esz, "kafka assign: %s", rd_kafka_err2str(e));
         goto fail;
     }
+    rd_kafka_topic_partition_list_destroy(tl);
     r->q = rd_kafka_queue_get_consumer(r->rk);
     return &r->base;
 fail:
+    if (tl)
+        rd_kafka_topic_partition_list_destroy(tl);
     kreader_free(&r->base);
     return NULL;
 }

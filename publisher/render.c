@@ -6,13 +6,18 @@
 
 #include "publisher/publisher.h"
 
+static uint64_t poll_total(const poll_conf_t *poll, const uint64_t *counts) {
+    uint64_t total = 0;
+    for (int i = 0; i < poll->noptions; i++)
+        total += counts[i];
+    return total;
+}
+
 void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
                      buf_t *out) {
     char ts[40];
     fmt_rfc3339(updated_ms, ts, sizeof ts);
-    uint64_t total = 0;
-    for (int i = 0; i < poll->noptions; i++)
-        total += counts[i];
+    uint64_t total = poll_total(poll, counts);
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "poll", poll->id);
     cJSON_AddStringToObject(root, "title", poll->title);
@@ -63,9 +68,7 @@ void pub_render_html(const poll_conf_t *poll, const uint64_t *counts, uint64_t u
                      buf_t *out) {
     char ts[40];
     fmt_rfc3339(updated_ms, ts, sizeof ts);
-    uint64_t total = 0;
-    for (int i = 0; i < poll->noptions; i++)
-        total += counts[i];
+    uint64_t total = poll_total(poll, counts);
     buf_puts(out, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                   "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
                   "<meta http-equiv=\"refresh\" content=\"2\"><title>");

@@ -4,8 +4,9 @@
  * writer). Each thread first encodes its own votes with record_encode()
  * (untimed): a first pass gives every voter of its partition one vote, the
  * rest go to voters drawn uniformly or by zipf, with a random option. The
- * timed part is only engine_batch_begin / engine_apply / engine_batch_end
- * over those bytes, 4096 records a batch like tally's workers.
+ * timed part is only engine_batch_begin / engine_apply_batch /
+ * engine_batch_end over those bytes, 4096 records a batch like tally's
+ * workers.
  *
  * Before any speed is printed the engine's totals are checked against the
  * expectation computed while encoding (expect.c): a fast wrong engine is not
@@ -20,7 +21,6 @@
 #include "bench/gen.h"
 #include "common/util.h"
 #include "engine/engine.h"
-#include "engine/engine_int.h"
 #include "engine/voters.h"
 #include "log/record.h"
 
@@ -169,21 +169,25 @@ static void run_thread(ew_t *w) {
     int p = w->id;
     const uint8_t *at = (const uint8_t *)w->recs.data, *end = at + w->recs.len;
     pthread_barrier_wait(&eb->bar);
+    vlog_msg_t *msgs = xmalloc(sizeof *msgs * BATCH);
     w->t0 = mono_ns();
     uint64_t pos = 0;
     while (at < end) {
-        engine_batch_begin(e, p);
-        for (int k = 0; k < BATCH && at < end; k++) {
+        int n = 0;
+        for (; n < BATCH && at < end; n++) {
             uint16_t len;
             memcpy(&len, at, sizeof len);
             at += sizeof len;
             pos += sizeof len + len;
-            engine_apply(e, p, at, len, pos, -1);
+            msgs[n] = (vlog_msg_t){p, pos, -1, at, len};
             at += len;
         }
+        engine_batch_begin(e, p);
+        engine_apply_batch(e, p, msgs, n);
         engine_batch_end(e, p);
     }
     w->t1 = mono_ns();
+    free(msgs);
 }
 
 static void *thread_main(void *arg) {
@@ -438,13 +442,9 @@ int bench_engine_main(int argc, char **argv) {
             printf(" %.2f", thread_rates[r * T + t] / 1e6);
         printf(" M/s)\n");
         /* The state: voter tables of every partition and poll. */
-        distinct = state_bytes = 0;
-        for (int p = 0; p < T; p++)
-            for (int i = 0; i < eb->npolls; i++) {
-                const voters_t *vt = &eb->e->parts[p].polls[i].voters;
-                distinct += vt->count;
-                state_bytes += voters_bytes(vt);
-            }
+        engine_stats_t st = engine_stats(eb->e);
+        distinct = st.voters;
+        state_bytes = st.state_bytes;
         rss_delta = rss1 > rss0 ? rss1 - rss0 : 0;
         engine_free(eb->e);
         eb->e = NULL;

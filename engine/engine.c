@@ -3,6 +3,7 @@
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#define XXH_INLINE_ALL /* ids are short: hash them without a call */
 #include <xxhash.h>
 
 #include "common/util.h"
@@ -11,8 +12,51 @@
 
 #define BATCH_MAX 4096
 #define POLL_WAIT_MS 100
+/* Records decoded, hashed and prefetched together before any is counted
+ * (apply_run): enough voter-table misses in flight to cover memory latency.
+ * 16..256 measure the same. */
+#define CHUNK 64
 
 /* ---- id maps ---- */
+
+/* Ids are a few bytes: an inline compare beats a call to memcmp. */
+static inline int id_equal(const char *a, const char *b, size_t len) {
+    for (; len >= 8; a += 8, b += 8, len -= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y)
+            return 0;
+    }
+    for (; len; a++, b++, len--)
+        if (*a != *b)
+            return 0;
+    return 1;
+}
+
+#define ID_SHORT 8
+
+/* An id of up to ID_SHORT bytes as one word; with the length it identifies
+ * the id: for 4..8 bytes the two 4-byte windows cover every byte, for 1..3
+ * bytes the three picked bytes are all of them. Reads only id[0..len). */
+static inline uint64_t id_pack(const char *id, size_t len) {
+    const uint8_t *p = (const uint8_t *)id;
+    if (len >= 4) {
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4);
+        memcpy(&hi, p + len - 4, 4);
+        return (uint64_t)lo | (uint64_t)hi << 32;
+    }
+    if (len == 0)
+        return 0;
+    return (uint64_t)p[0] | (uint64_t)p[len >> 1] << 8 | (uint64_t)p[len - 1] << 16;
+}
+
+static inline size_t id_hash(const char *id, size_t len, uint64_t packed) {
+    if (len <= ID_SHORT)
+        return (size_t)(((packed ^ (uint64_t)len << 59) * 0x9E3779B97F4A7C15ull) >> 32);
+    return (size_t)XXH3_64bits(id, len);
+}
 
 static void idmap_build(idmap_t *m, int n, const char *(*id_at)(const void *, int),
                         const void *ctx) {
@@ -23,20 +67,21 @@ static void idmap_build(idmap_t *m, int n, const char *(*id_at)(const void *, in
     m->mask = cap - 1;
     for (int i = 0; i < n; i++) {
         const char *id = id_at(ctx, i);
-        size_t j = (size_t)XXH3_64bits(id, strlen(id)) & m->mask;
-        while (m->slots[j])
+        size_t len = strlen(id);
+        uint64_t packed = len <= ID_SHORT ? id_pack(id, len) : 0;
+        size_t j = id_hash(id, len, packed) & m->mask;
+        while (m->slots[j].id)
             j = (j + 1) & m->mask;
-        m->slots[j] = i + 1;
+        m->slots[j] = (idmap_slot_t){id, len, packed, i};
     }
 }
 
-static int idmap_find(const idmap_t *m, const char *id, size_t len,
-                      const char *(*id_at)(const void *, int), const void *ctx) {
-    size_t j = (size_t)XXH3_64bits(id, len) & m->mask;
-    while (m->slots[j]) {
-        const char *cand = id_at(ctx, m->slots[j] - 1);
-        if (strlen(cand) == len && memcmp(cand, id, len) == 0)
-            return m->slots[j] - 1;
+static inline int idmap_find(const idmap_t *m, const char *id, size_t len) {
+    uint64_t packed = len <= ID_SHORT ? id_pack(id, len) : 0;
+    size_t j = id_hash(id, len, packed) & m->mask;
+    for (const idmap_slot_t *s = &m->slots[j]; s->id; s = &m->slots[j]) {
+        if (s->len == len && (len <= ID_SHORT ? s->packed == packed : id_equal(s->id, id, len)))
+            return s->index;
         j = (j + 1) & m->mask;
     }
     return -1;
@@ -61,6 +106,9 @@ engine_t *engine_new(const tally_config_t *c, int npartitions) {
     for (int i = 0; i < c->npolls; i++)
         idmap_build(&e->opt_maps[i], c->polls[i].noptions, opt_id_at, &c->polls[i]);
     e->gens = xcalloc((size_t)(c->npolls ? c->npolls : 1), sizeof *e->gens);
+    e->poll_seeds = xcalloc((size_t)(c->npolls ? c->npolls : 1), sizeof *e->poll_seeds);
+    for (int i = 0; i < c->npolls; i++)
+        e->poll_seeds[i] = record_poll_seed(c->polls[i].id, strlen(c->polls[i].id));
     e->parts = xcalloc((size_t)npartitions, sizeof *e->parts);
     for (int p = 0; p < npartitions; p++) {
         partition_t *pt = &e->parts[p];
@@ -91,6 +139,7 @@ void engine_free(engine_t *e) {
     free(e->opt_maps);
     free(e->poll_map.slots);
     free(e->gens);
+    free(e->poll_seeds);
     free(e->parts);
     free(e->workers);
     pthread_mutex_destroy(&e->err_mu);
@@ -151,51 +200,178 @@ static void note_skipped(int partition, uint64_t next_pos, const uint8_t *rec, s
                  partition, (int)v.poll_len, v.poll, (int)v.option_len, v.option);
 }
 
-int engine_apply(engine_t *e, int partition, const uint8_t *rec, size_t len, uint64_t next_pos,
-                 int64_t ts_ms) {
-    partition_t *pt = &e->parts[partition];
-    pt->position = next_pos;
+/* What pass 1 found out about a record, for pass 3 (apply_run). */
+enum { PREP_VOTE = 0, PREP_PROGRESS, PREP_SKIP, PREP_CUTOFF };
+
+typedef struct {
+    int what; /* PREP_* */
+    int pi, oi;
+    int voter; /* the poll keeps voters: key is set */
+    voter_key_t key;
+} prep_t;
+
+/* The last poll seen in a batch: votes come in runs of one poll (a live
+ * poll's burst), so most records skip the poll map. Local to one call of
+ * apply_run, so readers of the shared maps never see it. */
+typedef struct {
+    int pi;
+    const char *id;
+    size_t len;
+    uint64_t packed;
+} poll_cache_t;
+
+static inline int find_poll(const engine_t *e, poll_cache_t *pc, const char *id, size_t len) {
+    uint64_t packed = len <= ID_SHORT ? id_pack(id, len) : 0;
+    if (pc->pi >= 0 && pc->len == len &&
+        (len <= ID_SHORT ? pc->packed == packed : id_equal(pc->id, id, len)))
+        return pc->pi;
+    int pi = idmap_find(&e->poll_map, id, len);
+    if (pi >= 0)
+        *pc = (poll_cache_t){pi, e->conf->polls[pi].id, len, packed};
+    return pi;
+}
+
+/* Pass 1 of a record: decode, find poll and option, hash the voter. Reads
+ * no partition state, so it may run ahead of the counting. */
+static inline void prepare(const engine_t *e, int partition, poll_cache_t *cache,
+                           const vlog_msg_t *m, prep_t *q) {
+    if (!m->rec) {
+        q->what = PREP_PROGRESS;
+        return;
+    }
     vote_record_t v;
     int pi, oi;
-    if (record_decode(rec, len, &v) != 0 ||
-        (pi = idmap_find(&e->poll_map, v.poll, v.poll_len, poll_id_at, e->conf)) < 0 ||
-        (oi = idmap_find(&e->opt_maps[pi], v.option, v.option_len, opt_id_at,
-                         &e->conf->polls[pi])) < 0) {
-        count_add((_Atomic uint64_t *)&pt->skipped, 1);
-        note_skipped(partition, next_pos, rec, len);
-        return -1;
+    if (record_decode(m->rec, m->len, &v) != 0 ||
+        (pi = find_poll(e, cache, v.poll, v.poll_len)) < 0 ||
+        (oi = idmap_find(&e->opt_maps[pi], v.option, v.option_len)) < 0) {
+        note_skipped(partition, m->next_pos, m->rec, m->len);
+        q->what = PREP_SKIP;
+        return;
     }
-    uint64_t ts = ts_ms >= 0 ? (uint64_t)ts_ms : v.ts_ms;
+    uint64_t ts = m->ts_ms >= 0 ? (uint64_t)m->ts_ms : v.ts_ms;
     if (e->until_ms && ts > e->until_ms) {
-        count_add((_Atomic uint64_t *)&pt->after_cutoff, 1);
-        return -1;
+        q->what = PREP_CUTOFF;
+        return;
     }
     const poll_conf_t *pc = &e->conf->polls[pi];
-    ppoll_t *pp = &pt->polls[pi];
-    if (pc->mode != MODE_UNLIMITED && v.voter_len == 0) {
+    q->pi = pi;
+    q->oi = oi;
+    q->voter = 0;
+    if (pc->mode == MODE_UNLIMITED) {
+        q->what = PREP_VOTE;
+        return;
+    }
+    if (v.voter_len == 0) {
         /* A voter-less vote in a voter mode never passes ingest; a log
          * written under another config may hold one. */
-        count_add((_Atomic uint64_t *)&pt->skipped, 1);
-        return -1;
+        q->what = PREP_SKIP;
+        return;
     }
-    count_add((_Atomic uint64_t *)&pt->applied, 1);
-    if (pc->mode == MODE_UNLIMITED) {
+    q->what = PREP_VOTE;
+    q->voter = 1;
+    q->key = record_poll_voter_key(e->poll_seeds[pi], v.voter, v.voter_len);
+}
+
+typedef struct {
+    uint64_t applied, skipped, after_cutoff;
+} run_counts_t;
+
+/* Pass 3 of a record: count it, in log order. */
+static inline void apply_one(engine_t *e, partition_t *pt, const vlog_msg_t *m, const prep_t *q,
+                             run_counts_t *rc) {
+    if (q->what == PREP_PROGRESS) {
+        /* Progress without a record: nothing of this partition before
+         * next_pos (the file log's partitions share one file). */
+        if (m->next_pos > pt->position)
+            pt->position = m->next_pos;
+        return;
+    }
+    pt->position = m->next_pos;
+    if (q->what == PREP_SKIP) {
+        rc->skipped++;
+        return;
+    }
+    if (q->what == PREP_CUTOFF) {
+        rc->after_cutoff++;
+        return;
+    }
+    rc->applied++;
+    int pi = q->pi, oi = q->oi;
+    ppoll_t *pp = &pt->polls[pi];
+    poll_mode_t mode = e->conf->polls[pi].mode;
+    if (mode == MODE_UNLIMITED) {
         count_add(&pp->counts[oi], 1);
         pt->touched[pi] = 1;
-        return pi;
+        return;
     }
-    voter_key_t k = record_voter_key(v.poll, v.poll_len, v.voter, v.voter_len);
     voter_slot_t *slot;
-    int prev = voters_get_or_insert(&pp->voters, k, oi, &slot);
+    int prev = voters_get_or_insert(&pp->voters, q->key, oi, &slot);
     if (prev < 0) {
         count_add(&pp->counts[oi], 1);
         pt->touched[pi] = 1;
-    } else if (pc->mode == MODE_CHANGEABLE && prev != oi) {
+    } else if (mode == MODE_CHANGEABLE && prev != oi) {
         count_add(&pp->counts[prev], -1);
         count_add(&pp->counts[oi], 1);
         voters_set_option(slot, oi);
         pt->touched[pi] = 1;
     }
+}
+
+/* Pass 2 of a chunk: ask for the cache line of every vote's voter slot. */
+static void prefetch_chunk(partition_t *pt, const prep_t *prep, int m) {
+    for (int i = 0; i < m; i++)
+        if (prep[i].what == PREP_VOTE && prep[i].voter)
+            voters_prefetch(&pt->polls[prep[i].pi].voters, prep[i].key);
+}
+
+/* Applies msgs[0..n) of one partition in order, CHUNK records at a time in
+ * three passes: decode and hash the chunk (prepare), prefetch its voter
+ * slots, count it (apply_one). The prefetches get a tight loop of their own:
+ * a prefetch that misses the TLB holds up retirement until its page walk
+ * ends, so with a record's decoding and hashing between two of them the
+ * reorder buffer fills and the misses hardly overlap. Order is exactly the
+ * log's: the first two passes only read. The slot is looked up afresh in
+ * pass 3 (the table may grow in between; a stale prefetch is only wasted).
+ * Returns how many records were counted; *pi_out (may be NULL) gets the poll
+ * index of the last record, -1 if it was not counted. */
+static int apply_run(engine_t *e, int partition, const vlog_msg_t *msgs, int n, int *pi_out) {
+    partition_t *pt = &e->parts[partition];
+    prep_t prep[CHUNK];
+    poll_cache_t cache = {-1, NULL, 0, 0};
+    run_counts_t rc = {0, 0, 0};
+    int last_pi = -1;
+    for (int b = 0; b < n; b += CHUNK) {
+        int m = n - b < CHUNK ? n - b : CHUNK;
+        for (int i = 0; i < m; i++)
+            prepare(e, partition, &cache, &msgs[b + i], &prep[i]);
+        if (m > 1)
+            prefetch_chunk(pt, prep, m);
+        for (int i = 0; i < m; i++) {
+            uint64_t before = rc.applied;
+            apply_one(e, pt, &msgs[b + i], &prep[i], &rc);
+            last_pi = rc.applied != before ? prep[i].pi : -1;
+        }
+    }
+    if (rc.applied)
+        count_add((_Atomic uint64_t *)&pt->applied, (int64_t)rc.applied);
+    if (rc.skipped)
+        count_add((_Atomic uint64_t *)&pt->skipped, (int64_t)rc.skipped);
+    if (rc.after_cutoff)
+        count_add((_Atomic uint64_t *)&pt->after_cutoff, (int64_t)rc.after_cutoff);
+    if (pi_out)
+        *pi_out = last_pi;
+    return (int)rc.applied;
+}
+
+int engine_apply_batch(engine_t *e, int partition, const vlog_msg_t *msgs, int n) {
+    return apply_run(e, partition, msgs, n, NULL);
+}
+
+int engine_apply(engine_t *e, int partition, const uint8_t *rec, size_t len, uint64_t next_pos,
+                 int64_t ts_ms) {
+    vlog_msg_t m = {partition, next_pos, ts_ms, rec, len};
+    int pi;
+    apply_run(e, partition, &m, 1, &pi);
     return pi;
 }
 
@@ -204,7 +380,7 @@ int engine_apply(engine_t *e, int partition, const uint8_t *rec, size_t len, uin
 int engine_npolls(const engine_t *e) { return e->npolls; }
 const poll_conf_t *engine_poll(const engine_t *e, int i) { return &e->conf->polls[i]; }
 int engine_poll_index(const engine_t *e, const char *id, size_t len) {
-    return idmap_find(&e->poll_map, id, len, poll_id_at, e->conf);
+    return idmap_find(&e->poll_map, id, len);
 }
 
 uint64_t engine_poll_generation(const engine_t *e, int i) {
@@ -265,44 +441,75 @@ static void set_failed(engine_t *e, const char *msg) {
     log_error("engine: %s", msg);
 }
 
+/* One poll's messages, copied: a record is valid only until on_msg returns,
+ * and the batch is applied after the poll. Owned by one worker. */
 typedef struct {
     engine_t *e;
-    uint8_t *open; /* [npartitions]: batch begun in this poll */
-    int changed;
+    vlog_msg_t *msgs;
+    size_t *offs; /* [i]: offset of msgs[i]'s record in arena, SIZE_MAX for none */
+    int n, cap;
+    buf_t arena;
+    uint8_t *open; /* [npartitions]: batch begun */
 } apply_ctx_t;
 
 static int on_msg(void *arg, const vlog_msg_t *m) {
     apply_ctx_t *ctx = arg;
     engine_t *e = ctx->e;
+    vlog_msg_t q = *m;
+    int decline = 0;
     if (e->run.stop_at && m->next_pos > e->run.stop_at[m->partition]) {
         /* Past replay's end. Readers deliver in log order, so nothing of
-         * this partition lies before stop_at any more: it is reached. */
-        partition_t *pt = &e->parts[m->partition];
-        if (pt->position < e->run.stop_at[m->partition]) {
-            if (!ctx->open[m->partition]) {
-                engine_batch_begin(e, m->partition);
-                ctx->open[m->partition] = 1;
-            }
-            pt->position = e->run.stop_at[m->partition];
+         * this partition lies before stop_at any more: it is reached. Queued
+         * as progress to stop_at, after what came before it. */
+        q = (vlog_msg_t){m->partition, e->run.stop_at[m->partition], -1, NULL, 0};
+        decline = m->rec != NULL; /* leave the record for later */
+    }
+    if (ctx->n == ctx->cap) {
+        ctx->cap = ctx->cap ? ctx->cap * 2 : BATCH_MAX;
+        ctx->msgs = xrealloc(ctx->msgs, sizeof *ctx->msgs * (size_t)ctx->cap);
+        ctx->offs = xrealloc(ctx->offs, sizeof *ctx->offs * (size_t)ctx->cap);
+    }
+    ctx->msgs[ctx->n] = q;
+    ctx->msgs[ctx->n].rec = NULL; /* set once the arena stops moving */
+    ctx->offs[ctx->n] = SIZE_MAX;
+    if (q.rec) {
+        ctx->offs[ctx->n] = ctx->arena.len;
+        buf_append(&ctx->arena, q.rec, q.len);
+    }
+    ctx->n++;
+    return decline;
+}
+
+/* Applies what on_msg collected: each run of one partition's messages as
+ * one apply_run, in delivery order (a reader may interleave partitions; each
+ * one's own order is kept), inside one batch per partition. Returns whether
+ * any record was counted. */
+static int apply_collected(apply_ctx_t *ctx) {
+    engine_t *e = ctx->e;
+    for (int i = 0; i < ctx->n; i++)
+        if (ctx->offs[i] != SIZE_MAX)
+            ctx->msgs[i].rec = (const uint8_t *)ctx->arena.data + ctx->offs[i];
+    int changed = 0;
+    for (int j = 0, k; j < ctx->n; j = k) {
+        int p = ctx->msgs[j].partition;
+        for (k = j + 1; k < ctx->n && ctx->msgs[k].partition == p; k++)
+            ;
+        if (!ctx->open[p]) {
+            engine_batch_begin(e, p);
+            ctx->open[p] = 1;
         }
-        return m->rec ? 1 : 0; /* leave the record for later */
+        if (apply_run(e, p, &ctx->msgs[j], k - j, NULL) > 0)
+            changed = 1;
     }
-    if (!ctx->open[m->partition]) {
-        /* Begin lazily: a reader that waits for data must not hold the
-         * partition's sequence odd meanwhile. */
-        engine_batch_begin(e, m->partition);
-        ctx->open[m->partition] = 1;
+    for (int p = 0; p < e->npartitions; p++) {
+        if (ctx->open[p]) {
+            engine_batch_end(e, p);
+            ctx->open[p] = 0;
+        }
     }
-    if (!m->rec) {
-        /* Progress without a record: nothing of this partition before
-         * next_pos (the file log's partitions share one file). */
-        if (m->next_pos > e->parts[m->partition].position)
-            e->parts[m->partition].position = m->next_pos;
-        return 0;
-    }
-    if (engine_apply(e, m->partition, m->rec, m->len, m->next_pos, m->ts_ms) >= 0)
-        ctx->changed = 1;
-    return 0;
+    ctx->n = 0;
+    ctx->arena.len = 0;
+    return changed;
 }
 
 static int reached_stop(const engine_t *e, const worker_t *w) {
@@ -342,28 +549,26 @@ static void *worker_main(void *arg) {
         return NULL;
     }
     uint64_t last_snap = mono_ms();
-    uint8_t *open = xcalloc((size_t)e->npartitions, 1);
+    apply_ctx_t ctx = {.e = e, .open = xcalloc((size_t)e->npartitions, 1)};
     while (!atomic_load_explicit(&e->stopping, memory_order_acquire) && !reached_stop(e, w)) {
-        apply_ctx_t ctx = {e, open, 0};
         int n = vlog_reader_poll(r, on_msg, &ctx, BATCH_MAX, POLL_WAIT_MS, err, sizeof err);
-        for (int i = 0; i < w->nparts; i++) {
-            if (open[w->parts[i]]) {
-                engine_batch_end(e, w->parts[i]);
-                open[w->parts[i]] = 0;
-            }
-        }
+        /* What was delivered before an error was taken: count it. */
+        int changed = apply_collected(&ctx);
         if (n < 0) {
             set_failed(e, err);
             break;
         }
-        if (ctx.changed && e->run.on_change)
+        if (changed && e->run.on_change)
             e->run.on_change(e->run.on_change_arg);
         if (e->run.snapshot_dir && mono_ms() - last_snap >= (uint64_t)e->run.snapshot_interval_ms) {
             snapshot_changed(w);
             last_snap = mono_ms();
         }
     }
-    free(open);
+    free(ctx.msgs);
+    free(ctx.offs);
+    free(ctx.open);
+    buf_free(&ctx.arena);
     vlog_reader_free(r);
     if (!atomic_load(&e->failed))
         snapshot_changed(w);

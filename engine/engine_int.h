@@ -8,9 +8,19 @@
 #include "engine/engine.h"
 #include "engine/voters.h"
 
-/* String id -> index, open addressing; built once from the config. */
+/* String id -> index, open addressing; built once from the config. Ids
+ * point into the config. An id of up to 8 bytes is also kept packed into one
+ * word (engine.c id_pack), which with its length identifies it: most
+ * lookups hash and compare one word, with no call and no strlen. */
 typedef struct {
-    int *slots; /* index + 1; 0 empty */
+    const char *id; /* NULL: empty */
+    size_t len;
+    uint64_t packed; /* len <= 8 */
+    int index;
+} idmap_slot_t;
+
+typedef struct {
+    idmap_slot_t *slots;
     size_t mask;
 } idmap_t;
 
@@ -44,6 +54,7 @@ struct engine_s {
     int npartitions;
     idmap_t poll_map;
     idmap_t *opt_maps;          /* [npolls] */
+    uint64_t *poll_seeds;       /* [npolls] */
     _Atomic uint64_t *gens;     /* [npolls] */
     partition_t *parts;
     uint64_t until_ms;

@@ -4,7 +4,7 @@
  * rename, fsync of the directory) and checksummed.
  *
  * Layout, little-endian:
- *   "TLYSNAP1" u32 partition u32 npartitions u64 position u64 created_ms
+ *   "TLYSNAP2" u32 partition u32 npartitions u64 position u64 created_ms
  *   u32 npolls, then per poll:
  *     u8 idlen id u8 mode u32 noptions, per option: u8 idlen id u64 count
  *     u64 nvoters, then nvoters 16-byte voter slots
@@ -26,7 +26,10 @@
 #include "common/util.h"
 #include "engine/engine_int.h"
 
-#define SNAP_MAGIC "TLYSNAP1"
+/* 2: voter keys are record_poll_voter_key(). A TLYSNAP1 file holds keys of
+ * another hash: mixing them with new ones would count a voter twice, so such
+ * a snapshot is not used and its partition is recounted from the log. */
+#define SNAP_MAGIC "TLYSNAP2"
 #define SNAP_KEEP 2
 
 typedef struct {

@@ -2,72 +2,83 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "common/util.h"
 
 #define MIN_CAP 16
+#define HUGE_PAGE ((size_t)2 << 20)
 
 void voters_init(voters_t *v) { memset(v, 0, sizeof *v); }
 
+/* Zeroed slots. Big tables get a mapping of their own, 2 MiB aligned, with
+ * MADV_HUGEPAGE (the kernel may decline: then they are ordinary pages). */
+static voter_slot_t *table_alloc(size_t cap) {
+    size_t bytes = cap * sizeof(voter_slot_t);
+    if (bytes < HUGE_PAGE)
+        return xcalloc(cap, sizeof(voter_slot_t));
+    /* Over-map by 2 MiB and trim both ends to align. */
+    size_t len = bytes + HUGE_PAGE;
+    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        tally_panic(__FILE__, __LINE__, "out of memory (voter table)");
+    uint8_t *start = (uint8_t *)(((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+    if (start > p)
+        munmap(p, (size_t)(start - p));
+    if (start + bytes < p + len)
+        munmap(start + bytes, (size_t)(p + len - (start + bytes)));
+#ifdef MADV_HUGEPAGE
+    (void)madvise(start, bytes, MADV_HUGEPAGE);
+#endif
+    return (voter_slot_t *)start;
+}
+
+static void table_free(voter_slot_t *slots, size_t cap) {
+    if (!slots)
+        return;
+    size_t bytes = cap * sizeof(voter_slot_t);
+    if (bytes < HUGE_PAGE)
+        free(slots);
+    else
+        munmap(slots, bytes);
+}
+
 void voters_free(voters_t *v) {
-    free(v->slots);
+    table_free(v->slots, v->slots ? v->mask + 1 : 0);
     memset(v, 0, sizeof *v);
 }
 
-static inline size_t slot_index(uint64_t a, size_t mask) {
-    /* a is already a high-quality hash; mix once more so that low bits
-     * spread even if the caller keyed on a biased half. */
-    return (size_t)((a * 0x9E3779B97F4A7C15ull) >> 17) & mask;
+static unsigned log2_pow2(size_t cap) {
+    return (unsigned)__builtin_ctzll((unsigned long long)cap);
 }
 
-static void grow(voters_t *v) {
-    size_t cap = v->slots ? (v->mask + 1) * 2 : MIN_CAP;
+void voters_grow(voters_t *v) {
+    size_t oldcap = v->slots ? v->mask + 1 : 0;
+    size_t cap = oldcap ? oldcap * 2 : MIN_CAP;
     voter_slot_t *old = v->slots;
-    size_t oldcap = old ? v->mask + 1 : 0;
-    v->slots = xcalloc(cap, sizeof *v->slots);
+    v->slots = table_alloc(cap);
     v->mask = cap - 1;
+    v->shift = 64 - log2_pow2(cap);
+    /* Homes keep their order when the table doubles, so walking the old
+     * table in order writes the new one (nearly) in order too. */
     for (size_t i = 0; i < oldcap; i++) {
         if (!old[i].a)
             continue;
-        size_t j = slot_index(old[i].a, v->mask);
+        size_t j = voters_home(v, old[i].a);
         while (v->slots[j].a)
             j = (j + 1) & v->mask;
         v->slots[j] = old[i];
     }
-    free(old);
-}
-
-int voters_get_or_insert(voters_t *v, voter_key_t k, int option, voter_slot_t **slot) {
-    /* Grow at 3/4 load. */
-    if (!v->slots || (v->count + 1) * 4 > (v->mask + 1) * 3)
-        grow(v);
-    uint64_t a = k.lo | 1, b = k.hi & ~(uint64_t)0xffff;
-    size_t i = slot_index(a, v->mask);
-    for (;;) {
-        voter_slot_t *s = &v->slots[i];
-        if (!s->a) {
-            s->a = a;
-            s->b = b | (uint16_t)option;
-            v->count++;
-            if (slot)
-                *slot = s;
-            return -1;
-        }
-        if (s->a == a && (s->b & ~(uint64_t)0xffff) == b) {
-            if (slot)
-                *slot = s;
-            return (int)(s->b & 0xffff);
-        }
-        i = (i + 1) & v->mask;
-    }
+    table_free(old, oldcap);
 }
 
 void voters_insert_slot(voters_t *v, voter_slot_t s) {
     if (!v->slots || (v->count + 1) * 4 > (v->mask + 1) * 3)
-        grow(v);
-    size_t i = slot_index(s.a, v->mask);
+        voters_grow(v);
+    size_t i = voters_home(v, s.a);
     while (v->slots[i].a) {
-        if (v->slots[i].a == s.a && (v->slots[i].b & ~(uint64_t)0xffff) == (s.b & ~(uint64_t)0xffff)) {
+        if (v->slots[i].a == s.a &&
+            (v->slots[i].b & ~VOTERS_OPT_MASK) == (s.b & ~VOTERS_OPT_MASK)) {
             v->slots[i] = s;
             return;
         }

@@ -1,7 +1,7 @@
 #include "log/record.h"
 
 #include <string.h>
-#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
+#define XXH_INLINE_ALL /* short inputs: no call, no dispatch */
 #include <xxhash.h>
 
 static void put_u16(uint8_t *p, uint16_t v) {
@@ -14,9 +14,13 @@ static void put_u64(uint8_t *p, uint64_t v) {
 }
 static uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 static uint64_t get_u64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
+    /* One load, not a chain of eight shifts (decoding is on the engine's
+     * hot path). */
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
     return v;
 }
 
@@ -72,13 +76,36 @@ voter_key_t record_voter_key(const char *poll, size_t poll_len, const char *vote
                              size_t voter_len) {
     /* poll and voter are hashed with their lengths so that ("ab","c") and
      * ("a","bc") differ. */
-    XXH3_state_t st;
-    XXH3_128bits_reset(&st);
     uint8_t lens[3] = {(uint8_t)poll_len, (uint8_t)voter_len, (uint8_t)(voter_len >> 8)};
-    XXH3_128bits_update(&st, lens, sizeof lens);
-    XXH3_128bits_update(&st, poll, poll_len);
-    XXH3_128bits_update(&st, voter, voter_len);
-    XXH128_hash_t h = XXH3_128bits_digest(&st);
+    XXH128_hash_t h;
+    uint8_t buf[sizeof lens + 64 + 256]; /* a record's longest poll and voter */
+    if (poll_len + voter_len <= sizeof buf - sizeof lens) {
+        /* One shot over a contiguous copy: XXH3 streaming equals one-shot
+         * over the concatenation, so this is the key streaming gave (the
+         * partitions of logs already written depend on it), for less. */
+        memcpy(buf, lens, sizeof lens);
+        memcpy(buf + sizeof lens, poll, poll_len);
+        if (voter_len)
+            memcpy(buf + sizeof lens + poll_len, voter, voter_len);
+        h = XXH3_128bits(buf, sizeof lens + poll_len + voter_len);
+    } else {
+        XXH3_state_t st;
+        XXH3_128bits_reset(&st);
+        XXH3_128bits_update(&st, lens, sizeof lens);
+        XXH3_128bits_update(&st, poll, poll_len);
+        XXH3_128bits_update(&st, voter, voter_len);
+        h = XXH3_128bits_digest(&st);
+    }
+    voter_key_t k = {h.low64, h.high64};
+    return k;
+}
+
+uint64_t record_poll_seed(const char *poll, size_t poll_len) {
+    return XXH3_64bits(poll, poll_len);
+}
+
+voter_key_t record_poll_voter_key(uint64_t poll_seed, const char *voter, size_t voter_len) {
+    XXH128_hash_t h = XXH3_128bits_withSeed(voter, voter_len, poll_seed);
     voter_key_t k = {h.low64, h.high64};
     return k;
 }

@@ -36,14 +36,25 @@ size_t record_encode(const vote_record_t *v, uint8_t *out);
  * a record this version cannot read (unknown version, bad lengths). */
 int record_decode(const uint8_t *buf, size_t len, vote_record_t *v);
 
-/* Voter key: 128-bit XXH3 of poll id and voter id. The engine keeps these
- * instead of voter strings; at 2^-128 per pair a collision is not expected in
- * the lifetime of the universe's ballots. */
 typedef struct {
     uint64_t lo, hi;
 } voter_key_t;
+
+/* Partition key: 128-bit XXH3 of the lengths, poll id and voter id.
+ * record_partition() places votes by it, so it must never change: the
+ * partitions of every log already written depend on it. */
 voter_key_t record_voter_key(const char *poll, size_t poll_len, const char *voter,
                              size_t voter_len);
+
+/* The engine's key of a voter within one poll: 128-bit XXH3 of the voter id
+ * seeded with record_poll_seed() of the poll id. Voter tables are per poll,
+ * so only voters of one poll are ever compared: at 2^-128 per pair (2^-111
+ * for the bits a table keeps) a collision is not expected in the lifetime of
+ * the universe's ballots. A poll's seed is computed once, so a vote hashes
+ * only its voter id, with no copy. Snapshots hold these keys: changing them
+ * means a new snapshot format. */
+uint64_t record_poll_seed(const char *poll, size_t poll_len);
+voter_key_t record_poll_voter_key(uint64_t poll_seed, const char *voter, size_t voter_len);
 
 /* The partition a vote belongs to: a voter's votes for a poll always land in
  * the same partition, so one engine thread sees them in log order. Votes

@@ -449,7 +449,8 @@ typedef struct {
     size_t *offs; /* [i]: offset of msgs[i]'s record in arena, SIZE_MAX for none */
     int n, cap;
     buf_t arena;
-    uint8_t *open; /* [npartitions]: batch begun */
+    vlog_msg_t *grouped; /* [cap]: msgs regrouped by partition */
+    int *start;          /* [npartitions + 1]: each partition's range in grouped */
 } apply_ctx_t;
 
 static int on_msg(void *arg, const vlog_msg_t *m) {
@@ -468,6 +469,7 @@ static int on_msg(void *arg, const vlog_msg_t *m) {
         ctx->cap = ctx->cap ? ctx->cap * 2 : BATCH_MAX;
         ctx->msgs = xrealloc(ctx->msgs, sizeof *ctx->msgs * (size_t)ctx->cap);
         ctx->offs = xrealloc(ctx->offs, sizeof *ctx->offs * (size_t)ctx->cap);
+        ctx->grouped = xrealloc(ctx->grouped, sizeof *ctx->grouped * (size_t)ctx->cap);
     }
     ctx->msgs[ctx->n] = q;
     ctx->msgs[ctx->n].rec = NULL; /* set once the arena stops moving */
@@ -480,32 +482,37 @@ static int on_msg(void *arg, const vlog_msg_t *m) {
     return decline;
 }
 
-/* Applies what on_msg collected: each run of one partition's messages as
- * one apply_run, in delivery order (a reader may interleave partitions; each
- * one's own order is kept), inside one batch per partition. Returns whether
- * any record was counted. */
+/* Applies what on_msg collected, each partition's messages as one batch.
+ * A reader interleaves partitions (the file log nearly record by record), so
+ * the messages are first regrouped by partition, stably: partitions are
+ * independent and each one keeps its own order, and apply_run gets runs
+ * long enough to prefetch. Returns whether any record was counted. */
 static int apply_collected(apply_ctx_t *ctx) {
     engine_t *e = ctx->e;
-    for (int i = 0; i < ctx->n; i++)
+    int np = e->npartitions;
+    if (ctx->n == 0)
+        return 0;
+    memset(ctx->start, 0, sizeof *ctx->start * (size_t)(np + 1));
+    for (int i = 0; i < ctx->n; i++) {
         if (ctx->offs[i] != SIZE_MAX)
             ctx->msgs[i].rec = (const uint8_t *)ctx->arena.data + ctx->offs[i];
-    int changed = 0;
-    for (int j = 0, k; j < ctx->n; j = k) {
-        int p = ctx->msgs[j].partition;
-        for (k = j + 1; k < ctx->n && ctx->msgs[k].partition == p; k++)
-            ;
-        if (!ctx->open[p]) {
-            engine_batch_begin(e, p);
-            ctx->open[p] = 1;
-        }
-        if (apply_run(e, p, &ctx->msgs[j], k - j, NULL) > 0)
-            changed = 1;
+        ctx->start[ctx->msgs[i].partition + 1]++;
     }
-    for (int p = 0; p < e->npartitions; p++) {
-        if (ctx->open[p]) {
-            engine_batch_end(e, p);
-            ctx->open[p] = 0;
-        }
+    for (int p = 0; p < np; p++)
+        ctx->start[p + 1] += ctx->start[p];
+    for (int i = 0; i < ctx->n; i++)
+        ctx->grouped[ctx->start[ctx->msgs[i].partition]++] = ctx->msgs[i];
+    /* start[p] is now the end of p's range: p's messages are
+     * grouped[end(p-1) .. end(p)). */
+    int changed = 0;
+    for (int p = 0, begin = 0; p < np; begin = ctx->start[p++]) {
+        int end = ctx->start[p];
+        if (end == begin)
+            continue;
+        engine_batch_begin(e, p);
+        if (apply_run(e, p, &ctx->grouped[begin], end - begin, NULL) > 0)
+            changed = 1;
+        engine_batch_end(e, p);
     }
     ctx->n = 0;
     ctx->arena.len = 0;
@@ -549,7 +556,7 @@ static void *worker_main(void *arg) {
         return NULL;
     }
     uint64_t last_snap = mono_ms();
-    apply_ctx_t ctx = {.e = e, .open = xcalloc((size_t)e->npartitions, 1)};
+    apply_ctx_t ctx = {.e = e, .start = xcalloc((size_t)e->npartitions + 1, sizeof(int))};
     while (!atomic_load_explicit(&e->stopping, memory_order_acquire) && !reached_stop(e, w)) {
         int n = vlog_reader_poll(r, on_msg, &ctx, BATCH_MAX, POLL_WAIT_MS, err, sizeof err);
         /* What was delivered before an error was taken: count it. */
@@ -567,7 +574,8 @@ static void *worker_main(void *arg) {
     }
     free(ctx.msgs);
     free(ctx.offs);
-    free(ctx.open);
+    free(ctx.grouped);
+    free(ctx.start);
     buf_free(&ctx.arena);
     vlog_reader_free(r);
     if (!atomic_load(&e->failed))

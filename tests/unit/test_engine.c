@@ -378,6 +378,75 @@ Test(engine, many_options_totals) {
     config_free(c);
 }
 
+/* engine_apply_batch must count exactly as engine_apply one record at a
+ * time: random logs with every mode, repeats and changes, unknown polls and
+ * options, voter-less votes, a cut-off, progress-only messages and tables
+ * that grow mid-batch, cut into batches of random sizes. */
+Test(engine, batch_apply_equals_one_by_one) {
+    enum { N = 30000 };
+    static const char *polls[] = {"one", "chg", "unl", "gone"};
+    static const char *opts[] = {"a", "b", "c", "x", "y", "z", "p", "q", "nope"};
+    uint8_t(*recs)[RECORD_MAX_LEN] = xmalloc(sizeof *recs * N);
+    vlog_msg_t *msgs = xmalloc(sizeof *msgs * N);
+    uint64_t seed = 42, pos = 0;
+    for (int i = 0; i < N; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t r = seed >> 11;
+        const char *poll = polls[r % 4 == 3 && r % 7 ? 0 : r % 4];
+        const char *opt = opts[(r >> 8) % 9];
+        char voter[32];
+        snprintf(voter, sizeof voter, "v%llu", (unsigned long long)((r >> 16) % 4000));
+        pos += 20 + (r >> 40) % 7;
+        msgs[i] = (vlog_msg_t){0, pos, -1, NULL, 0};
+        if ((r >> 20) % 50 == 0)
+            continue; /* progress only */
+        size_t n = rec_make(recs[i], poll, opt, (r >> 24) % 10 == 0 ? NULL : voter,
+                            1000 + (uint64_t)i);
+        msgs[i].rec = recs[i];
+        msgs[i].len = n;
+    }
+    engine_t *one = engine_new(conf, 1), *batch = engine_new(conf, 1);
+    engine_set_cutoff(one, 1000 + N - 2000);
+    engine_set_cutoff(batch, 1000 + N - 2000);
+    for (int i = 0; i < N; i++) {
+        engine_batch_begin(one, 0);
+        engine_apply_batch(one, 0, &msgs[i], 1);
+        engine_batch_end(one, 0);
+    }
+    for (int i = 0; i < N;) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        int k = 1 + (int)((seed >> 33) % 300);
+        if (k > N - i)
+            k = N - i;
+        engine_batch_begin(batch, 0);
+        engine_apply_batch(batch, 0, &msgs[i], k);
+        engine_batch_end(batch, 0);
+        i += k;
+    }
+    for (int p = 0; p < engine_npolls(one); p++) {
+        uint64_t a[16], b[16];
+        engine_poll_totals(one, p, a);
+        engine_poll_totals(batch, p, b);
+        for (int o = 0; o < engine_poll(one, p)->noptions; o++)
+            cr_assert_eq(a[o], b[o], "poll %d option %d: %llu one by one, %llu batched", p, o,
+                         (unsigned long long)a[o], (unsigned long long)b[o]);
+    }
+    engine_stats_t sa = engine_stats(one), sb = engine_stats(batch);
+    cr_assert_eq(sa.applied, sb.applied);
+    cr_assert_eq(sa.skipped, sb.skipped);
+    cr_assert_eq(sa.after_cutoff, sb.after_cutoff);
+    cr_assert_eq(sa.voters, sb.voters);
+    cr_assert_gt(sa.applied, N / 10); /* most options do not fit the poll */
+    cr_assert_gt(sa.skipped, 0);
+    cr_assert_gt(sa.after_cutoff, 0);
+    cr_assert_eq(engine_position(one, 0), pos);
+    cr_assert_eq(engine_position(batch, 0), pos);
+    engine_free(one);
+    engine_free(batch);
+    free(recs);
+    free(msgs);
+}
+
 Test(engine, no_polls) {
     tally_config_t *c = config_new_defaults();
     engine_t *e = engine_new(c, 2);

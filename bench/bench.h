@@ -23,6 +23,11 @@ int bench_engine_main(int argc, char **argv);
 int bench_replay_main(int argc, char **argv);
 
 /* "2000", "10k", "1M", "2.5M", "1e6": a non-negative count. 0 or -1. */
+/* getopt_long's error paths, the same for every subcommand: each prints
+ * "tally-bench CMD: ..." and returns -1. */
+int bench_opt_fail(const char *cmd, int ch, char **argv);  /* ':' or unknown */
+int bench_opt_bad(const char *cmd, const char *why, const char *value);
+int bench_opt_rest(const char *cmd, int argc, char **argv); /* 0: no extra argument */
 int bench_parse_count(const char *s, uint64_t *out);
 /* A finite double. 0 or -1. */
 int bench_parse_double(const char *s, double *out);

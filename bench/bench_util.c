@@ -1,3 +1,4 @@
+#include <getopt.h>
 #include <cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -127,3 +128,25 @@ uint64_t bench_rss_bytes(void) {
 }
 
 uint64_t bench_seed(void) { return mono_ns() ^ ((uint64_t)getpid() << 32) ^ now_ms(); }
+
+int bench_opt_fail(const char *cmd, int ch, char **argv) {
+    if (ch == ':')
+        fprintf(stderr, "tally-bench %s: option %s needs a value\n", cmd, argv[optind - 1]);
+    else
+        fprintf(stderr, "tally-bench %s: unknown option '%s' (see --help)\n", cmd,
+                argv[optind - 1]);
+    return -1;
+}
+
+int bench_opt_bad(const char *cmd, const char *why, const char *value) {
+    fprintf(stderr, "tally-bench %s: %s (got '%s')\n", cmd, why, value);
+    return -1;
+}
+
+int bench_opt_rest(const char *cmd, int argc, char **argv) {
+    if (optind < argc) {
+        fprintf(stderr, "tally-bench %s: unexpected argument '%s'\n", cmd, argv[optind]);
+        return -1;
+    }
+    return 0;
+}

@@ -331,23 +331,14 @@ static int parse_opts(int argc, char **argv, eo_t *o) {
         case O_JSON: o->json_path = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': fputs(help, stdout); exit(0);
-        case ':':
-            fprintf(stderr, "tally-bench engine: option %s needs a value\n", argv[optind - 1]);
-            return -1;
         default:
-            fprintf(stderr, "tally-bench engine: unknown option '%s' (see --help)\n",
-                    argv[optind - 1]);
-            return -1;
+            return bench_opt_fail("engine", ch, argv);
         }
-        if (bad) {
-            fprintf(stderr, "tally-bench engine: %s (got '%s')\n", bad, optarg);
-            return -1;
-        }
+        if (bad)
+            return bench_opt_bad("engine", bad, optarg);
     }
-    if (optind < argc) {
-        fprintf(stderr, "tally-bench engine: unexpected argument '%s'\n", argv[optind]);
+    if (bench_opt_rest("engine", argc, argv) != 0)
         return -1;
-    }
     return 0;
 }
 

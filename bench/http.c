@@ -592,23 +592,14 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
         case O_JSON: o->json_path = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': fputs(help, stdout); exit(0);
-        case ':':
-            fprintf(stderr, "tally-bench http: option %s needs a value\n", argv[optind - 1]);
-            return -1;
         default:
-            fprintf(stderr, "tally-bench http: unknown option '%s' (see --help)\n",
-                    argv[optind - 1]);
-            return -1;
+            return bench_opt_fail("http", ch, argv);
         }
-        if (bad) {
-            fprintf(stderr, "tally-bench http: %s (got '%s')\n", bad, optarg);
-            return -1;
-        }
+        if (bad)
+            return bench_opt_bad("http", bad, optarg);
     }
-    if (optind < argc) {
-        fprintf(stderr, "tally-bench http: unexpected argument '%s'\n", argv[optind]);
+    if (bench_opt_rest("http", argc, argv) != 0)
         return -1;
-    }
     if (o->repeat + o->change > 1.0) {
         fprintf(stderr, "tally-bench http: --repeat-ratio + --change-ratio must be <= 1\n");
         return -1;

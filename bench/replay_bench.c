@@ -166,23 +166,14 @@ static int parse_opts(int argc, char **argv, ro_t *o) {
         case O_KAFKA: o->kafka = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': fputs(help, stdout); exit(0);
-        case ':':
-            fprintf(stderr, "tally-bench replay: option %s needs a value\n", argv[optind - 1]);
-            return -1;
         default:
-            fprintf(stderr, "tally-bench replay: unknown option '%s' (see --help)\n",
-                    argv[optind - 1]);
-            return -1;
+            return bench_opt_fail("replay", ch, argv);
         }
-        if (bad) {
-            fprintf(stderr, "tally-bench replay: %s (got '%s')\n", bad, optarg);
-            return -1;
-        }
+        if (bad)
+            return bench_opt_bad("replay", bad, optarg);
     }
-    if (optind < argc) {
-        fprintf(stderr, "tally-bench replay: unexpected argument '%s'\n", argv[optind]);
+    if (bench_opt_rest("replay", argc, argv) != 0)
         return -1;
-    }
     return 0;
 }
 

@@ -4,25 +4,7 @@
 #define XXH_INLINE_ALL /* short inputs: no call, no dispatch */
 #include <xxhash.h>
 
-static void put_u16(uint8_t *p, uint16_t v) {
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-static void put_u64(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-static uint64_t get_u64(const uint8_t *p) {
-    /* One load, not a chain of eight shifts (decoding is on the engine's
-     * hot path). */
-    uint64_t v;
-    memcpy(&v, p, sizeof v);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    v = __builtin_bswap64(v);
-#endif
-    return v;
-}
+#include "common/endian.h"
 
 size_t record_encode(const vote_record_t *v, uint8_t *out) {
     if (v->poll_len == 0 || v->poll_len > 64 || v->option_len == 0 || v->option_len > 64 ||
@@ -31,7 +13,7 @@ size_t record_encode(const vote_record_t *v, uint8_t *out) {
     uint8_t *p = out;
     *p++ = RECORD_VERSION;
     *p++ = 0;
-    put_u64(p, v->ts_ms);
+    le_put64(p, v->ts_ms);
     p += 8;
     *p++ = (uint8_t)v->poll_len;
     memcpy(p, v->poll, v->poll_len);
@@ -39,7 +21,7 @@ size_t record_encode(const vote_record_t *v, uint8_t *out) {
     *p++ = (uint8_t)v->option_len;
     memcpy(p, v->option, v->option_len);
     p += v->option_len;
-    put_u16(p, (uint16_t)v->voter_len);
+    le_put16(p, (uint16_t)v->voter_len);
     p += 2;
     if (v->voter_len)
         memcpy(p, v->voter, v->voter_len);
@@ -52,7 +34,7 @@ int record_decode(const uint8_t *buf, size_t len, vote_record_t *v) {
     if (len < RECORD_HDR_LEN || p[0] != RECORD_VERSION)
         return -1;
     p += 2;
-    v->ts_ms = get_u64(p);
+    v->ts_ms = le_get64(p);
     p += 8;
     v->poll_len = *p++;
     if (v->poll_len == 0 || v->poll_len > 64 || (size_t)(end - p) < v->poll_len + 1)
@@ -64,7 +46,7 @@ int record_decode(const uint8_t *buf, size_t len, vote_record_t *v) {
         return -1;
     v->option = (const char *)p;
     p += v->option_len;
-    v->voter_len = get_u16(p);
+    v->voter_len = le_get16(p);
     p += 2;
     if (v->voter_len > 256 || (size_t)(end - p) != v->voter_len)
         return -1;

@@ -111,7 +111,7 @@ int parse_rfc3339(const char *s, uint64_t *out) {
         digits(&p, 2, &sec))
         return -1;
     int leap = (Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0;
-    if (Y < 1970 || M < 1 || M > 12 || D < 1 || D > mdays[M - 1] + (M == 2 && leap) ||
+    if (M < 1 || M > 12 || D < 1 || D > mdays[M - 1] + (M == 2 && leap) ||
         h > 23 || m > 59 || sec > 59)
         return -1;
     uint64_t frac_ms = 0;
@@ -144,8 +144,10 @@ int parse_rfc3339(const char *s, uint64_t *out) {
         return -1;
     struct tm tm = {.tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D,
                     .tm_hour = h, .tm_min = m, .tm_sec = sec};
+    /* Four-digit years are in range of timegm: -1 is 1969-12-31T23:59:59,
+     * which an offset can bring past the epoch, as it can any 1969 time. */
     time_t t = timegm(&tm);
-    if (t == (time_t)-1 || t - offset < 0)
+    if (t - offset < 0)
         return -1;
     *out = (uint64_t)(t - offset) * 1000 + frac_ms;
     return 0;

@@ -294,6 +294,12 @@ static int load_file(engine_t *e, int p, const char *path, const char **why) {
             voter_slot_t s;
             s.a = sr_u64(&r);
             s.b = sr_u64(&r);
+            /* A key always has its low bit set (0 marks an empty slot), and
+             * counting indexes the counts by the slot's option. */
+            if (!(s.a & 1) || (s.b & VOTERS_OPT_MASK) >= (uint64_t)pc->noptions) {
+                *why = "malformed voter slot";
+                goto out;
+            }
             voters_insert_slot(&pt->polls[i].voters, s);
         }
     }

@@ -45,7 +45,9 @@ static void sw(swriter_t *w, const void *p, size_t n) {
     if (fwrite(p, 1, n, w->f) != n)
         w->err = errno ? errno : EIO;
 }
-static void sw_u8(swriter_t *w, uint8_t v) { sw(w, &v, 1); }
+static void sw_u8(swriter_t *w, uint8_t v) {
+    sw(w, &v, 1);
+}
 static void sw_u32(swriter_t *w, uint32_t v) {
     uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
     sw(w, b, 4);
@@ -96,8 +98,7 @@ int engine_snapshot_save(engine_t *e, int p, const char *dir, char *errstr, size
         snprintf(errstr, esz, "%s: %s", dir, strerror(errno));
         return -1;
     }
-    snprintf(path, sizeof path, "%s/p%03d-%016llx.snap", dir, p,
-             (unsigned long long)pt->position);
+    snprintf(path, sizeof path, "%s/p%03d-%016llx.snap", dir, p, (unsigned long long)pt->position);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     swriter_t w = {fopen(tmp, "wb"), XXH3_createState(), 0};
     if (!w.f) {
@@ -290,6 +291,8 @@ static int load_file(engine_t *e, int p, const char *path, const char **why) {
             *why = "truncated voter table";
             goto out;
         }
+        /* Sized for all of them first: see voters_reserve. */
+        voters_reserve(&pt->polls[i].voters, (size_t)nv);
         for (uint64_t v = 0; v < nv; v++) {
             voter_slot_t s;
             s.a = sr_u64(&r);
@@ -332,7 +335,8 @@ int engine_snapshot_load(engine_t *e, const char *dir, char *errstr, size_t esz)
         if (ok)
             resumed++;
         else if (n > 0)
-            log_warn("partition %d: no usable snapshot; recounting it from the start of the log", p);
+            log_warn("partition %d: no usable snapshot; recounting it from the start of the log",
+                     p);
     }
     return resumed;
 }

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/engine_int.h" /* a partition's voter table */
 #include "unit_helpers.h"
 
 #define NPART 2
@@ -74,7 +75,9 @@ static int put(engine_t *e, int part, const char *poll, const char *opt, const c
     return rc;
 }
 
-static void totals(engine_t *e, int poll, uint64_t *out) { engine_poll_totals(e, poll, out); }
+static void totals(engine_t *e, int poll, uint64_t *out) {
+    engine_poll_totals(e, poll, out);
+}
 
 static void expect3(engine_t *e, int poll, uint64_t a, uint64_t b, uint64_t c) {
     uint64_t t[3];
@@ -549,5 +552,73 @@ Test(snapshot, failed_newest_leaves_nothing_behind_for_the_fallback) {
     put(e, 0, "one", "b", "bob");
     put(e, 0, "one", "b", "w3");
     expect3(e, P_ONE, 1, 2, 0);
+    engine_free(e);
+}
+
+/* ---- restart at scale ---- */
+
+#define BIG_VOTERS 1500000
+
+/* BIG_VOTERS voters on partition 0 of "chg", voter i for option i % 3, fed
+ * as tally's workers do: batches of records through engine_apply_batch. */
+static void fill_big(engine_t *e) {
+    enum { BATCH = 4096 };
+    static const char *opts[] = {"x", "y", "z"};
+    uint8_t *arena = xmalloc((size_t)BATCH * RECORD_MAX_LEN);
+    vlog_msg_t *msgs = xmalloc(sizeof *msgs * BATCH);
+    uint64_t pos = engine_position(e, 0);
+    for (int i = 0; i < BIG_VOTERS;) {
+        int n = 0;
+        for (; n < BATCH && i < BIG_VOTERS; n++, i++) {
+            char voter[32];
+            snprintf(voter, sizeof voter, "big-%d", i);
+            uint8_t *rec = arena + (size_t)n * RECORD_MAX_LEN;
+            size_t len = rec_make(rec, "chg", opts[i % 3], voter, 1);
+            pos += 8 + len;
+            msgs[n] = (vlog_msg_t){0, pos, -1, rec, len};
+        }
+        engine_batch_begin(e, 0);
+        cr_assert_eq(engine_apply_batch(e, 0, msgs, n), n);
+        engine_batch_end(e, 0);
+    }
+    free(msgs);
+    free(arena);
+}
+
+/* Loading a snapshot must not cluster the voter table: its slots come in
+ * the saved table's order (sorted by home), which poured into a small table
+ * that doubles as it fills piles every voter into the first slots (restart
+ * took 22 s at 1M voters, more than 10 minutes at 10M). The loaded table
+ * must be sized for the snapshot and probe as a table built by random
+ * inserts does: at load a, linear probing averages (1 + 1/(1-a)) / 2
+ * probes, and the longest probe of a random table this size is some dozens
+ * of slots. */
+Test(snapshot, large_snapshot_loads_without_clustering, .timeout = 120) {
+    fill_big(eng);
+    voters_probe_stats_t before = voters_probe_stats(&eng->parts[0].polls[P_CHG].voters);
+    cr_assert_eq(before.count, BIG_VOTERS);
+    save(eng, 0);
+
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 1);
+    voters_probe_stats_t st = voters_probe_stats(&e->parts[0].polls[P_CHG].voters);
+    cr_assert_eq(st.count, BIG_VOTERS);
+    cr_assert_eq(st.capacity, before.capacity, "loaded into %zu slots, saved from %zu", st.capacity,
+                 before.capacity);
+    double load = (double)st.count / (double)st.capacity;
+    cr_log_info(
+        "loaded %zu voters into %zu slots: mean probe %.3f (saved %.3f), max %zu (saved %zu)",
+        st.count, st.capacity, st.mean_probe, before.mean_probe, st.max_probe, before.max_probe);
+    double mean_bound = 1.25 * (1.0 + 1.0 / (1.0 - load)) / 2.0;
+    cr_assert_leq(st.mean_probe, mean_bound, "mean probe %.2f slots at load %.2f (bound %.2f)",
+                  st.mean_probe, load, mean_bound);
+    cr_assert_leq(st.max_probe, 400, "longest probe %zu slots (saved table: %zu)", st.max_probe,
+                  before.max_probe);
+    expect3(e, P_CHG, BIG_VOTERS / 3, BIG_VOTERS / 3, BIG_VOTERS / 3);
+    /* Every voter is still known: changing one moves exactly one vote. */
+    put(e, 0, "chg", "x", "big-1"); /* was y */
+    put(e, 0, "chg", "x", "big-3"); /* was x already */
+    expect3(e, P_CHG, BIG_VOTERS / 3 + 1, BIG_VOTERS / 3 - 1, BIG_VOTERS / 3);
     engine_free(e);
 }

@@ -110,7 +110,7 @@ static char *snap_path(int part, uint64_t pos) {
 static engine_t *reload(tally_config_t *cfg, int nparts, int *resumed) {
     engine_t *e = engine_new(cfg ? cfg : conf, nparts);
     char err[512];
-    *resumed = engine_snapshot_load(e, dir, err, sizeof err);
+    cr_assert_eq(engine_snapshot_load(e, dir, resumed, err, sizeof err), TALLY_OK, "%s", err);
     return e;
 }
 
@@ -232,7 +232,7 @@ Test(snapshot, save_fails_cleanly) {
     file_write_str(file, "x");
     char *under = path_join(dir, "file/snaps");
     char err[512] = "";
-    cr_assert_eq(engine_snapshot_save(eng, 0, under, err, sizeof err), -1);
+    cr_assert_eq(engine_snapshot_save(eng, 0, under, err, sizeof err), TALLY_ERR_IO);
     cr_assert_neq(err[0], '\0');
     free(file);
     free(under);
@@ -242,8 +242,12 @@ Test(snapshot, missing_or_empty_dir_loads_nothing) {
     char *missing = path_join(dir, "nope");
     engine_t *e = engine_new(conf, NPART);
     char err[512];
-    cr_assert_eq(engine_snapshot_load(e, missing, err, sizeof err), 0);
-    cr_assert_eq(engine_snapshot_load(e, dir, err, sizeof err), 0);
+    int resumed = -1;
+    cr_assert_eq(engine_snapshot_load(e, missing, &resumed, err, sizeof err), TALLY_OK);
+    cr_assert_eq(resumed, 0);
+    resumed = -1;
+    cr_assert_eq(engine_snapshot_load(e, dir, &resumed, err, sizeof err), TALLY_OK);
+    cr_assert_eq(resumed, 0);
     expect_empty_partition(e, 0);
     engine_free(e);
     free(missing);

@@ -1,7 +1,9 @@
 /* engine/snapshot.c: engine_snapshot_save / engine_snapshot_load. */
 #include <criterion/criterion.h>
 #include <string.h>
+#include <xxhash.h>
 
+#include "common/endian.h"
 #include "engine/engine.h"
 #include "engine/engine_int.h" /* a partition's voter table */
 #include "unit_helpers.h"
@@ -624,5 +626,150 @@ Test(snapshot, large_snapshot_loads_without_clustering, .timeout = 120) {
     put(e, 0, "chg", "x", "big-1"); /* was y */
     put(e, 0, "chg", "x", "big-3"); /* was x already */
     expect3(e, P_CHG, BIG_VOTERS / 3 + 1, BIG_VOTERS / 3 - 1, BIG_VOTERS / 3);
+    engine_free(e);
+}
+
+/* ---- error classes ---- */
+
+Test(snapshot, load_file_names_the_class) {
+    fill_state(eng);
+    uint64_t pos0 = engine_position(eng, 0);
+    save(eng, 0);
+    char *f = snap_path(0, pos0), why[256];
+    engine_t *e = engine_new(conf, NPART);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_OK, "%s", why);
+    cr_assert_eq(engine_position(e, 0), pos0);
+    /* A sound snapshot of another state: partition 1 is not partition 0. */
+    cr_assert_eq(engine_snapshot_load_file(e, 1, f, why, sizeof why), TALLY_ERR_STATE);
+    cr_assert_not_null(strstr(why, "partition"), "%s", why);
+    expect_empty_partition(e, 1);
+    engine_free(e);
+
+    /* ... or of another config. */
+    conf_opts_t o = {.chg_mode = "one-per-voter"};
+    tally_config_t *c2 = make_conf(&o);
+    e = engine_new(c2, NPART);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_ERR_STATE);
+    cr_assert_not_null(strstr(why, "mode"), "%s", why);
+    expect_empty_partition(e, 0);
+    engine_free(e);
+    config_free(c2);
+
+    e = engine_new(conf, NPART);
+    /* Damage. */
+    file_flip_byte(f, 20);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_ERR_CORRUPT);
+    cr_assert_not_null(strstr(why, "checksum"), "%s", why);
+    file_truncate(f, 0);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_ERR_CORRUPT);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, dir, why, sizeof why), TALLY_ERR_CORRUPT,
+                 "a directory is not a snapshot");
+    /* The disk. */
+    char *missing = path_join(dir, "p000-0000000000000001.snap");
+    cr_assert_eq(engine_snapshot_load_file(e, 0, missing, why, sizeof why), TALLY_ERR_IO);
+    expect_empty_partition(e, 0);
+    engine_free(e);
+    free(missing);
+    free(f);
+}
+
+Test(snapshot, snapshot_dir_that_is_a_file_is_a_config_error) {
+    char *file = path_join(dir, "file");
+    file_write_str(file, "x");
+    engine_t *e = engine_new(conf, NPART);
+    char err[512] = "";
+    int resumed = -1;
+    cr_assert_eq(engine_snapshot_load(e, file, &resumed, err, sizeof err), TALLY_ERR_CONFIG);
+    cr_assert_not_null(strstr(err, file), "%s", err);
+    cr_assert_eq(resumed, 0);
+    engine_free(e);
+    free(file);
+}
+
+/* A voter slot whose option index is beyond the poll's options, in a file
+ * with a valid checksum (written by a buggy or hostile tool): used, a later
+ * change of that voter's vote would decrement counts[index], outside the
+ * array. It must be refused like any damage. */
+Test(snapshot, voter_slot_with_an_unknown_option_is_refused) {
+    put(eng, 0, "chg", "y", "alice");
+    uint64_t pos = engine_position(eng, 0);
+    save(eng, 0);
+    char *f = snap_path(0, pos);
+    size_t len;
+    uint8_t *d = (uint8_t *)file_read(f, &len);
+    /* The file ends with poll "unl" (no voters: 37 bytes) and the checksum;
+     * before them, alice's slot, whose second word starts with the option. */
+    size_t opt_at = len - 8 - 37 - 8;
+    cr_assert_eq(le_get16(d + opt_at), 1, "layout: y is option 1");
+    le_put16(d + opt_at, 1000);
+    le_put64(d + len - 8, XXH3_64bits(d, len - 8));
+    file_write(f, d, len);
+    char why[256];
+    engine_t *e = engine_new(conf, NPART);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_ERR_CORRUPT);
+    engine_free(e);
+    int resumed;
+    e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 0);
+    put(e, 0, "chg", "x", "alice");
+    expect3(e, P_CHG, 1, 0, 0);
+    engine_free(e);
+    /* The same bytes with the option put back load. */
+    le_put16(d + opt_at, 1);
+    le_put64(d + len - 8, XXH3_64bits(d, len - 8));
+    file_write(f, d, len);
+    e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 1);
+    expect3(e, P_CHG, 0, 1, 0);
+    engine_free(e);
+    free(d);
+    free(f);
+}
+
+/* ---- temp files of interrupted saves ---- */
+
+Test(snapshot, stale_temp_files_are_removed_at_load) {
+    fill_state(eng);
+    uint64_t pos0 = engine_position(eng, 0);
+    save(eng, 0);
+    save(eng, 1);
+    char *real = snap_path(0, pos0);
+    size_t real_len;
+    char *real_data = file_read(real, &real_len);
+    /* What a crash between fopen and rename leaves, of either partition. */
+    const char *stale[] = {"p000-00000000000000ff.snap.tmp", "p001-0000000000000001.snap.tmp"};
+    /* Not ours: kept. */
+    const char *other[] = {"notes.tmp", "p000-xyz.snap.tmp", "p000-00000000000000ff.snap.tmp.bak",
+                           "x.snap.tmp"};
+    for (size_t i = 0; i < 2; i++) {
+        char *p = path_join(dir, stale[i]);
+        file_write_str(p, "half a snapshot");
+        free(p);
+    }
+    for (size_t i = 0; i < 4; i++) {
+        char *p = path_join(dir, other[i]);
+        file_write_str(p, "keep me");
+        free(p);
+    }
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 2);
+    expect_filled(e);
+    for (size_t i = 0; i < 2; i++) {
+        char *p = path_join(dir, stale[i]);
+        cr_assert_eq(access(p, F_OK), -1, "%s is still there", stale[i]);
+        free(p);
+    }
+    for (size_t i = 0; i < 4; i++) {
+        char *p = path_join(dir, other[i]);
+        cr_assert_eq(access(p, F_OK), 0, "%s was removed", other[i]);
+        free(p);
+    }
+    size_t len;
+    char *data = file_read(real, &len);
+    cr_assert(len == real_len && !memcmp(data, real_data, len), "the snapshot changed");
+    free(data);
+    free(real_data);
+    free(real);
     engine_free(e);
 }

@@ -196,10 +196,12 @@ tally_err_t pub_publish_all(publisher_t *p, char *errstr, size_t esz) {
     tally_err_t rc = publish_index(p, errstr, esz);
     for (int i = 0; i < engine_npolls(p->engine) && rc == TALLY_OK; i++)
         rc = publish_poll(p, i, errstr, esz);
-    if (rc == TALLY_OK)
+    if (rc == TALLY_OK) {
         note_success(p);
-    else
+    } else {
         note_failure(p, errstr);
+        p->index_done = 0;
+    }
     return rc;
 }
 
@@ -228,6 +230,9 @@ static int publish_round(publisher_t *p, int force) {
         }
         if (publish_poll(p, i, err, sizeof err) != TALLY_OK) {
             note_failure(p, err);
+            /* polls/ may be gone, or never was (mkdir_p takes any existing
+             * name): make it again on the next try. */
+            p->index_done = 0;
             return p->backoff_ms; /* the others would fail alike */
         }
         note_success(p);

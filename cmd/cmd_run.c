@@ -182,8 +182,10 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
             .on_change_arg = pub,
         };
         /* Results are derived: what cannot be published now (publisher.dir
-         * full or unwritable, logged) the publisher thread retries. */
-        (void)pub_publish_all(pub, err, sizeof err);
+         * full or unwritable) the publisher thread retries. */
+        if (pub_publish_all(pub, err, sizeof err) != TALLY_OK)
+            log_error("publisher: %s (results are derived: counting goes on, the publisher "
+                      "retries)", err);
         if (engine_start(e, &ro, err, sizeof err) != TALLY_OK ||
             pub_start(pub, err, sizeof err) != TALLY_OK)
             goto out;

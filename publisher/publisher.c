@@ -131,27 +131,30 @@ static tally_err_t publish_index(publisher_t *p, char *errstr, size_t esz) {
     return err;
 }
 
-/* A write failed: back off, and say so without flooding the log. */
-static void note_failure(publisher_t *p, const char *err) {
+/* A write failed: back off, and say so without flooding the log. quiet:
+ * the caller reports this failure itself (pub_publish_all). */
+static void note_failure(publisher_t *p, const char *err, int quiet) {
     uint64_t now = mono_ms();
     int first = p->backoff_ms == 0;
     p->backoff_ms = first
                         ? BACKOFF_MIN_MS
                         : (p->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : p->backoff_ms * 2);
     p->retry_at = now + (uint64_t)p->backoff_ms;
-    if (first || now - p->fail_logged_ms >= FAIL_LOG_EVERY_MS) {
-        if (first)
-            log_error("publisher: %s (results are rebuilt from the engine: retrying, counting "
-                      "goes on)",
-                      err);
+    if (quiet || !(first || now - p->fail_logged_ms >= FAIL_LOG_EVERY_MS)) {
+        if (quiet)
+            p->fail_logged_ms = now;
         else
-            log_error("publisher: still failing (%llu more failures): %s",
-                      (unsigned long long)p->fails_unlogged, err);
-        p->fail_logged_ms = now;
-        p->fails_unlogged = 0;
-    } else {
-        p->fails_unlogged++;
+            p->fails_unlogged++;
+        return;
     }
+    if (first)
+        log_error("publisher: %s (results are derived: counting goes on, the publisher retries)",
+                  err);
+    else
+        log_error("publisher: still failing (%llu more failures): %s",
+                  (unsigned long long)p->fails_unlogged, err);
+    p->fail_logged_ms = now;
+    p->fails_unlogged = 0;
 }
 
 static void note_success(publisher_t *p) {
@@ -199,7 +202,7 @@ tally_err_t pub_publish_all(publisher_t *p, char *errstr, size_t esz) {
     if (rc == TALLY_OK) {
         note_success(p);
     } else {
-        note_failure(p, errstr);
+        note_failure(p, errstr, 1 /*quiet*/);
         p->index_done = 0;
     }
     return rc;
@@ -215,7 +218,7 @@ static int publish_round(publisher_t *p, int force) {
     if (!force && p->retry_at > now)
         return (int)(p->retry_at - now);
     if (!p->index_done && publish_index(p, err, sizeof err) != TALLY_OK) {
-        note_failure(p, err);
+        note_failure(p, err, 0);
         return p->backoff_ms;
     }
     for (int i = 0; i < engine_npolls(p->engine); i++) {
@@ -229,7 +232,7 @@ static int publish_round(publisher_t *p, int force) {
             continue;
         }
         if (publish_poll(p, i, err, sizeof err) != TALLY_OK) {
-            note_failure(p, err);
+            note_failure(p, err, 0);
             /* polls/ may be gone, or never was (mkdir_p takes any existing
              * name): make it again on the next try. */
             p->index_done = 0;

@@ -21,7 +21,8 @@ publisher_t *pub_new(const tally_config_t *c, engine_t *e);
 void pub_free(publisher_t *p);
 
 /* Writes index.html and every poll's files now. TALLY_OK, or TALLY_ERR_IO
- * with errstr; what was not written is retried by the thread (pub_start). */
+ * with errstr, which the caller reports (not logged here); what was not
+ * written the thread retries once started (pub_start). */
 tally_err_t pub_publish_all(publisher_t *p, char *errstr, size_t esz);
 
 /* The background thread: republishes changed polls, and whatever could not

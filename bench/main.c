@@ -14,6 +14,7 @@ static const char *usage =
     "           measures how soon an accepted vote shows in them\n"
     "  engine   the counter engine in-process: votes/s per thread, state per voter\n"
     "  replay   `tally replay` over a generated log: records/s\n"
+    "  restart  `tally run` on a state of N voters: time until it serves the totals\n"
     "\n"
     "bench/compare runs them side by side with nginx and redis and writes\n"
     "bench/results/REPORT.md.\n";
@@ -35,6 +36,8 @@ int main(int argc, char **argv) {
         return bench_engine_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "replay"))
         return bench_replay_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "restart"))
+        return bench_restart_main(argc - 1, argv + 1);
     fprintf(stderr, "tally-bench: unknown command '%s'\n\n%s", cmd, usage);
     return BENCH_EXIT_USAGE;
 }

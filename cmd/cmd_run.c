@@ -167,7 +167,11 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     int resumed = 0;
     if (roles & ROLE_ENGINE) {
         e = engine_new(c, vlog_partitions(log));
-        resumed = engine_snapshot_load(e, c->snapshot_dir, err, sizeof err);
+        tally_err_t lerr = engine_snapshot_load(e, c->snapshot_dir, &resumed, err, sizeof err);
+        if (lerr != TALLY_OK) {
+            rc = tally_err_exit(lerr);
+            goto out;
+        }
         pub = pub_new(c, e);
         engine_run_opts_t ro = {
             .log = log,
@@ -177,8 +181,13 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
             .on_change = pub_notify,
             .on_change_arg = pub,
         };
-        if (pub_publish_all(pub, err, sizeof err) != 0 ||
-            engine_start(e, &ro, err, sizeof err) != 0 || pub_start(pub, err, sizeof err) != 0)
+        /* Results are derived: what cannot be published now (publisher.dir
+         * full or unwritable) the publisher thread retries. */
+        if (pub_publish_all(pub, err, sizeof err) != TALLY_OK)
+            log_error("publisher: %s (results are derived: counting goes on, the publisher "
+                      "retries)", err);
+        if (engine_start(e, &ro, err, sizeof err) != TALLY_OK ||
+            pub_start(pub, err, sizeof err) != TALLY_OK)
             goto out;
     }
     run_ctx_t ctx = {log, e, pub};

@@ -537,7 +537,7 @@ static void snapshot_changed(worker_t *w) {
         if (e->parts[p].position == e->parts[p].snap_position)
             continue;
         char err[512];
-        if (engine_snapshot_save(e, p, e->run.snapshot_dir, err, sizeof err) != 0)
+        if (engine_snapshot_save(e, p, e->run.snapshot_dir, err, sizeof err) != TALLY_OK)
             log_error("engine: snapshot of partition %d failed: %s (will retry)", p, err);
     }
 }
@@ -583,7 +583,7 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-int engine_start(engine_t *e, const engine_run_opts_t *o, char *errstr, size_t esz) {
+tally_err_t engine_start(engine_t *e, const engine_run_opts_t *o, char *errstr, size_t esz) {
     e->run = *o;
     int t = o->threads < 1 ? 1 : o->threads;
     if (t > e->npartitions)
@@ -604,14 +604,16 @@ int engine_start(engine_t *e, const engine_run_opts_t *o, char *errstr, size_t e
             atomic_store(&e->stopping, 1);
             for (int j = 0; j < i; j++)
                 pthread_join(e->workers[j].thread, NULL);
+            for (int j = 0; j < t; j++)
+                free(e->workers[j].parts);
             e->nworkers = 0;
-            return -1;
+            return TALLY_ERR_IO;
         }
     }
-    return 0;
+    return TALLY_OK;
 }
 
-int engine_join(engine_t *e, char *errstr, size_t esz) {
+tally_err_t engine_join(engine_t *e, char *errstr, size_t esz) {
     for (int i = 0; i < e->nworkers; i++) {
         pthread_join(e->workers[i].thread, NULL);
         free(e->workers[i].parts);
@@ -621,9 +623,9 @@ int engine_join(engine_t *e, char *errstr, size_t esz) {
         pthread_mutex_lock(&e->err_mu);
         snprintf(errstr, esz, "%s", e->err);
         pthread_mutex_unlock(&e->err_mu);
-        return -1;
+        return TALLY_ERR_IO;
     }
-    return 0;
+    return TALLY_OK;
 }
 
 void engine_stop(engine_t *e) { atomic_store_explicit(&e->stopping, 1, memory_order_release); }

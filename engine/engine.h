@@ -13,16 +13,17 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/err.h"
 #include "log/vlog.h"
 
 typedef struct engine_s engine_t;
 
 typedef struct {
-    uint64_t applied;  /* records read and counted (or found repeated) */
-    uint64_t skipped;  /* undecodable, unknown poll or unknown option */
+    uint64_t applied;      /* records read and counted (or found repeated) */
+    uint64_t skipped;      /* undecodable, unknown poll or unknown option */
     uint64_t after_cutoff; /* replay --until: records newer than the cut-off */
-    uint64_t voters;   /* distinct (poll, voter) pairs held */
-    uint64_t state_bytes; /* bytes of voter tables */
+    uint64_t voters;       /* distinct (poll, voter) pairs held */
+    uint64_t state_bytes;  /* bytes of voter tables */
 } engine_stats_t;
 
 /* The engine keeps a pointer to c: it must outlive the engine. */
@@ -62,28 +63,42 @@ uint64_t engine_position(const engine_t *e, int partition);
 engine_stats_t engine_stats(const engine_t *e);
 
 /* Snapshots, see snapshot.c. Save: @locality the partition's writer.
- * Load: before any worker starts. */
-int engine_snapshot_save(engine_t *e, int partition, const char *dir, char *errstr, size_t esz);
-/* Loads each partition's newest valid snapshot (older ones and a fresh start
- * are the fall-backs); returns how many partitions resumed from one. */
-int engine_snapshot_load(engine_t *e, const char *dir, char *errstr, size_t esz);
+ * TALLY_ERR_IO when the file could not be written (nothing is left behind). */
+tally_err_t engine_snapshot_save(engine_t *e, int partition, const char *dir, char *errstr,
+                                 size_t esz);
+/* Loads each partition's newest usable snapshot, before any worker starts;
+ * an older one and a fresh start are the fall-backs (the log is the truth: a
+ * partition without a snapshot is recounted from it), each one not used is
+ * logged with its class. First removes the temp files of saves a crash
+ * interrupted. *resumed (may be NULL): partitions that resumed from one.
+ * TALLY_OK also without any snapshot (dir missing or empty); TALLY_ERR_IO
+ * when dir cannot be read; TALLY_ERR_CONFIG when it is not a directory. */
+tally_err_t engine_snapshot_load(engine_t *e, const char *dir, int *resumed, char *errstr,
+                                 size_t esz);
+/* Loads one snapshot file into the partition. TALLY_ERR_IO: unreadable;
+ * TALLY_ERR_CORRUPT: it fails its checks (checksum, truncated, malformed);
+ * TALLY_ERR_STATE: a sound snapshot of another state (another config or
+ * partition layout). On any error the partition is left empty. */
+tally_err_t engine_snapshot_load_file(engine_t *e, int partition, const char *path, char *errstr,
+                                      size_t esz);
 
 /* Workers. */
 typedef struct {
     vlog_t *log;
-    const char *snapshot_dir;  /* NULL: no snapshots */
+    const char *snapshot_dir; /* NULL: no snapshots */
     int snapshot_interval_ms;
     int threads;
-    const uint64_t *stop_at;   /* replay: stop once each partition reaches this */
+    const uint64_t *stop_at;      /* replay: stop once each partition reaches this */
     void (*on_change)(void *arg); /* after a batch changed totals */
     void *on_change_arg;
 } engine_run_opts_t;
 
-int engine_start(engine_t *e, const engine_run_opts_t *o, char *errstr, size_t esz);
+/* TALLY_ERR_IO when a worker thread cannot be started (none runs then). */
+tally_err_t engine_start(engine_t *e, const engine_run_opts_t *o, char *errstr, size_t esz);
 /* Joins the workers once they reach stop_at (replay) or engine_stop() was
- * called; each writes a final snapshot. Returns 0, or -1 if a worker hit an
- * error it could not go past (then errstr says which). */
-int engine_join(engine_t *e, char *errstr, size_t esz);
+ * called; each writes a final snapshot. TALLY_OK, or TALLY_ERR_IO if a worker
+ * hit an error it could not go past (the log unreadable; errstr says which). */
+tally_err_t engine_join(engine_t *e, char *errstr, size_t esz);
 void engine_stop(engine_t *e);
 /* 1 once a worker has failed (the log is unreadable): the process must stop. */
 int engine_failed(const engine_t *e);

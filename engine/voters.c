@@ -9,7 +9,9 @@
 #define MIN_CAP 16
 #define HUGE_PAGE ((size_t)2 << 20)
 
-void voters_init(voters_t *v) { memset(v, 0, sizeof *v); }
+void voters_init(voters_t *v) {
+    memset(v, 0, sizeof *v);
+}
 
 /* Zeroed slots. Big tables get a mapping of their own, 2 MiB aligned, with
  * MADV_HUGEPAGE (the kernel may decline: then they are ordinary pages). */
@@ -52,14 +54,15 @@ static unsigned log2_pow2(size_t cap) {
     return (unsigned)__builtin_ctzll((unsigned long long)cap);
 }
 
-void voters_grow(voters_t *v) {
+/* Moves every voter into a new table of cap slots (a power of two, at
+ * least the old capacity). */
+static void table_resize(voters_t *v, size_t cap) {
     size_t oldcap = v->slots ? v->mask + 1 : 0;
-    size_t cap = oldcap ? oldcap * 2 : MIN_CAP;
     voter_slot_t *old = v->slots;
     v->slots = table_alloc(cap);
     v->mask = cap - 1;
     v->shift = 64 - log2_pow2(cap);
-    /* Homes keep their order when the table doubles, so walking the old
+    /* Homes keep their order when the table grows, so walking the old
      * table in order writes the new one (nearly) in order too. */
     for (size_t i = 0; i < oldcap; i++) {
         if (!old[i].a)
@@ -70,6 +73,20 @@ void voters_grow(voters_t *v) {
         v->slots[j] = old[i];
     }
     table_free(old, oldcap);
+}
+
+void voters_grow(voters_t *v) {
+    size_t oldcap = v->slots ? v->mask + 1 : 0;
+    table_resize(v, oldcap ? oldcap * 2 : MIN_CAP);
+}
+
+void voters_reserve(voters_t *v, size_t n) {
+    size_t cap = v->slots ? v->mask + 1 : MIN_CAP;
+    /* The grow rule of voters_get_or_insert: n * 4 <= cap * 3. */
+    while ((uint64_t)n * 4 > (uint64_t)cap * 3)
+        cap *= 2;
+    if (!v->slots || cap > v->mask + 1)
+        table_resize(v, cap);
 }
 
 void voters_insert_slot(voters_t *v, voter_slot_t s) {
@@ -88,4 +105,25 @@ void voters_insert_slot(voters_t *v, voter_slot_t s) {
     v->count++;
 }
 
-size_t voters_bytes(const voters_t *v) { return v->slots ? (v->mask + 1) * sizeof(voter_slot_t) : 0; }
+size_t voters_bytes(const voters_t *v) {
+    return v->slots ? (v->mask + 1) * sizeof(voter_slot_t) : 0;
+}
+
+voters_probe_stats_t voters_probe_stats(const voters_t *v) {
+    voters_probe_stats_t st = {v->count, v->slots ? v->mask + 1 : 0, 0, 0.0};
+    if (!v->slots)
+        return st;
+    uint64_t sum = 0;
+    size_t n = 0;
+    for (size_t j = 0; j <= v->mask; j++) {
+        if (!v->slots[j].a)
+            continue;
+        size_t probe = ((j - voters_home(v, v->slots[j].a)) & v->mask) + 1;
+        sum += probe;
+        n++;
+        if (probe > st.max_probe)
+            st.max_probe = probe;
+    }
+    st.mean_probe = n ? (double)sum / (double)n : 0.0;
+    return st;
+}

@@ -85,8 +85,26 @@ static inline int voters_slot_option(const voter_slot_t *s) {
     return (int)(s->b & VOTERS_OPT_MASK);
 }
 
+/* Makes room for n voters in all (at most 3/4 load) in one step, so that
+ * n inserts grow nothing. A snapshot load reserves its voter count before
+ * inserting: its slots come in the order of the saved table, i.e. sorted by
+ * home, and sorted keys poured into a smaller table that doubles as it fills
+ * all pile up in its first slots (each insert then walks the whole pile:
+ * quadratic). Into a table of the final size the same order is a sequential
+ * pass. Pointers to slots become invalid. */
+void voters_reserve(voters_t *v, size_t n);
 /* Inserts a raw slot (snapshot load); a known voter's slot is replaced. */
 void voters_insert_slot(voters_t *v, voter_slot_t s);
 size_t voters_bytes(const voters_t *v);
+
+/* How long lookups probe, for tests and benches: a voter's probe length is
+ * the slots read to find it (1 at its home). A full scan of the table. */
+typedef struct {
+    size_t count;     /* voters */
+    size_t capacity;  /* slots */
+    size_t max_probe; /* 0 for an empty table */
+    double mean_probe;
+} voters_probe_stats_t;
+voters_probe_stats_t voters_probe_stats(const voters_t *v);
 
 #endif

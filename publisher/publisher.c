@@ -1,10 +1,20 @@
 #include "publisher/publisher.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+/* After a failed write: wait BACKOFF_MIN_MS, doubling to BACKOFF_MAX_MS,
+ * until one succeeds. Failures are logged once, then at most every
+ * FAIL_LOG_EVERY_MS with how many there were since. */
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define FAIL_LOG_EVERY_MS 30000
 
 struct publisher_s {
     const tally_config_t *conf;
@@ -15,6 +25,13 @@ struct publisher_s {
     uint64_t *last_ms;       /* [npolls], monotonic ms of the last write */
     uint8_t *ever;           /* [npolls]: written at least once */
     _Atomic uint64_t writes;
+    /* Publisher thread only (or the caller, before pub_start). */
+    int index_done;          /* index.html (and polls/) written */
+    int backoff_ms;          /* 0: the last write succeeded */
+    uint64_t retry_at;       /* monotonic ms: no write before this */
+    uint64_t fail_logged_ms; /* monotonic ms of the last failure logged */
+    uint64_t fails_unlogged; /* failures since then */
+    int stale_swept;
 
     pthread_t thread;
     int started;
@@ -51,23 +68,105 @@ void pub_free(publisher_t *p) {
     free(p);
 }
 
-uint64_t pub_writes(const publisher_t *p) { return atomic_load(&p->writes); }
+uint64_t pub_writes(const publisher_t *p) {
+    return atomic_load(&p->writes);
+}
 
-static int write_out(const char *dir, const char *name, const buf_t *b, char *errstr,
-                     size_t esz) {
+static tally_err_t write_out(const char *dir, const char *name, const buf_t *b, char *errstr,
+                             size_t esz) {
     char path[4200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     /* Not fsynced: published files are derived data, rebuilt from the log. */
     if (write_file_atomic(path, b->data, b->len, 0) != 0) {
         snprintf(errstr, esz, "%s: %s", path, strerror(errno));
-        return -1;
+        return TALLY_ERR_IO;
     }
-    return 0;
+    return TALLY_OK;
+}
+
+/* Temp files of write_file_atomic (NAME.tmp.PID) whose writer is gone (a
+ * crash between write and rename): publisher.dir is served to the public,
+ * so they must not pile up there. A live process's are left alone. */
+static void sweep_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    if (!d)
+        return;
+    while ((de = readdir(d))) {
+        const char *t = strstr(de->d_name, ".tmp.");
+        char *end;
+        if (!t)
+            continue;
+        long pid = strtol(t + 5, &end, 10);
+        if (*end || end == t + 5 || pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 ||
+            errno != ESRCH)
+            continue;
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (unlink(path) == 0)
+            log_info("publisher: removed %s, left by an interrupted write", path);
+    }
+    closedir(d);
+}
+
+/* mkdir publisher.dir/polls, write index.html; once, then only polls. */
+static tally_err_t publish_index(publisher_t *p, char *errstr, size_t esz) {
+    char sub[4200];
+    snprintf(sub, sizeof sub, "%s/polls", p->dir);
+    if (mkdir_p(sub) != 0) {
+        snprintf(errstr, esz, "publisher.dir %s: %s", p->dir, strerror(errno));
+        return TALLY_ERR_IO;
+    }
+    if (!p->stale_swept) {
+        sweep_dir(p->dir);
+        sweep_dir(sub);
+        p->stale_swept = 1;
+    }
+    buf_t idx = {0};
+    pub_render_index(p->conf, now_ms(), &idx);
+    tally_err_t err = write_out(p->dir, "index.html", &idx, errstr, esz);
+    buf_free(&idx);
+    if (err == TALLY_OK)
+        p->index_done = 1;
+    return err;
+}
+
+/* A write failed: back off, and say so without flooding the log. quiet:
+ * the caller reports this failure itself (pub_publish_all). */
+static void note_failure(publisher_t *p, const char *err, int quiet) {
+    uint64_t now = mono_ms();
+    int first = p->backoff_ms == 0;
+    p->backoff_ms = first
+                        ? BACKOFF_MIN_MS
+                        : (p->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : p->backoff_ms * 2);
+    p->retry_at = now + (uint64_t)p->backoff_ms;
+    if (quiet || !(first || now - p->fail_logged_ms >= FAIL_LOG_EVERY_MS)) {
+        if (quiet)
+            p->fail_logged_ms = now;
+        else
+            p->fails_unlogged++;
+        return;
+    }
+    if (first)
+        log_error("publisher: %s (results are derived: counting goes on, the publisher retries)",
+                  err);
+    else
+        log_error("publisher: still failing (%llu more failures): %s",
+                  (unsigned long long)p->fails_unlogged, err);
+    p->fail_logged_ms = now;
+    p->fails_unlogged = 0;
+}
+
+static void note_success(publisher_t *p) {
+    if (p->backoff_ms)
+        log_info("publisher: writing to %s again", p->dir);
+    p->backoff_ms = 0;
+    p->retry_at = 0;
 }
 
 /* Reads generation before totals: a change after the read bumps the
  * generation again, so it is never missed. */
-static int publish_poll(publisher_t *p, int i, char *errstr, size_t esz) {
+static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz) {
     const poll_conf_t *pc = engine_poll(p->engine, i);
     uint64_t gen = engine_poll_generation(p->engine, i);
     uint64_t *counts = xmalloc(sizeof *counts * (size_t)pc->noptions);
@@ -77,17 +176,17 @@ static int publish_poll(publisher_t *p, int i, char *errstr, size_t esz) {
     pub_render_json(pc, counts, now, &json);
     pub_render_html(pc, counts, now, &html);
     char name[128];
-    int rc = 0;
+    tally_err_t rc = TALLY_OK;
     /* The HTML first: a reader that sees new JSON finds a page at least as new. */
     snprintf(name, sizeof name, "polls/%s.html", pc->id);
     rc = write_out(p->dir, name, &html, errstr, esz);
     snprintf(name, sizeof name, "polls/%s.json", pc->id);
-    if (rc == 0)
+    if (rc == TALLY_OK)
         rc = write_out(p->dir, name, &json, errstr, esz);
     buf_free(&json);
     buf_free(&html);
     free(counts);
-    if (rc == 0) {
+    if (rc == TALLY_OK) {
         p->published_gen[i] = gen;
         p->last_ms[i] = mono_ms();
         p->ever[i] = 1;
@@ -96,27 +195,32 @@ static int publish_poll(publisher_t *p, int i, char *errstr, size_t esz) {
     return rc;
 }
 
-int pub_publish_all(publisher_t *p, char *errstr, size_t esz) {
-    char sub[4200];
-    snprintf(sub, sizeof sub, "%s/polls", p->dir);
-    if (mkdir_p(sub) != 0) {
-        snprintf(errstr, esz, "publisher.dir %s: %s", p->dir, strerror(errno));
-        return -1;
-    }
-    buf_t idx = {0};
-    pub_render_index(p->conf, now_ms(), &idx);
-    int rc = write_out(p->dir, "index.html", &idx, errstr, esz);
-    buf_free(&idx);
-    for (int i = 0; i < engine_npolls(p->engine) && rc == 0; i++)
+tally_err_t pub_publish_all(publisher_t *p, char *errstr, size_t esz) {
+    tally_err_t rc = publish_index(p, errstr, esz);
+    for (int i = 0; i < engine_npolls(p->engine) && rc == TALLY_OK; i++)
         rc = publish_poll(p, i, errstr, esz);
+    if (rc == TALLY_OK) {
+        note_success(p);
+    } else {
+        note_failure(p, errstr, 1 /*quiet*/);
+        p->index_done = 0;
+    }
     return rc;
 }
 
 /* One round: publishes what changed and is due; returns ms until the next
- * poll becomes due, or -1 when nothing is pending. */
+ * poll becomes due, or -1 when nothing is pending. After a failure nothing
+ * is written before retry_at (force: the last round, tries anyway). */
 static int publish_round(publisher_t *p, int force) {
     int next = -1;
     uint64_t now = mono_ms();
+    char err[512];
+    if (!force && p->retry_at > now)
+        return (int)(p->retry_at - now);
+    if (!p->index_done && publish_index(p, err, sizeof err) != TALLY_OK) {
+        note_failure(p, err, 0);
+        return p->backoff_ms;
+    }
     for (int i = 0; i < engine_npolls(p->engine); i++) {
         if (p->ever[i] && engine_poll_generation(p->engine, i) == p->published_gen[i])
             continue;
@@ -127,12 +231,14 @@ static int publish_round(publisher_t *p, int force) {
                 next = wait;
             continue;
         }
-        char err[512];
-        if (publish_poll(p, i, err, sizeof err) != 0) {
-            log_error("publisher: %s (retrying)", err);
-            if (next < 0 || next > 1000)
-                next = 1000;
+        if (publish_poll(p, i, err, sizeof err) != TALLY_OK) {
+            note_failure(p, err, 0);
+            /* polls/ may be gone, or never was (mkdir_p takes any existing
+             * name): make it again on the next try. */
+            p->index_done = 0;
+            return p->backoff_ms; /* the others would fail alike */
         }
+        note_success(p);
     }
     return next;
 }
@@ -173,13 +279,13 @@ static void *pub_main(void *arg) {
     return NULL;
 }
 
-int pub_start(publisher_t *p, char *errstr, size_t esz) {
+tally_err_t pub_start(publisher_t *p, char *errstr, size_t esz) {
     if (pthread_create(&p->thread, NULL, pub_main, p) != 0) {
         snprintf(errstr, esz, "publisher: cannot start thread");
-        return -1;
+        return TALLY_ERR_IO;
     }
     p->started = 1;
-    return 0;
+    return TALLY_OK;
 }
 
 void pub_notify(void *arg) {

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/err.h"
 #include "common/util.h"
 #include "engine/engine.h"
 
@@ -19,11 +20,16 @@ typedef struct publisher_s publisher_t;
 publisher_t *pub_new(const tally_config_t *c, engine_t *e);
 void pub_free(publisher_t *p);
 
-/* Writes index.html and every poll's files now. 0 or -1 with errstr. */
-int pub_publish_all(publisher_t *p, char *errstr, size_t esz);
+/* Writes index.html and every poll's files now. TALLY_OK, or TALLY_ERR_IO
+ * with errstr, which the caller reports (not logged here); what was not
+ * written the thread retries once started (pub_start). */
+tally_err_t pub_publish_all(publisher_t *p, char *errstr, size_t esz);
 
-/* The background thread: republishes changed polls. */
-int pub_start(publisher_t *p, char *errstr, size_t esz);
+/* The background thread: republishes changed polls, and whatever could not
+ * be written, with backoff (100 ms doubling to 5 s) and a rate-limited log:
+ * results are derived data, so a full or unwritable publisher.dir never
+ * stops counting. */
+tally_err_t pub_start(publisher_t *p, char *errstr, size_t esz);
 /* Wakes the thread: totals may have changed. @locality any thread */
 void pub_notify(void *p);
 /* Stops the thread after a last round for anything still unpublished. */

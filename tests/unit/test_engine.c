@@ -73,11 +73,11 @@ static void expect_totals(int poll, const uint64_t *want) {
                      pc->options[i].id, (unsigned long long)got[i], (unsigned long long)want[i]);
 }
 
-#define TOTALS(poll, ...)                                                                      \
-    do {                                                                                       \
-        const uint64_t want_[] = {__VA_ARGS__};                                                \
-        cr_assert_eq(sizeof want_ / sizeof want_[0], (size_t)engine_poll(eng, poll)->noptions); \
-        expect_totals(poll, want_);                                                            \
+#define TOTALS(poll, ...)                                                                          \
+    do {                                                                                           \
+        const uint64_t want_[] = {__VA_ARGS__};                                                    \
+        cr_assert_eq(sizeof want_ / sizeof want_[0], (size_t)engine_poll(eng, poll)->noptions);    \
+        expect_totals(poll, want_);                                                                \
     } while (0)
 
 TestSuite(engine, .init = setup, .fini = teardown);
@@ -400,8 +400,8 @@ Test(engine, batch_apply_equals_one_by_one) {
         msgs[i] = (vlog_msg_t){0, pos, -1, NULL, 0};
         if ((r >> 20) % 50 == 0)
             continue; /* progress only */
-        size_t n = rec_make(recs[i], poll, opt, (r >> 24) % 10 == 0 ? NULL : voter,
-                            1000 + (uint64_t)i);
+        size_t n =
+            rec_make(recs[i], poll, opt, (r >> 24) % 10 == 0 ? NULL : voter, 1000 + (uint64_t)i);
         msgs[i].rec = recs[i];
         msgs[i].len = n;
     }
@@ -469,8 +469,8 @@ Test(engine, no_polls) {
 
 typedef struct {
     uint64_t one[3], chg[3], unl[2];
-    int one_first[VOTERS];  /* option + 1, 0: none yet */
-    int chg_cur[VOTERS];    /* option + 1 */
+    int one_first[VOTERS]; /* option + 1, 0: none yet */
+    int chg_cur[VOTERS];   /* option + 1 */
     uint64_t valid, invalid;
 } expect_t;
 
@@ -625,8 +625,8 @@ static void *watch_main(void *arg) {
         if (one < last_one || chg < last_chg || one > VOTERS || chg > VOTERS || gen < last_gen) {
             snprintf(w->failure, sizeof w->failure,
                      "inconsistent read: one %llu after %llu, chg %llu after %llu",
-                     (unsigned long long)one, (unsigned long long)last_one,
-                     (unsigned long long)chg, (unsigned long long)last_chg);
+                     (unsigned long long)one, (unsigned long long)last_one, (unsigned long long)chg,
+                     (unsigned long long)last_chg);
             break;
         }
         last_one = one;
@@ -743,7 +743,10 @@ Test(engine_workers, snapshots_resume_where_they_stopped, .timeout = 120) {
 
     /* A new engine resumes every partition from the final snapshots. */
     e = engine_new(w.c, LOG_PARTS);
-    cr_assert_eq(engine_snapshot_load(e, w.c->snapshot_dir, err, sizeof err), LOG_PARTS);
+    int resumed = -1;
+    cr_assert_eq(engine_snapshot_load(e, w.c->snapshot_dir, &resumed, err, sizeof err), TALLY_OK,
+                 "%s", err);
+    cr_assert_eq(resumed, LOG_PARTS);
     for (int p = 0; p < LOG_PARTS; p++)
         cr_assert_eq(engine_position(e, p), ends[p]);
     expect_engine_totals(e, &x);
@@ -774,8 +777,11 @@ Test(engine_workers, snapshot_newer_than_log_fails_the_engine, .timeout = 120) {
     flush_and_ends(w.log, ends);
     char err[512];
     engine_t *e = engine_new(w.c, LOG_PARTS);
-    engine_run_opts_t ro = {.log = w.log, .threads = 2, .stop_at = ends,
-                            .snapshot_dir = w.c->snapshot_dir, .snapshot_interval_ms = 100000};
+    engine_run_opts_t ro = {.log = w.log,
+                            .threads = 2,
+                            .stop_at = ends,
+                            .snapshot_dir = w.c->snapshot_dir,
+                            .snapshot_interval_ms = 100000};
     cr_assert_eq(engine_start(e, &ro, err, sizeof err), 0, "%s", err);
     cr_assert_eq(engine_join(e, err, sizeof err), 0, "%s", err);
     engine_free(e);
@@ -784,13 +790,15 @@ Test(engine_workers, snapshot_newer_than_log_fails_the_engine, .timeout = 120) {
     wlog_t empty;
     wlog_open(&empty);
     e = engine_new(empty.c, LOG_PARTS);
-    cr_assert_gt(engine_snapshot_load(e, w.c->snapshot_dir, err, sizeof err), 0);
+    int resumed = 0;
+    cr_assert_eq(engine_snapshot_load(e, w.c->snapshot_dir, &resumed, err, sizeof err), TALLY_OK);
+    cr_assert_gt(resumed, 0);
     engine_run_opts_t ro2 = {.log = empty.log, .threads = 2};
     cr_assert_eq(engine_start(e, &ro2, err, sizeof err), 0, "%s", err);
     WAIT_UNTIL(engine_failed(e), 10000);
     engine_stop(e);
     err[0] = '\0';
-    cr_assert_eq(engine_join(e, err, sizeof err), -1);
+    cr_assert_eq(engine_join(e, err, sizeof err), TALLY_ERR_IO);
     cr_assert_not_null(strstr(err, "past the end"), "%s", err);
     engine_free(e);
     wlog_close(&empty);

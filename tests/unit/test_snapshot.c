@@ -1,8 +1,11 @@
 /* engine/snapshot.c: engine_snapshot_save / engine_snapshot_load. */
 #include <criterion/criterion.h>
 #include <string.h>
+#include <xxhash.h>
 
+#include "common/endian.h"
 #include "engine/engine.h"
+#include "engine/engine_int.h" /* a partition's voter table */
 #include "unit_helpers.h"
 
 #define NPART 2
@@ -74,7 +77,9 @@ static int put(engine_t *e, int part, const char *poll, const char *opt, const c
     return rc;
 }
 
-static void totals(engine_t *e, int poll, uint64_t *out) { engine_poll_totals(e, poll, out); }
+static void totals(engine_t *e, int poll, uint64_t *out) {
+    engine_poll_totals(e, poll, out);
+}
 
 static void expect3(engine_t *e, int poll, uint64_t a, uint64_t b, uint64_t c) {
     uint64_t t[3];
@@ -107,7 +112,7 @@ static char *snap_path(int part, uint64_t pos) {
 static engine_t *reload(tally_config_t *cfg, int nparts, int *resumed) {
     engine_t *e = engine_new(cfg ? cfg : conf, nparts);
     char err[512];
-    *resumed = engine_snapshot_load(e, dir, err, sizeof err);
+    cr_assert_eq(engine_snapshot_load(e, dir, resumed, err, sizeof err), TALLY_OK, "%s", err);
     return e;
 }
 
@@ -229,7 +234,7 @@ Test(snapshot, save_fails_cleanly) {
     file_write_str(file, "x");
     char *under = path_join(dir, "file/snaps");
     char err[512] = "";
-    cr_assert_eq(engine_snapshot_save(eng, 0, under, err, sizeof err), -1);
+    cr_assert_eq(engine_snapshot_save(eng, 0, under, err, sizeof err), TALLY_ERR_IO);
     cr_assert_neq(err[0], '\0');
     free(file);
     free(under);
@@ -239,8 +244,12 @@ Test(snapshot, missing_or_empty_dir_loads_nothing) {
     char *missing = path_join(dir, "nope");
     engine_t *e = engine_new(conf, NPART);
     char err[512];
-    cr_assert_eq(engine_snapshot_load(e, missing, err, sizeof err), 0);
-    cr_assert_eq(engine_snapshot_load(e, dir, err, sizeof err), 0);
+    int resumed = -1;
+    cr_assert_eq(engine_snapshot_load(e, missing, &resumed, err, sizeof err), TALLY_OK);
+    cr_assert_eq(resumed, 0);
+    resumed = -1;
+    cr_assert_eq(engine_snapshot_load(e, dir, &resumed, err, sizeof err), TALLY_OK);
+    cr_assert_eq(resumed, 0);
     expect_empty_partition(e, 0);
     engine_free(e);
     free(missing);
@@ -549,5 +558,218 @@ Test(snapshot, failed_newest_leaves_nothing_behind_for_the_fallback) {
     put(e, 0, "one", "b", "bob");
     put(e, 0, "one", "b", "w3");
     expect3(e, P_ONE, 1, 2, 0);
+    engine_free(e);
+}
+
+/* ---- restart at scale ---- */
+
+#define BIG_VOTERS 1500000
+
+/* BIG_VOTERS voters on partition 0 of "chg", voter i for option i % 3, fed
+ * as tally's workers do: batches of records through engine_apply_batch. */
+static void fill_big(engine_t *e) {
+    enum { BATCH = 4096 };
+    static const char *opts[] = {"x", "y", "z"};
+    uint8_t *arena = xmalloc((size_t)BATCH * RECORD_MAX_LEN);
+    vlog_msg_t *msgs = xmalloc(sizeof *msgs * BATCH);
+    uint64_t pos = engine_position(e, 0);
+    for (int i = 0; i < BIG_VOTERS;) {
+        int n = 0;
+        for (; n < BATCH && i < BIG_VOTERS; n++, i++) {
+            char voter[32];
+            snprintf(voter, sizeof voter, "big-%d", i);
+            uint8_t *rec = arena + (size_t)n * RECORD_MAX_LEN;
+            size_t len = rec_make(rec, "chg", opts[i % 3], voter, 1);
+            pos += 8 + len;
+            msgs[n] = (vlog_msg_t){0, pos, -1, rec, len};
+        }
+        engine_batch_begin(e, 0);
+        cr_assert_eq(engine_apply_batch(e, 0, msgs, n), n);
+        engine_batch_end(e, 0);
+    }
+    free(msgs);
+    free(arena);
+}
+
+/* Loading a snapshot must not cluster the voter table: its slots come in
+ * the saved table's order (sorted by home), which poured into a small table
+ * that doubles as it fills piles every voter into the first slots (restart
+ * took 22 s at 1M voters, more than 10 minutes at 10M). The loaded table
+ * must be sized for the snapshot and probe as a table built by random
+ * inserts does: at load a, linear probing averages (1 + 1/(1-a)) / 2
+ * probes, and the longest probe of a random table this size is some dozens
+ * of slots. */
+Test(snapshot, large_snapshot_loads_without_clustering, .timeout = 120) {
+    fill_big(eng);
+    voters_probe_stats_t before = voters_probe_stats(&eng->parts[0].polls[P_CHG].voters);
+    cr_assert_eq(before.count, BIG_VOTERS);
+    save(eng, 0);
+
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 1);
+    voters_probe_stats_t st = voters_probe_stats(&e->parts[0].polls[P_CHG].voters);
+    cr_assert_eq(st.count, BIG_VOTERS);
+    cr_assert_eq(st.capacity, before.capacity, "loaded into %zu slots, saved from %zu", st.capacity,
+                 before.capacity);
+    double load = (double)st.count / (double)st.capacity;
+    cr_log_info(
+        "loaded %zu voters into %zu slots: mean probe %.3f (saved %.3f), max %zu (saved %zu)",
+        st.count, st.capacity, st.mean_probe, before.mean_probe, st.max_probe, before.max_probe);
+    double mean_bound = 1.25 * (1.0 + 1.0 / (1.0 - load)) / 2.0;
+    cr_assert_leq(st.mean_probe, mean_bound, "mean probe %.2f slots at load %.2f (bound %.2f)",
+                  st.mean_probe, load, mean_bound);
+    cr_assert_leq(st.max_probe, 400, "longest probe %zu slots (saved table: %zu)", st.max_probe,
+                  before.max_probe);
+    expect3(e, P_CHG, BIG_VOTERS / 3, BIG_VOTERS / 3, BIG_VOTERS / 3);
+    /* Every voter is still known: changing one moves exactly one vote. */
+    put(e, 0, "chg", "x", "big-1"); /* was y */
+    put(e, 0, "chg", "x", "big-3"); /* was x already */
+    expect3(e, P_CHG, BIG_VOTERS / 3 + 1, BIG_VOTERS / 3 - 1, BIG_VOTERS / 3);
+    engine_free(e);
+}
+
+/* ---- error classes ---- */
+
+Test(snapshot, load_file_names_the_class) {
+    fill_state(eng);
+    uint64_t pos0 = engine_position(eng, 0);
+    save(eng, 0);
+    char *f = snap_path(0, pos0), why[256];
+    engine_t *e = engine_new(conf, NPART);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_OK, "%s", why);
+    cr_assert_eq(engine_position(e, 0), pos0);
+    /* A sound snapshot of another state: partition 1 is not partition 0. */
+    cr_assert_eq(engine_snapshot_load_file(e, 1, f, why, sizeof why), TALLY_ERR_STATE);
+    cr_assert_not_null(strstr(why, "partition"), "%s", why);
+    expect_empty_partition(e, 1);
+    engine_free(e);
+
+    /* ... or of another config. */
+    conf_opts_t o = {.chg_mode = "one-per-voter"};
+    tally_config_t *c2 = make_conf(&o);
+    e = engine_new(c2, NPART);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_ERR_STATE);
+    cr_assert_not_null(strstr(why, "mode"), "%s", why);
+    expect_empty_partition(e, 0);
+    engine_free(e);
+    config_free(c2);
+
+    e = engine_new(conf, NPART);
+    /* Damage. */
+    file_flip_byte(f, 20);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_ERR_CORRUPT);
+    cr_assert_not_null(strstr(why, "checksum"), "%s", why);
+    file_truncate(f, 0);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_ERR_CORRUPT);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, dir, why, sizeof why), TALLY_ERR_CORRUPT,
+                 "a directory is not a snapshot");
+    /* The disk. */
+    char *missing = path_join(dir, "p000-0000000000000001.snap");
+    cr_assert_eq(engine_snapshot_load_file(e, 0, missing, why, sizeof why), TALLY_ERR_IO);
+    expect_empty_partition(e, 0);
+    engine_free(e);
+    free(missing);
+    free(f);
+}
+
+Test(snapshot, snapshot_dir_that_is_a_file_is_a_config_error) {
+    char *file = path_join(dir, "file");
+    file_write_str(file, "x");
+    engine_t *e = engine_new(conf, NPART);
+    char err[512] = "";
+    int resumed = -1;
+    cr_assert_eq(engine_snapshot_load(e, file, &resumed, err, sizeof err), TALLY_ERR_CONFIG);
+    cr_assert_not_null(strstr(err, file), "%s", err);
+    cr_assert_eq(resumed, 0);
+    engine_free(e);
+    free(file);
+}
+
+/* A voter slot whose option index is beyond the poll's options, in a file
+ * with a valid checksum (written by a buggy or hostile tool): used, a later
+ * change of that voter's vote would decrement counts[index], outside the
+ * array. It must be refused like any damage. */
+Test(snapshot, voter_slot_with_an_unknown_option_is_refused) {
+    put(eng, 0, "chg", "y", "alice");
+    uint64_t pos = engine_position(eng, 0);
+    save(eng, 0);
+    char *f = snap_path(0, pos);
+    size_t len;
+    uint8_t *d = (uint8_t *)file_read(f, &len);
+    /* The file ends with poll "unl" (no voters: 37 bytes) and the checksum;
+     * before them, alice's slot, whose second word starts with the option. */
+    size_t opt_at = len - 8 - 37 - 8;
+    cr_assert_eq(le_get16(d + opt_at), 1, "layout: y is option 1");
+    le_put16(d + opt_at, 1000);
+    le_put64(d + len - 8, XXH3_64bits(d, len - 8));
+    file_write(f, d, len);
+    char why[256];
+    engine_t *e = engine_new(conf, NPART);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_ERR_CORRUPT);
+    engine_free(e);
+    int resumed;
+    e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 0);
+    put(e, 0, "chg", "x", "alice");
+    expect3(e, P_CHG, 1, 0, 0);
+    engine_free(e);
+    /* The same bytes with the option put back load. */
+    le_put16(d + opt_at, 1);
+    le_put64(d + len - 8, XXH3_64bits(d, len - 8));
+    file_write(f, d, len);
+    e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 1);
+    expect3(e, P_CHG, 0, 1, 0);
+    engine_free(e);
+    free(d);
+    free(f);
+}
+
+/* ---- temp files of interrupted saves ---- */
+
+Test(snapshot, stale_temp_files_are_removed_at_load) {
+    fill_state(eng);
+    uint64_t pos0 = engine_position(eng, 0);
+    save(eng, 0);
+    save(eng, 1);
+    char *real = snap_path(0, pos0);
+    size_t real_len;
+    char *real_data = file_read(real, &real_len);
+    /* What a crash between fopen and rename leaves, of either partition. */
+    const char *stale[] = {"p000-00000000000000ff.snap.tmp", "p001-0000000000000001.snap.tmp"};
+    /* Not ours: kept. */
+    const char *other[] = {"notes.tmp", "p000-xyz.snap.tmp", "p000-00000000000000ff.snap.tmp.bak",
+                           "x.snap.tmp"};
+    for (size_t i = 0; i < 2; i++) {
+        char *p = path_join(dir, stale[i]);
+        file_write_str(p, "half a snapshot");
+        free(p);
+    }
+    for (size_t i = 0; i < 4; i++) {
+        char *p = path_join(dir, other[i]);
+        file_write_str(p, "keep me");
+        free(p);
+    }
+    int resumed;
+    engine_t *e = reload(NULL, NPART, &resumed);
+    cr_assert_eq(resumed, 2);
+    expect_filled(e);
+    for (size_t i = 0; i < 2; i++) {
+        char *p = path_join(dir, stale[i]);
+        cr_assert_eq(access(p, F_OK), -1, "%s is still there", stale[i]);
+        free(p);
+    }
+    for (size_t i = 0; i < 4; i++) {
+        char *p = path_join(dir, other[i]);
+        cr_assert_eq(access(p, F_OK), 0, "%s was removed", other[i]);
+        free(p);
+    }
+    size_t len;
+    char *data = file_read(real, &len);
+    cr_assert(len == real_len && !memcmp(data, real_data, len), "the snapshot changed");
+    free(data);
+    free(real_data);
+    free(real);
     engine_free(e);
 }

@@ -182,3 +182,68 @@ Test(voters, insert_slot_adds_and_replaces) {
     voters_free(&src);
     voters_free(&dst);
 }
+
+Test(voters, reserve_sizes_once_for_n) {
+    voters_t v;
+    voters_init(&v);
+    voters_reserve(&v, 3000);
+    size_t bytes = voters_bytes(&v);
+    /* The smallest table that holds 3000 at 3/4 load: 4096 slots. */
+    cr_assert_eq(bytes, 4096 * sizeof(voter_slot_t));
+    for (uint64_t i = 0; i < 3000; i++)
+        cr_assert_eq(voters_get_or_insert(&v, key_of(i), 1, NULL), -1);
+    cr_assert_eq(voters_bytes(&v), bytes, "grew although reserved");
+    /* Reserving less than held changes nothing; more keeps every voter. */
+    voters_reserve(&v, 10);
+    cr_assert_eq(voters_bytes(&v), bytes);
+    voters_reserve(&v, 3073);
+    cr_assert_eq(voters_bytes(&v), 8192 * sizeof(voter_slot_t));
+    for (uint64_t i = 0; i < 3000; i++)
+        cr_assert_eq(voters_get_or_insert(&v, key_of(i), 0, NULL), 1);
+    cr_assert_eq(v.count, 3000);
+    voters_free(&v);
+}
+
+Test(voters, probe_stats_of_known_layouts) {
+    voters_t v;
+    voters_init(&v);
+    voters_probe_stats_t st = voters_probe_stats(&v);
+    cr_assert_eq(st.count, 0);
+    cr_assert_eq(st.max_probe, 0);
+    /* Keys of one lo share a home: the i-th probes i slots. */
+    for (uint64_t i = 0; i < 10; i++) {
+        voter_key_t k = {0xabcdef, (i + 1) << 16};
+        voters_get_or_insert(&v, k, 0, NULL);
+    }
+    st = voters_probe_stats(&v);
+    cr_assert_eq(st.count, 10);
+    cr_assert_eq(st.capacity, 16);
+    cr_assert_eq(st.max_probe, 10);
+    cr_assert_float_eq(st.mean_probe, 5.5, 1e-9);
+    voters_free(&v);
+}
+
+/* The old snapshot load: a table's slots, in table order, into an empty
+ * table. Reserved first it probes exactly as the source (linear probing's
+ * total displacement does not depend on the order of inserts). */
+Test(voters, table_order_into_reserved_table_does_not_cluster) {
+    voters_t src, dst;
+    voters_init(&src);
+    voters_init(&dst);
+    const uint64_t n = 200000;
+    for (uint64_t i = 0; i < n; i++)
+        voters_get_or_insert(&src, key_of(i), (int)(i % 5), NULL);
+    voters_reserve(&dst, src.count);
+    for (size_t s = 0; s <= src.mask; s++)
+        if (src.slots[s].a)
+            voters_insert_slot(&dst, src.slots[s]);
+    voters_probe_stats_t a = voters_probe_stats(&src), b = voters_probe_stats(&dst);
+    cr_assert_eq(b.count, n);
+    cr_assert_eq(b.capacity, a.capacity);
+    cr_assert_float_eq(b.mean_probe, a.mean_probe, 1e-9);
+    cr_assert_lt(b.max_probe, 200, "longest probe %zu", b.max_probe);
+    for (uint64_t i = 0; i < n; i += 97)
+        cr_assert_eq(voters_get_or_insert(&dst, key_of(i), 0, NULL), (int)(i % 5));
+    voters_free(&src);
+    voters_free(&dst);
+}

@@ -124,14 +124,14 @@ typedef struct {
 } vlog_range_t;
 
 typedef struct {
-    uint64_t from, size; /* scanned [from, size) */
-    uint64_t frames;     /* intact frames */
+    uint64_t from, size;   /* scanned [from, size) */
+    uint64_t frames;       /* intact frames */
     uint64_t *part_frames; /* [npartitions]: intact frames per partition */
     int npartitions;
-    uint64_t valid_end;  /* end of the last intact frame (from when none) */
+    uint64_t valid_end;   /* end of the last intact frame (from when none) */
     vlog_range_t *damage; /* bad ranges followed by an intact frame, in order */
     size_t ndamage;
-    int has_tail;        /* bad bytes [tail.start, size) with no intact frame after */
+    int has_tail; /* bad bytes [tail.start, size) with no intact frame after */
     vlog_range_t tail;
 } vlog_scan_t;
 

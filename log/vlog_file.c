@@ -78,9 +78,9 @@ typedef struct {
     /* The failed state: 0 or the tally_err_t that caused it. Appends read
      * it without a lock; the writer thread alone sets and clears it. */
     _Atomic int failed;
-    int fail_logged;       /* writer: this failure was logged */
-    uint64_t fail_at_ms;   /* writer: when the last repair was tried */
-    pthread_mutex_t hmu;   /* guards health */
+    int fail_logged;     /* writer: this failure was logged */
+    uint64_t fail_at_ms; /* writer: when the last repair was tried */
+    pthread_mutex_t hmu; /* guards health */
     char health[512];
 
     pthread_mutex_t mu; /* guards pending, acks, inflight, stopping */
@@ -104,10 +104,10 @@ typedef struct {
     vlog_reader_t base;
     int n;
     int *parts;
-    uint64_t *pos;  /* [n] */
-    uint8_t *done;  /* [n]: the callback declined a record: deliver no more */
-    int *mine;      /* [npartitions]: index into parts, or -1 */
-    uint64_t scan;  /* file offset the next poll reads from */
+    uint64_t *pos; /* [n] */
+    uint8_t *done; /* [n]: the callback declined a record: deliver no more */
+    int *mine;     /* [npartitions]: index into parts, or -1 */
+    uint64_t scan; /* file offset the next poll reads from */
     uint8_t *buf;
 } freader_t;
 
@@ -180,10 +180,10 @@ static ssize_t pread_full(int fd, uint8_t *p, size_t n, uint64_t off) {
 typedef struct {
     const uint8_t *data; /* the buffer, or the window holding [wstart, wend) */
     uint64_t wstart, wend, size;
-    int fd;         /* -1: data is the whole input */
-    size_t wcap;    /* window capacity (fd) */
-    uint8_t *wbuf;  /* fd */
-    int err;        /* errno of a failed read */
+    int fd;        /* -1: data is the whole input */
+    size_t wcap;   /* window capacity (fd) */
+    uint8_t *wbuf; /* fd */
+    int err;       /* errno of a failed read */
 } scan_src_t;
 
 /* Bytes at off: *avail of them (at most a whole frame's worth is needed). */
@@ -279,8 +279,7 @@ tally_err_t vlog_scan_fd_window(int fd, uint64_t from, int npartitions, size_t w
     scan_run(&src, from, npartitions, out);
     free(src.wbuf);
     if (src.err) {
-        snprintf(errstr, esz, "read at %llu: %s", (unsigned long long)out->size,
-                 strerror(src.err));
+        snprintf(errstr, esz, "read at %llu: %s", (unsigned long long)out->size, strerror(src.err));
         vlog_scan_free(out);
         return TALLY_ERR_IO;
     }
@@ -526,8 +525,8 @@ static vlog_err_t writer_round(flog_t *l, size_t n) {
      * is not acknowledged and is cut away, and the log stays failed until a
      * cut and a sync both work. */
     if (l->fsync && fdatasync(l->fd) != 0) {
-        fail_set(l, TALLY_ERR_IO, "%s: fdatasync failed: %s; %zu votes not acknowledged",
-                 l->path, strerror(errno), n);
+        fail_set(l, TALLY_ERR_IO, "%s: fdatasync failed: %s; %zu votes not acknowledged", l->path,
+                 strerror(errno), n);
         fail_repair(l, 0);
         return VLOG_UNAVAIL;
     }
@@ -756,8 +755,7 @@ static vlog_reader_t *flog_reader_new(vlog_t *base, const int *parts, const uint
     r->scan = n ? UINT64_MAX : end;
     for (int i = 0; i < n; i++) {
         if (parts[i] < 0 || parts[i] >= base->npartitions || r->mine[parts[i]] >= 0) {
-            snprintf(errstr, esz, "reader: partition %d is out of range or listed twice",
-                     parts[i]);
+            snprintf(errstr, esz, "reader: partition %d is out of range or listed twice", parts[i]);
             flog_reader_free(&r->base);
             return NULL;
         }
@@ -778,8 +776,8 @@ static vlog_reader_t *flog_reader_new(vlog_t *base, const int *parts, const uint
     return &r->base;
 }
 
-static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int max,
-                            int timeout_ms, char *errstr, size_t esz) {
+static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int max, int timeout_ms,
+                            char *errstr, size_t esz) {
     freader_t *r = (freader_t *)rb;
     flog_t *l = (flog_t *)rb->log;
     pthread_mutex_lock(&l->rmu);
@@ -865,7 +863,6 @@ static const vlog_ops_t flog_ops = {
     .health = flog_health,
 };
 
-
 /* ---- META, LOCK and open ----
  * META pins the format and the partition count: changing the count would
  * move voters to other partitions and break one-vote-per-voter. It is
@@ -910,8 +907,7 @@ static int meta_load(const char *dir, int *n, tally_err_t *err, char *errstr, si
 /* Takes LOCK: exclusive to write, shared to read (a read-only open writes
  * nothing, not even LOCK: without one, no writer ever ran here). Returns
  * the fd (-1 when there is no LOCK to share), or -2 with *err, errstr. */
-static int lock_take(const char *dir, int exclusive, tally_err_t *err, char *errstr,
-                     size_t esz) {
+static int lock_take(const char *dir, int exclusive, tally_err_t *err, char *errstr, size_t esz) {
     char path[4200];
     snprintf(path, sizeof path, "%s/LOCK", dir);
     int fd = exclusive ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644)

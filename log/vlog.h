@@ -145,11 +145,11 @@ void vlog_scan_free(vlog_scan_t *s);
  * a tail no longer than one write. */
 int vlog_scan_clean(const vlog_scan_t *s);
 
-/* A log directory examined without opening the log: META read, LOCK taken
- * shared when it can be (else live = 1: a writer is running), votes.log
- * opened O_RDONLY and scanned whole. Nothing in the directory is written. */
+/* A log directory examined without opening the log: META read, votes.log
+ * opened O_RDONLY, locked shared when it can be (else live = 1: a writer is
+ * running), and scanned whole. Nothing in the directory is written. */
 typedef struct {
-    int fd, lockfd;  /* votes.log and LOCK, or -1 */
+    int fd, lockfd;  /* votes.log (holding the shared lock); lockfd unused (-1) */
     int live;        /* a writer holds the log: bytes past the last frame may
                       * be a commit in flight */
     int npartitions; /* from META */

@@ -465,12 +465,12 @@ static void fail_set(flog_t *l, tally_err_t why, const char *fmt, ...) {
 /* Is votes.log still the file this writer writes? One stat(). */
 static int ident_check(flog_t *l) {
     struct stat st;
-    if (stat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
+    int there = stat(l->path, &st) == 0;
+    if (there && st.st_dev == l->dev && st.st_ino == l->ino)
         return 0;
-    int e = errno;
     struct stat fst;
     nlink_t links = fstat(l->fd, &fst) == 0 ? fst.st_nlink : 0;
-    if (links == 0 || e == ENOENT)
+    if (!there)
         fail_set(l, TALLY_ERR_STATE,
                  "%s was deleted or moved while in use (link count %lu): the log cannot take "
                  "votes; restore it and restart",
@@ -904,25 +904,33 @@ static int meta_load(const char *dir, int *n, tally_err_t *err, char *errstr, si
     return 1;
 }
 
-/* Takes LOCK: exclusive to write, shared to read (a read-only open writes
- * nothing, not even LOCK: without one, no writer ever ran here). Returns
- * the fd (-1 when there is no LOCK to share), or -2 with *err, errstr. */
-static int lock_take(const char *dir, int exclusive, tally_err_t *err, char *errstr, size_t esz) {
+/* Locks: a writer holds LOCK (created if need be) and votes.log itself
+ * exclusively; a reader holds votes.log shared, so that a read-only open
+ * writes nothing, not even LOCK, and still cannot race a writer's cut of a
+ * torn tail. 0, or -1 with *err and errstr. */
+static int lock_fd(int fd, const char *dir, int exclusive, tally_err_t *err, char *errstr,
+                   size_t esz) {
+    if (flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0)
+        return 0;
+    int e = errno;
+    *err = e == EWOULDBLOCK ? TALLY_ERR_STATE : TALLY_ERR_IO;
+    snprintf(errstr, esz, "log.dir %s: %s", dir,
+             e == EWOULDBLOCK ? "in use by another tally process (stop it first)" : strerror(e));
+    return -1;
+}
+
+static int lock_take(const char *dir, tally_err_t *err, char *errstr, size_t esz) {
     char path[4200];
     snprintf(path, sizeof path, "%s/LOCK", dir);
-    int fd = exclusive ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644)
-                       : open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 && !exclusive && errno == ENOENT)
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        *err = TALLY_ERR_IO;
+        snprintf(errstr, esz, "%s: %s", path, strerror(errno));
         return -1;
-    if (fd < 0 || flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0) {
-        int e = errno;
-        *err = e == EWOULDBLOCK ? TALLY_ERR_STATE : TALLY_ERR_IO;
-        snprintf(errstr, esz, "log.dir %s: %s", dir,
-                 e == EWOULDBLOCK ? "in use by another tally process (stop it first)"
-                                  : strerror(e));
-        if (fd >= 0)
-            close(fd);
-        return -2;
+    }
+    if (lock_fd(fd, dir, 1, err, errstr, esz) != 0) {
+        close(fd);
+        return -1;
     }
     return fd;
 }
@@ -965,7 +973,7 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
                  errno ? strerror(errno) : "not a directory");
         goto fail;
     }
-    if ((l->lockfd = lock_take(l->dir, writing, err, errstr, esz)) == -2)
+    if (writing && (l->lockfd = lock_take(l->dir, err, errstr, esz)) < 0)
         goto fail;
     if ((have_meta = meta_load(l->dir, &n, err, errstr, esz)) < 0)
         goto fail;
@@ -1012,6 +1020,8 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
         snprintf(errstr, esz, "%s: %s", l->path, strerror(errno));
         goto fail;
     }
+    if (lock_fd(l->fd, l->dir, writing, err, errstr, esz) != 0)
+        goto fail;
     if (!have_meta) { /* a new log: votes.log first, then META */
         char meta[4200], text[64];
         snprintf(meta, sizeof meta, "%s/META", l->dir);
@@ -1069,13 +1079,6 @@ tally_err_t vlog_file_examine(const tally_config_t *c, vlog_examine_t *x, char *
                  errno ? strerror(errno) : "not a directory");
         return TALLY_ERR_STATE;
     }
-    x->lockfd = lock_take(c->log_dir, 0, &err, errstr, esz);
-    if (x->lockfd == -2) {
-        if (err != TALLY_ERR_STATE)
-            goto fail;
-        x->live = 1; /* a writer holds it */
-        x->lockfd = -1;
-    }
     int have = meta_load(c->log_dir, &x->npartitions, &err, errstr, esz);
     if (have < 0)
         goto fail;
@@ -1091,6 +1094,11 @@ tally_err_t vlog_file_examine(const tally_config_t *c, vlog_examine_t *x, char *
         err = errno == ENOENT ? TALLY_ERR_STATE : TALLY_ERR_IO;
         snprintf(errstr, esz, "%s: %s", x->path, strerror(errno));
         goto fail;
+    }
+    if (lock_fd(x->fd, c->log_dir, 0, &err, errstr, esz) != 0) {
+        if (err != TALLY_ERR_STATE)
+            goto fail;
+        x->live = 1; /* a writer holds it */
     }
     if ((err = vlog_scan_fd(x->fd, 0, x->npartitions, &x->scan, errstr, esz)) != TALLY_OK)
         goto fail;

@@ -16,6 +16,7 @@
 #include <xxhash.h>
 
 #include "log/vlog.h"
+#include "log/vlog_int.h"
 #include "unit_helpers.h"
 
 #define NPARTS 3 /* setup's log.partitions */
@@ -58,9 +59,14 @@ int fdatasync(int fd) {
 static atomic_int pwrite_fail, ftruncate_fail;
 static atomic_int pwrite_calls, ftruncate_calls;
 
+static atomic_int pwrite_partial; /* > 0: the next failing call writes this much first */
+
 ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
     atomic_fetch_add(&pwrite_calls, 1);
     int e = atomic_load(&pwrite_fail);
+    int part = atomic_exchange(&pwrite_partial, 0);
+    if (e && part > 0 && (size_t)part < n)
+        return (ssize_t)syscall(SYS_pwrite64, fd, buf, (size_t)part, off);
     if (e) {
         errno = e;
         return -1;
@@ -170,6 +176,7 @@ static void setup(void) {
     atomic_store(&fdatasync_calls, 0);
     atomic_store(&fdatasync_fail, 0);
     atomic_store(&pwrite_fail, 0);
+    atomic_store(&pwrite_partial, 0);
     atomic_store(&ftruncate_fail, 0);
     nmodel = 0;
     gate_open();
@@ -2418,4 +2425,387 @@ Test(vlog, log_dir_that_cannot_be_created) {
     cr_assert_not_null(strstr(err, "log.dir"), "%s", err);
     free(file);
     free(bad);
+}
+
+/* ---- read-only opens ---- */
+
+/* Every file of log/ with its contents, to compare before and after. */
+static char *dir_snapshot(void) {
+    static const char *const names[] = {"votes.log", "META", "CHECKPOINT", "LOCK", NULL};
+    buf_t b = {0};
+    for (int i = 0; names[i]; i++) {
+        char *f = log_file(names[i]);
+        size_t len = 0;
+        char *text = file_read(f, &len);
+        buf_printf(&b, "%s:%lld:%016llx\n", names[i], text ? (long long)len : -1LL,
+                   text ? (unsigned long long)XXH3_64bits(text, len) : 0ull);
+        free(text);
+        free(f);
+    }
+    char *ld = log_file("");
+    buf_printf(&b, "files:%d\n", dir_count(ld, ""));
+    free(ld);
+    return b.data;
+}
+
+/* tally replay's open: before, it cut the torn tail (and wrote CHECKPOINT,
+ * and created META or votes.log when missing). */
+Test(vlog, read_only_open_changes_nothing_and_stops_at_a_torn_tail) {
+    conf->log_fsync = 1;
+    prepare_closed_log();
+    conf->log_fsync = 0;
+    votes_append("\x17torn", 5);
+    char *before = dir_snapshot();
+    vlog_t *l = open_log(VLOG_F_READ);
+    cr_assert_eq(durable_end(l), model_end(), "a reader would read the torn tail");
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
+    char *after = dir_snapshot();
+    cr_assert_str_eq(after, before, "a read-only open changed log.dir");
+    free(after);
+    /* Without a LOCK file (a copied directory), it creates none. */
+    char *lock = log_file("LOCK");
+    cr_assert_eq(unlink(lock), 0);
+    free(before);
+    before = dir_snapshot();
+    l = open_log(VLOG_F_READ);
+    vlog_close(l);
+    after = dir_snapshot();
+    cr_assert_str_eq(after, before, "a read-only open created LOCK");
+    cr_assert_eq(file_size(lock), -1);
+    free(lock);
+    free(after);
+    free(before);
+    /* Two readers share the lock; a writer is refused meanwhile. */
+    vlog_t *r1 = open_log(VLOG_F_READ), *r2 = open_log(VLOG_F_READ);
+    char err[1024] = "";
+    tally_err_t e = TALLY_OK;
+    cr_assert_null(vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, on_ack, &e, err, sizeof err));
+    cr_assert_eq(e, TALLY_ERR_STATE, "%s", err);
+    cr_assert_not_null(strstr(err, "in use"), "%s", err);
+    vlog_close(r1);
+    vlog_close(r2);
+    /* The writer cuts the tail. */
+    l = open_rw();
+    cr_assert_eq((uint64_t)votes_size(), model_end());
+    vlog_close(l);
+}
+
+Test(vlog, read_only_open_of_no_log_is_refused) {
+    tally_err_t e = TALLY_OK;
+    char err[1024] = "";
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, &e, err, sizeof err));
+    cr_assert_eq(e, TALLY_ERR_STATE);
+    cr_assert_not_null(strstr(err, "no vote log"), "%s", err);
+    char *ld = log_file("");
+    struct stat st;
+    cr_assert_neq(stat(ld, &st), 0, "log.dir created by a read-only open");
+    cr_assert_eq(mkdir_p(ld), 0);
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, &e, err, sizeof err));
+    cr_assert_eq(dir_count(ld, ""), 0, "files created by a read-only open");
+    free(ld);
+}
+
+/* ---- a vanished votes.log ---- */
+
+/* Before: META without votes.log silently got a new, empty log. */
+Test(vlog, meta_without_votes_log_is_refused) {
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 3);
+    flush_ok(l);
+    vlog_close(l);
+    char *f = votes_path();
+    cr_assert_eq(unlink(f), 0);
+    expect_refused(TALLY_ERR_STATE, "votes.log is missing", "META");
+    cr_assert_eq(file_size(f), -1, "votes.log made up");
+    free(f);
+}
+
+Test(vlog, open_errors_have_classes) {
+    vlog_t *l = open_rw();
+    char err[1024] = "";
+    tally_err_t e = TALLY_OK;
+    cr_assert_null(vlog_open(conf, VLOG_F_WRITE, on_ack, &e, err, sizeof err));
+    cr_assert_eq(e, TALLY_ERR_STATE, "in use: %s", tally_err2str(e));
+    vlog_close(l);
+    conf->log_partitions = NPARTS + 1;
+    cr_assert_null(vlog_open(conf, VLOG_F_WRITE, on_ack, &e, err, sizeof err));
+    cr_assert_eq(e, TALLY_ERR_CONFIG, "partition count: %s", tally_err2str(e));
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, &e, err, sizeof err));
+    cr_assert_eq(e, TALLY_ERR_CONFIG);
+    conf->log_partitions = NPARTS;
+    l = vlog_open(conf, VLOG_F_READ, on_ack, &e, err, sizeof err);
+    cr_assert_not_null(l, "%s", err);
+    cr_assert_eq(e, TALLY_OK);
+    vlog_close(l);
+}
+
+/* Before: votes went on being acknowledged into the unlinked inode. */
+Test(vlog, deleted_log_is_noticed_within_a_second_and_takes_no_votes) {
+    conf->log_fsync = 1;
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 3);
+    flush_ok(l);
+    cr_assert_eq(vlog_health(l, NULL, 0), TALLY_OK);
+    char *f = votes_path();
+    cr_assert_eq(unlink(f), 0);
+    /* A vote right away: its round finds the file gone (or the idle check
+     * did first): never acknowledged. */
+    uint8_t buf[256];
+    size_t n = payload(0, 9, buf);
+    vlog_err_t ae = vlog_append(l, 0, buf, n, NULL);
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_ok), 9, "a vote acknowledged into a deleted file");
+    cr_assert_eq(atomic_load(&acks_bad), ae == VLOG_OK ? 1u : 0u);
+    const char *msg = wait_health(l, TALLY_ERR_STATE);
+    cr_assert_not_null(strstr(msg, "deleted or moved"), "%s", msg);
+    cr_assert_eq(vlog_append(l, 1, buf, n, NULL), VLOG_UNAVAIL);
+    /* Reads and ends are still served. */
+    cr_assert_eq(durable_end(l), model_end());
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
+    cr_assert_eq(file_size(f), -1, "close brought votes.log back");
+    free(f);
+}
+
+Test(vlog, idle_writer_notices_a_deleted_log_within_a_second) {
+    vlog_t *l = open_rw();
+    append_n(l, 0, 0, 2);
+    flush_ok(l);
+    char *f = votes_path();
+    uint64_t t0 = mono_ms();
+    cr_assert_eq(unlink(f), 0);
+    char msg[512];
+    while (vlog_health(l, msg, sizeof msg) == TALLY_OK)
+        cr_assert_lt(mono_ms() - t0, 1000 * TMOUT_MULT, "not noticed within a second");
+    vlog_close(l);
+    free(f);
+}
+
+Test(vlog, replaced_log_takes_no_votes) {
+    vlog_t *l = open_rw();
+    append_n(l, 0, 0, 2);
+    flush_ok(l);
+    char *f = votes_path(), *other = log_file("other");
+    file_write_str(other, "another file");
+    cr_assert_eq(rename(other, f), 0);
+    uint8_t buf[256];
+    vlog_err_t ae = vlog_append(l, 0, buf, payload(0, 2, buf), NULL);
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_ok), 2);
+    cr_assert_eq(atomic_load(&acks_bad), ae == VLOG_OK ? 1u : 0u);
+    cr_assert_not_null(strstr(wait_health(l, TALLY_ERR_STATE), "replaced"));
+    vlog_close(l);
+    cr_assert_eq(file_size(f), 12, "the replacement was written to");
+    free(f);
+    free(other);
+}
+
+/* ---- disk faults: degrade, repair, never abort ---- */
+
+/* Before: a write that failed half-way and a truncate that failed too
+ * called tally_assert and aborted the process. */
+Test(vlog, failed_write_and_truncate_degrade_then_recover) {
+    conf->log_fsync = 1;
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 3);
+    flush_ok(l);
+    uint64_t end = model_end();
+    atomic_store(&pwrite_partial, 7); /* 7 bytes land, then ENOSPC */
+    atomic_store(&pwrite_fail, ENOSPC);
+    atomic_store(&ftruncate_fail, EIO);
+    uint8_t buf[256];
+    append_ok(l, 0, buf, payload(0, 3, buf));
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_bad), 1);
+    const char *msg = wait_health(l, TALLY_ERR_IO);
+    cr_assert_not_null(strstr(msg, "cannot cut"), "%s", msg);
+    cr_assert_eq((uint64_t)votes_size(), end + 7, "the garbage is there while cutting fails");
+    /* Failed: appends are refused at once, reads and ends go on. */
+    cr_assert_eq(vlog_append(l, 1, buf, 10, NULL), VLOG_UNAVAIL);
+    cr_assert_eq(durable_end(l), end);
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    /* It keeps trying: still failing after a few retries. */
+    int calls = atomic_load(&ftruncate_calls);
+    WAIT_UNTIL(atomic_load(&ftruncate_calls) >= calls + 2, 10000);
+    cr_assert_eq(vlog_health(l, NULL, 0), TALLY_ERR_IO);
+    /* The disk comes back: the garbage is cut, writes resume after the
+     * last good frame. */
+    atomic_store(&ftruncate_fail, 0);
+    atomic_store(&pwrite_fail, 0);
+    wait_health(l, TALLY_OK);
+    cr_assert_eq((uint64_t)votes_size(), end);
+    append_n(l, 0, 3, 5);
+    append_n(l, 2, 3, 4);
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_ok), 12);
+    vlog_close(l);
+    l = open_log(VLOG_F_READ);
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
+    cr_assert_eq((uint64_t)votes_size(), model_end());
+}
+
+Test(vlog, votes_queued_when_the_log_fails_are_not_written) {
+    vlog_t *l = open_rw();
+    append_n(l, 0, 0, 1);
+    flush_ok(l);
+    uint64_t end = model_end();
+    /* Round A fails; B, queued behind it, is answered 503 unwritten even
+     * though the disk is fine again by then. */
+    gate_close();
+    append_n(l, 1, 0, 1); /* a good round, held in its ack */
+    gate_wait_entered();
+    end = model_end();
+    atomic_store(&pwrite_fail, EIO);
+    uint8_t buf[256];
+    append_ok(l, 0, buf, payload(0, 1, buf));
+    gate_open();
+    WAIT_UNTIL(vlog_health(l, NULL, 0) == TALLY_ERR_IO, 10000);
+    atomic_store(&pwrite_fail, 0);
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_bad), 1);
+    cr_assert_eq((uint64_t)votes_size(), end);
+    wait_health(l, TALLY_OK);
+    vlog_close(l);
+}
+
+/* ---- start positions ---- */
+
+Test(vlog, positions_past_the_end_are_refused) {
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 2);
+    flush_ok(l);
+    uint64_t pos[NPARTS] = {model_end(), 0, model_end()};
+    char err[512] = "";
+    cr_assert_eq(vlog_check_positions(l, pos, err, sizeof err), TALLY_OK, "%s", err);
+    pos[1] = model_end() + 1;
+    cr_assert_eq(vlog_check_positions(l, pos, err, sizeof err), TALLY_ERR_STATE);
+    cr_assert_not_null(strstr(err, "partition 1: start position"), "%s", err);
+    cr_assert_not_null(strstr(err, "past the end of the log"), "%s", err);
+    vlog_close(l);
+}
+
+/* ---- the scan, on a buffer and through a file ---- */
+
+/* Appends a frame of partition p with n payload bytes of value v. */
+static uint64_t frame_put(buf_t *b, uint16_t p, uint32_t n, uint8_t v) {
+    uint8_t hdr[FRAME_HDR], pay[512];
+    cr_assert_leq(n, sizeof pay);
+    memset(pay, v, n);
+    put32(hdr, n);
+    put32(hdr + 4, frame_sum(pay, n, p));
+    put16(hdr + 8, p);
+    put16(hdr + 10, 0);
+    buf_append(b, hdr, FRAME_HDR);
+    buf_append(b, pay, n);
+    return b->len;
+}
+
+static void scan_expect_same(const vlog_scan_t *a, const vlog_scan_t *b, const char *what) {
+    cr_assert_eq(a->size, b->size, "%s: size", what);
+    cr_assert_eq(a->frames, b->frames, "%s: frames", what);
+    cr_assert_eq(a->valid_end, b->valid_end, "%s: valid end", what);
+    cr_assert_eq(a->ndamage, b->ndamage, "%s: damage", what);
+    for (size_t k = 0; k < a->ndamage; k++) {
+        cr_assert_eq(a->damage[k].start, b->damage[k].start, "%s", what);
+        cr_assert_eq(a->damage[k].end, b->damage[k].end, "%s", what);
+        cr_assert_eq(a->damage[k].frames_after, b->damage[k].frames_after, "%s", what);
+    }
+    cr_assert_eq(a->has_tail, b->has_tail, "%s: tail", what);
+    if (a->has_tail)
+        cr_assert_eq(a->tail.start, b->tail.start, "%s: tail start", what);
+    for (int p = 0; p < a->npartitions; p++)
+        cr_assert_eq(a->part_frames[p], b->part_frames[p], "%s: partition %d", what, p);
+}
+
+/* The buffer scan, and the same bytes through a file with windows small
+ * and large, agree. */
+static void scan_both(const buf_t *b, vlog_scan_t *out) {
+    vlog_scan_buf((const uint8_t *)b->data, b->len, NPARTS, out);
+    char *f = log_file("scan.bin");
+    char *ld = log_file("");
+    mkdir_p(ld);
+    free(ld);
+    file_write(f, b->data ? b->data : "", b->len);
+    int fd = open(f, O_RDONLY);
+    cr_assert_geq(fd, 0);
+    const size_t windows[3] = {1, 100, 1u << 20};
+    for (int w = 0; w < 3; w++) {
+        vlog_scan_t s2;
+        char err[256];
+        cr_assert_eq(vlog_scan_fd_window(fd, 0, NPARTS, windows[w], &s2, err, sizeof err),
+                     TALLY_OK, "%s", err);
+        scan_expect_same(out, &s2, "fd scan");
+        vlog_scan_free(&s2);
+    }
+    close(fd);
+    free(f);
+}
+
+Test(vlog, scan_finds_frames_damage_and_tail) {
+    buf_t b = {0};
+    uint64_t e0 = frame_put(&b, 0, 10, 'a');
+    uint64_t e1 = frame_put(&b, 1, 300, 'b');
+    buf_append(&b, "\x01garbage", 8); /* damage */
+    uint64_t s2 = b.len;
+    frame_put(&b, 2, 1, 'c');
+    uint64_t e3 = frame_put(&b, 0, 50, 'd');
+    uint64_t s4 = b.len;
+    frame_put(&b, 1, 40, 'e');
+    b.len -= 3; /* the last frame cut short: the tail */
+    vlog_scan_t s;
+    scan_both(&b, &s);
+    cr_assert_eq(s.frames, 4);
+    cr_assert_eq(s.part_frames[0], 2);
+    cr_assert_eq(s.part_frames[1], 1);
+    cr_assert_eq(s.part_frames[2], 1);
+    cr_assert_eq(s.valid_end, e3);
+    cr_assert_eq(s.ndamage, 1);
+    cr_assert_eq(s.damage[0].start, e1);
+    cr_assert_eq(s.damage[0].end, s2);
+    cr_assert_eq(s.damage[0].frames_after, 2);
+    cr_assert(s.has_tail);
+    cr_assert_eq(s.tail.start, s4);
+    cr_assert_eq(s.tail.end, b.len);
+    cr_assert_eq(s.size, b.len);
+    cr_assert_not(vlog_scan_clean(&s));
+    vlog_scan_free(&s);
+    (void)e0;
+
+    /* Without the damage it is clean: a torn tail only. */
+    buf_t c = {0};
+    frame_put(&c, 0, 10, 'a');
+    uint64_t ce = frame_put(&c, 2, 20, 'b');
+    buf_append(&c, "\0\0\0", 3);
+    scan_both(&c, &s);
+    cr_assert_eq(s.ndamage, 0);
+    cr_assert(s.has_tail);
+    cr_assert_eq(s.tail.start, ce);
+    cr_assert(vlog_scan_clean(&s));
+    vlog_scan_free(&s);
+
+    /* Nothing at all; nothing but garbage. */
+    buf_t z = {0};
+    scan_both(&z, &s);
+    cr_assert(s.frames == 0 && !s.has_tail && s.ndamage == 0 && vlog_scan_clean(&s));
+    vlog_scan_free(&s);
+    buf_append(&z, "zzzzzzzzzzzzzzzzzzzzzzzz", 24);
+    scan_both(&z, &s);
+    cr_assert(s.frames == 0 && s.has_tail && s.tail.start == 0 && s.ndamage == 0);
+    vlog_scan_free(&s);
+    buf_free(&b);
+    buf_free(&c);
+    buf_free(&z);
 }

@@ -73,6 +73,7 @@ typedef struct {
     dev_t dev; /* votes.log's identity at open */
     ino_t ino;
     uint64_t end;             /* writer: durable end of the file */
+    uint64_t ckpt_end;        /* writer: the end CHECKPOINT holds (or open found) */
     _Atomic uint64_t durable; /* readers: never read past this */
 
     /* The failed state: 0 or the tally_err_t that caused it. Appends read
@@ -349,6 +350,8 @@ static void ckpt_write(flog_t *l) {
     if (write_file_atomic(path, text, (size_t)n, 0) != 0)
         log_warn("log: cannot write %s: %s (recovery will scan the whole log)", path,
                  strerror(errno));
+    else
+        l->ckpt_end = l->end;
 }
 
 /* 1 with *end when CHECKPOINT is intact and names this file (inode, and
@@ -386,7 +389,8 @@ static int64_t recover(flog_t *l, tally_err_t *err, char *errstr, size_t esz) {
         return -1;
     }
     uint64_t size = (uint64_t)st.st_size, from = 0;
-    if (ckpt_read(l->dir, l->fd, &st, &from) && from > size) {
+    int have_ckpt = ckpt_read(l->dir, l->fd, &st, &from);
+    if (have_ckpt && from > size) {
         *err = TALLY_ERR_STATE;
         snprintf(errstr, esz,
                  "%s is %llu bytes but %s/CHECKPOINT says %llu bytes of it were durable: the log "
@@ -395,6 +399,10 @@ static int64_t recover(flog_t *l, tally_err_t *err, char *errstr, size_t esz) {
                  l->path, (unsigned long long)size, l->dir, (unsigned long long)from);
         return -1;
     }
+    /* A read-only open (replay) reads the whole log anyway: it checks all
+     * of it first, so that damage refuses before anything is counted. */
+    if (!(l->flags & VLOG_F_WRITE))
+        from = 0;
     vlog_scan_t s;
     if ((*err = vlog_scan_fd(l->fd, from, l->base.npartitions, &s, errstr, esz)) != TALLY_OK)
         return -1;
@@ -691,7 +699,7 @@ static void flog_close(vlog_t *base) {
         pthread_cond_signal(&l->wake);
         pthread_mutex_unlock(&l->mu);
         pthread_join(l->writer, NULL);
-        if (l->fsync && !atomic_load(&l->failed))
+        if (l->fsync && !atomic_load(&l->failed) && l->end != l->ckpt_end)
             ckpt_write(l);
     }
     if (l->fd >= 0)
@@ -1043,9 +1051,8 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
         goto fail;
     l->end = (uint64_t)end;
     atomic_store(&l->durable, (uint64_t)end);
+    l->ckpt_end = l->end;
     if (writing) {
-        if (l->fsync)
-            ckpt_write(l); /* the recovered end, for this file */
         if (fsync_dir(l->dir) != 0) {
             *err = TALLY_ERR_IO;
             snprintf(errstr, esz, "log.dir %s: fsync: %s", l->dir, strerror(errno));

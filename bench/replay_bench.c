@@ -204,7 +204,7 @@ static void find_tally(const ro_t *o, char *out, size_t size) {
 /* Writes the votes into the log; fills the expectation. */
 static int write_log(const ro_t *o, tally_config_t *c, expect_poll_t *expect, uint64_t *bytes,
                      char *err, size_t esz) {
-    vlog_t *l = vlog_open(c, VLOG_F_WRITE, on_ack, err, esz);
+    vlog_t *l = vlog_open(c, VLOG_F_WRITE, on_ack, NULL, err, esz);
     if (!l)
         return -1;
     rng_t rng;

@@ -19,7 +19,10 @@ static const char *help =
     "Rebuilds every poll's totals from the whole vote log into fresh state (the\n"
     "snapshots are not read), writes new snapshots, republishes the results and\n"
     "prints a per-poll summary. Run it while `tally run` is stopped: it takes the\n"
-    "log's lock and refuses to start otherwise. Progress goes to stderr.\n"
+    "log's lock (shared) and refuses to start otherwise. The log is opened\n"
+    "read-only and never changed; a damaged log, or one shorter than the\n"
+    "snapshots' positions, is refused (exit 1) and nothing is published.\n"
+    "Progress goes to stderr.\n"
     "\n"
     "Options:\n"
     "  -c, --config FILE    configuration (the same file tally run uses)\n"
@@ -52,16 +55,33 @@ int cmd_replay(int argc, char **argv) {
     engine_t *e = NULL;
     publisher_t *pub = NULL;
     uint64_t *ends = NULL;
-    vlog_t *log = vlog_open(c, VLOG_F_READ, noop_ack, err, sizeof err);
+    tally_err_t terr = TALLY_ERR_INTERNAL;
+    /* Read-only: O_RDONLY under a shared lock; nothing in log.dir is written
+     * or cut, and damage refuses to open. */
+    vlog_t *log = vlog_open(c, VLOG_F_READ, noop_ack, &terr, err, sizeof err);
     if (!log) {
-        if (errno == EINVAL)
-            rc = EXIT_USAGE;
+        rc = tally_err_exit(terr);
         goto out;
     }
     int np = vlog_partitions(log);
     ends = xcalloc((size_t)np, sizeof *ends);
     if (vlog_end_positions(log, ends, err, sizeof err) != 0)
         goto out;
+    /* Replay does not resume from the snapshots, but it would overwrite
+     * them and publish over results that counted more than this log holds:
+     * refuse a log shorter than their positions. */
+    if (!strcmp(vlog_name(log), "file")) {
+        engine_t *old = engine_new(c, np);
+        uint64_t *pos = xcalloc((size_t)np, sizeof *pos);
+        engine_snapshot_load(old, c->snapshot_dir, err, sizeof err);
+        for (int p = 0; p < np; p++)
+            pos[p] = engine_position(old, p);
+        engine_free(old);
+        terr = vlog_check_positions(log, pos, err, sizeof err);
+        free(pos);
+        if (terr != TALLY_OK)
+            goto out;
+    }
     uint64_t total_span = 0;
     for (int p = 0; p < np; p++)
         total_span += ends[p] - vlog_begin_position(log, p);

@@ -109,6 +109,17 @@ static void fill_stats(void *arg, ingest_t *in, void *out) {
     free(ends);
 }
 
+/* Nonzero (errstr set) when a snapshot position lies past the log's end. */
+static int check_snapshot_positions(engine_t *e, vlog_t *log, char *errstr, size_t esz) {
+    int np = vlog_partitions(log);
+    uint64_t *pos = xcalloc((size_t)np, sizeof *pos);
+    for (int p = 0; p < np; p++)
+        pos[p] = engine_position(e, p);
+    tally_err_t rc = vlog_check_positions(log, pos, errstr, esz);
+    free(pos);
+    return rc != TALLY_OK;
+}
+
 /* The engine role without HTTP: waits for SIGINT/SIGTERM or an engine
  * failure. The signals are blocked in every thread (set before any start). */
 static void wait_for_signal(engine_t *e, const sigset_t *set) {
@@ -131,6 +142,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     tally_config_t *c = cmd_load_config(&o);
     char err[1024] = "";
     int rc = 1;
+    tally_err_t terr = TALLY_ERR_INTERNAL;
     vlog_t *log = NULL;
     engine_t *e = NULL;
     publisher_t *pub = NULL;
@@ -158,10 +170,9 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
             goto out;
     }
     log = vlog_open(c, ((roles & ROLE_INGEST) ? VLOG_F_WRITE : 0) | ((roles & ROLE_ENGINE) ? VLOG_F_READ : 0),
-                    ingest_ack, err, sizeof err);
+                    ingest_ack, &terr, err, sizeof err);
     if (!log) {
-        if (errno == EINVAL)
-            rc = EXIT_USAGE;
+        rc = tally_err_exit(terr);
         goto out;
     }
     int resumed = 0;
@@ -172,6 +183,10 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
             rc = tally_err_exit(lerr);
             goto out;
         }
+        /* Snapshots past the log's end: the log lost votes they counted.
+         * Stop before anything is published. */
+        if (!strcmp(vlog_name(log), "file") && check_snapshot_positions(e, log, err, sizeof err))
+            goto out;
         pub = pub_new(c, e);
         engine_run_opts_t ro = {
             .log = log,

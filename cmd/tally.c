@@ -7,6 +7,8 @@
 #include "cmd/cmd.h"
 #include "common/util.h"
 
+int cmd_log(int argc, char **argv); /* cmd_log.c */
+
 static const char *usage =
     "usage: tally COMMAND -c FILE [-s section.key=value ...]\n"
     "\n"
@@ -15,6 +17,7 @@ static const char *usage =
     "  ingest   HTTP ingest only, appending to Kafka (kafka.brokers); run many\n"
     "  engine   counter engine + publisher only, consuming Kafka; run one\n"
     "  replay   rebuild every poll's totals from the whole vote log (tally run stopped)\n"
+    "  log      verify | salvage: check a damaged embedded log, copy its intact frames\n"
     "\n"
     "Options (every command):\n"
     "  -c, --config FILE        INI configuration (see config/tally.ini)\n"
@@ -103,6 +106,8 @@ int main(int argc, char **argv) {
         return cmd_engine(argc - 1, argv + 1);
     if (!strcmp(cmd, "replay"))
         return cmd_replay(argc - 1, argv + 1);
+    if (!strcmp(cmd, "log"))
+        return cmd_log(argc - 1, argv + 1);
     fprintf(stderr, "tally: unknown command '%s'\n\n%s", cmd, usage);
     return EXIT_USAGE;
 }

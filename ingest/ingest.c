@@ -309,7 +309,11 @@ static void on_request(struct evhttp_request *req, void *arg) {
             reject(w, req, 405, "method_not_allowed", "use GET");
             return;
         }
-        reply_json(req, 200, "OK", "{\"status\":\"ok\"}");
+        char why[512];
+        if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK)
+            ingest_reply_error(req, 503, "log_unavailable", why);
+        else
+            reply_json(req, 200, "OK", "{\"status\":\"ok\"}");
         return;
     }
     if (!strcmp(path, "/v1/stats") && w->in->stats_fill) {

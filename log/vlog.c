@@ -1,6 +1,9 @@
 #include "log/vlog.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+
+#include "common/util.h"
 
 #include "log/vlog_int.h"
 
@@ -14,11 +17,43 @@ const char *vlog_err2str(vlog_err_t err) {
     return "unknown";
 }
 
-vlog_t *vlog_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, char *errstr,
-                  size_t esz) {
-    if (c->kafka_brokers && c->kafka_brokers[0])
-        return vlog_kafka_open(c, flags, ack, errstr, esz);
-    return vlog_file_open(c, flags, ack, errstr, esz);
+vlog_t *vlog_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tally_err_t *err,
+                  char *errstr, size_t esz) {
+    tally_err_t e = TALLY_ERR_INTERNAL;
+    vlog_t *l = c->kafka_brokers && c->kafka_brokers[0]
+                    ? vlog_kafka_open(c, flags, ack, &e, errstr, esz)
+                    : vlog_file_open(c, flags, ack, &e, errstr, esz);
+    if (err)
+        *err = l ? TALLY_OK : e;
+    return l;
+}
+
+tally_err_t vlog_health(vlog_t *l, char *errstr, size_t esz) {
+    if (!l->ops->health)
+        return TALLY_OK;
+    return l->ops->health(l, errstr, esz);
+}
+
+tally_err_t vlog_check_positions(vlog_t *l, const uint64_t *pos, char *errstr, size_t esz) {
+    uint64_t *ends = xcalloc((size_t)l->npartitions, sizeof *ends);
+    tally_err_t rc = TALLY_OK;
+    if (l->ops->end_positions(l, ends, errstr, esz) != 0) {
+        rc = TALLY_ERR_UNAVAIL;
+        goto out;
+    }
+    for (int p = 0; p < l->npartitions; p++)
+        if (pos[p] > ends[p]) {
+            snprintf(errstr, esz,
+                     "partition %d: start position %llu is past the end of the log (%llu): the "
+                     "snapshot is newer than the log (was the log truncated, replaced or restored "
+                     "from an older copy?)",
+                     p, (unsigned long long)pos[p], (unsigned long long)ends[p]);
+            rc = TALLY_ERR_STATE;
+            goto out;
+        }
+out:
+    free(ends);
+    return rc;
 }
 
 int vlog_partitions(const vlog_t *l) { return l->npartitions; }

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/err.h"
 
 typedef struct vlog_s vlog_t;
 typedef struct vlog_reader_s vlog_reader_t;
@@ -33,12 +34,17 @@ typedef void(vlog_ack_cb)(void *opaque, vlog_err_t err);
 
 enum { VLOG_F_WRITE = 1, VLOG_F_READ = 2 };
 
-/* Opens the backend the config selects. The embedded log is recovered (a
- * torn tail dropped) and locked against other processes. On failure returns
- * NULL with errstr set, and errno EINVAL when the cause is configuration
- * (e.g. a kafka.* key librdkafka rejects). */
-vlog_t *vlog_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, char *errstr,
-                  size_t errstr_size);
+/* Opens the backend the config selects. The embedded log: with VLOG_F_WRITE
+ * it is locked exclusively and recovered (only a provable torn tail is cut,
+ * see vlog_scan_t); without it, it is opened O_RDONLY under a shared lock and
+ * nothing in log.dir is written or cut (a torn tail is left and not read).
+ * Damage refuses to open. On failure returns NULL with errstr set and *err
+ * (if err is not NULL) the class: TALLY_ERR_CONFIG for configuration (a
+ * partition count that does not match the log, a kafka.* key librdkafka
+ * rejects), TALLY_ERR_CORRUPT for damage, TALLY_ERR_STATE for a log that is
+ * in use, missing or shorter than its CHECKPOINT, TALLY_ERR_IO... */
+vlog_t *vlog_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tally_err_t *err,
+                  char *errstr, size_t errstr_size);
 int vlog_partitions(const vlog_t *l);
 const char *vlog_name(const vlog_t *l);
 
@@ -46,6 +52,21 @@ const char *vlog_name(const vlog_t *l);
  * callback will be called for opaque; otherwise it will not.
  * @locality any thread */
 vlog_err_t vlog_append(vlog_t *l, int partition, const uint8_t *rec, size_t len, void *opaque);
+
+/* TALLY_OK while the log takes writes; otherwise the class and, in errstr,
+ * why not: the file log is in its failed state after a failed write, fsync
+ * or truncate (TALLY_ERR_IO; it retries and leaves the state once the disk
+ * works again) or because votes.log vanished or was replaced under it
+ * (TALLY_ERR_STATE; until a restart). Every append gets VLOG_UNAVAIL then.
+ * @locality any thread; no system call */
+tally_err_t vlog_health(vlog_t *l, char *errstr, size_t errstr_size);
+
+/* Refuses start positions (e.g. from snapshots) past the log's end: the log
+ * was truncated, replaced or restored from an older copy. TALLY_ERR_STATE
+ * with errstr "partition P: start position X is past the end of the log
+ * (Y)...". */
+tally_err_t vlog_check_positions(vlog_t *l, const uint64_t *positions, char *errstr,
+                                 size_t errstr_size);
 
 /* Waits until every accepted append has been acknowledged, up to timeout. */
 int vlog_flush(vlog_t *l, int timeout_ms);
@@ -81,5 +102,64 @@ vlog_reader_t *vlog_reader_new(vlog_t *l, const int *partitions, const uint64_t 
 int vlog_reader_poll(vlog_reader_t *r, vlog_msg_cb *cb, void *arg, int max, int timeout_ms,
                      char *errstr, size_t errstr_size);
 void vlog_reader_free(vlog_reader_t *r);
+
+/* ---- The embedded log on disk: scanning, for open, `tally log verify`,
+ * `tally log salvage` and the fuzzer ----
+ *
+ * A scan walks frames from a frame boundary. A frame that does not check
+ * (bad header, bad checksum, or cut short by the end of the file) starts a
+ * bad range; the scan then resynchronises byte by byte: the range ends at
+ * the first offset where a complete frame checks (header plausible,
+ * checksum over payload, length and partition), and parsing goes on from
+ * there. A bad range with a valid frame after it is damage; a bad range
+ * that runs to the end of the file is the tail. Only a tail of at most one
+ * group-commit write (VLOG_MAX_WRITE) can be a torn write; a longer one is
+ * damage too. */
+#define VLOG_MAX_WRITE (16u << 20) /* bytes one group commit writes at most */
+
+typedef struct {
+    uint64_t start, end;   /* the bad bytes [start, end) */
+    uint64_t frames_after; /* intact frames between end and the end of the scan */
+    const char *why;       /* what the first bad frame failed (static text) */
+} vlog_range_t;
+
+typedef struct {
+    uint64_t from, size;   /* scanned [from, size) */
+    uint64_t frames;       /* intact frames */
+    uint64_t *part_frames; /* [npartitions]: intact frames per partition */
+    int npartitions;
+    uint64_t valid_end;   /* end of the last intact frame (from when none) */
+    vlog_range_t *damage; /* bad ranges followed by an intact frame, in order */
+    size_t ndamage;
+    int has_tail; /* bad bytes [tail.start, size) with no intact frame after */
+    vlog_range_t tail;
+} vlog_scan_t;
+
+/* Scans data[0..size) (size may be anything). Pure: no I/O, never fails. */
+void vlog_scan_buf(const uint8_t *data, size_t size, int npartitions, vlog_scan_t *out);
+/* Scans the file behind fd from offset from to its end, with preads. */
+tally_err_t vlog_scan_fd(int fd, uint64_t from, int npartitions, vlog_scan_t *out, char *errstr,
+                         size_t errstr_size);
+void vlog_scan_free(vlog_scan_t *s);
+/* 1 when the scan leaves only a torn tail to cut (or nothing): no damage and
+ * a tail no longer than one write. */
+int vlog_scan_clean(const vlog_scan_t *s);
+
+/* A log directory examined without opening the log: META read, votes.log
+ * opened O_RDONLY, locked shared when it can be (else live = 1: a writer is
+ * running), and scanned whole. Nothing in the directory is written. */
+typedef struct {
+    int fd, lockfd;  /* votes.log (holding the shared lock); lockfd unused (-1) */
+    int live;        /* a writer holds the log: bytes past the last frame may
+                      * be a commit in flight */
+    int npartitions; /* from META */
+    char path[4200]; /* votes.log */
+    vlog_scan_t scan;
+} vlog_examine_t;
+tally_err_t vlog_file_examine(const tally_config_t *c, vlog_examine_t *x, char *errstr,
+                              size_t errstr_size);
+void vlog_file_examine_close(vlog_examine_t *x);
+/* The META text of a log of n partitions (for salvage's new log). */
+int vlog_file_meta_text(int npartitions, char *out, size_t size);
 
 #endif

@@ -6,24 +6,36 @@
  * with the length and the partition.
  *
  * One writer thread does group commit: it takes every append queued since its
- * last round, writes them with one write(), fdatasyncs once, and only then
+ * last round, writes them with one write(), fdatasyncs once, checks that
+ * votes.log is still the file it writes (one stat()), and only then
  * publishes the new durable end to readers and acknowledges the appends. One
- * file means one fsync per round however many partitions the round touched
- * (one file per partition cost an fsync each). Readers never see past the
- * durable end, so nothing the engine counts can vanish in a crash.
+ * file means one fsync per round however many partitions the round touched.
+ * Readers never see past the durable end, so nothing the engine counts can
+ * vanish in a crash.
  *
  * Partitions stay what the engine shards by: each reader scans the file and
  * delivers the frames of its own partitions. A position is a byte offset in
  * the file: "every frame of this partition before it has been delivered".
  *
- * Recovery at open scans from the last checkpointed durable end (CHECKPOINT,
- * see ckpt_write); a torn tail (crash mid-write, never acknowledged) fails its
- * checksum and is truncated. Bad bytes longer than one write could have left
- * are corruption, not a torn tail: the log refuses to open rather than drop
- * acknowledged votes. */
+ * Recovery at open scans (vlog_scan_fd) from the last checkpointed durable
+ * end (CHECKPOINT, see ckpt_write), or from 0 without a trusted one. Only a
+ * provable torn tail is cut: bad bytes after the last intact frame, with no
+ * intact frame after them, no longer than one write. Anything else is
+ * damage and the log refuses to open, naming where and how many intact
+ * frames lie beyond (`tally log verify` / `tally log salvage`).
+ *
+ * Failed state: a failed write, fdatasync or truncate, or votes.log deleted
+ * or replaced under the writer, stops the log taking writes: every append is
+ * answered VLOG_UNAVAIL (503), the round that failed is never acknowledged,
+ * vlog_health() says why, readers go on. After an I/O failure the writer
+ * cuts the file back to the durable end and fdatasyncs, and retries that
+ * every FAIL_RETRY_MS until it works; only then does it take writes again.
+ * A vanished or replaced file stays failed until a restart (which refuses a
+ * META without votes.log). */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -33,6 +45,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "common/endian.h"
 #include "common/util.h"
 #include "log/record.h"
 #include "log/vlog_int.h"
@@ -40,9 +53,12 @@
 #define LOG_FORMAT 2
 #define FRAME_HDR 12
 #define FRAME_MAX_PAYLOAD 65536
-#define MAX_WRITE (16u << 20) /* bytes one group commit may write */
+#define FRAME_MAX (FRAME_HDR + FRAME_MAX_PAYLOAD)
+#define MAX_WRITE VLOG_MAX_WRITE
 #define READ_CHUNK (1u << 20)
 #define CKPT_INTERVAL_MS 1000
+#define IDENT_INTERVAL_MS 500 /* an idle writer checks votes.log this often */
+#define FAIL_RETRY_MS 250     /* a failed log retries its repair this often */
 
 typedef struct {
     vlog_t base;
@@ -54,8 +70,19 @@ typedef struct {
     int fsync;
     int group_us;
     size_t max_pending;
+    dev_t dev; /* votes.log's identity at open */
+    ino_t ino;
     uint64_t end;             /* writer: durable end of the file */
+    uint64_t ckpt_end;        /* writer: the end CHECKPOINT holds (or open found) */
     _Atomic uint64_t durable; /* readers: never read past this */
+
+    /* The failed state: 0 or the tally_err_t that caused it. Appends read
+     * it without a lock; the writer thread alone sets and clears it. */
+    _Atomic int failed;
+    int fail_logged;     /* writer: this failure was logged */
+    uint64_t fail_at_ms; /* writer: when the last repair was tried */
+    pthread_mutex_t hmu; /* guards health */
+    char health[512];
 
     pthread_mutex_t mu; /* guards pending, acks, inflight, stopping */
     pthread_cond_t wake;
@@ -78,10 +105,10 @@ typedef struct {
     vlog_reader_t base;
     int n;
     int *parts;
-    uint64_t *pos;  /* [n] */
-    uint8_t *done;  /* [n]: the callback declined a record: deliver no more */
-    int *mine;      /* [npartitions]: index into parts, or -1 */
-    uint64_t scan;  /* file offset the next poll reads from */
+    uint64_t *pos; /* [n] */
+    uint8_t *done; /* [n]: the callback declined a record: deliver no more */
+    int *mine;     /* [npartitions]: index into parts, or -1 */
+    uint64_t scan; /* file offset the next poll reads from */
     uint8_t *buf;
 } freader_t;
 
@@ -89,37 +116,24 @@ static uint32_t frame_sum(const uint8_t *p, uint32_t len, uint16_t partition) {
     return (uint32_t)XXH3_64bits_withSeed(p, len, (uint64_t)len | (uint64_t)partition << 32);
 }
 
-static void put_u16(uint8_t *p, uint16_t v) {
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-static void put_u32(uint8_t *p, uint32_t v) {
-    put_u16(p, (uint16_t)v);
-    put_u16(p + 2, (uint16_t)(v >> 16));
-}
-static uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-static uint32_t get_u32(const uint8_t *p) {
-    return (uint32_t)get_u16(p) | (uint32_t)get_u16(p + 2) << 16;
-}
-
 /* Checks the frame at p (avail bytes there). Returns its total length, 0 when
  * it needs more bytes than avail, or -1 with *why when it is bad. */
 static int64_t frame_check(const uint8_t *p, size_t avail, int npartitions, const char **why) {
     if (avail < FRAME_HDR)
         return 0;
-    uint32_t len = get_u32(p);
-    uint16_t part = get_u16(p + 8);
+    uint32_t len = le_get32(p);
+    uint16_t part = le_get16(p + 8);
     if (len == 0 || len > FRAME_MAX_PAYLOAD) {
         *why = "bad frame length";
         return -1;
     }
-    if (part >= npartitions || get_u16(p + 10) != 0) {
+    if (part >= npartitions || le_get16(p + 10) != 0) {
         *why = "bad frame header";
         return -1;
     }
     if (avail < FRAME_HDR + len)
         return 0;
-    if (frame_sum(p + FRAME_HDR, len, part) != get_u32(p + 4)) {
+    if (frame_sum(p + FRAME_HDR, len, part) != le_get32(p + 4)) {
         *why = "checksum mismatch";
         return -1;
     }
@@ -132,6 +146,10 @@ static int pwrite_all(int fd, const char *p, size_t n, uint64_t off) {
         if (w < 0) {
             if (errno == EINTR)
                 continue;
+            return -1;
+        }
+        if (w == 0) {
+            errno = ENOSPC;
             return -1;
         }
         p += w;
@@ -157,88 +175,189 @@ static ssize_t pread_full(int fd, uint8_t *p, size_t n, uint64_t off) {
     return (ssize_t)got;
 }
 
-/* Scans the file from `from` (a known frame boundary); truncates a torn
- * tail. Returns the valid end, or -1 with errstr set. */
-static int64_t recover(flog_t *l, uint64_t from, char *errstr, size_t esz) {
-    struct stat st;
-    if (fstat(l->fd, &st) != 0) {
-        snprintf(errstr, esz, "%s: %s", l->path, strerror(errno));
-        return -1;
-    }
-    uint64_t size = (uint64_t)st.st_size, pos = from <= size ? from : 0;
-    size_t bufsize = READ_CHUNK + FRAME_HDR + FRAME_MAX_PAYLOAD; /* holds a whole frame */
-    uint8_t *buf = xmalloc(bufsize);
-    const char *why = NULL;
-    while (pos < size && !why) {
-        size_t want = (size_t)(size - pos < bufsize ? size - pos : bufsize);
-        ssize_t got = pread_full(l->fd, buf, want, pos);
+/* ---- the scan (see vlog.h) ----
+ * One loop over a source of bytes: a buffer, or a file read through a
+ * window that always holds a whole frame's worth past the current offset. */
+typedef struct {
+    const uint8_t *data; /* the buffer, or the window holding [wstart, wend) */
+    uint64_t wstart, wend, size;
+    int fd;        /* -1: data is the whole input */
+    size_t wcap;   /* window capacity (fd) */
+    uint8_t *wbuf; /* fd */
+    int err;       /* errno of a failed read */
+} scan_src_t;
+
+/* Bytes at off: *avail of them (at most a whole frame's worth is needed). */
+static const uint8_t *src_at(scan_src_t *s, uint64_t off, size_t *avail) {
+    uint64_t want = s->size - off < FRAME_MAX ? s->size - off : FRAME_MAX;
+    if (s->fd >= 0 && (off < s->wstart || off + want > s->wend)) {
+        size_t n = (size_t)(s->size - off < s->wcap ? s->size - off : s->wcap);
+        ssize_t got = pread_full(s->fd, s->wbuf, n, off);
         if (got < 0) {
-            snprintf(errstr, esz, "%s: read: %s", l->path, strerror(errno));
-            free(buf);
-            return -1;
+            s->err = errno;
+            got = 0;
         }
-        size_t off = 0;
-        int64_t n;
-        while ((n = frame_check(buf + off, (size_t)got - off, l->base.npartitions, &why)) > 0)
-            off += (size_t)n;
-        if (n == 0 && off == 0)
-            why = "incomplete frame"; /* a whole frame always fits the buffer */
-        pos += off;
-        if (why && pos == from && from > 0) {
-            /* The checkpoint does not point at a frame of this file: do not
-             * trust it, scan everything. */
-            log_warn("log: CHECKPOINT offset %llu is not a frame boundary (%s); scanning the "
-                     "whole log",
-                     (unsigned long long)from, why);
-            pos = from = 0;
-            why = NULL;
-        }
+        s->wstart = off;
+        s->wend = off + (uint64_t)got;
+        if ((size_t)got < n) /* the file shrank (a writer cut a failed round) */
+            s->size = s->wend;
+        want = s->size - off < FRAME_MAX ? s->size - off : FRAME_MAX;
     }
-    free(buf);
-    if (pos < size) {
-        uint64_t tail = size - pos;
-        if (tail > MAX_WRITE) {
-            snprintf(errstr, esz,
-                     "%s: %s at offset %llu with %llu bytes after it: this is corruption, not a "
-                     "torn tail; refusing to drop data (restore the log or move the file away)",
-                     l->path, why, (unsigned long long)pos, (unsigned long long)tail);
-            return -1;
-        }
-        log_warn("log: dropping torn tail of %llu bytes at offset %llu (%s); it was never "
-                 "acknowledged",
-                 (unsigned long long)tail, (unsigned long long)pos, why);
-        if (ftruncate(l->fd, (off_t)pos) != 0 || fsync(l->fd) != 0) {
-            snprintf(errstr, esz, "%s: truncate: %s", l->path, strerror(errno));
-            return -1;
-        }
-    }
-    return (int64_t)pos;
+    *avail = (size_t)want;
+    return s->fd >= 0 ? s->wbuf + (off - s->wstart) : s->data + off;
 }
 
-/* CHECKPOINT: the durable end, rewritten about once a second after a group
- * commit. Recovery scans from there instead of from the start of a possibly
- * huge file: everything before it was fsynced before the checkpoint was
- * written. Checksummed; a missing, damaged or implausible one means a full
- * scan, never a wrong answer. */
-static void ckpt_write(flog_t *l) {
-    char text[128], path[4200];
+static void scan_run(scan_src_t *src, uint64_t from, int np, vlog_scan_t *out) {
+    memset(out, 0, sizeof *out);
+    out->npartitions = np > 0 ? np : 0;
+    out->part_frames = xcalloc((size_t)(np > 0 ? np : 1), sizeof *out->part_frames);
+    out->from = out->valid_end = from;
+    size_t capdmg = 0;
+    uint64_t pos = from, bad_start = 0;
+    int in_bad = 0;
+    const char *bad_why = NULL;
+    uint64_t *frames_before = NULL; /* [ndamage]: frames before each range's end */
+    while (pos < src->size && !src->err) {
+        size_t avail;
+        const uint8_t *p = src_at(src, pos, &avail);
+        if (src->err)
+            break;
+        const char *why = "incomplete frame";
+        int64_t n = frame_check(p, avail, np, &why);
+        if (n > 0) {
+            if (in_bad) {
+                if (out->ndamage == capdmg) {
+                    capdmg = capdmg ? capdmg * 2 : 4;
+                    out->damage = xrealloc(out->damage, capdmg * sizeof *out->damage);
+                    frames_before = xrealloc(frames_before, capdmg * sizeof *frames_before);
+                }
+                frames_before[out->ndamage] = out->frames;
+                out->damage[out->ndamage++] = (vlog_range_t){bad_start, pos, 0, bad_why};
+                in_bad = 0;
+            }
+            out->frames++;
+            out->part_frames[le_get16(p + 8)]++;
+            pos += (uint64_t)n;
+            out->valid_end = pos;
+            continue;
+        }
+        if (!in_bad) {
+            in_bad = 1;
+            bad_start = pos;
+            bad_why = why;
+        }
+        pos++; /* resynchronise: the next offset where a whole frame checks */
+    }
+    out->size = src->size < pos ? pos : src->size;
+    if (src->err)
+        out->size = pos;
+    if (in_bad) {
+        out->has_tail = 1;
+        out->tail = (vlog_range_t){bad_start, out->size, 0, bad_why};
+    }
+    for (size_t k = 0; k < out->ndamage; k++)
+        out->damage[k].frames_after = out->frames - frames_before[k];
+    free(frames_before);
+}
+
+void vlog_scan_buf(const uint8_t *data, size_t size, int npartitions, vlog_scan_t *out) {
+    scan_src_t src = {.data = data, .size = size, .fd = -1};
+    scan_run(&src, 0, npartitions, out);
+}
+
+tally_err_t vlog_scan_fd_window(int fd, uint64_t from, int npartitions, size_t window,
+                                vlog_scan_t *out, char *errstr, size_t esz) {
     struct stat st;
-    if (fstat(l->fd, &st) != 0)
+    memset(out, 0, sizeof *out);
+    if (fstat(fd, &st) != 0) {
+        snprintf(errstr, esz, "fstat: %s", strerror(errno));
+        return TALLY_ERR_IO;
+    }
+    scan_src_t src = {.fd = fd, .size = (uint64_t)st.st_size, .wcap = window + FRAME_MAX};
+    src.wbuf = xmalloc(src.wcap);
+    if (from > src.size)
+        from = src.size;
+    scan_run(&src, from, npartitions, out);
+    free(src.wbuf);
+    if (src.err) {
+        snprintf(errstr, esz, "read at %llu: %s", (unsigned long long)out->size, strerror(src.err));
+        vlog_scan_free(out);
+        return TALLY_ERR_IO;
+    }
+    return TALLY_OK;
+}
+
+tally_err_t vlog_scan_fd(int fd, uint64_t from, int npartitions, vlog_scan_t *out, char *errstr,
+                         size_t esz) {
+    return vlog_scan_fd_window(fd, from, npartitions, READ_CHUNK, out, errstr, esz);
+}
+
+void vlog_scan_free(vlog_scan_t *s) {
+    free(s->part_frames);
+    free(s->damage);
+    memset(s, 0, sizeof *s);
+}
+
+int vlog_scan_clean(const vlog_scan_t *s) {
+    return s->ndamage == 0 && (!s->has_tail || s->tail.end - s->tail.start <= MAX_WRITE);
+}
+
+/* The refusal for a scan that is not clean, naming the first damage. */
+static void scan_refusal(const vlog_scan_t *s, const char *path, char *errstr, size_t esz) {
+    if (s->ndamage > 0) {
+        const vlog_range_t *d = &s->damage[0];
+        snprintf(errstr, esz,
+                 "%s: %s at offset %llu (%llu bad bytes) with %llu intact frames after it: this "
+                 "is corruption, not a torn tail; refusing to open, nothing was changed (see "
+                 "`tally log verify` and `tally log salvage`)",
+                 path, d->why, (unsigned long long)d->start,
+                 (unsigned long long)(d->end - d->start), (unsigned long long)d->frames_after);
         return;
-    /* The inode ties the checkpoint to this very file: a votes.log moved
-     * away or restored from a backup does not inherit it. */
-    int n = snprintf(text, sizeof text, "tally-ckpt %d %llu %llu", LOG_FORMAT,
-                     (unsigned long long)st.st_ino, (unsigned long long)l->end);
+    }
+    snprintf(errstr, esz,
+             "%s: %s at offset %llu with %llu bytes after it: this is corruption, not a torn "
+             "tail (one write is at most %u bytes); refusing to drop data, nothing was changed "
+             "(see `tally log verify` and `tally log salvage`)",
+             path, s->tail.why, (unsigned long long)s->tail.start,
+             (unsigned long long)(s->tail.end - s->tail.start), MAX_WRITE);
+}
+
+/* ---- CHECKPOINT ----
+ * The durable end, rewritten about once a second after a group commit.
+ * Recovery scans from there instead of from the start of a possibly huge
+ * file: everything before it was fsynced before the checkpoint was
+ * written. "tally-ckpt FMT INODE END HEAD SUM": HEAD fingerprints the file
+ * (XXH3 of its first frame header, which holds frame 0's checksum; 0 while
+ * the file is shorter), since inode numbers are reused as soon as a file
+ * is deleted. A missing or damaged checkpoint, or one of another file,
+ * means a full scan; one of this very file with an end past the file's
+ * means the log lost acknowledged bytes: refused. */
+static uint64_t file_head(int fd, uint64_t size) {
+    uint8_t h[FRAME_HDR];
+    if (size < FRAME_HDR || pread_full(fd, h, FRAME_HDR, 0) != FRAME_HDR)
+        return 0;
+    return XXH3_64bits(h, FRAME_HDR);
+}
+
+static void ckpt_write(flog_t *l) {
+    char text[160], path[4200];
+    int n = snprintf(text, sizeof text, "tally-ckpt %d %llu %llu %016llx", LOG_FORMAT,
+                     (unsigned long long)l->ino, (unsigned long long)l->end,
+                     (unsigned long long)file_head(l->fd, l->end));
     n += snprintf(text + n, sizeof text - (size_t)n, " %016llx\n",
                   (unsigned long long)XXH3_64bits(text, (size_t)n));
     snprintf(path, sizeof path, "%s/CHECKPOINT", l->dir);
     if (write_file_atomic(path, text, (size_t)n, 0) != 0)
         log_warn("log: cannot write %s: %s (recovery will scan the whole log)", path,
                  strerror(errno));
+    else
+        l->ckpt_end = l->end;
 }
 
-static uint64_t ckpt_read(const char *dir, int fd) {
-    char path[4200], text[160];
+/* 1 with *end when CHECKPOINT is intact and names this file (inode, and
+ * the head when the file has one), else 0. */
+static int ckpt_read(const char *dir, int fd, const struct stat *st, uint64_t *end_out) {
+    char path[4200], text[200];
     snprintf(path, sizeof path, "%s/CHECKPOINT", dir);
     FILE *f = fopen(path, "r");
     if (!f)
@@ -248,24 +367,211 @@ static uint64_t ckpt_read(const char *dir, int fd) {
     text[n] = '\0';
     char *sum = strrchr(text, ' ');
     int fmt = 0;
-    unsigned long long ino = 0, end = 0;
-    struct stat st;
-    if (!sum || sscanf(text, "tally-ckpt %d %llu %llu", &fmt, &ino, &end) != 3 ||
-        fmt != LOG_FORMAT || fstat(fd, &st) != 0 || ino != (unsigned long long)st.st_ino ||
+    unsigned long long ino = 0, end = 0, head = 0;
+    if (!sum || sscanf(text, "tally-ckpt %d %llu %llu %llx", &fmt, &ino, &end, &head) != 4 ||
+        fmt != LOG_FORMAT || ino != (unsigned long long)st->st_ino ||
         strtoull(sum + 1, NULL, 16) != XXH3_64bits(text, (size_t)(sum - text)))
         return 0;
+    uint64_t size = (uint64_t)st->st_size;
+    if (end >= FRAME_HDR && size >= FRAME_HDR && head != file_head(fd, size))
+        return 0; /* another file that got the same inode number */
+    *end_out = end;
+    return 1;
+}
+
+/* Recovery at open: scans from the checkpoint (or 0), cuts a provable torn
+ * tail when writing. Returns the valid end, or -1 with *err and errstr. */
+static int64_t recover(flog_t *l, tally_err_t *err, char *errstr, size_t esz) {
+    struct stat st;
+    if (fstat(l->fd, &st) != 0) {
+        *err = TALLY_ERR_IO;
+        snprintf(errstr, esz, "%s: %s", l->path, strerror(errno));
+        return -1;
+    }
+    uint64_t size = (uint64_t)st.st_size, from = 0;
+    int have_ckpt = ckpt_read(l->dir, l->fd, &st, &from);
+    if (have_ckpt && from > size) {
+        *err = TALLY_ERR_STATE;
+        snprintf(errstr, esz,
+                 "%s is %llu bytes but %s/CHECKPOINT says %llu bytes of it were durable: the log "
+                 "lost acknowledged votes (truncated, or restored from an older copy); refusing "
+                 "to open. If this copy is the one to keep, remove CHECKPOINT",
+                 l->path, (unsigned long long)size, l->dir, (unsigned long long)from);
+        return -1;
+    }
+    /* A read-only open (replay) reads the whole log anyway: it checks all
+     * of it first, so that damage refuses before anything is counted. */
+    if (!(l->flags & VLOG_F_WRITE))
+        from = 0;
+    vlog_scan_t s;
+    if ((*err = vlog_scan_fd(l->fd, from, l->base.npartitions, &s, errstr, esz)) != TALLY_OK)
+        return -1;
+    int bad_at_from =
+        (s.ndamage && s.damage[0].start == from) || (s.has_tail && s.tail.start == from);
+    if (from > 0 && bad_at_from) {
+        /* The checkpoint does not point at a frame of this file: do not
+         * trust it, scan everything. */
+        log_warn("log: CHECKPOINT offset %llu is not a frame boundary; scanning the whole log",
+                 (unsigned long long)from);
+        vlog_scan_free(&s);
+        if ((*err = vlog_scan_fd(l->fd, 0, l->base.npartitions, &s, errstr, esz)) != TALLY_OK)
+            return -1;
+    }
+    int64_t end = -1;
+    if (!vlog_scan_clean(&s)) {
+        *err = TALLY_ERR_CORRUPT;
+        scan_refusal(&s, l->path, errstr, esz);
+        goto out;
+    }
+    end = (int64_t)s.valid_end;
+    if (s.has_tail) {
+        uint64_t tail = s.tail.end - s.tail.start;
+        if (!(l->flags & VLOG_F_WRITE)) {
+            log_warn("log: %s has a torn tail of %llu bytes at offset %llu (%s; never "
+                     "acknowledged): not read, left in place (read-only)",
+                     l->path, (unsigned long long)tail, (unsigned long long)s.tail.start,
+                     s.tail.why);
+            goto out;
+        }
+        log_warn("log: dropping torn tail of %llu bytes at offset %llu (%s); it was never "
+                 "acknowledged",
+                 (unsigned long long)tail, (unsigned long long)s.tail.start, s.tail.why);
+        if (ftruncate(l->fd, (off_t)s.tail.start) != 0 || fdatasync(l->fd) != 0) {
+            *err = TALLY_ERR_IO;
+            snprintf(errstr, esz, "%s: truncate: %s", l->path, strerror(errno));
+            end = -1;
+        }
+    }
+out:
+    vlog_scan_free(&s);
     return end;
 }
 
+/* ---- the failed state ---- */
+
+static void fail_set(flog_t *l, tally_err_t why, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fail_set(flog_t *l, tally_err_t why, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&l->hmu);
+    snprintf(l->health, sizeof l->health, "%s", msg);
+    pthread_mutex_unlock(&l->hmu);
+    /* A vanished file stays the cause; an I/O error does not replace it. */
+    if (atomic_load(&l->failed) != TALLY_ERR_STATE)
+        atomic_store(&l->failed, (int)why);
+    l->fail_at_ms = mono_ms();
+    if (!l->fail_logged) {
+        log_error("log: %s; votes are answered 503 until it is fixed", msg);
+        l->fail_logged = 1;
+    }
+}
+
+/* Is votes.log still the file this writer writes? One stat(). */
+static int ident_check(flog_t *l) {
+    struct stat st;
+    int there = stat(l->path, &st) == 0;
+    if (there && st.st_dev == l->dev && st.st_ino == l->ino)
+        return 0;
+    struct stat fst;
+    nlink_t links = fstat(l->fd, &fst) == 0 ? fst.st_nlink : 0;
+    if (!there)
+        fail_set(l, TALLY_ERR_STATE,
+                 "%s was deleted or moved while in use (link count %lu): the log cannot take "
+                 "votes; restore it and restart",
+                 l->path, (unsigned long)links);
+    else
+        fail_set(l, TALLY_ERR_STATE,
+                 "%s was replaced by another file while in use: the log cannot take votes; "
+                 "restart",
+                 l->path);
+    return -1;
+}
+
+/* After an I/O failure: cut the file back to the durable end and make that
+ * durable, so that the next round does not append after garbage. With
+ * may_clear, and FAIL_RETRY_MS after the last failure, the failed state ends
+ * when both work (and votes.log is still the file). */
+static void fail_repair(flog_t *l, int may_clear) {
+    if (atomic_load(&l->failed) == TALLY_ERR_STATE)
+        return; /* vanished or replaced: only a restart helps */
+    if (may_clear && mono_ms() - l->fail_at_ms < FAIL_RETRY_MS)
+        return;
+    if (ftruncate(l->fd, (off_t)l->end) != 0) {
+        fail_set(l, TALLY_ERR_IO, "%s: cannot cut a failed write back to %llu: %s", l->path,
+                 (unsigned long long)l->end, strerror(errno));
+        return;
+    }
+    if (fdatasync(l->fd) != 0) {
+        fail_set(l, TALLY_ERR_IO, "%s: fdatasync after cutting a failed write: %s", l->path,
+                 strerror(errno));
+        return;
+    }
+    if (!may_clear || ident_check(l) != 0)
+        return;
+    log_info("log: %s takes writes again (cut back to %llu)", l->path, (unsigned long long)l->end);
+    atomic_store(&l->failed, TALLY_OK);
+}
+
+/* One group commit round of n appends in l->writing. */
+static vlog_err_t writer_round(flog_t *l, size_t n) {
+    if (atomic_load(&l->failed)) {
+        fail_repair(l, 1);
+        if (atomic_load(&l->failed))
+            return VLOG_UNAVAIL; /* appended before the failure: never written */
+    }
+    if (pwrite_all(l->fd, l->writing.data, l->writing.len, l->end) != 0) {
+        fail_set(l, TALLY_ERR_IO, "%s: write failed: %s; %zu votes not acknowledged", l->path,
+                 strerror(errno), n);
+        fail_repair(l, 0);
+        return VLOG_UNAVAIL;
+    }
+    /* After a failed fdatasync what reached the disk is unknown: the round
+     * is not acknowledged and is cut away, and the log stays failed until a
+     * cut and a sync both work. */
+    if (l->fsync && fdatasync(l->fd) != 0) {
+        fail_set(l, TALLY_ERR_IO, "%s: fdatasync failed: %s; %zu votes not acknowledged", l->path,
+                 strerror(errno), n);
+        fail_repair(l, 0);
+        return VLOG_UNAVAIL;
+    }
+    /* Durable, but in the file everybody reads? A deleted or replaced
+     * votes.log would take votes that no restart can find. */
+    if (ident_check(l) != 0)
+        return VLOG_UNAVAIL;
+    l->fail_logged = 0;
+    return VLOG_OK;
+}
+
+static struct timespec deadline_in(int ms);
+
 static void *writer_main(void *arg) {
     flog_t *l = arg;
-    uint64_t last_ckpt = mono_ms();
+    uint64_t last_ckpt = mono_ms(), last_ident = mono_ms();
     void **acks = NULL;
     size_t capacks = 0;
     pthread_mutex_lock(&l->mu);
     for (;;) {
-        while (l->nacks == 0 && !l->stopping)
-            pthread_cond_wait(&l->wake, &l->mu);
+        while (l->nacks == 0 && !l->stopping) {
+            int failed = atomic_load(&l->failed) != TALLY_OK;
+            struct timespec ts = deadline_in(failed ? FAIL_RETRY_MS : IDENT_INTERVAL_MS);
+            pthread_cond_timedwait(&l->wake, &l->mu, &ts);
+            if (l->nacks == 0 && !l->stopping &&
+                (failed || mono_ms() - last_ident >= IDENT_INTERVAL_MS)) {
+                /* Idle: notice a vanished file, or repair a failed one,
+                 * without waiting for a vote. */
+                pthread_mutex_unlock(&l->mu);
+                if (failed)
+                    fail_repair(l, 1);
+                else
+                    ident_check(l);
+                last_ident = mono_ms();
+                pthread_mutex_lock(&l->mu);
+            }
+        }
         if (l->nacks == 0)
             break; /* stopping and drained */
         if (l->group_us > 0 && !l->stopping) {
@@ -289,16 +595,9 @@ static void *writer_main(void *arg) {
         l->nacks = 0;
         pthread_mutex_unlock(&l->mu);
 
-        vlog_err_t err = VLOG_OK;
-        if (pwrite_all(l->fd, l->writing.data, l->writing.len, l->end) != 0 ||
-            (l->fsync && fdatasync(l->fd) != 0)) {
-            log_error("log: write failed: %s; %zu votes not acknowledged", strerror(errno), n);
-            err = VLOG_UNAVAIL;
-            /* Cut what this round may have left so the next round does not
-             * append after garbage. */
-            if (ftruncate(l->fd, (off_t)l->end) != 0)
-                tally_assert(!"cannot truncate the log after a failed write");
-        } else {
+        vlog_err_t err = writer_round(l, n);
+        last_ident = mono_ms();
+        if (err == VLOG_OK) {
             l->end += l->writing.len;
             atomic_store_explicit(&l->durable, l->end, memory_order_release);
             pthread_mutex_lock(&l->rmu);
@@ -327,11 +626,13 @@ static vlog_err_t flog_append(vlog_t *base, int partition, const uint8_t *rec, s
     flog_t *l = (flog_t *)base;
     if (len == 0 || len > FRAME_MAX_PAYLOAD || !(l->flags & VLOG_F_WRITE))
         return VLOG_ERR;
+    if (atomic_load_explicit(&l->failed, memory_order_relaxed))
+        return VLOG_UNAVAIL;
     uint8_t hdr[FRAME_HDR];
-    put_u32(hdr, (uint32_t)len);
-    put_u32(hdr + 4, frame_sum(rec, (uint32_t)len, (uint16_t)partition));
-    put_u16(hdr + 8, (uint16_t)partition);
-    put_u16(hdr + 10, 0);
+    le_put32(hdr, (uint32_t)len);
+    le_put32(hdr + 4, frame_sum(rec, (uint32_t)len, (uint16_t)partition));
+    le_put16(hdr + 8, (uint16_t)partition);
+    le_put16(hdr + 10, 0);
     pthread_mutex_lock(&l->mu);
     if (l->stopping) {
         pthread_mutex_unlock(&l->mu);
@@ -353,6 +654,17 @@ static vlog_err_t flog_append(vlog_t *base, int partition, const uint8_t *rec, s
         pthread_cond_signal(&l->wake);
     pthread_mutex_unlock(&l->mu);
     return VLOG_OK;
+}
+
+static tally_err_t flog_health(vlog_t *base, char *errstr, size_t esz) {
+    flog_t *l = (flog_t *)base;
+    tally_err_t e = (tally_err_t)atomic_load(&l->failed);
+    if (e != TALLY_OK) {
+        pthread_mutex_lock(&l->hmu);
+        snprintf(errstr, esz, "%s", l->health);
+        pthread_mutex_unlock(&l->hmu);
+    }
+    return e;
 }
 
 static struct timespec deadline_in(int ms) {
@@ -387,7 +699,7 @@ static void flog_close(vlog_t *base) {
         pthread_cond_signal(&l->wake);
         pthread_mutex_unlock(&l->mu);
         pthread_join(l->writer, NULL);
-        if (l->fsync)
+        if (l->fsync && !atomic_load(&l->failed) && l->end != l->ckpt_end)
             ckpt_write(l);
     }
     if (l->fd >= 0)
@@ -401,6 +713,7 @@ static void flog_close(vlog_t *base) {
     pthread_cond_destroy(&l->drained);
     pthread_mutex_destroy(&l->rmu);
     pthread_cond_destroy(&l->rcond);
+    pthread_mutex_destroy(&l->hmu);
     free(l->acks);
     free(l->path);
     free(l->dir);
@@ -450,8 +763,7 @@ static vlog_reader_t *flog_reader_new(vlog_t *base, const int *parts, const uint
     r->scan = n ? UINT64_MAX : end;
     for (int i = 0; i < n; i++) {
         if (parts[i] < 0 || parts[i] >= base->npartitions || r->mine[parts[i]] >= 0) {
-            snprintf(errstr, esz, "reader: partition %d is out of range or listed twice",
-                     parts[i]);
+            snprintf(errstr, esz, "reader: partition %d is out of range or listed twice", parts[i]);
             flog_reader_free(&r->base);
             return NULL;
         }
@@ -472,8 +784,8 @@ static vlog_reader_t *flog_reader_new(vlog_t *base, const int *parts, const uint
     return &r->base;
 }
 
-static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int max,
-                            int timeout_ms, char *errstr, size_t esz) {
+static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int max, int timeout_ms,
+                            char *errstr, size_t esz) {
     freader_t *r = (freader_t *)rb;
     flog_t *l = (flog_t *)rb->log;
     pthread_mutex_lock(&l->rmu);
@@ -503,7 +815,7 @@ static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int m
             }
             if (n == 0)
                 break;
-            int i = r->mine[get_u16(r->buf + off + 8)];
+            int i = r->mine[le_get16(r->buf + off + 8)];
             uint64_t at = r->scan + off, next = at + (uint64_t)n;
             if (i >= 0 && !r->done[i] && at >= r->pos[i]) {
                 vlog_msg_t m = {r->parts[i], next, -1, r->buf + off + FRAME_HDR,
@@ -556,56 +868,83 @@ static const vlog_ops_t flog_ops = {
     .reader_new = flog_reader_new,
     .reader_poll = flog_reader_poll,
     .reader_free = flog_reader_free,
+    .health = flog_health,
 };
 
-/* The META file pins the format and the partition count: changing the count
- * would move voters to other partitions and break one-vote-per-voter. */
-static int check_meta(flog_t *l, char *errstr, size_t esz) {
-    char path[4200], want[64];
-    int partitions = l->base.npartitions;
-    snprintf(path, sizeof path, "%s/META", l->dir);
-    snprintf(want, sizeof want, "tally-log %d partitions=%d\n", LOG_FORMAT, partitions);
+/* ---- META, LOCK and open ----
+ * META pins the format and the partition count: changing the count would
+ * move voters to other partitions and break one-vote-per-voter. It is
+ * written once, after votes.log exists, so that a META without votes.log
+ * always means a log that was deleted or moved. */
+int vlog_file_meta_text(int npartitions, char *out, size_t size) {
+    return snprintf(out, size, "tally-log %d partitions=%d\n", LOG_FORMAT, npartitions);
+}
+
+/* 1 with *n when META is there and of this format, 0 when there is none,
+ * -1 with *err and errstr. */
+static int meta_load(const char *dir, int *n, tally_err_t *err, char *errstr, size_t esz) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/META", dir);
     FILE *f = fopen(path, "r");
     if (!f) {
-        if (errno == ENOENT && access(l->path, F_OK) == 0) {
-            snprintf(errstr, esz,
-                     "%s is missing but %s exists: the partition count is unknown "
-                     "(log.partitions may not match it); restore META (\"%.*s\")",
-                     path, l->path, (int)strlen(want) - 1, want);
-            return -1;
-        }
-        if (errno != ENOENT || write_file_atomic(path, want, strlen(want), 1) != 0) {
-            snprintf(errstr, esz, "%s: %s", path, strerror(errno));
-            return -1;
-        }
-        return 0;
+        if (errno == ENOENT)
+            return 0;
+        *err = TALLY_ERR_IO;
+        snprintf(errstr, esz, "%s: %s", path, strerror(errno));
+        return -1;
     }
     char have[64] = "";
     if (!fgets(have, sizeof have, f))
         have[0] = '\0';
     fclose(f);
-    int fmt = 0, n = 0;
-    if (sscanf(have, "tally-log %d partitions=%d", &fmt, &n) != 2) {
+    int fmt = 0;
+    if (sscanf(have, "tally-log %d partitions=%d", &fmt, n) != 2 || *n <= 0) {
+        *err = TALLY_ERR_CORRUPT;
         snprintf(errstr, esz, "%s: not a tally log (unreadable META)", path);
         return -1;
     }
     if (fmt != LOG_FORMAT) {
+        *err = TALLY_ERR_STATE;
         snprintf(errstr, esz, "%s: log format %d, this tally reads format %d", path, fmt,
                  LOG_FORMAT);
         return -1;
     }
-    if (n != partitions) {
-        snprintf(errstr, esz,
-                 "log.partitions: the log in %s has %d partitions, config says %d; the partition "
-                 "count of an existing log cannot change",
-                 l->dir, n, partitions);
-        return -1;
-    }
-    return 0;
+    return 1;
 }
 
-vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, char *errstr,
-                       size_t esz) {
+/* Locks: a writer holds LOCK (created if need be) and votes.log itself
+ * exclusively; a reader holds votes.log shared, so that a read-only open
+ * writes nothing, not even LOCK, and still cannot race a writer's cut of a
+ * torn tail. 0, or -1 with *err and errstr. */
+static int lock_fd(int fd, const char *dir, int exclusive, tally_err_t *err, char *errstr,
+                   size_t esz) {
+    if (flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0)
+        return 0;
+    int e = errno;
+    *err = e == EWOULDBLOCK ? TALLY_ERR_STATE : TALLY_ERR_IO;
+    snprintf(errstr, esz, "log.dir %s: %s", dir,
+             e == EWOULDBLOCK ? "in use by another tally process (stop it first)" : strerror(e));
+    return -1;
+}
+
+static int lock_take(const char *dir, tally_err_t *err, char *errstr, size_t esz) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/LOCK", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        *err = TALLY_ERR_IO;
+        snprintf(errstr, esz, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (lock_fd(fd, dir, 1, err, errstr, esz) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tally_err_t *err,
+                       char *errstr, size_t esz) {
     flog_t *l = xcalloc(1, sizeof *l);
     l->base.ops = &flog_ops;
     l->base.npartitions = c->log_partitions;
@@ -621,51 +960,166 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, cha
     pthread_cond_init(&l->drained, NULL);
     pthread_mutex_init(&l->rmu, NULL);
     pthread_cond_init(&l->rcond, NULL);
+    pthread_mutex_init(&l->hmu, NULL);
     buf_t pb = {0};
     buf_printf(&pb, "%s/votes.log", l->dir);
     l->path = pb.data;
-
-    char path[4200];
+    int writing = (flags & VLOG_F_WRITE) != 0, n = 0, have_meta;
+    struct stat st;
     int64_t end;
-    if (mkdir_p(l->dir) != 0) {
+    *err = TALLY_ERR_INTERNAL;
+
+    if (writing && mkdir_p(l->dir) != 0) {
+        *err = TALLY_ERR_CONFIG;
         snprintf(errstr, esz, "log.dir %s: %s", l->dir, strerror(errno));
         goto fail;
     }
-    snprintf(path, sizeof path, "%s/LOCK", l->dir);
-    l->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (l->lockfd < 0 || flock(l->lockfd, LOCK_EX | LOCK_NB) != 0) {
-        snprintf(errstr, esz, "log.dir %s: %s", l->dir,
-                 errno == EWOULDBLOCK ? "in use by another tally process (stop it first)"
-                                      : strerror(errno));
+    errno = 0;
+    if (!writing && (stat(l->dir, &st) != 0 || !S_ISDIR(st.st_mode))) {
+        *err = TALLY_ERR_STATE;
+        snprintf(errstr, esz, "log.dir %s: no vote log there (%s)", l->dir,
+                 errno ? strerror(errno) : "not a directory");
         goto fail;
     }
-    if (check_meta(l, errstr, esz) != 0)
+    if (writing && (l->lockfd = lock_take(l->dir, err, errstr, esz)) < 0)
         goto fail;
-    l->fd = open(l->path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (l->fd < 0) {
+    if ((have_meta = meta_load(l->dir, &n, err, errstr, esz)) < 0)
+        goto fail;
+    if (have_meta && n != l->base.npartitions) {
+        *err = TALLY_ERR_CONFIG;
+        snprintf(errstr, esz,
+                 "log.partitions: the log in %s has %d partitions, config says %d; the partition "
+                 "count of an existing log cannot change",
+                 l->dir, n, l->base.npartitions);
+        goto fail;
+    }
+    int have_log = stat(l->path, &st) == 0;
+    if (!have_log && errno != ENOENT) {
+        *err = TALLY_ERR_IO;
         snprintf(errstr, esz, "%s: %s", l->path, strerror(errno));
         goto fail;
     }
-    if ((end = recover(l, ckpt_read(l->dir, l->fd), errstr, esz)) < 0)
-        goto fail;
-    l->end = (uint64_t)end;
-    if (l->fsync && (flags & VLOG_F_WRITE))
-        ckpt_write(l); /* the recovered end, for this file */
-    atomic_store(&l->durable, (uint64_t)end);
-    if (fsync_dir(l->dir) != 0) {
-        snprintf(errstr, esz, "log.dir %s: fsync: %s", l->dir, strerror(errno));
+    if (have_meta && !have_log) {
+        *err = TALLY_ERR_STATE;
+        snprintf(errstr, esz,
+                 "%s is missing but %s/META says a log was created here: the log was deleted "
+                 "or moved; restore it (to start a new, empty log, move the whole log.dir away)",
+                 l->path, l->dir);
         goto fail;
     }
-    if (flags & VLOG_F_WRITE) {
+    if (!have_meta && have_log && st.st_size > 0) {
+        char want[64];
+        vlog_file_meta_text(l->base.npartitions, want, sizeof want);
+        *err = TALLY_ERR_STATE;
+        snprintf(errstr, esz,
+                 "%s/META is missing but %s exists: the partition count is unknown "
+                 "(log.partitions may not match it); restore META (\"%.*s\")",
+                 l->dir, l->path, (int)strlen(want) - 1, want);
+        goto fail;
+    }
+    if (!have_meta && !writing) {
+        *err = TALLY_ERR_STATE;
+        snprintf(errstr, esz, "log.dir %s holds no vote log (no META)", l->dir);
+        goto fail;
+    }
+    l->fd = open(l->path, writing ? O_RDWR | O_CREAT | O_CLOEXEC : O_RDONLY | O_CLOEXEC, 0644);
+    if (l->fd < 0) {
+        *err = TALLY_ERR_IO;
+        snprintf(errstr, esz, "%s: %s", l->path, strerror(errno));
+        goto fail;
+    }
+    if (lock_fd(l->fd, l->dir, writing, err, errstr, esz) != 0)
+        goto fail;
+    if (!have_meta) { /* a new log: votes.log first, then META */
+        char meta[4200], text[64];
+        snprintf(meta, sizeof meta, "%s/META", l->dir);
+        int tn = vlog_file_meta_text(l->base.npartitions, text, sizeof text);
+        if (fsync_dir(l->dir) != 0 || write_file_atomic(meta, text, (size_t)tn, 1) != 0) {
+            *err = TALLY_ERR_IO;
+            snprintf(errstr, esz, "%s: %s", meta, strerror(errno));
+            goto fail;
+        }
+    }
+    if (fstat(l->fd, &st) != 0) {
+        *err = TALLY_ERR_IO;
+        snprintf(errstr, esz, "%s: %s", l->path, strerror(errno));
+        goto fail;
+    }
+    l->dev = st.st_dev;
+    l->ino = st.st_ino;
+    if ((end = recover(l, err, errstr, esz)) < 0)
+        goto fail;
+    l->end = (uint64_t)end;
+    atomic_store(&l->durable, (uint64_t)end);
+    l->ckpt_end = l->end;
+    if (writing) {
+        if (fsync_dir(l->dir) != 0) {
+            *err = TALLY_ERR_IO;
+            snprintf(errstr, esz, "log.dir %s: fsync: %s", l->dir, strerror(errno));
+            goto fail;
+        }
         if (pthread_create(&l->writer, NULL, writer_main, l) != 0) {
             snprintf(errstr, esz, "log: cannot start the writer thread");
             goto fail;
         }
         l->writer_started = 1;
     }
+    *err = TALLY_OK;
     return &l->base;
 fail:
     flog_close(&l->base);
-    errno = 0; /* not a configuration error */
     return NULL;
+}
+
+/* ---- examining a log without opening it ---- */
+
+tally_err_t vlog_file_examine(const tally_config_t *c, vlog_examine_t *x, char *errstr,
+                              size_t esz) {
+    memset(x, 0, sizeof *x);
+    x->fd = x->lockfd = -1;
+    tally_err_t err = TALLY_ERR_INTERNAL;
+    struct stat st;
+    snprintf(x->path, sizeof x->path, "%s/votes.log", c->log_dir);
+    errno = 0;
+    if (stat(c->log_dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(errstr, esz, "log.dir %s: no vote log there (%s)", c->log_dir,
+                 errno ? strerror(errno) : "not a directory");
+        return TALLY_ERR_STATE;
+    }
+    int have = meta_load(c->log_dir, &x->npartitions, &err, errstr, esz);
+    if (have < 0)
+        goto fail;
+    if (have == 0) {
+        log_warn("%s/META is missing: assuming log.partitions = %d from the config", c->log_dir,
+                 c->log_partitions);
+        x->npartitions = c->log_partitions;
+    } else if (x->npartitions != c->log_partitions) {
+        log_warn("%s/META says %d partitions, the config %d: scanning with META's", c->log_dir,
+                 x->npartitions, c->log_partitions);
+    }
+    if ((x->fd = open(x->path, O_RDONLY | O_CLOEXEC)) < 0) {
+        err = errno == ENOENT ? TALLY_ERR_STATE : TALLY_ERR_IO;
+        snprintf(errstr, esz, "%s: %s", x->path, strerror(errno));
+        goto fail;
+    }
+    if (lock_fd(x->fd, c->log_dir, 0, &err, errstr, esz) != 0) {
+        if (err != TALLY_ERR_STATE)
+            goto fail;
+        x->live = 1; /* a writer holds it */
+    }
+    if ((err = vlog_scan_fd(x->fd, 0, x->npartitions, &x->scan, errstr, esz)) != TALLY_OK)
+        goto fail;
+    return TALLY_OK;
+fail:
+    vlog_file_examine_close(x);
+    return err;
+}
+
+void vlog_file_examine_close(vlog_examine_t *x) {
+    if (x->fd >= 0)
+        close(x->fd);
+    if (x->lockfd >= 0)
+        close(x->lockfd);
+    x->fd = x->lockfd = -1;
+    vlog_scan_free(&x->scan);
 }

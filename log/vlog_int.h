@@ -16,6 +16,7 @@ typedef struct {
     int (*reader_poll)(vlog_reader_t *r, vlog_msg_cb *cb, void *arg, int max, int timeout_ms,
                        char *errstr, size_t esz);
     void (*reader_free)(vlog_reader_t *r);
+    tally_err_t (*health)(vlog_t *l, char *errstr, size_t esz); /* NULL: always OK */
 } vlog_ops_t;
 
 struct vlog_s {
@@ -28,9 +29,14 @@ struct vlog_reader_s {
     vlog_t *log;
 };
 
-vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, char *errstr,
-                       size_t esz);
-vlog_t *vlog_kafka_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, char *errstr,
-                        size_t esz);
+vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tally_err_t *err,
+                       char *errstr, size_t esz);
+vlog_t *vlog_kafka_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tally_err_t *err,
+                        char *errstr, size_t esz);
+
+/* vlog_scan_fd with a given read window (bytes past a whole frame): small
+ * ones let the fuzzer cross window edges on small inputs. */
+tally_err_t vlog_scan_fd_window(int fd, uint64_t from, int npartitions, size_t window,
+                                vlog_scan_t *out, char *errstr, size_t esz);
 
 #endif

@@ -478,8 +478,8 @@ static const vlog_ops_t klog_ops = {
     .reader_free = kreader_free,
 };
 
-vlog_t *vlog_kafka_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, char *errstr,
-                        size_t esz) {
+vlog_t *vlog_kafka_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tally_err_t *errc,
+                        char *errstr, size_t esz) {
     klog_t *l = xcalloc(1, sizeof *l);
     l->base.ops = &klog_ops;
     l->base.ack = ack;
@@ -526,6 +526,6 @@ vlog_t *vlog_kafka_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, ch
     return &l->base;
 fail:
     klog_close(&l->base);
-    errno = e0;
+    *errc = e0 == EINVAL ? TALLY_ERR_CONFIG : TALLY_ERR_UNAVAIL;
     return NULL;
 }

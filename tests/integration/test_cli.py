@@ -87,7 +87,7 @@ class Cli(TallyTestCase):
         t = self.make().start()
         t.stop()
         r = tally("run", "-c", t.config, "-s", "log.partitions=8")
-        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.returncode, 2)  # a configuration error (issue 7, item 8)
         self.assertIn("log.partitions", r.stderr)
 
     def test_replay_until(self):

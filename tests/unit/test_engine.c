@@ -508,7 +508,7 @@ static void wlog_open(wlog_t *w) {
     w->c->log_fsync = 0; /* durability is test_vlog's business */
     w->c->log_group_commit_us = 0;
     char err[512];
-    w->log = vlog_open(w->c, VLOG_F_WRITE | VLOG_F_READ, on_ack, err, sizeof err);
+    w->log = vlog_open(w->c, VLOG_F_WRITE | VLOG_F_READ, on_ack, NULL, err, sizeof err);
     cr_assert_not_null(w->log, "vlog_open: %s", err);
 }
 

@@ -16,6 +16,7 @@
 #include <xxhash.h>
 
 #include "log/vlog.h"
+#include "log/vlog_int.h"
 #include "unit_helpers.h"
 
 #define NPARTS 3 /* setup's log.partitions */
@@ -50,6 +51,37 @@ int fdatasync(int fd) {
         return -1;
     }
     return (int)syscall(SYS_fdatasync, fd);
+}
+
+/* ---- pwrite and ftruncate, failing on demand ----
+ * Only the log's writer calls them on votes.log (the test's own file
+ * helpers use stdio). 0: pass through; else fail with that errno. */
+static atomic_int pwrite_fail, ftruncate_fail;
+static atomic_int pwrite_calls, ftruncate_calls;
+
+static atomic_int pwrite_partial; /* > 0: the next failing call writes this much first */
+
+ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
+    atomic_fetch_add(&pwrite_calls, 1);
+    int e = atomic_load(&pwrite_fail);
+    int part = atomic_exchange(&pwrite_partial, 0);
+    if (e && part > 0 && (size_t)part < n)
+        return (ssize_t)syscall(SYS_pwrite64, fd, buf, (size_t)part, off);
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    return (ssize_t)syscall(SYS_pwrite64, fd, buf, n, off);
+}
+
+int ftruncate(int fd, off_t len) {
+    atomic_fetch_add(&ftruncate_calls, 1);
+    int e = atomic_load(&ftruncate_fail);
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    return (int)syscall(SYS_ftruncate, fd, len);
 }
 
 static void sync_gate(int closed) {
@@ -143,6 +175,9 @@ static void setup(void) {
     atomic_store(&acks_bad, 0);
     atomic_store(&fdatasync_calls, 0);
     atomic_store(&fdatasync_fail, 0);
+    atomic_store(&pwrite_fail, 0);
+    atomic_store(&pwrite_partial, 0);
+    atomic_store(&ftruncate_fail, 0);
     nmodel = 0;
     gate_open();
     sync_gate(0);
@@ -165,7 +200,7 @@ TestSuite(vlog, .init = setup, .fini = teardown);
 
 static vlog_t *open_log(int flags) {
     char err[1024];
-    vlog_t *l = vlog_open(conf, flags, on_ack, err, sizeof err);
+    vlog_t *l = vlog_open(conf, flags, on_ack, NULL, err, sizeof err);
     cr_assert_not_null(l, "vlog_open: %s", err);
     return l;
 }
@@ -233,6 +268,21 @@ static int model_at(uint64_t off) {
             return j;
     cr_assert_fail("no frame starts at %llu", (unsigned long long)off);
     return -1;
+}
+
+/* Waits (up to 10 s) for vlog_health to be want; returns its message. */
+static const char *wait_health(vlog_t *l, tally_err_t want) {
+    static char msg[512];
+    uint64_t deadline = mono_ms() + 10000 * TMOUT_MULT;
+    tally_err_t e;
+    while ((e = vlog_health(l, msg, sizeof msg)) != want) {
+        cr_assert_lt(mono_ms(), deadline, "health %s, want %s", tally_err2str(e),
+                     tally_err2str(want));
+        tiny_pause();
+    }
+    if (want == TALLY_OK)
+        msg[0] = '\0';
+    return msg;
 }
 
 static void append_ok(vlog_t *l, int p, const uint8_t *rec, size_t n) {
@@ -447,8 +497,9 @@ static int sink_count(const sink_t *s, int p) {
 
 /* ---- CHECKPOINT ---- */
 
-/* The text vlog_file.c writes: "tally-ckpt FMT INODE END SUM\n", INODE
- * being votes.log's. */
+/* The text vlog_file.c writes: "tally-ckpt FMT INODE END HEAD SUM\n",
+ * INODE being votes.log's and HEAD the XXH3 of its first 12 bytes (0 when
+ * shorter). */
 static unsigned long long votes_ino(void) {
     char *f = path_join(dir, "log/votes.log");
     struct stat st;
@@ -457,8 +508,19 @@ static unsigned long long votes_ino(void) {
     return ino;
 }
 
+static unsigned long long votes_head(void) {
+    char *f = path_join(dir, "log/votes.log");
+    size_t len = 0;
+    char *text = file_read(f, &len);
+    unsigned long long h = text && len >= FRAME_HDR ? XXH3_64bits(text, FRAME_HDR) : 0;
+    free(text);
+    free(f);
+    return h;
+}
+
 static void ckpt_text(char *out, size_t size, int fmt, unsigned long long end) {
-    int n = snprintf(out, size, "tally-ckpt %d %llu %llu", fmt, votes_ino(), end);
+    int n = snprintf(out, size, "tally-ckpt %d %llu %llu %016llx", fmt, votes_ino(), end,
+                     end >= FRAME_HDR ? votes_head() : 0ull);
     snprintf(out + n, size - (size_t)n, " %016llx\n",
              (unsigned long long)XXH3_64bits(out, (size_t)n));
 }
@@ -478,6 +540,7 @@ static long long ckpt_get(void) {
         return -1;
     unsigned long long ino, end;
     cr_assert_eq(sscanf(text, "tally-ckpt 2 %llu %llu", &ino, &end), 2, "CHECKPOINT: '%s'", text);
+    cr_assert_eq(ino, votes_ino(), "CHECKPOINT of another inode");
     char want[128];
     ckpt_text(want, sizeof want, 2, end);
     cr_assert_str_eq(text, want);
@@ -711,9 +774,11 @@ Test(vlog, failed_write_is_not_acknowledged_and_leaves_no_garbage) {
     expect_model(&s);
     sink_free(&s);
 
-    /* Once the disk has room again, appends go on right after the last
+    /* Once the disk has room again (and the log has left its failed
+     * state: it retries every 250 ms), appends go on right after the last
      * good record. */
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+    wait_health(l, TALLY_OK);
     append_n(l, 1, 5, 6);
     append_n(l, 0, 5, 6);
     flush_ok(l);
@@ -765,6 +830,7 @@ Test(vlog, a_batch_fails_as_a_whole) {
     sink_free(&s);
 
     /* The next batch lands right after the last good one. */
+    wait_health(l, TALLY_OK);
     append_n(l, 1, 50, 51);
     append_n(l, 0, 2, 3);
     flush_ok(l);
@@ -781,14 +847,25 @@ Test(vlog, failed_fsync_fails_the_batch_and_leaves_no_garbage) {
     vlog_t *l = open_rw();
     append_interleaved(l, NPARTS, 4);
     flush_ok(l);
+    /* Hold the writer in the ack of a good round so that both records
+     * below make one round. */
+    gate_close();
+    append_n(l, 1, 4, 5);
+    gate_wait_entered();
     uint64_t end = model_end();
     atomic_store(&fdatasync_fail, 1);
     uint8_t buf[256];
     append_ok(l, 0, buf, payload(0, 4, buf));
     append_ok(l, 2, buf, payload(2, 4, buf));
+    gate_open();
     flush_ok(l);
+    /* Still failing: the repair (cut back, fdatasync) fails too; the log
+     * stays failed and takes nothing. */
+    cr_assert_not_null(strstr(wait_health(l, TALLY_ERR_IO), "fdatasync"));
+    cr_assert_eq(vlog_append(l, 0, buf, 10, NULL), VLOG_UNAVAIL);
     atomic_store(&fdatasync_fail, 0);
-    cr_assert_eq(atomic_load(&acks_ok), 12);
+    wait_health(l, TALLY_OK);
+    cr_assert_eq(atomic_load(&acks_ok), 13);
     cr_assert_eq(atomic_load(&acks_bad), 2, "an unsynced batch was acknowledged");
     cr_assert_eq((uint64_t)votes_size(), end, "the unsynced batch stayed in the file");
     cr_assert_eq(durable_end(l), end);
@@ -1653,19 +1730,93 @@ Test(vlog, a_frame_moved_to_another_partition_fails_its_checksum) {
     expect_recovered(24);
 }
 
-Test(vlog, a_frame_moved_in_the_middle_drops_the_rest) {
+/* Opening refuses (writer and read-only alike) with class want and an
+ * errstr holding every needle; the file is left exactly as it was. */
+static void expect_refused(tally_err_t want, const char *n1, const char *n2) {
+    char *f = votes_path();
+    size_t len0 = 0;
+    char *before = file_read(f, &len0);
+    const int modes[2] = {VLOG_F_WRITE | VLOG_F_READ, VLOG_F_READ};
+    for (int m = 0; m < 2; m++) {
+        char err[1024] = "";
+        tally_err_t e = TALLY_OK;
+        vlog_t *l = vlog_open(conf, modes[m], on_ack, &e, err, sizeof err);
+        if (l)
+            vlog_close(l);
+        cr_assert_null(l, "opened (mode %d)", modes[m]);
+        cr_assert_eq(e, want, "class %s, want %s: %s", tally_err2str(e), tally_err2str(want), err);
+        cr_assert_not_null(strstr(err, n1), "'%s' not in: %s", n1, err);
+        if (n2)
+            cr_assert_not_null(strstr(err, n2), "'%s' not in: %s", n2, err);
+        size_t len1 = 0;
+        char *after = file_read(f, &len1);
+        cr_assert_eq(len1, len0, "a refused open changed the file's size");
+        cr_assert(before == NULL || memcmp(before, after, len0) == 0, "a refused open wrote");
+        free(after);
+    }
+    free(before);
+    free(f);
+}
+
+/* The offset of frame k and the intact frames after it, as the refusal
+ * names them. */
+static void damage_text(char *out, size_t size, int k) {
+    snprintf(out, size, "at offset %llu (", (unsigned long long)model[k].start);
+}
+
+static void after_text(char *out, size_t size, int after) {
+    snprintf(out, size, "with %d intact frames after it", after);
+}
+
+/* Was "a_frame_moved_in_the_middle_drops_the_rest": with valid frames after
+ * a bad one, it is damage, not a torn tail: nothing is cut. */
+Test(vlog, a_frame_moved_in_the_middle_is_damage) {
     prepare_closed_log();
     cr_assert_eq(model[7].p, 1);
     votes_set_partition(model[7].start, 2);
-    expect_recovered(7);
+    char at[64], after[64];
+    damage_text(at, sizeof at, 7);
+    after_text(after, sizeof after, 25 - 8);
+    expect_refused(TALLY_ERR_CORRUPT, at, after);
 }
 
-Test(vlog, bad_frame_within_one_write_of_the_end_drops_the_rest) {
-    /* Documented trade-off: bad bytes with at most one write (16 MiB) after
-     * them count as a torn tail, so everything from them on is dropped. */
+/* Was "bad_frame_within_one_write_of_the_end_drops_the_rest" (a trade-off
+ * that cut acknowledged frames): now damage anywhere before an intact frame
+ * refuses to open, however close to the end. */
+Test(vlog, bad_frame_within_one_write_of_the_end_is_damage) {
     prepare_closed_log();
     votes_flip((long long)model[10].start + FRAME_HDR + 1);
-    expect_recovered(10);
+    char at[64], after[64];
+    damage_text(at, sizeof at, 10);
+    after_text(after, sizeof after, 25 - 11);
+    expect_refused(TALLY_ERR_CORRUPT, at, after);
+    /* The second-to-last frame too: one intact frame after it is enough. */
+    votes_flip((long long)model[10].start + FRAME_HDR + 1);
+    votes_flip((long long)model[23].start + 3);
+    damage_text(at, sizeof at, 23);
+    after_text(after, sizeof after, 1);
+    expect_refused(TALLY_ERR_CORRUPT, at, after);
+}
+
+/* The issue's case: a log copied or restored (no CHECKPOINT for it) with one
+ * bit flipped near the start was cut to nothing. */
+Test(vlog, restored_log_with_a_bit_flipped_near_the_start_is_refused_not_cut) {
+    prepare_closed_log();
+    char *ck = log_file("CHECKPOINT");
+    cr_assert_eq(file_size(ck), -1, "no checkpoint without fsync");
+    free(ck);
+    char *f = votes_path();
+    int fd = open(f, O_RDWR);
+    uint8_t b;
+    off_t at = (off_t)model[0].start + FRAME_HDR + 2; /* the first frame's payload */
+    cr_assert_eq(pread(fd, &b, 1, at), 1);
+    b ^= 0x10; /* one bit */
+    cr_assert_eq(pwrite(fd, &b, 1, at), 1);
+    close(fd);
+    free(f);
+    char after[64];
+    after_text(after, sizeof after, 24);
+    expect_refused(TALLY_ERR_CORRUPT, "at offset 0 (", after);
 }
 
 Test(vlog, bad_bytes_longer_than_one_write_are_corruption, .timeout = 60) {
@@ -1681,7 +1832,7 @@ Test(vlog, bad_bytes_longer_than_one_write_are_corruption, .timeout = 60) {
         votes_append(zeros, sizeof zeros);
     votes_append(zeros, 1);
     char err[1024] = "";
-    cr_assert_null(vlog_open(conf, VLOG_F_READ | VLOG_F_WRITE, on_ack, err, sizeof err));
+    cr_assert_null(vlog_open(conf, VLOG_F_READ | VLOG_F_WRITE, on_ack, NULL, err, sizeof err));
     cr_assert_not_null(strstr(err, "corruption"), "%s", err);
     char at[64];
     snprintf(at, sizeof at, "offset %llu with %llu bytes", (unsigned long long)good,
@@ -1811,6 +1962,11 @@ Test(vlog, recovery_starts_at_the_checkpoint) {
     vlog_close(l);
 }
 
+/* Was: every bad CHECKPOINT meant a full scan that cut the log at frame 5
+ * (within 16 MiB of the end). Now the full scan finds frame 5 damaged with
+ * intact frames after it and refuses; and an intact checkpoint of this very
+ * file that lies past its end means the log lost acknowledged bytes:
+ * refused too. */
 Test(vlog, damaged_checkpoint_falls_back_to_a_full_scan) {
     prepare_checkpointed_log();
     char *f = votes_path();
@@ -1819,30 +1975,42 @@ Test(vlog, damaged_checkpoint_falls_back_to_a_full_scan) {
     unsigned long long end = len;
     char good[128];
     ckpt_text(good, sizeof good, 2, end);
-    /* One of these in CHECKPOINT: the full scan finds frame 5 and, within
-     * 16 MiB of the end, cuts the log there. */
-    char bad[8][128];
+    /* One of these in CHECKPOINT: the full scan finds frame 5. */
+    char bad[7][128];
     snprintf(bad[0], sizeof bad[0], "garbage\n");
-    snprintf(bad[1], sizeof bad[1], "tally-ckpt 2 %llu %llu 0000000000000000\n", votes_ino(), end);
-    ckpt_text(bad[2], sizeof bad[2], 2, end + 1); /* implausible: past the end */
-    ckpt_text(bad[3], sizeof bad[3], 1, end);     /* format 1 */
-    snprintf(bad[4], sizeof bad[4], "%s", "");
-    snprintf(bad[5], sizeof bad[5], "%s", good);
-    bad[5][strlen(good) - 20] ^= 1; /* a digit of END changed, sum kept */
-    snprintf(bad[6], sizeof bad[6], "%.*s", (int)strlen(good) - 5, good); /* cut short */
-    ckpt_text(bad[7], sizeof bad[7], 2, 1ull << 40);
-    for (int k = 0; k <= 8; k++) {
+    snprintf(bad[1], sizeof bad[1], "tally-ckpt 2 %llu %llu %016llx 0000000000000000\n",
+             votes_ino(), end, votes_head());
+    ckpt_text(bad[2], sizeof bad[2], 1, end); /* format 1 */
+    snprintf(bad[3], sizeof bad[3], "%s", "");
+    snprintf(bad[4], sizeof bad[4], "%s", good);
+    bad[4][strlen(good) - 20] ^= 1; /* a digit of END changed, sum kept */
+    snprintf(bad[5], sizeof bad[5], "%.*s", (int)strlen(good) - 5, good); /* cut short */
+    /* This inode, a valid sum, but another file's head: the inode number
+     * of a deleted file was reused. */
+    int hn = snprintf(bad[6], sizeof bad[6], "tally-ckpt 2 %llu %llu %016llx", votes_ino(), end,
+                      votes_head() ^ 1);
+    snprintf(bad[6] + hn, sizeof bad[6] - (size_t)hn, " %016llx\n",
+             (unsigned long long)XXH3_64bits(bad[6], (size_t)hn));
+    char at[64], after[64];
+    damage_text(at, sizeof at, 5);
+    after_text(after, sizeof after, nmodel - 6);
+    for (int k = 0; k <= 7; k++) {
         file_write(f, orig, len);
         char *ck = log_file("CHECKPOINT");
-        if (k < 8)
+        if (k < 7)
             file_write_str(ck, bad[k]);
         else
             cr_assert_eq(unlink(ck), 0); /* missing */
         free(ck);
-        vlog_t *l = open_rw();
-        cr_assert_eq((uint64_t)votes_size(), model[5].start, "CHECKPOINT %d was trusted", k);
-        cr_assert_eq(durable_end(l), model[5].start);
-        vlog_close(l);
+        expect_refused(TALLY_ERR_CORRUPT, at, after);
+    }
+    /* Intact, of this file, past its end: the file lost bytes. */
+    const unsigned long long past[2] = {end + 1, 1ull << 40};
+    for (int k = 0; k < 2; k++) {
+        char ck[128];
+        ckpt_text(ck, sizeof ck, 2, past[k]);
+        ckpt_put(ck);
+        expect_refused(TALLY_ERR_STATE, "CHECKPOINT says", "lost acknowledged votes");
     }
     /* The control: the intact one is trusted. */
     file_write(f, orig, len);
@@ -1852,6 +2020,23 @@ Test(vlog, damaged_checkpoint_falls_back_to_a_full_scan) {
     vlog_close(l);
     free(orig);
     free(f);
+}
+
+/* A log cut short (same file, same inode) below what CHECKPOINT recorded as
+ * durable: acknowledged votes are gone. Before, the open scanned the rest
+ * and went on as if nothing happened. */
+Test(vlog, log_shorter_than_its_checkpoint_is_refused) {
+    conf->log_fsync = 1;
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 10);
+    flush_ok(l);
+    vlog_close(l);
+    conf->log_fsync = 0;
+    cr_assert_eq(ckpt_get(), (long long)model_end());
+    char *f = votes_path();
+    file_truncate(f, (long long)model[20].end); /* a frame boundary */
+    free(f);
+    expect_refused(TALLY_ERR_STATE, "CHECKPOINT says", "lost acknowledged votes");
 }
 
 /* A votes.log replaced (moved away, as the corruption message suggests, or
@@ -1868,15 +2053,24 @@ Test(vlog, stale_checkpoint_of_a_replaced_log_is_not_trusted) {
     uint64_t old_end = model_end();
     cr_assert_eq(ckpt_get(), (long long)old_end);
 
-    char *f = votes_path();
-    cr_assert_eq(unlink(f), 0);
-    free(f);
+    /* Replaced by another log's votes.log, written elsewhere and moved in
+     * (a META without any votes.log is refused, so tally itself never
+     * makes the new file here). */
+    char *ld = log_file(""), *ld2 = path_join(dir, "log2");
+    conf_set_str(&conf->log_dir, ld2);
     nmodel = 0;
     conf->log_fsync = 0;
     l = open_rw();
     append_interleaved(l, NPARTS, 20);
     flush_ok(l);
     vlog_close(l);
+    char *f = votes_path(), *f2 = path_join(ld2, "votes.log");
+    cr_assert_eq(rename(f2, f), 0);
+    conf_set_str(&conf->log_dir, ld);
+    free(f);
+    free(f2);
+    free(ld);
+    free(ld2);
     cr_assert_gt(model_end(), old_end);
     for (int j = 0; j < nmodel; j++)
         cr_assert_neq(model[j].start, old_end, "the old end is a frame boundary by chance");
@@ -2063,7 +2257,7 @@ Test(vlog, corruption_far_from_the_tail_refuses_to_open, .timeout = 60) {
         file_write(f, orig, size);
         file_flip_byte(f, (long long)dmg[d].at);
         char err[1024] = "";
-        cr_assert_null(vlog_open(conf, VLOG_F_READ | VLOG_F_WRITE, on_ack, err, sizeof err));
+        cr_assert_null(vlog_open(conf, VLOG_F_READ | VLOG_F_WRITE, on_ack, NULL, err, sizeof err));
         cr_assert_not_null(strstr(err, "corruption"), "%s", err);
         cr_assert_not_null(strstr(err, "votes.log"), "%s", err);
         cr_assert_not_null(strstr(err, dmg[d].why), "%s", err);
@@ -2072,16 +2266,21 @@ Test(vlog, corruption_far_from_the_tail_refuses_to_open, .timeout = 60) {
         cr_assert_not_null(strstr(err, at), "%s", err);
         cr_assert_eq((uint64_t)file_size(f), size, "the log was cut after all");
         /* Read-only opens refuse too. */
-        cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, err, sizeof err));
+        cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, NULL, err, sizeof err));
         cr_assert_eq((uint64_t)file_size(f), size);
     }
 
-    /* With a checkpoint past the damage, recovery does not look there: the
-     * log opens, and a reader stops at the damage with an error. */
-    char ck[96];
+    /* With a checkpoint past the damage, a writer's recovery does not look
+     * there: the log opens, and a reader stops at the damage with an error.
+     * (A read-only open, replay's, scans the whole log whatever the
+     * checkpoint says, and refuses.) */
+    char ck[128];
     ckpt_text(ck, sizeof ck, 2, size);
     ckpt_put(ck);
-    vlog_t *l = open_log(VLOG_F_READ);
+    char err0[1024] = "";
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, NULL, err0, sizeof err0));
+    cr_assert_not_null(strstr(err0, "corruption"), "%s", err0);
+    vlog_t *l = open_log(VLOG_F_READ | VLOG_F_WRITE);
     int both[2] = {0, 1};
     sink_t s = {.decline_at = -1};
     vlog_reader_t *r = reader_new(l, both, NULL, 2, &s);
@@ -2114,12 +2313,12 @@ Test(vlog, meta_partition_count_is_fixed) {
 
     conf->log_partitions = 2;
     char err[1024] = "";
-    cr_assert_null(vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, on_ack, err, sizeof err));
+    cr_assert_null(vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, on_ack, NULL, err, sizeof err));
     cr_assert_not_null(strstr(err, "log.partitions"), "%s", err);
     cr_assert_not_null(strstr(err, "4"), "%s", err);
-    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, err, sizeof err));
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, NULL, err, sizeof err));
     conf->log_partitions = 5;
-    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, err, sizeof err));
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, NULL, err, sizeof err));
     text = file_read(meta, &len);
     cr_assert_str_eq(text, "tally-log 2 partitions=4\n", "a refused open changed META");
     free(text);
@@ -2143,10 +2342,10 @@ Test(vlog, format_1_log_is_refused) {
     file_write_str(meta, "tally-log 1 partitions=3\n");
     file_write_str(p0, "old frames");
     char err[1024] = "";
-    cr_assert_null(vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, on_ack, err, sizeof err));
+    cr_assert_null(vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, on_ack, NULL, err, sizeof err));
     cr_assert_not_null(strstr(err, "format 1"), "%s", err);
     cr_assert_not_null(strstr(err, "format 2"), "%s", err);
-    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, err, sizeof err));
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, NULL, err, sizeof err));
     char *text = file_read(meta, NULL);
     cr_assert_str_eq(text, "tally-log 1 partitions=3\n");
     free(text);
@@ -2167,7 +2366,7 @@ Test(vlog, missing_meta_with_an_existing_log_is_refused) {
     cr_assert_eq(unlink(meta), 0);
     conf->log_partitions = 2;
     char err[1024] = "";
-    l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, on_ack, err, sizeof err);
+    l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, on_ack, NULL, err, sizeof err);
     if (l)
         vlog_close(l);
     cr_assert_null(l, "opened a 4-partition log as 2 partitions");
@@ -2176,7 +2375,7 @@ Test(vlog, missing_meta_with_an_existing_log_is_refused) {
     cr_assert_eq(file_size(meta), -1, "META made up");
     /* The same partition count is no excuse either: it cannot be known. */
     conf->log_partitions = 4;
-    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, err, sizeof err));
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, NULL, err, sizeof err));
     /* Restored, it opens. */
     file_write_str(meta, "tally-log 2 partitions=4\n");
     l = open_rw();
@@ -2194,7 +2393,7 @@ Test(vlog, unreadable_meta_is_refused) {
     char *meta = path_join(ld, "META");
     file_write_str(meta, "something else\n");
     char err[1024] = "";
-    cr_assert_null(vlog_open(conf, VLOG_F_WRITE, on_ack, err, sizeof err));
+    cr_assert_null(vlog_open(conf, VLOG_F_WRITE, on_ack, NULL, err, sizeof err));
     cr_assert_not_null(strstr(err, "not a tally log"), "%s", err);
     free(meta);
     free(ld);
@@ -2203,10 +2402,10 @@ Test(vlog, unreadable_meta_is_refused) {
 Test(vlog, second_open_is_refused_while_in_use) {
     vlog_t *l = open_rw();
     char err[1024] = "";
-    cr_assert_null(vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, on_ack, err, sizeof err));
+    cr_assert_null(vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, on_ack, NULL, err, sizeof err));
     cr_assert_not_null(strstr(err, "in use"), "%s", err);
     err[0] = '\0';
-    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, err, sizeof err));
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, NULL, err, sizeof err));
     cr_assert_not_null(strstr(err, "in use"), "%s", err);
     /* The first one is unharmed. */
     append_n(l, 0, 0, 3);
@@ -2227,8 +2426,391 @@ Test(vlog, log_dir_that_cannot_be_created) {
     char *bad = path_join(dir, "plainfile/log");
     conf_set_str(&conf->log_dir, bad);
     char err[1024] = "";
-    cr_assert_null(vlog_open(conf, VLOG_F_WRITE, on_ack, err, sizeof err));
+    cr_assert_null(vlog_open(conf, VLOG_F_WRITE, on_ack, NULL, err, sizeof err));
     cr_assert_not_null(strstr(err, "log.dir"), "%s", err);
     free(file);
     free(bad);
+}
+
+/* ---- read-only opens ---- */
+
+/* Every file of log/ with its contents, to compare before and after. */
+static char *dir_snapshot(void) {
+    static const char *const names[] = {"votes.log", "META", "CHECKPOINT", "LOCK", NULL};
+    buf_t b = {0};
+    for (int i = 0; names[i]; i++) {
+        char *f = log_file(names[i]);
+        size_t len = 0;
+        char *text = file_read(f, &len);
+        buf_printf(&b, "%s:%lld:%016llx\n", names[i], text ? (long long)len : -1LL,
+                   text ? (unsigned long long)XXH3_64bits(text, len) : 0ull);
+        free(text);
+        free(f);
+    }
+    char *ld = log_file("");
+    buf_printf(&b, "files:%d\n", dir_count(ld, ""));
+    free(ld);
+    return b.data;
+}
+
+/* tally replay's open: before, it cut the torn tail (and wrote CHECKPOINT,
+ * and created META or votes.log when missing). */
+Test(vlog, read_only_open_changes_nothing_and_stops_at_a_torn_tail) {
+    conf->log_fsync = 1;
+    prepare_closed_log();
+    conf->log_fsync = 0;
+    votes_append("\x17torn", 5);
+    char *before = dir_snapshot();
+    vlog_t *l = open_log(VLOG_F_READ);
+    cr_assert_eq(durable_end(l), model_end(), "a reader would read the torn tail");
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
+    char *after = dir_snapshot();
+    cr_assert_str_eq(after, before, "a read-only open changed log.dir");
+    free(after);
+    /* Without a LOCK file (a copied directory), it creates none. */
+    char *lock = log_file("LOCK");
+    cr_assert_eq(unlink(lock), 0);
+    free(before);
+    before = dir_snapshot();
+    l = open_log(VLOG_F_READ);
+    vlog_close(l);
+    after = dir_snapshot();
+    cr_assert_str_eq(after, before, "a read-only open created LOCK");
+    cr_assert_eq(file_size(lock), -1);
+    free(lock);
+    free(after);
+    free(before);
+    /* Two readers share the lock; a writer is refused meanwhile. */
+    vlog_t *r1 = open_log(VLOG_F_READ), *r2 = open_log(VLOG_F_READ);
+    char err[1024] = "";
+    tally_err_t e = TALLY_OK;
+    cr_assert_null(vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, on_ack, &e, err, sizeof err));
+    cr_assert_eq(e, TALLY_ERR_STATE, "%s", err);
+    cr_assert_not_null(strstr(err, "in use"), "%s", err);
+    vlog_close(r1);
+    vlog_close(r2);
+    /* The writer cuts the tail. */
+    l = open_rw();
+    cr_assert_eq((uint64_t)votes_size(), model_end());
+    vlog_close(l);
+}
+
+Test(vlog, read_only_open_of_no_log_is_refused) {
+    tally_err_t e = TALLY_OK;
+    char err[1024] = "";
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, &e, err, sizeof err));
+    cr_assert_eq(e, TALLY_ERR_STATE);
+    cr_assert_not_null(strstr(err, "no vote log"), "%s", err);
+    char *ld = log_file("");
+    struct stat st;
+    cr_assert_neq(stat(ld, &st), 0, "log.dir created by a read-only open");
+    cr_assert_eq(mkdir_p(ld), 0);
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, &e, err, sizeof err));
+    cr_assert_eq(dir_count(ld, ""), 0, "files created by a read-only open");
+    free(ld);
+}
+
+/* ---- a vanished votes.log ---- */
+
+/* Before: META without votes.log silently got a new, empty log. */
+Test(vlog, meta_without_votes_log_is_refused) {
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 3);
+    flush_ok(l);
+    vlog_close(l);
+    char *f = votes_path();
+    cr_assert_eq(unlink(f), 0);
+    expect_refused(TALLY_ERR_STATE, "votes.log is missing", "META");
+    cr_assert_eq(file_size(f), -1, "votes.log made up");
+    free(f);
+}
+
+Test(vlog, open_errors_have_classes) {
+    vlog_t *l = open_rw();
+    char err[1024] = "";
+    tally_err_t e = TALLY_OK;
+    cr_assert_null(vlog_open(conf, VLOG_F_WRITE, on_ack, &e, err, sizeof err));
+    cr_assert_eq(e, TALLY_ERR_STATE, "in use: %s", tally_err2str(e));
+    vlog_close(l);
+    conf->log_partitions = NPARTS + 1;
+    cr_assert_null(vlog_open(conf, VLOG_F_WRITE, on_ack, &e, err, sizeof err));
+    cr_assert_eq(e, TALLY_ERR_CONFIG, "partition count: %s", tally_err2str(e));
+    cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, &e, err, sizeof err));
+    cr_assert_eq(e, TALLY_ERR_CONFIG);
+    conf->log_partitions = NPARTS;
+    l = vlog_open(conf, VLOG_F_READ, on_ack, &e, err, sizeof err);
+    cr_assert_not_null(l, "%s", err);
+    cr_assert_eq(e, TALLY_OK);
+    vlog_close(l);
+}
+
+/* Before: votes went on being acknowledged into the unlinked inode. */
+Test(vlog, deleted_log_is_noticed_within_a_second_and_takes_no_votes) {
+    conf->log_fsync = 1;
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 3);
+    flush_ok(l);
+    cr_assert_eq(vlog_health(l, NULL, 0), TALLY_OK);
+    char *f = votes_path();
+    cr_assert_eq(unlink(f), 0);
+    /* A vote right away: its round finds the file gone (or the idle check
+     * did first): never acknowledged. */
+    uint8_t buf[256];
+    size_t n = payload(0, 9, buf);
+    vlog_err_t ae = vlog_append(l, 0, buf, n, NULL);
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_ok), 9, "a vote acknowledged into a deleted file");
+    cr_assert_eq(atomic_load(&acks_bad), ae == VLOG_OK ? 1u : 0u);
+    const char *msg = wait_health(l, TALLY_ERR_STATE);
+    cr_assert_not_null(strstr(msg, "deleted or moved"), "%s", msg);
+    cr_assert_eq(vlog_append(l, 1, buf, n, NULL), VLOG_UNAVAIL);
+    /* Reads and ends are still served. */
+    cr_assert_eq(durable_end(l), model_end());
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
+    cr_assert_eq(file_size(f), -1, "close brought votes.log back");
+    free(f);
+}
+
+Test(vlog, idle_writer_notices_a_deleted_log_within_a_second) {
+    vlog_t *l = open_rw();
+    append_n(l, 0, 0, 2);
+    flush_ok(l);
+    char *f = votes_path();
+    uint64_t t0 = mono_ms();
+    cr_assert_eq(unlink(f), 0);
+    char msg[512];
+    while (vlog_health(l, msg, sizeof msg) == TALLY_OK)
+        cr_assert_lt(mono_ms() - t0, 1000 * TMOUT_MULT, "not noticed within a second");
+    vlog_close(l);
+    free(f);
+}
+
+Test(vlog, replaced_log_takes_no_votes) {
+    vlog_t *l = open_rw();
+    append_n(l, 0, 0, 2);
+    flush_ok(l);
+    char *f = votes_path(), *other = log_file("other");
+    file_write_str(other, "another file");
+    cr_assert_eq(rename(other, f), 0);
+    uint8_t buf[256];
+    vlog_err_t ae = vlog_append(l, 0, buf, payload(0, 2, buf), NULL);
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_ok), 2);
+    cr_assert_eq(atomic_load(&acks_bad), ae == VLOG_OK ? 1u : 0u);
+    cr_assert_not_null(strstr(wait_health(l, TALLY_ERR_STATE), "replaced"));
+    vlog_close(l);
+    cr_assert_eq(file_size(f), 12, "the replacement was written to");
+    free(f);
+    free(other);
+}
+
+/* ---- disk faults: degrade, repair, never abort ---- */
+
+/* Before: a write that failed half-way and a truncate that failed too
+ * called tally_assert and aborted the process. */
+Test(vlog, failed_write_and_truncate_degrade_then_recover) {
+    conf->log_fsync = 1;
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 3);
+    flush_ok(l);
+    uint64_t end = model_end();
+    atomic_store(&pwrite_partial, 7); /* 7 bytes land, then ENOSPC */
+    atomic_store(&pwrite_fail, ENOSPC);
+    atomic_store(&ftruncate_fail, EIO);
+    uint8_t buf[256];
+    append_ok(l, 0, buf, payload(0, 3, buf));
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_bad), 1);
+    const char *msg = wait_health(l, TALLY_ERR_IO);
+    cr_assert_not_null(strstr(msg, "cannot cut"), "%s", msg);
+    cr_assert_eq((uint64_t)votes_size(), end + 7, "the garbage is there while cutting fails");
+    /* Failed: appends are refused at once, reads and ends go on. */
+    cr_assert_eq(vlog_append(l, 1, buf, 10, NULL), VLOG_UNAVAIL);
+    cr_assert_eq(durable_end(l), end);
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    /* It keeps trying: still failing after a few retries. */
+    int calls = atomic_load(&ftruncate_calls);
+    WAIT_UNTIL(atomic_load(&ftruncate_calls) >= calls + 2, 10000);
+    cr_assert_eq(vlog_health(l, NULL, 0), TALLY_ERR_IO);
+    /* The disk comes back: the garbage is cut, writes resume after the
+     * last good frame. */
+    atomic_store(&ftruncate_fail, 0);
+    atomic_store(&pwrite_fail, 0);
+    wait_health(l, TALLY_OK);
+    cr_assert_eq((uint64_t)votes_size(), end);
+    append_n(l, 0, 3, 5);
+    append_n(l, 2, 3, 4);
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_ok), 12);
+    vlog_close(l);
+    l = open_log(VLOG_F_READ);
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
+    cr_assert_eq((uint64_t)votes_size(), model_end());
+}
+
+Test(vlog, votes_queued_when_the_log_fails_are_not_written) {
+    vlog_t *l = open_rw();
+    append_n(l, 0, 0, 1);
+    flush_ok(l);
+    uint64_t end = model_end();
+    /* Round A fails; B, queued behind it, is answered 503 unwritten even
+     * though the disk is fine again by then. */
+    gate_close();
+    append_n(l, 1, 0, 1); /* a good round, held in its ack */
+    gate_wait_entered();
+    end = model_end();
+    atomic_store(&pwrite_fail, EIO);
+    uint8_t buf[256];
+    append_ok(l, 0, buf, payload(0, 1, buf));
+    gate_open();
+    WAIT_UNTIL(vlog_health(l, NULL, 0) == TALLY_ERR_IO, 10000);
+    atomic_store(&pwrite_fail, 0);
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_bad), 1);
+    cr_assert_eq((uint64_t)votes_size(), end);
+    wait_health(l, TALLY_OK);
+    vlog_close(l);
+}
+
+/* ---- start positions ---- */
+
+Test(vlog, positions_past_the_end_are_refused) {
+    vlog_t *l = open_rw();
+    append_interleaved(l, NPARTS, 2);
+    flush_ok(l);
+    uint64_t pos[NPARTS] = {model_end(), 0, model_end()};
+    char err[512] = "";
+    cr_assert_eq(vlog_check_positions(l, pos, err, sizeof err), TALLY_OK, "%s", err);
+    pos[1] = model_end() + 1;
+    cr_assert_eq(vlog_check_positions(l, pos, err, sizeof err), TALLY_ERR_STATE);
+    cr_assert_not_null(strstr(err, "partition 1: start position"), "%s", err);
+    cr_assert_not_null(strstr(err, "past the end of the log"), "%s", err);
+    vlog_close(l);
+}
+
+/* ---- the scan, on a buffer and through a file ---- */
+
+/* Appends a frame of partition p with n payload bytes of value v. */
+static uint64_t frame_put(buf_t *b, uint16_t p, uint32_t n, uint8_t v) {
+    uint8_t hdr[FRAME_HDR], pay[512];
+    cr_assert_leq(n, sizeof pay);
+    memset(pay, v, n);
+    put32(hdr, n);
+    put32(hdr + 4, frame_sum(pay, n, p));
+    put16(hdr + 8, p);
+    put16(hdr + 10, 0);
+    buf_append(b, hdr, FRAME_HDR);
+    buf_append(b, pay, n);
+    return b->len;
+}
+
+static void scan_expect_same(const vlog_scan_t *a, const vlog_scan_t *b, const char *what) {
+    cr_assert_eq(a->size, b->size, "%s: size", what);
+    cr_assert_eq(a->frames, b->frames, "%s: frames", what);
+    cr_assert_eq(a->valid_end, b->valid_end, "%s: valid end", what);
+    cr_assert_eq(a->ndamage, b->ndamage, "%s: damage", what);
+    for (size_t k = 0; k < a->ndamage; k++) {
+        cr_assert_eq(a->damage[k].start, b->damage[k].start, "%s", what);
+        cr_assert_eq(a->damage[k].end, b->damage[k].end, "%s", what);
+        cr_assert_eq(a->damage[k].frames_after, b->damage[k].frames_after, "%s", what);
+    }
+    cr_assert_eq(a->has_tail, b->has_tail, "%s: tail", what);
+    if (a->has_tail)
+        cr_assert_eq(a->tail.start, b->tail.start, "%s: tail start", what);
+    for (int p = 0; p < a->npartitions; p++)
+        cr_assert_eq(a->part_frames[p], b->part_frames[p], "%s: partition %d", what, p);
+}
+
+/* The buffer scan, and the same bytes through a file with windows small
+ * and large, agree. */
+static void scan_both(const buf_t *b, vlog_scan_t *out) {
+    vlog_scan_buf((const uint8_t *)b->data, b->len, NPARTS, out);
+    char *f = log_file("scan.bin");
+    char *ld = log_file("");
+    mkdir_p(ld);
+    free(ld);
+    file_write(f, b->data ? b->data : "", b->len);
+    int fd = open(f, O_RDONLY);
+    cr_assert_geq(fd, 0);
+    const size_t windows[3] = {1, 100, 1u << 20};
+    for (int w = 0; w < 3; w++) {
+        vlog_scan_t s2;
+        char err[256];
+        cr_assert_eq(vlog_scan_fd_window(fd, 0, NPARTS, windows[w], &s2, err, sizeof err),
+                     TALLY_OK, "%s", err);
+        scan_expect_same(out, &s2, "fd scan");
+        vlog_scan_free(&s2);
+    }
+    close(fd);
+    free(f);
+}
+
+Test(vlog, scan_finds_frames_damage_and_tail) {
+    buf_t b = {0};
+    uint64_t e0 = frame_put(&b, 0, 10, 'a');
+    uint64_t e1 = frame_put(&b, 1, 300, 'b');
+    buf_append(&b, "\x01garbage", 8); /* damage */
+    uint64_t s2 = b.len;
+    frame_put(&b, 2, 1, 'c');
+    uint64_t e3 = frame_put(&b, 0, 50, 'd');
+    uint64_t s4 = b.len;
+    frame_put(&b, 1, 40, 'e');
+    b.len -= 3; /* the last frame cut short: the tail */
+    vlog_scan_t s;
+    scan_both(&b, &s);
+    cr_assert_eq(s.frames, 4);
+    cr_assert_eq(s.part_frames[0], 2);
+    cr_assert_eq(s.part_frames[1], 1);
+    cr_assert_eq(s.part_frames[2], 1);
+    cr_assert_eq(s.valid_end, e3);
+    cr_assert_eq(s.ndamage, 1);
+    cr_assert_eq(s.damage[0].start, e1);
+    cr_assert_eq(s.damage[0].end, s2);
+    cr_assert_eq(s.damage[0].frames_after, 2);
+    cr_assert(s.has_tail);
+    cr_assert_eq(s.tail.start, s4);
+    cr_assert_eq(s.tail.end, b.len);
+    cr_assert_eq(s.size, b.len);
+    cr_assert_not(vlog_scan_clean(&s));
+    vlog_scan_free(&s);
+    (void)e0;
+
+    /* Without the damage it is clean: a torn tail only. */
+    buf_t c = {0};
+    frame_put(&c, 0, 10, 'a');
+    uint64_t ce = frame_put(&c, 2, 20, 'b');
+    buf_append(&c, "\0\0\0", 3);
+    scan_both(&c, &s);
+    cr_assert_eq(s.ndamage, 0);
+    cr_assert(s.has_tail);
+    cr_assert_eq(s.tail.start, ce);
+    cr_assert(vlog_scan_clean(&s));
+    vlog_scan_free(&s);
+
+    /* Nothing at all; nothing but garbage. */
+    buf_t z = {0};
+    scan_both(&z, &s);
+    cr_assert(s.frames == 0 && !s.has_tail && s.ndamage == 0 && vlog_scan_clean(&s));
+    vlog_scan_free(&s);
+    buf_append(&z, "zzzzzzzzzzzzzzzzzzzzzzzz", 24);
+    scan_both(&z, &s);
+    cr_assert(s.frames == 0 && s.has_tail && s.tail.start == 0 && s.ndamage == 0);
+    vlog_scan_free(&s);
+    buf_free(&b);
+    buf_free(&c);
+    buf_free(&z);
 }

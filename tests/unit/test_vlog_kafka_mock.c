@@ -124,7 +124,7 @@ TestSuite(kafka_mock, .init = setup, .fini = teardown, .timeout = 120);
 
 Test(kafka_mock, produce_and_read_back) {
     char err[256];
-    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, err, sizeof err);
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, NULL, err, sizeof err);
     cr_assert(l, "%s", err);
     cr_assert_eq(vlog_partitions(l), NPART);
     for (int i = 0; i < 2000; i++)
@@ -138,7 +138,7 @@ Test(kafka_mock, produce_and_read_back) {
 
 Test(kafka_mock, produce_request_errors_are_retried_once) {
     char err[256];
-    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, err, sizeof err);
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, NULL, err, sizeof err);
     cr_assert(l, "%s", err);
     /* Produce (ApiKey 0) fails several times with retriable errors,
      * including a timeout after which the broker may or may not have
@@ -157,7 +157,7 @@ Test(kafka_mock, produce_request_errors_are_retried_once) {
 
 Test(kafka_mock, leader_change_mid_stream) {
     char err[256];
-    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, err, sizeof err);
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, NULL, err, sizeof err);
     cr_assert(l, "%s", err);
     for (int i = 0; i < 1500; i++)
         cr_assert_eq(append_vote(l, i), VLOG_OK);
@@ -172,7 +172,7 @@ Test(kafka_mock, leader_change_mid_stream) {
 
 Test(kafka_mock, brokers_down_then_back) {
     char err[256];
-    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, err, sizeof err);
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, NULL, err, sizeof err);
     cr_assert(l, "%s", err);
     int n = 0, accepted = 0;
     for (; n < 500; n++)
@@ -223,7 +223,7 @@ Test(kafka_mock, bad_librdkafka_key_is_a_config_error) {
     char err[256];
     cr_assert_eq(config_set(conf, "kafka", "no.such.property", "1", err, sizeof err), 0);
     errno = 0;
-    vlog_t *l = vlog_open(conf, VLOG_F_WRITE, ack, err, sizeof err);
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE, ack, NULL, err, sizeof err);
     cr_assert_null(l);
     cr_assert_eq(errno, EINVAL);
     cr_assert(strstr(err, "kafka.no.such.property"), "%s", err);

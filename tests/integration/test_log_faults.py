@@ -1,0 +1,337 @@
+"""The embedded log under faults, through the real binary: a restored log
+with a flipped bit is refused (by tally run and tally replay) and never
+cut; tally replay never writes into log.dir and publishes nothing on
+damage; tally log verify/salvage and the recovery procedure; a log deleted
+while running (503, /healthz) or shorter than the snapshots; a full disk
+(a 1 MiB tmpfs) degrades to 503 and recovers. The frames are decoded here
+on their own (u32 len | u32 sum | u16 partition | u16 0 | payload)."""
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+
+from harness import TALLY_BIN, TIMEOUT_MULT, TallyTestCase, wait_until
+
+POLLS = """
+[poll.free]
+title = Unlimited
+options = p, q
+mode = unlimited
+"""
+
+
+def frames(path):
+    """(start, end, partition) of every frame of an intact log file."""
+    out = []
+    with open(path, "rb") as f:
+        data = f.read()
+    at = 0
+    while at + 12 <= len(data):
+        n, _, part, zero = struct.unpack_from("<IIHH", data, at)
+        assert 0 < n <= 65536 and zero == 0 and at + 12 + n <= len(data), f"not a frame at {at}"
+        out.append((at, at + 12 + n, part))
+        at += 12 + n
+    assert at == len(data), "trailing bytes"
+    return out
+
+
+def tree(d):
+    """{relative path: sha256} of every file under d (missing: {})."""
+    out = {}
+    for root, _, files in os.walk(d):
+        for name in files:
+            p = os.path.join(root, name)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, d)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def flip(path, off):
+    with open(path, "r+b") as f:
+        f.seek(off)
+        b = f.read(1)
+        f.seek(off)
+        f.write(bytes([b[0] ^ 0x10]))
+
+
+class LogFaults(TallyTestCase):
+    def tally(self, *args, timeout=120):
+        return subprocess.run([TALLY_BIN, *args], capture_output=True, text=True,
+                              timeout=timeout * TIMEOUT_MULT)
+
+    def voted(self, t, n):
+        """n votes for free/p, all 202; then a clean stop."""
+        t.start()
+        conn = t.connect()
+        for _ in range(n):
+            st, body = t.vote("free", "p", conn=conn)
+            self.assertEqual(st, 202, body)
+        conn.close()
+        t.wait_counts({"free": {"p": n, "q": 0}})
+        t.stop()
+
+    def logdir(self, t):
+        return os.path.join(t.dir, "log")
+
+    def votes(self, t):
+        return os.path.join(t.dir, "log", "votes.log")
+
+    def restored_and_flipped(self, t, n=40):
+        """A log of n votes, copied away and back (a restore: new inode, so
+        CHECKPOINT does not apply), with one bit of frame 1's payload
+        flipped. Returns the frames of the intact copy."""
+        self.voted(t, n)
+        ld = self.logdir(t)
+        shutil.copytree(ld, ld + ".restored")  # new inodes while the old ones exist
+        shutil.rmtree(ld)
+        os.rename(ld + ".restored", ld)
+        fr = frames(self.votes(t))
+        self.assertEqual(len(fr), n)
+        flip(self.votes(t), fr[1][0] + 12 + 3)
+        return fr
+
+    # ---- damage: refused, never cut ----
+
+    def test_restored_log_with_a_flipped_bit_is_refused_by_run_and_replay(self):
+        t = self.make(polls=POLLS)
+        fr = self.restored_and_flipped(t)
+        before_log, before_pub = tree(self.logdir(t)), tree(os.path.join(t.dir, "public"))
+        r = t.replay()
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("corruption", r.stderr)
+        self.assertIn(f"at offset {fr[1][0]} ", r.stderr)
+        self.assertIn(f"with {len(fr) - 2} intact frames after it", r.stderr)
+        self.assertEqual(tree(self.logdir(t)), before_log, "replay changed log.dir")
+        self.assertEqual(tree(os.path.join(t.dir, "public")), before_pub, "replay published")
+        r = self.tally("run", "-c", t.config, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("corruption", r.stderr)
+        self.assertEqual(tree(self.logdir(t)), before_log, "tally run cut the log")
+        self.assertEqual(tree(os.path.join(t.dir, "public")), before_pub)
+
+    def test_replay_never_writes_into_log_dir(self):
+        t = self.make(polls=POLLS)
+        self.voted(t, 10)
+        with open(self.votes(t), "ab") as f:
+            f.write(b"\x17torn tail")  # never acknowledged
+        ld = self.logdir(t)
+        before = tree(ld)
+        os.chmod(ld, 0o555)  # even a write attempt would show (as root too: see tree())
+        try:
+            r = t.replay()
+        finally:
+            os.chmod(ld, 0o755)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(t.published_counts("free"), {"p": 10, "q": 0})
+        self.assertEqual(tree(ld), before, "replay changed log.dir")
+        self.assertEqual(sorted(os.listdir(ld)), sorted(before), "replay left files in log.dir")
+
+    # ---- verify, salvage, the recovery procedure ----
+
+    def test_verify_salvage_and_recover(self):
+        t = self.make(polls=POLLS)
+        n = 40
+        fr = self.restored_and_flipped(t, n)
+        r = self.tally("log", "verify", "-c", t.config, "--json")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        rep = json.loads(r.stdout)
+        self.assertEqual(rep["status"], "damaged")
+        self.assertEqual(rep["frames"], n - 1)
+        self.assertEqual(sum(rep["frames_per_partition"]), n - 1)
+        self.assertEqual(len(rep["damage"]), 1)
+        d = rep["damage"][0]
+        self.assertEqual((d["start"], d["end"], d["frames_after"]), (fr[1][0], fr[1][1], n - 2))
+        self.assertIsNone(rep["tail"])
+        r = self.tally("log", "verify", "-c", t.config)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"damage: bytes [{fr[1][0]}, {fr[1][1]})", r.stdout)
+
+        out = os.path.join(t.dir, "salvaged")
+        log_before = tree(self.logdir(t))
+        r = self.tally("log", "salvage", "-c", t.config, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"lost: bytes [{fr[1][0]}, {fr[1][1]})", r.stdout)
+        self.assertIn(f"{fr[1][1] - fr[1][0]} bytes lost in 1 ranges", r.stdout)
+        self.assertEqual(tree(self.logdir(t)), log_before, "salvage changed the original")
+        with open(self.votes(t), "rb") as f:
+            orig = f.read()
+        with open(os.path.join(out, "votes.log"), "rb") as f:
+            self.assertEqual(f.read(), orig[:fr[1][0]] + orig[fr[1][1]:])
+        with open(os.path.join(out, "META")) as f:
+            self.assertEqual(f.read(), "tally-log 2 partitions=4\n")
+        # Refusals: an existing non-empty DIR, log.dir itself, usage.
+        r = self.tally("log", "salvage", "-c", t.config, "--out", out)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("not empty", r.stderr)
+        r = self.tally("log", "salvage", "-c", t.config, "--out", self.logdir(t))
+        self.assertEqual(r.returncode, 2)
+        for args in (("log", "salvage", "-c", t.config), ("log", "verify"),
+                     ("log", "verify", "-c", t.config, "--out", "x"), ("log", "frob"), ("log",)):
+            self.assertEqual(self.tally(*args).returncode, 2, args)
+        for sub in ("verify", "salvage"):
+            r = self.tally("log", sub, "--help")
+            self.assertEqual(r.returncode, 0)
+            self.assertIn(f"usage: tally log {sub}", r.stdout)
+
+        # The procedure: salvaged log in, snapshots away, replay, run.
+        shutil.move(self.logdir(t), os.path.join(t.dir, "log.damaged"))
+        shutil.move(out, self.logdir(t))
+        shutil.move(os.path.join(t.dir, "snap"), os.path.join(t.dir, "snap.old"))
+        r = self.tally("log", "verify", "-c", t.config)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("status: clean", r.stdout)
+        r = t.replay()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(t.published_counts("free"), {"p": n - 1, "q": 0})
+        t.start()
+        st, _ = t.vote("free", "q")
+        self.assertEqual(st, 202)
+        t.wait_counts({"free": {"p": n - 1, "q": 1}})
+        # verify works while tally run holds the log; salvage refuses.
+        r = self.tally("log", "verify", "-c", t.config)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("in use by a running tally", r.stdout)
+        r = self.tally("log", "salvage", "-c", t.config, "--out", os.path.join(t.dir, "s2"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("in use", r.stderr)
+        t.stop()
+
+    def test_verify_reports_a_torn_tail(self):
+        t = self.make(polls=POLLS)
+        self.voted(t, 5)
+        end = os.path.getsize(self.votes(t))
+        with open(self.votes(t), "ab") as f:
+            f.write(b"\x05\x00\x00")
+        r = self.tally("log", "verify", "-c", t.config, "--json")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        rep = json.loads(r.stdout)
+        self.assertEqual(rep["status"], "torn")
+        self.assertEqual(rep["frames"], 5)
+        self.assertEqual((rep["tail"]["start"], rep["tail"]["bytes"], rep["tail"]["torn"]),
+                         (end, 3, True))
+        self.assertEqual(rep["damage"], [])
+
+    # ---- a log that vanishes, or is shorter than the snapshots ----
+
+    def test_deleted_log_gets_503_and_healthz_says_so(self):
+        t = self.make(polls=POLLS).start()
+        st, _ = t.vote("free", "p")
+        self.assertEqual(st, 202)
+        t.wait_counts({"free": {"p": 1, "q": 0}})
+        os.unlink(self.votes(t))
+        t0 = time.monotonic()
+
+        def healthz_503():
+            st, body = t.request("GET", "/healthz")
+            return (st, body) if st == 503 else None
+        st, body = wait_until(healthz_503, 5, "/healthz to report the deleted log")
+        self.assertLess(time.monotonic() - t0, 1.5 * TIMEOUT_MULT, "noticed too late")
+        err = json.loads(body)
+        self.assertEqual(err["error"], "log_unavailable")
+        self.assertIn("votes.log", err["message"])
+        for _ in range(3):
+            st, _ = t.vote("free", "p")
+            self.assertEqual(st, 503)
+        st, _ = t.request("GET", "/v1/stats")
+        self.assertEqual(st, 200)
+        self.assertIn("deleted", t.stderr())
+        t.stop()
+        pub = tree(os.path.join(t.dir, "public"))
+        # META without votes.log: both commands refuse, nothing is made up.
+        for cmd in ("run", "replay"):
+            r = self.tally(cmd, "-c", t.config, timeout=60)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("votes.log is missing", r.stderr)
+            self.assertFalse(os.path.exists(self.votes(t)))
+            self.assertEqual(tree(os.path.join(t.dir, "public")), pub, cmd + " published")
+
+    def test_log_shorter_than_snapshots_is_refused(self):
+        t = self.make(polls=POLLS)
+        self.voted(t, 20)
+        fr = frames(self.votes(t))
+        os.truncate(self.votes(t), fr[9][1])  # a frame boundary: no torn tail
+        os.unlink(os.path.join(self.logdir(t), "CHECKPOINT"))  # the snapshots must catch it
+        pub, log = tree(os.path.join(t.dir, "public")), tree(self.logdir(t))
+        for cmd in ("run", "replay"):
+            r = self.tally(cmd, "-c", t.config, timeout=60)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("past the end of the log", r.stderr)
+            self.assertEqual(tree(os.path.join(t.dir, "public")), pub, cmd + " published")
+            self.assertEqual(tree(self.logdir(t)), log, cmd + " changed the log")
+
+    def test_partition_count_mismatch_is_a_config_error(self):
+        t = self.make(polls=POLLS)
+        self.voted(t, 2)
+        for cmd in ("run", "replay"):
+            r = self.tally(cmd, "-c", t.config, "-s", "log.partitions=3", timeout=60)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("log.partitions", r.stderr)
+
+    # ---- a full disk ----
+
+    def test_full_disk_degrades_to_503_and_recovers(self):
+        mnt = tempfile.mkdtemp(prefix="tally-tmpfs-")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            os.rmdir(mnt)
+            self.skipTest("cannot mount a tmpfs here (needs root): " + r.stderr.strip())
+        try:
+            self.full_disk(mnt)
+        finally:
+            subprocess.run(["umount", mnt])
+            os.rmdir(mnt)
+
+    def full_disk(self, mnt):
+        t = self.make(polls=POLLS)
+        with open(t.config) as f:
+            text = f.read()
+        with open(t.config, "w") as f:
+            f.write(text.replace(f"dir = {t.dir}/log\n", f"dir = {mnt}/log\n"))
+        # Leave ~150 KiB free: the log fills it within a few thousand votes.
+        filler = os.path.join(mnt, "filler")
+        with open(filler, "wb") as f:
+            f.write(b"\0" * (1024 * 1024 - 150 * 1024))
+        t.start()
+        conn = t.connect()
+        ok = unavailable = 0
+        deadline = time.monotonic() + 60 * TIMEOUT_MULT
+        while unavailable < 20:
+            self.assertLess(time.monotonic(), deadline, "the disk never filled")
+            st, _ = t.vote("free", "p", conn=conn)
+            self.assertIn(st, (202, 503))
+            ok += st == 202
+            unavailable += st == 503
+        self.assertTrue(t.alive())
+        st, _ = t.request("GET", "/v1/stats")
+        self.assertEqual(st, 200, "stats not served on a full disk")
+        self.assertIn("write failed", t.stderr())
+        # Room again: votes are taken again within a few retries.
+        os.unlink(filler)
+
+        def accepted():
+            st, _ = t.vote("free", "p", conn=conn)
+            return st == 202
+        wait_until(accepted, 10, "votes to be accepted once the disk has room")
+        ok += 1
+        for _ in range(20):
+            st, _ = t.vote("free", "p", conn=conn)
+            self.assertEqual(st, 202)
+            ok += 1
+        conn.close()
+        t.wait_counts({"free": {"p": ok, "q": 0}})
+        t.stop()
+        # Exactly the 202s are in the log: every round that failed was cut.
+        self.assertEqual(len(frames(os.path.join(mnt, "log", "votes.log"))), ok)
+        r = t.replay()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(t.published_counts("free"), {"p": ok, "q": 0})
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -466,9 +466,9 @@ int bench_engine_main(int argc, char **argv) {
     bench_json_set_num(json, "distinct_voters", (double)distinct);
     bench_json_set_num(json, "state_bytes", (double)state_bytes);
     bench_json_set_num(json, "bytes_per_voter",
-                            distinct ? (double)state_bytes / (double)distinct : 0);
+                       distinct ? (double)state_bytes / (double)distinct : 0);
     bench_json_set_num(json, "rss_bytes_per_voter",
-                            distinct ? (double)rss_delta / (double)distinct : 0);
+                       distinct ? (double)rss_delta / (double)distinct : 0);
     json_object_set_new(json, "check_ok", json_boolean(1));
     rc = 0;
     if (eb->o.json_path && bench_json_write(eb->o.json_path, json) != 0) {

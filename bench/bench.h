@@ -7,6 +7,7 @@
 #ifndef BENCH_BENCH_H
 #define BENCH_BENCH_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -45,11 +46,20 @@ int bench_parse_mode(const char *s, poll_mode_t *m);
 
 /* Prints "p50 1.234  p90 ..." of a ns histogram in ms. */
 void bench_print_latency(FILE *out, const char *label, const hist_t *h);
+/* JSON reports are jansson trees. A number is written as an integer when it
+ * is one (below 2^53), otherwise as a real; NaN and infinities as null. */
+json_t *bench_json_num(double v);
+/* Sets key of object o (new references; s any bytes, made valid UTF-8).
+ * bench_json_set returns child, borrowed. */
+void bench_json_set_num(json_t *o, const char *key, double v);
+void bench_json_set_str(json_t *o, const char *key, const char *s);
+json_t *bench_json_set(json_t *o, const char *key, json_t *child);
 /* {"count":..,"p50":..,"p90":..,"p99":..,"p99_9":..,"max":..,"mean":..} in
- * ms, as a cJSON object (cJSON * as void * to keep cJSON out of this header). */
-void *bench_json_latency(const hist_t *h);
-/* Writes the cJSON item to path, pretty-printed; frees nothing. 0 or -1. */
-int bench_json_write(const char *path, const void *item);
+ * ms; the caller owns the new object. */
+json_t *bench_json_latency(const hist_t *h);
+/* Writes the item to path ("-": stdout), pretty-printed; frees nothing. 0
+ * or -1. */
+int bench_json_write(const char *path, const json_t *item);
 
 /* Resident set size of this process, bytes (0 if unknown). */
 uint64_t bench_rss_bytes(void);

@@ -1,5 +1,4 @@
 #include <getopt.h>
-#include <cJSON.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -7,6 +6,7 @@
 #include <unistd.h>
 
 #include "bench/bench.h"
+#include "common/utf8.h"
 #include "common/util.h"
 
 int bench_parse_count(const char *s, uint64_t *out) {
@@ -91,20 +91,54 @@ void bench_print_latency(FILE *out, const char *label, const hist_t *h) {
             ms(hist_percentile(h, 99.9)), ms(h->max), hist_mean(h) / 1e6);
 }
 
-void *bench_json_latency(const hist_t *h) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "count", (double)hist_count(h));
-    cJSON_AddNumberToObject(o, "p50", ms(hist_percentile(h, 50)));
-    cJSON_AddNumberToObject(o, "p90", ms(hist_percentile(h, 90)));
-    cJSON_AddNumberToObject(o, "p99", ms(hist_percentile(h, 99)));
-    cJSON_AddNumberToObject(o, "p99_9", ms(hist_percentile(h, 99.9)));
-    cJSON_AddNumberToObject(o, "max", ms(hist_count(h) ? h->max : 0));
-    cJSON_AddNumberToObject(o, "mean", hist_mean(h) / 1e6);
+json_t *bench_json_num(double v) {
+    json_t *j;
+    if (!isfinite(v))
+        j = json_null();
+    else if (v == floor(v) && fabs(v) < 9007199254740992.0)
+        j = json_integer((json_int_t)v);
+    else
+        j = json_real(v);
+    tally_assert(j);
+    return j;
+}
+
+json_t *bench_json_set(json_t *o, const char *key, json_t *child) {
+    tally_assert(child); /* out of memory */
+    int rc = json_object_set_new(o, key, child);
+    tally_assert(rc == 0);
+    return child;
+}
+
+void bench_json_set_num(json_t *o, const char *key, double v) {
+    bench_json_set(o, key, bench_json_num(v));
+}
+
+void bench_json_set_str(json_t *o, const char *key, const char *s) {
+    buf_t b = {0};
+    utf8_put_valid(&b, s, strlen(s));
+    bench_json_set(o, key, json_stringn_nocheck(b.data ? b.data : "", b.len));
+    buf_free(&b);
+}
+
+json_t *bench_json_latency(const hist_t *h) {
+    json_t *o = json_object();
+    tally_assert(o);
+    bench_json_set_num(o, "count", (double)hist_count(h));
+    bench_json_set_num(o, "p50", ms(hist_percentile(h, 50)));
+    bench_json_set_num(o, "p90", ms(hist_percentile(h, 90)));
+    bench_json_set_num(o, "p99", ms(hist_percentile(h, 99)));
+    bench_json_set_num(o, "p99_9", ms(hist_percentile(h, 99.9)));
+    bench_json_set_num(o, "max", ms(hist_count(h) ? h->max : 0));
+    bench_json_set_num(o, "mean", hist_mean(h) / 1e6);
     return o;
 }
 
-int bench_json_write(const char *path, const void *item) {
-    char *s = cJSON_Print((const cJSON *)item);
+int bench_json_write(const char *path, const json_t *item) {
+    /* 15 significant digits, as before: measurements, not exact values. */
+    char *s = json_dumps(item, JSON_INDENT(2) | JSON_REAL_PRECISION(15));
+    if (!s)
+        return -1;
     size_t len = strlen(s);
     FILE *f = !strcmp(path, "-") ? stdout : fopen(path, "w");
     int rc = -1;
@@ -113,7 +147,7 @@ int bench_json_write(const char *path, const void *item) {
         if (f != stdout && fclose(f) != 0)
             rc = -1;
     }
-    cJSON_free(s);
+    free(s);
     return rc;
 }
 

@@ -11,7 +11,6 @@
  * Before any speed is printed the engine's totals are checked against the
  * expectation computed while encoding (expect.c): a fast wrong engine is not
  * a result. */
-#include <cJSON.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <string.h>
@@ -346,7 +345,7 @@ int bench_engine_main(int argc, char **argv) {
     eb_t *eb = xcalloc(1, sizeof *eb);
     char err[1024] = "";
     int rc = BENCH_EXIT_USAGE;
-    cJSON *json = NULL;
+    json_t *json = NULL;
     double *rates = NULL, *thread_rates = NULL;
     if (parse_opts(argc, argv, &eb->o) != 0)
         goto out;
@@ -393,12 +392,12 @@ int bench_engine_main(int argc, char **argv) {
     const char *mode_name = eb->o.config_path ? "config" : eb->o.mode;
     printf("tally-bench engine: %s, %d poll(s), %d thread(s), %llu votes, %llu voters per poll\n",
            mode_name, eb->npolls, T, (unsigned long long)nvotes, (unsigned long long)eb->o.voters);
-    json = cJSON_CreateObject();
-    cJSON_AddStringToObject(json, "mode", mode_name);
-    cJSON_AddNumberToObject(json, "threads", T);
-    cJSON_AddNumberToObject(json, "votes", (double)nvotes);
-    cJSON_AddNumberToObject(json, "voters", (double)eb->o.voters);
-    cJSON *jruns = cJSON_AddArrayToObject(json, "runs");
+    json = json_object();
+    bench_json_set_str(json, "mode", mode_name);
+    bench_json_set_num(json, "threads", T);
+    bench_json_set_num(json, "votes", (double)nvotes);
+    bench_json_set_num(json, "voters", (double)eb->o.voters);
+    json_t *jruns = bench_json_set(json, "runs", json_array());
     rates = xcalloc((size_t)eb->o.runs, sizeof *rates);
     thread_rates = xcalloc((size_t)eb->o.runs * (size_t)T, sizeof *thread_rates);
     uint64_t distinct = 0, state_bytes = 0, rss_delta = 0;
@@ -413,21 +412,21 @@ int bench_engine_main(int argc, char **argv) {
             goto out;
         }
         uint64_t t0 = UINT64_MAX, t1 = 0;
-        cJSON *jr = cJSON_CreateObject();
-        cJSON *jt = cJSON_AddArrayToObject(jr, "per_thread");
+        json_t *jr = json_object();
+        json_t *jt = bench_json_set(jr, "per_thread", json_array());
         for (int t = 0; t < T; t++) {
             ew_t *w = &eb->w[t];
             t0 = w->t0 < t0 ? w->t0 : t0;
             t1 = w->t1 > t1 ? w->t1 : t1;
             double tr = (double)w->nrecs / ((double)(w->t1 - w->t0) / 1e9);
             thread_rates[r * T + t] = tr;
-            cJSON_AddItemToArray(jt, cJSON_CreateNumber(tr));
+            json_array_append_new(jt, bench_json_num(tr));
         }
         double secs = (double)(t1 - t0) / 1e9;
         rates[r] = (double)nvotes / secs;
-        cJSON_AddNumberToObject(jr, "seconds", secs);
-        cJSON_AddNumberToObject(jr, "votes_per_sec", rates[r]);
-        cJSON_AddItemToArray(jruns, jr);
+        bench_json_set_num(jr, "seconds", secs);
+        bench_json_set_num(jr, "votes_per_sec", rates[r]);
+        json_array_append_new(jruns, jr);
         printf("  run %-3d      %.3f s  %.2f M votes/s  (per thread:", r + 1, secs, rates[r] / 1e6);
         for (int t = 0; t < T; t++)
             printf(" %.2f", thread_rates[r * T + t] / 1e6);
@@ -460,17 +459,17 @@ int bench_engine_main(int argc, char **argv) {
     } else {
         printf("  state         no per-voter state (unlimited mode)\n");
     }
-    cJSON_AddNumberToObject(json, "votes_per_sec", med);
-    cJSON_AddNumberToObject(json, "votes_per_sec_min", sorted[0]);
-    cJSON_AddNumberToObject(json, "votes_per_sec_max", sorted[eb->o.runs - 1]);
-    cJSON_AddNumberToObject(json, "votes_per_sec_per_thread", med / T);
-    cJSON_AddNumberToObject(json, "distinct_voters", (double)distinct);
-    cJSON_AddNumberToObject(json, "state_bytes", (double)state_bytes);
-    cJSON_AddNumberToObject(json, "bytes_per_voter",
-                            distinct ? (double)state_bytes / (double)distinct : 0);
-    cJSON_AddNumberToObject(json, "rss_bytes_per_voter",
-                            distinct ? (double)rss_delta / (double)distinct : 0);
-    cJSON_AddBoolToObject(json, "check_ok", 1);
+    bench_json_set_num(json, "votes_per_sec", med);
+    bench_json_set_num(json, "votes_per_sec_min", sorted[0]);
+    bench_json_set_num(json, "votes_per_sec_max", sorted[eb->o.runs - 1]);
+    bench_json_set_num(json, "votes_per_sec_per_thread", med / T);
+    bench_json_set_num(json, "distinct_voters", (double)distinct);
+    bench_json_set_num(json, "state_bytes", (double)state_bytes);
+    bench_json_set_num(json, "bytes_per_voter",
+                       distinct ? (double)state_bytes / (double)distinct : 0);
+    bench_json_set_num(json, "rss_bytes_per_voter",
+                       distinct ? (double)rss_delta / (double)distinct : 0);
+    json_object_set_new(json, "check_ok", json_boolean(1));
     rc = 0;
     if (eb->o.json_path && bench_json_write(eb->o.json_path, json) != 0) {
         fprintf(stderr, "tally-bench engine: cannot write %s\n", eb->o.json_path);
@@ -479,7 +478,7 @@ int bench_engine_main(int argc, char **argv) {
 out:
     if (err[0])
         fprintf(stderr, "tally-bench engine: %s\n", err);
-    cJSON_Delete(json);
+    json_decref(json);
     free(rates);
     free(thread_rates);
     if (eb->e)

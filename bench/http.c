@@ -12,7 +12,6 @@
  * those totals. A probe (--fresh-poll) casts one vote at a time on a poll the
  * load leaves alone and times how long its 202 takes to show in the JSON.
  * @locality everything here runs on the one loop thread */
-#include <cJSON.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
@@ -748,39 +747,39 @@ static void print_report(bh_t *b, double secs) {
     fflush(out);
 }
 
-static cJSON *json_report(bh_t *b, double secs) {
-    cJSON *r = cJSON_CreateObject();
-    cJSON_AddStringToObject(r, "url", b->o.url);
-    cJSON_AddNumberToObject(r, "connections", b->o.nconns);
-    cJSON_AddStringToObject(r, "loop", b->open_loop ? "open" : "closed");
+static json_t *json_report(bh_t *b, double secs) {
+    json_t *r = json_object();
+    bench_json_set_str(r, "url", b->o.url);
+    bench_json_set_num(r, "connections", b->o.nconns);
+    bench_json_set_str(r, "loop", b->open_loop ? "open" : "closed");
     if (b->open_loop)
-        cJSON_AddNumberToObject(r, "target_rate", b->o.rate);
-    cJSON_AddNumberToObject(r, "seconds", secs);
-    cJSON_AddNumberToObject(r, "requests", (double)b->done);
-    cJSON_AddNumberToObject(r, "throughput", per_sec(b->done, secs));
-    cJSON_AddNumberToObject(r, "accepted", (double)b->status[202]);
-    cJSON_AddNumberToObject(r, "accepted_per_sec", per_sec(b->status[202], secs));
-    cJSON_AddNumberToObject(r, "no_response", (double)(b->no_response + b->status[0]));
-    cJSON *st = cJSON_AddObjectToObject(r, "status");
+        bench_json_set_num(r, "target_rate", b->o.rate);
+    bench_json_set_num(r, "seconds", secs);
+    bench_json_set_num(r, "requests", (double)b->done);
+    bench_json_set_num(r, "throughput", per_sec(b->done, secs));
+    bench_json_set_num(r, "accepted", (double)b->status[202]);
+    bench_json_set_num(r, "accepted_per_sec", per_sec(b->status[202], secs));
+    bench_json_set_num(r, "no_response", (double)(b->no_response + b->status[0]));
+    json_t *st = bench_json_set(r, "status", json_object());
     for (int s = 1; s < NSTATUS; s++)
         if (b->status[s]) {
             char k[8];
             snprintf(k, sizeof k, "%d", s);
-            cJSON_AddNumberToObject(st, k, (double)b->status[s]);
+            bench_json_set_num(st, k, (double)b->status[s]);
         }
-    cJSON *mix = cJSON_AddObjectToObject(r, "votes");
+    json_t *mix = bench_json_set(r, "votes", json_object());
     for (int k = 0; k < VOTE_KINDS; k++)
-        cJSON_AddNumberToObject(mix, vote_kind_name((vote_kind_t)k), (double)b->gen.kinds[k]);
-    cJSON_AddItemToObject(r, "latency_ms", bench_json_latency(&b->lat));
+        bench_json_set_num(mix, vote_kind_name((vote_kind_t)k), (double)b->gen.kinds[k]);
+    bench_json_set(r, "latency_ms", bench_json_latency(&b->lat));
     if (b->open_loop) {
-        cJSON_AddNumberToObject(r, "max_overdue", (double)b->max_backlog);
-        cJSON_AddNumberToObject(r, "unsent_due", (double)b->unsent_due);
+        bench_json_set_num(r, "max_overdue", (double)b->max_backlog);
+        bench_json_set_num(r, "unsent_due", (double)b->unsent_due);
     }
     if (b->probe_poll) {
-        cJSON *f = bench_json_latency(&b->fresh);
-        cJSON_AddNumberToObject(f, "probes", (double)b->probe_sent);
-        cJSON_AddNumberToObject(f, "timeouts", (double)b->fresh_timeouts);
-        cJSON_AddItemToObject(r, "freshness_ms", f);
+        json_t *f = bench_json_latency(&b->fresh);
+        bench_json_set_num(f, "probes", (double)b->probe_sent);
+        bench_json_set_num(f, "timeouts", (double)b->fresh_timeouts);
+        bench_json_set(r, "freshness_ms", f);
     }
     return r;
 }
@@ -847,17 +846,17 @@ static int read_baselines(bh_t *b, uint64_t ***base_out, char *err, size_t esz) 
     return rc;
 }
 
-static int do_verify(bh_t *b, uint64_t **base, cJSON *json) {
+static int do_verify(bh_t *b, uint64_t **base, json_t *json) {
     int n = b->conf->npolls;
     uint64_t unknown = b->no_response + b->probe_no_response;
-    cJSON *v = json ? cJSON_AddObjectToObject(json, "verify") : NULL;
+    json_t *v = json ? bench_json_set(json, "verify", json_object()) : NULL;
     if (unknown) {
         fprintf(stderr,
                 "verify: %llu votes got no answer, so whether they were counted is unknown: the "
                 "totals cannot be checked exactly\n",
                 (unsigned long long)unknown);
         if (v)
-            cJSON_AddBoolToObject(v, "ok", 0);
+            json_object_set_new(v, "ok", json_boolean(0));
         return BENCH_EXIT_VERIFY;
     }
     verify_item_t *items = xcalloc((size_t)n, sizeof *items);
@@ -888,9 +887,9 @@ static int do_verify(bh_t *b, uint64_t **base, cJSON *json) {
     else
         printf("verify: FAILED (see the difference above)\n");
     if (v) {
-        cJSON_AddBoolToObject(v, "ok", rc == 0);
-        cJSON_AddNumberToObject(v, "accepted", (double)accepted);
-        cJSON_AddNumberToObject(v, "waited_ms", (double)waited);
+        json_object_set_new(v, "ok", json_boolean(rc == 0));
+        bench_json_set_num(v, "accepted", (double)accepted);
+        bench_json_set_num(v, "waited_ms", (double)waited);
     }
     for (int i = 0; i < n; i++)
         free(exp[i]);
@@ -906,7 +905,7 @@ int bench_http_main(int argc, char **argv) {
     char err[1024] = "";
     int rc = BENCH_EXIT_USAGE;
     uint64_t **base = NULL;
-    cJSON *json = NULL;
+    json_t *json = NULL;
     struct event_config *ecfg = NULL;
     if (parse_opts(argc, argv, &b->o) != 0)
         goto out_nofree;
@@ -1057,7 +1056,7 @@ int bench_http_main(int argc, char **argv) {
 out:
     if (err[0])
         fprintf(stderr, "tally-bench http: %s\n", err);
-    cJSON_Delete(json);
+    json_decref(json);
     if (base) {
         for (int i = 0; i < b->conf->npolls; i++)
             free(base[i]);

@@ -5,7 +5,6 @@
  * runs the real `tally replay` binary over it and times it from spawn to exit.
  * The replayed totals that tally publishes are checked against the
  * expectation before any rate is printed. */
-#include <cJSON.h>
 #include <errno.h>
 #include <ftw.h>
 #include <getopt.h>
@@ -321,7 +320,7 @@ int bench_replay_main(int argc, char **argv) {
     int rc = BENCH_EXIT_USAGE;
     tally_config_t *c = NULL;
     expect_poll_t *expect = NULL;
-    cJSON *json = NULL;
+    json_t *json = NULL;
     char dir[1024] = "", ini[1100], tally[PATH_MAX];
     int made_dir = 0;
     if (parse_opts(argc, argv, &o) != 0)
@@ -427,15 +426,15 @@ int bench_replay_main(int argc, char **argv) {
            "%d engine threads, %s\n",
            (unsigned long long)o.votes, (double)log_bytes / 1e6, kafka ? "Kafka" : "file",
            o.partitions, o.threads, tally);
-    json = cJSON_CreateObject();
-    cJSON_AddNumberToObject(json, "votes", (double)o.votes);
-    cJSON_AddStringToObject(json, "log", kafka ? "kafka" : "file");
+    json = json_object();
+    bench_json_set_num(json, "votes", (double)o.votes);
+    bench_json_set_str(json, "log", kafka ? "kafka" : "file");
     if (kafka)
-        cJSON_AddStringToObject(json, "topic", topic);
-    cJSON_AddNumberToObject(json, "log_bytes", (double)log_bytes);
-    cJSON_AddNumberToObject(json, "partitions", o.partitions);
-    cJSON_AddNumberToObject(json, "threads", o.threads);
-    cJSON *jruns = cJSON_AddArrayToObject(json, "runs");
+        bench_json_set_str(json, "topic", topic);
+    bench_json_set_num(json, "log_bytes", (double)log_bytes);
+    bench_json_set_num(json, "partitions", o.partitions);
+    bench_json_set_num(json, "threads", o.threads);
+    json_t *jruns = bench_json_set(json, "runs", json_array());
     double rates[100];
     for (int r = 0; r < o.runs; r++) {
         buf_t out = {0};
@@ -485,21 +484,21 @@ int bench_replay_main(int argc, char **argv) {
         printf("  run %-3d      %.3f s wall (tally's own %.3f s): %.2f M records/s wall, %.2f M "
                "records/s tally's own\n",
                r + 1, secs, own, rates[r] / 1e6, own > 0 ? (double)o.votes / own / 1e6 : 0);
-        cJSON *jr = cJSON_CreateObject();
-        cJSON_AddNumberToObject(jr, "seconds", secs);
-        cJSON_AddNumberToObject(jr, "tally_seconds", own);
-        cJSON_AddNumberToObject(jr, "records_per_sec", rates[r]);
-        cJSON_AddItemToArray(jruns, jr);
+        json_t *jr = json_object();
+        bench_json_set_num(jr, "seconds", secs);
+        bench_json_set_num(jr, "tally_seconds", own);
+        bench_json_set_num(jr, "records_per_sec", rates[r]);
+        json_array_append_new(jruns, jr);
     }
     qsort(rates, (size_t)o.runs, sizeof *rates, cmp_double);
     double med = o.runs % 2 ? rates[o.runs / 2] : (rates[o.runs / 2 - 1] + rates[o.runs / 2]) / 2;
     printf("  check         OK: the published totals equal the log's votes\n");
     printf("  records/s     median %.2f M (min %.2f, max %.2f), process start to exit\n", med / 1e6,
            rates[0] / 1e6, rates[o.runs - 1] / 1e6);
-    cJSON_AddNumberToObject(json, "records_per_sec", med);
-    cJSON_AddNumberToObject(json, "records_per_sec_min", rates[0]);
-    cJSON_AddNumberToObject(json, "records_per_sec_max", rates[o.runs - 1]);
-    cJSON_AddBoolToObject(json, "check_ok", 1);
+    bench_json_set_num(json, "records_per_sec", med);
+    bench_json_set_num(json, "records_per_sec_min", rates[0]);
+    bench_json_set_num(json, "records_per_sec_max", rates[o.runs - 1]);
+    json_object_set_new(json, "check_ok", json_boolean(1));
     rc = 0;
     err[0] = '\0';
     if (o.json_path && bench_json_write(o.json_path, json) != 0) {
@@ -509,7 +508,7 @@ int bench_replay_main(int argc, char **argv) {
 out:
     if (err[0])
         fprintf(stderr, "tally-bench replay: %s\n", err);
-    cJSON_Delete(json);
+    json_decref(json);
     if (made_dir)
         nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     for (int i = 0; expect && i < c->npolls; i++)

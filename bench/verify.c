@@ -1,8 +1,7 @@
 #include "bench/verify.h"
 
-#include <cJSON.h>
 #include <errno.h>
-#include <math.h>
+#include <jansson.h>
 #include <string.h>
 #include <time.h>
 
@@ -12,38 +11,39 @@ int verify_parse_poll(const char *json, size_t len, const poll_conf_t *p, uint64
                       char *errstr, size_t esz) {
     int rc = -1;
     uint8_t *seen = xcalloc((size_t)p->noptions, 1);
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    if (!root || !cJSON_IsObject(root)) {
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(root)) {
         snprintf(errstr, esz, "poll %s: the published file is not a JSON object", p->id);
         goto out;
     }
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "poll");
-    if (!cJSON_IsString(id) || strcmp(id->valuestring, p->id) != 0) {
+    const json_t *id = json_object_get(root, "poll");
+    if (!json_is_string(id) || strcmp(json_string_value(id), p->id) != 0) {
         snprintf(errstr, esz, "poll %s: the published file names another poll", p->id);
         goto out;
     }
-    const cJSON *opts = cJSON_GetObjectItemCaseSensitive(root, "options");
-    if (!cJSON_IsArray(opts)) {
+    const json_t *opts = json_object_get(root, "options");
+    if (!json_is_array(opts)) {
         snprintf(errstr, esz, "poll %s: no \"options\" array", p->id);
         goto out;
     }
-    const cJSON *o;
-    cJSON_ArrayForEach(o, opts) {
-        const cJSON *oid = cJSON_GetObjectItemCaseSensitive(o, "id");
-        const cJSON *votes = cJSON_GetObjectItemCaseSensitive(o, "votes");
-        if (!cJSON_IsString(oid) || !cJSON_IsNumber(votes) || votes->valuedouble < 0) {
+    size_t i;
+    const json_t *o;
+    json_array_foreach(opts, i, o) {
+        const json_t *oid = json_object_get(o, "id");
+        const json_t *votes = json_object_get(o, "votes");
+        if (!json_is_string(oid) || !json_is_integer(votes) || json_integer_value(votes) < 0) {
             snprintf(errstr, esz, "poll %s: an option without id or votes", p->id);
             goto out;
         }
-        int k = poll_option_index(p, oid->valuestring, strlen(oid->valuestring));
+        int k = poll_option_index(p, json_string_value(oid), json_string_length(oid));
         if (k < 0) {
             snprintf(errstr, esz, "poll %s: unknown option '%s' in the published file", p->id,
-                     oid->valuestring);
+                     json_string_value(oid));
             goto out;
         }
-        /* cJSON keeps numbers as doubles: exact below 2^53, which no bench
-         * run comes near. */
-        counts[k] = (uint64_t)llround(votes->valuedouble);
+        /* Exact up to 2^63 (jansson's integers), which no bench run nears. */
+        counts[k] = (uint64_t)json_integer_value(votes);
         seen[k] = 1;
     }
     for (int k = 0; k < p->noptions; k++)
@@ -54,7 +54,7 @@ int verify_parse_poll(const char *json, size_t len, const poll_conf_t *p, uint64
         }
     rc = 0;
 out:
-    cJSON_Delete(root);
+    json_decref(root);
     free(seen);
     return rc;
 }

@@ -1,6 +1,5 @@
 #include "ingest/ingest.h"
 
-#include <cJSON.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -17,7 +16,9 @@
 #include <unistd.h>
 
 #include "common/ids.h"
+#include "common/json.h"
 #include "common/util.h"
+#include "ingest/vote.h"
 #include "log/record.h"
 
 #define MAX_BODY 4096
@@ -97,13 +98,10 @@ static const char *reason_of(int status) {
 
 void ingest_reply_error(struct evhttp_request *req, int status, const char *code,
                         const char *msg) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "error", code);
-    cJSON_AddStringToObject(o, "message", msg);
-    char *s = cJSON_PrintUnformatted(o);
-    reply_json(req, status, reason_of(status), s);
-    cJSON_free(s);
-    cJSON_Delete(o);
+    buf_t b = {0};
+    json_put_error(&b, code, msg);
+    reply_json(req, status, reason_of(status), b.data);
+    buf_free(&b);
 }
 
 static void reply_unavailable(worker_t *w, struct evhttp_request *req, const char *why) {
@@ -206,63 +204,15 @@ static void handle_vote(worker_t *w, struct evhttp_request *req, const char *pol
                MAX_BODY);
         return;
     }
-    char body[MAX_BODY + 1];
+    char body[MAX_BODY];
     evbuffer_copyout(in, body, len);
-    body[len] = '\0';
-    cJSON *j = cJSON_ParseWithLength(body, len);
-    if (!j) {
-        reject(w, req, 400, "malformed_json", "the body is not valid JSON");
+    vote_record_t v;
+    vote_error_t verr;
+    char voter[VOTE_SCRATCH_MIN];
+    if (vote_parse(poll, body, len, now_ms(), &v, voter, sizeof voter, &verr) != 0) {
+        reject(w, req, verr.status, verr.code, "%s", verr.message);
         return;
     }
-    const cJSON *opt = cJSON_GetObjectItemCaseSensitive(j, "option");
-    const cJSON *voter = cJSON_GetObjectItemCaseSensitive(j, "voter");
-    int oi;
-    if (!cJSON_IsObject(j)) {
-        reject(w, req, 400, "invalid_body", "the body must be a JSON object");
-        goto out;
-    }
-    if (!opt) {
-        reject(w, req, 400, "missing_field", "'option' is required");
-        goto out;
-    }
-    if (!cJSON_IsString(opt)) {
-        reject(w, req, 400, "invalid_field", "'option' must be a string");
-        goto out;
-    }
-    oi = poll_option_index(poll, opt->valuestring, strlen(opt->valuestring));
-    if (voter && !cJSON_IsNull(voter)) {
-        if (!cJSON_IsString(voter)) {
-            reject(w, req, 400, "invalid_field", "'voter' must be a string");
-            goto out;
-        }
-        if (!voter_valid(voter->valuestring, strlen(voter->valuestring))) {
-            reject(w, req, 400, "invalid_field",
-                   "'voter' must be 1-%d bytes without control characters", VOTER_MAX_LEN);
-            goto out;
-        }
-    } else {
-        voter = NULL;
-        if (poll->mode != MODE_UNLIMITED) {
-            reject(w, req, 400, "missing_field", "'voter' is required in %s mode",
-                   poll_mode_name(poll->mode));
-            goto out;
-        }
-    }
-    if (oi < 0) {
-        reject(w, req, 422, "unknown_option", "poll '%s' has no option '%.64s'", poll->id,
-               opt->valuestring);
-        goto out;
-    }
-
-    vote_record_t v = {
-        .ts_ms = now_ms(),
-        .poll = poll->id,
-        .poll_len = strlen(poll->id),
-        .option = poll->options[oi].id,
-        .option_len = strlen(poll->options[oi].id),
-        .voter = voter ? voter->valuestring : NULL,
-        .voter_len = voter ? strlen(voter->valuestring) : 0,
-    };
     uint8_t rec[RECORD_MAX_LEN];
     size_t rlen = record_encode(&v, rec);
     tally_assert(rlen > 0); /* every field was validated above */
@@ -272,7 +222,7 @@ static void handle_vote(worker_t *w, struct evhttp_request *req, const char *pol
     pd->w = w;
     pd->next = NULL;
     snprintf(pd->poll, sizeof pd->poll, "%s", poll->id);
-    snprintf(pd->option, sizeof pd->option, "%s", poll->options[oi].id);
+    snprintf(pd->option, sizeof pd->option, "%.*s", (int)v.option_len, v.option);
     w->inflight++;
     vlog_err_t err = vlog_append(w->in->log, partition, rec, rlen, pd);
     if (err != VLOG_OK) {
@@ -281,8 +231,6 @@ static void handle_vote(worker_t *w, struct evhttp_request *req, const char *pol
         reply_unavailable(w, req, err == VLOG_FULL ? "too many votes in flight, retry shortly"
                                                    : vlog_err2str(err));
     }
-out:
-    cJSON_Delete(j);
 }
 
 static void on_request(struct evhttp_request *req, void *arg) {

@@ -1,9 +1,14 @@
-/* Rendering of the published results. JSON goes through cJSON; HTML is
- * escaped text in a fixed template with inline CSS only (no external
- * resources, so the page works from any static host). */
-#include <cJSON.h>
+/* Rendering of the published results. JSON strings go through the one
+ * escaping helper (common/json.h, jansson underneath) and counts are printed
+ * as integers, exact over all of uint64 (jansson's integers stop at 2^63).
+ * HTML is escaped text in a fixed template with inline CSS only (no external
+ * resources, so the page works from any static host). Titles and labels come
+ * from the config and may hold any bytes: both outputs are valid UTF-8
+ * whatever they hold. */
 #include <string.h>
 
+#include "common/json.h"
+#include "common/utf8.h"
 #include "publisher/publisher.h"
 
 static uint64_t poll_total(const poll_conf_t *poll, const uint64_t *counts) {
@@ -17,43 +22,49 @@ void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t u
                      buf_t *out) {
     char ts[40];
     fmt_rfc3339(updated_ms, ts, sizeof ts);
-    uint64_t total = poll_total(poll, counts);
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "poll", poll->id);
-    cJSON_AddStringToObject(root, "title", poll->title);
-    cJSON_AddStringToObject(root, "mode", poll_mode_name(poll->mode));
-    /* Counts are written as raw integers: cJSON numbers are doubles, exact
-     * only up to 2^53. */
-    char num[32];
-    snprintf(num, sizeof num, "%llu", (unsigned long long)total);
-    cJSON_AddItemToObject(root, "total", cJSON_CreateRaw(num));
-    cJSON *opts = cJSON_AddArrayToObject(root, "options");
+    buf_puts(out, "{\"poll\":");
+    json_put_str(out, poll->id);
+    buf_puts(out, ",\"title\":");
+    json_put_str(out, poll->title);
+    buf_puts(out, ",\"mode\":");
+    json_put_str(out, poll_mode_name(poll->mode));
+    buf_printf(out, ",\"total\":%llu,\"options\":[", (unsigned long long)poll_total(poll, counts));
     for (int i = 0; i < poll->noptions; i++) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "id", poll->options[i].id);
-        cJSON_AddStringToObject(o, "label", poll->options[i].label);
-        snprintf(num, sizeof num, "%llu", (unsigned long long)counts[i]);
-        cJSON_AddItemToObject(o, "votes", cJSON_CreateRaw(num));
-        cJSON_AddItemToArray(opts, o);
+        buf_puts(out, i ? ",{\"id\":" : "{\"id\":");
+        json_put_str(out, poll->options[i].id);
+        buf_puts(out, ",\"label\":");
+        json_put_str(out, poll->options[i].label);
+        buf_printf(out, ",\"votes\":%llu}", (unsigned long long)counts[i]);
     }
-    cJSON_AddStringToObject(root, "updated_at", ts);
-    char *s = cJSON_PrintUnformatted(root);
-    buf_puts(out, s);
-    buf_puts(out, "\n");
-    cJSON_free(s);
-    cJSON_Delete(root);
+    buf_puts(out, "],\"updated_at\":");
+    json_put_str(out, ts);
+    buf_puts(out, "}\n");
 }
 
+/* Text for an HTML element or a quoted attribute: the five specials as
+ * entities, invalid UTF-8 and control characters other than tab, LF and CR
+ * (which HTML forbids) as U+FFFD. */
 void html_escape(buf_t *out, const char *s) {
-    for (; *s; s++) {
-        switch (*s) {
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t k = utf8_seq_len(s + i, n - i);
+        switch (k == 1 ? c : 0x100) {
         case '&': buf_puts(out, "&amp;"); break;
         case '<': buf_puts(out, "&lt;"); break;
         case '>': buf_puts(out, "&gt;"); break;
         case '"': buf_puts(out, "&quot;"); break;
         case '\'': buf_puts(out, "&#39;"); break;
-        default: buf_append(out, s, 1);
+        case '\t':
+        case '\n':
+        case '\r': buf_append(out, s + i, 1); break;
+        default:
+            if (k == 0 || (k == 1 && (c < 0x20 || c == 0x7f)))
+                buf_puts(out, UTF8_REPLACEMENT);
+            else
+                buf_append(out, s + i, k);
         }
+        i += k ? k : 1;
     }
 }
 

@@ -1,6 +1,6 @@
 /* publisher/render.c: the JSON and HTML results and the index page. */
-#include <cJSON.h>
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <string.h>
 
 #include "publisher/publisher.h"
@@ -21,6 +21,14 @@ static void setup(void) {
     conf_set(conf, "poll.xss", "mode", "changeable");
     conf_set(conf, "poll.free", "options", "clap");
     conf_set(conf, "poll.free", "mode", "unlimited");
+    /* Titles and labels are config text: any bytes at all. */
+    conf_set(conf, "poll.evil", "title", "q\"uote\\ </script><script>x()</script> \x01\x1f\x7f");
+    conf_set(conf, "poll.evil", "options", "a, b, c, d");
+    conf_set(conf, "poll.evil", "label.a", "bad \xff\xfe byte");
+    conf_set(conf, "poll.evil", "label.b", "overlong \xc0\xaf surrogate \xed\xa0\x80 cut \xe2\x82");
+    conf_set(conf, "poll.evil", "label.c",
+             "tab\tnl\ncr\r \xc3\xa9t\xc3\xa9 \xf0\x9f\x97\xb3 \xe2\x80\xa8");
+    conf_set(conf, "poll.evil", "label.d", "' onmouseover='x()' & \"");
     conf_finish(conf);
 }
 static void teardown(void) {
@@ -30,78 +38,91 @@ static void teardown(void) {
 
 TestSuite(render, .init = setup, .fini = teardown);
 
-static cJSON *render_json(const poll_conf_t *p, const uint64_t *counts, uint64_t ms, buf_t *b) {
+/* Parses with jansson, which is strict: valid UTF-8, no trailing data, no
+ * duplicate keys. */
+static json_t *render_json(const poll_conf_t *p, const uint64_t *counts, uint64_t ms, buf_t *b) {
     pub_render_json(p, counts, ms, b);
     cr_assert_not_null(b->data);
     cr_assert_eq(b->data[b->len - 1], '\n', "JSON ends with a newline");
-    cJSON *j = cJSON_Parse(b->data);
-    cr_assert_not_null(j, "not JSON: %s", b->data);
-    cr_assert(cJSON_IsObject(j));
+    json_error_t e;
+    json_t *j = json_loadb(b->data, b->len, JSON_REJECT_DUPLICATES, &e);
+    cr_assert_not_null(j, "not strict JSON (%s): %s", e.text, b->data);
+    cr_assert(json_is_object(j));
     return j;
 }
 
-static double num(const cJSON *o, const char *k) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    cr_assert(cJSON_IsNumber(v), "%s is not a number", k);
-    return v->valuedouble;
+static double num(const json_t *o, const char *k) {
+    const json_t *v = json_object_get(o, k);
+    cr_assert(json_is_integer(v), "%s is not an integer", k);
+    return (double)json_integer_value(v);
 }
 
-static const char *str(const cJSON *o, const char *k) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    cr_assert(cJSON_IsString(v), "%s is not a string", k);
-    return v->valuestring;
+static const char *str(const json_t *o, const char *k) {
+    const json_t *v = json_object_get(o, k);
+    cr_assert(json_is_string(v), "%s is not a string", k);
+    return json_string_value(v);
+}
+
+static const poll_conf_t *poll_named(const char *id) {
+    const poll_conf_t *p = config_poll(conf, id, strlen(id));
+    cr_assert_not_null(p, "no poll %s", id);
+    return p;
 }
 
 Test(render, json_fields_and_values) {
     const poll_conf_t *p = &conf->polls[0];
     uint64_t counts[3] = {5, 0, 12};
     buf_t b = {0};
-    cJSON *j = render_json(p, counts, 1700000000123ull, &b);
+    json_t *j = render_json(p, counts, 1700000000123ull, &b);
     cr_assert_str_eq(str(j, "poll"), "demo");
     cr_assert_str_eq(str(j, "title"), "Which act should win tonight?");
     cr_assert_str_eq(str(j, "mode"), "one-per-voter");
     cr_assert_eq(num(j, "total"), 17);
     cr_assert_str_eq(str(j, "updated_at"), "2023-11-14T22:13:20.123Z");
-    const cJSON *opts = cJSON_GetObjectItemCaseSensitive(j, "options");
-    cr_assert(cJSON_IsArray(opts));
-    cr_assert_eq(cJSON_GetArraySize(opts), 3);
+    const json_t *opts = json_object_get(j, "options");
+    cr_assert(json_is_array(opts));
+    cr_assert_eq(json_array_size(opts), 3);
     const char *ids[] = {"red", "green", "blue"};
     const char *labels[] = {"The Red Singers", "green", "Blue Notes"};
     for (int i = 0; i < 3; i++) {
-        const cJSON *o = cJSON_GetArrayItem(opts, i);
-        cr_assert(cJSON_IsObject(o));
+        const json_t *o = json_array_get(opts, i);
+        cr_assert(json_is_object(o));
         cr_assert_str_eq(str(o, "id"), ids[i], "options are in config order");
         cr_assert_str_eq(str(o, "label"), labels[i]);
         cr_assert_eq(num(o, "votes"), (double)counts[i]);
-        cr_assert_eq(cJSON_GetArraySize(o), 3, "option has exactly id, label, votes");
+        cr_assert_eq(json_object_size(o), 3, "option has exactly id, label, votes");
     }
     /* Exactly these fields, in this order. */
     const char *fields[] = {"poll", "title", "mode", "total", "options", "updated_at"};
     int k = 0;
-    for (const cJSON *f = j->child; f; f = f->next, k++) {
+    const char *key;
+    const json_t *val;
+    json_object_foreach(j, key, val) {
+        (void)val;
         cr_assert_lt(k, 6);
-        cr_assert_str_eq(f->string, fields[k]);
+        cr_assert_str_eq(key, fields[k]);
+        k++;
     }
     cr_assert_eq(k, 6);
-    cJSON_Delete(j);
+    json_decref(j);
     buf_free(&b);
 }
 
 Test(render, json_modes_and_zero_totals) {
     uint64_t zero[2] = {0, 0};
     buf_t b = {0};
-    cJSON *j = render_json(&conf->polls[1], zero, 0, &b);
+    json_t *j = render_json(&conf->polls[1], zero, 0, &b);
     cr_assert_str_eq(str(j, "mode"), "changeable");
     cr_assert_eq(num(j, "total"), 0);
     cr_assert_str_eq(str(j, "updated_at"), "1970-01-01T00:00:00.000Z");
-    cJSON_Delete(j);
+    json_decref(j);
     buf_free(&b);
 
     uint64_t one[1] = {3};
     j = render_json(&conf->polls[2], one, 0, &b);
     cr_assert_str_eq(str(j, "mode"), "unlimited");
     cr_assert_str_eq(str(j, "title"), "free");
-    cJSON_Delete(j);
+    json_decref(j);
     buf_free(&b);
 }
 
@@ -109,26 +130,29 @@ Test(render, json_escapes_titles_and_labels) {
     const poll_conf_t *p = &conf->polls[1];
     uint64_t counts[2] = {1, 2};
     buf_t b = {0};
-    cJSON *j = render_json(p, counts, 0, &b);
+    json_t *j = render_json(p, counts, 0, &b);
     cr_assert_str_eq(str(j, "title"), p->title);
-    const cJSON *opts = cJSON_GetObjectItemCaseSensitive(j, "options");
-    cr_assert_str_eq(str(cJSON_GetArrayItem(opts, 0), "label"), "<script>alert('x')</script>");
-    cr_assert_str_eq(str(cJSON_GetArrayItem(opts, 1), "label"), "\"quoted\" & <i>");
-    cJSON_Delete(j);
+    const json_t *opts = json_object_get(j, "options");
+    cr_assert_str_eq(str(json_array_get(opts, 0), "label"), "<script>alert('x')</script>");
+    cr_assert_str_eq(str(json_array_get(opts, 1), "label"), "\"quoted\" & <i>");
+    cr_assert_null(strstr(b.data, "</script"), "'</' is escaped: %s", b.data);
+    json_decref(j);
     buf_free(&b);
 }
 
 Test(render, json_counts_are_exact_beyond_2_53) {
-    /* cJSON numbers are doubles; the renderer writes raw integers. */
+    /* Doubles are exact to 2^53, jansson's integers to 2^63: the renderer
+     * prints every uint64 exactly. */
     const poll_conf_t *p = &conf->polls[0];
     uint64_t counts[3] = {9007199254740993ull, 1, UINT64_MAX - 9007199254740994ull};
     buf_t b = {0};
     pub_render_json(p, counts, 0, &b);
     cr_assert_not_null(strstr(b.data, "\"votes\":9007199254740993"), "%s", b.data);
     cr_assert_not_null(strstr(b.data, "\"total\":18446744073709551615"), "%s", b.data);
-    cJSON *j = cJSON_Parse(b.data);
-    cr_assert_not_null(j);
-    cJSON_Delete(j);
+    json_error_t e;
+    json_t *j = json_loadb(b.data, b.len, JSON_DECODE_INT_AS_REAL, &e);
+    cr_assert_not_null(j, "%s", e.text);
+    json_decref(j);
     buf_free(&b);
 }
 
@@ -245,4 +269,76 @@ Test(render, index_without_polls) {
     cr_assert_null(strstr(b.data, "<li>"));
     buf_free(&b);
     config_free(empty);
+}
+
+/* ---- titles and labels with any bytes ---- */
+
+/* jansson's own UTF-8 check, independent of the renderer's. */
+static int valid_utf8(const char *s, size_t n) {
+    json_t *j = json_stringn(s, n);
+    json_decref(j);
+    return j != NULL;
+}
+
+/* C0 controls, and DEL when del != 0 (HTML forbids it; JSON does not). */
+static void assert_no_controls(const char *s, size_t n, const char *allowed, int del,
+                               const char *what) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < 0x20 || (del && c == 0x7f)) && !(c && strchr(allowed, c)))
+            cr_assert_fail("%s: raw control byte 0x%02x at %zu", what, c, i);
+    }
+}
+
+#define FFFD "\xef\xbf\xbd"
+
+Test(render, json_hostile_titles_and_labels_are_valid_json) {
+    const poll_conf_t *p = poll_named("evil");
+    uint64_t counts[4] = {1, 2, 3, 4};
+    buf_t b = {0};
+    json_t *j = render_json(p, counts, 0, &b);
+    cr_assert(valid_utf8(b.data, b.len), "not UTF-8: %s", b.data);
+    assert_no_controls(b.data, b.len - 1, "", 0, "JSON text");
+    cr_assert_null(strstr(b.data, "</"), "'</' must be escaped: %s", b.data);
+    /* Valid UTF-8 comes back byte for byte, controls and all. */
+    cr_assert_str_eq(str(j, "title"), p->title);
+    const json_t *opts = json_object_get(j, "options");
+    cr_assert_eq(json_array_size(opts), 4);
+    cr_assert_str_eq(str(json_array_get(opts, 0), "label"), "bad " FFFD FFFD " byte");
+    cr_assert_str_eq(str(json_array_get(opts, 1), "label"),
+                     "overlong " FFFD FFFD " surrogate " FFFD FFFD FFFD " cut " FFFD FFFD);
+    cr_assert_str_eq(str(json_array_get(opts, 2), "label"), p->options[2].label);
+    cr_assert_str_eq(str(json_array_get(opts, 3), "label"), "' onmouseover='x()' & \"");
+    cr_assert_eq(num(j, "total"), 10);
+    json_decref(j);
+    buf_free(&b);
+}
+
+Test(render, html_hostile_titles_and_labels_are_safe) {
+    const poll_conf_t *p = poll_named("evil");
+    uint64_t counts[4] = {1, 2, 3, 4};
+    buf_t b = {0};
+    pub_render_html(p, counts, 0, &b);
+    const char *h = b.data;
+    cr_assert(valid_utf8(h, b.len), "not UTF-8:\n%s", h);
+    assert_no_controls(h, b.len, "\t\n\r", 1, "HTML");
+    cr_assert_null(strstr(h, "<script"), "%s", h);
+    cr_assert_null(strstr(h, "</script"), "%s", h);
+    cr_assert_null(strstr(h, "' onmouseover"), "a quote from a label broke out");
+    cr_assert_not_null(strstr(h, "&#39; onmouseover=&#39;x()&#39; &amp; &quot;"));
+    cr_assert_not_null(strstr(h, "<title>q&quot;uote\\ &lt;/script&gt;&lt;script&gt;x()"
+                                 "&lt;/script&gt; " FFFD FFFD FFFD " - results</title>"),
+                       "%s", h);
+    cr_assert_not_null(strstr(h, "bad " FFFD FFFD " byte"));
+    cr_assert_not_null(
+        strstr(h, "overlong " FFFD FFFD " surrogate " FFFD FFFD FFFD " cut " FFFD FFFD "<"));
+    /* Tab, newline, CR and real UTF-8 pass through. */
+    cr_assert_not_null(strstr(h, "tab\tnl\ncr\r \xc3\xa9t\xc3\xa9 \xf0\x9f\x97\xb3 \xe2\x80\xa8"));
+    buf_free(&b);
+
+    pub_render_index(conf, 0, &b);
+    cr_assert(valid_utf8(b.data, b.len), "index not UTF-8:\n%s", b.data);
+    assert_no_controls(b.data, b.len, "\t\n\r", 1, "index");
+    cr_assert_null(strstr(b.data, "<script"));
+    buf_free(&b);
 }

@@ -11,7 +11,7 @@
  * the votes written; the time from spawn to that answer is the restart time.
  * Then SIGTERM, and the next run. */
 #include <arpa/inet.h>
-#include <cJSON.h>
+#include <jansson.h>
 #include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
@@ -176,7 +176,7 @@ static int voter_option(uint64_t seed, uint64_t i) {
 
 /* The log: voter i votes once, for voter_option(i). */
 static int write_log(const so_t *o, tally_config_t *c, char *err, size_t esz) {
-    vlog_t *l = vlog_open(c, VLOG_F_WRITE, on_ack, err, esz);
+    vlog_t *l = vlog_open(c, VLOG_F_WRITE, on_ack, NULL, err, esz);
     if (!l)
         return -1;
     const poll_conf_t *pc = &c->polls[0];
@@ -220,7 +220,7 @@ out:
 static int write_snapshots(tally_config_t *c, char *err, size_t esz) {
     int rc = -1;
     engine_t *e = NULL;
-    vlog_t *l = vlog_open(c, VLOG_F_READ, on_ack, err, esz);
+    vlog_t *l = vlog_open(c, VLOG_F_READ, on_ack, NULL, err, esz);
     if (!l)
         return -1;
     int np = vlog_partitions(l);
@@ -369,7 +369,7 @@ int bench_restart_main(int argc, char **argv) {
     char err[1024] = "", dir[1024] = "", tally[PATH_MAX];
     int rc = BENCH_EXIT_USAGE, made_dir = 0;
     tally_config_t *c = NULL;
-    cJSON *json = NULL;
+    json_t *json = NULL;
     if (parse_opts(argc, argv, &o) != 0)
         return BENCH_EXIT_USAGE;
     rc = BENCH_EXIT_FAIL;
@@ -489,12 +489,10 @@ int bench_restart_main(int argc, char **argv) {
     printf("tally-bench restart: %llu voters (changeable, 1 poll), %d partitions, %.1f MB of "
            "snapshots, %d engine threads, %s\n",
            (unsigned long long)o.voters, o.partitions, (double)snap_bytes / 1e6, o.threads, tally);
-    json = cJSON_CreateObject();
-    cJSON_AddNumberToObject(json, "voters", (double)o.voters);
-    cJSON_AddNumberToObject(json, "partitions", o.partitions);
-    cJSON_AddNumberToObject(json, "threads", o.threads);
-    cJSON_AddNumberToObject(json, "snapshot_bytes", (double)snap_bytes);
-    cJSON *jruns = cJSON_AddArrayToObject(json, "runs");
+    json_t *jruns = json_array();
+    json = json_pack("{s:I,s:i,s:i,s:I,s:o}", "voters", (json_int_t)o.voters, "partitions",
+                     o.partitions, "threads", o.threads, "snapshot_bytes", (json_int_t)snap_bytes,
+                     "runs", jruns);
     double secs[100];
     for (int r = 0; r < o.runs; r++) {
         /* Nothing published before this run may answer for it. */
@@ -503,17 +501,17 @@ int bench_restart_main(int argc, char **argv) {
         if (secs[r] < 0)
             goto out;
         printf("  run %-3d      %.3f s from spawn to the exact totals served\n", r + 1, secs[r]);
-        cJSON_AddItemToArray(jruns, cJSON_CreateNumber(secs[r]));
+        json_array_append_new(jruns, json_real(secs[r]));
     }
     qsort(secs, (size_t)o.runs, sizeof *secs, cmp_double);
     double med = o.runs % 2 ? secs[o.runs / 2] : (secs[o.runs / 2 - 1] + secs[o.runs / 2]) / 2;
     printf("  check         OK: GET /polls/%s.json served %llu votes, equal to the log's\n",
            POLL_ID, (unsigned long long)o.voters);
     printf("  restart       median %.3f s (min %.3f, max %.3f)\n", med, secs[0], secs[o.runs - 1]);
-    cJSON_AddNumberToObject(json, "seconds", med);
-    cJSON_AddNumberToObject(json, "seconds_min", secs[0]);
-    cJSON_AddNumberToObject(json, "seconds_max", secs[o.runs - 1]);
-    cJSON_AddBoolToObject(json, "check_ok", 1);
+    json_object_set_new(json, "seconds", json_real(med));
+    json_object_set_new(json, "seconds_min", json_real(secs[0]));
+    json_object_set_new(json, "seconds_max", json_real(secs[o.runs - 1]));
+    json_object_set_new(json, "check_ok", json_true());
     rc = 0;
     err[0] = '\0';
     if (o.json_path && bench_json_write(o.json_path, json) != 0) {
@@ -523,7 +521,7 @@ int bench_restart_main(int argc, char **argv) {
 out:
     if (err[0])
         fprintf(stderr, "tally-bench restart: %s\n", err);
-    cJSON_Delete(json);
+    json_decref(json);
     if (made_dir)
         nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     config_free(c);

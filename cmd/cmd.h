@@ -21,6 +21,13 @@ void cmd_parse(int argc, char **argv, const char *cmd, const char *help, int all
 /* Loads the config or exits 2 with a message naming the bad key or line. */
 tally_config_t *cmd_load_config(const cmd_opts_t *o);
 
+struct engine_s;
+struct vlog_s;
+/* Nonzero (errstr set) when a position the engine loaded from its snapshots
+ * lies past the log's end: the log lost votes the snapshots counted. */
+int cmd_check_snapshot_positions(struct engine_s *e, struct vlog_s *log, char *errstr,
+                                 size_t esz);
+
 int cmd_run(int argc, char **argv);
 int cmd_ingest(int argc, char **argv);
 int cmd_engine(int argc, char **argv);

@@ -2,7 +2,7 @@
  * opening it as a log (vlog_file_examine: read-only, nothing written into
  * log.dir), report what a scan finds, and copy every intact frame into a
  * new log directory. */
-#include <cJSON.h>
+#include <jansson.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -180,45 +180,39 @@ static void verify_text(const vlog_examine_t *x) {
     printf("status: %s\n", scan_status(x));
 }
 
-static cJSON *range_json(const vlog_range_t *r) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "start", (double)r->start);
-    cJSON_AddNumberToObject(o, "end", (double)r->end);
-    cJSON_AddNumberToObject(o, "bytes", (double)(r->end - r->start));
-    cJSON_AddStringToObject(o, "why", r->why ? r->why : "");
-    return o;
+static json_t *range_json(const vlog_range_t *r) {
+    return json_pack("{s:I,s:I,s:I,s:s}", "start", (json_int_t)r->start, "end",
+                     (json_int_t)r->end, "bytes", (json_int_t)(r->end - r->start), "why",
+                     r->why ? r->why : "");
 }
 
 static void verify_json(const vlog_examine_t *x) {
     const vlog_scan_t *s = &x->scan;
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "log", x->path);
-    cJSON_AddNumberToObject(o, "size", (double)s->size);
-    cJSON_AddNumberToObject(o, "partitions", x->npartitions);
-    cJSON_AddBoolToObject(o, "live", x->live);
-    cJSON_AddNumberToObject(o, "frames", (double)s->frames);
-    cJSON *pf = cJSON_AddArrayToObject(o, "frames_per_partition");
+    json_t *pf = json_array(), *dmg = json_array(), *tail = json_null();
     for (int p = 0; p < s->npartitions; p++)
-        cJSON_AddItemToArray(pf, cJSON_CreateNumber((double)s->part_frames[p]));
-    cJSON_AddNumberToObject(o, "valid_end", (double)s->valid_end);
-    cJSON *dmg = cJSON_AddArrayToObject(o, "damage");
+        json_array_append_new(pf, json_integer((json_int_t)s->part_frames[p]));
     for (size_t k = 0; k < s->ndamage; k++) {
-        cJSON *d = range_json(&s->damage[k]);
-        cJSON_AddNumberToObject(d, "frames_after", (double)s->damage[k].frames_after);
-        cJSON_AddItemToArray(dmg, d);
+        json_t *d = range_json(&s->damage[k]);
+        json_object_set_new(d, "frames_after", json_integer((json_int_t)s->damage[k].frames_after));
+        json_array_append_new(dmg, d);
     }
     if (s->has_tail) {
-        cJSON *t = range_json(&s->tail);
-        cJSON_AddBoolToObject(t, "torn", s->tail.end - s->tail.start <= VLOG_MAX_WRITE);
-        cJSON_AddItemToObject(o, "tail", t);
-    } else {
-        cJSON_AddNullToObject(o, "tail");
+        json_decref(tail);
+        tail = range_json(&s->tail);
+        json_object_set_new(tail, "torn", json_boolean(s->tail.end - s->tail.start <= VLOG_MAX_WRITE));
     }
-    cJSON_AddStringToObject(o, "status", scan_status(x));
-    char *text = cJSON_PrintUnformatted(o);
+    json_t *jpath = json_string(x->path); /* NULL when the path is not UTF-8 */
+    json_t *o = json_pack("{s:o,s:I,s:i,s:b,s:I,s:o,s:I,s:o,s:o,s:s}", "log",
+                          jpath ? jpath : json_string("(path is not valid UTF-8)"), "size",
+                          (json_int_t)s->size, "partitions", x->npartitions, "live", x->live,
+                          "frames", (json_int_t)s->frames, "frames_per_partition", pf,
+                          "valid_end", (json_int_t)s->valid_end, "damage", dmg, "tail", tail,
+                          "status", scan_status(x));
+    tally_assert(o != NULL);
+    char *text = json_dumps(o, JSON_COMPACT);
     printf("%s\n", text);
-    cJSON_free(text);
-    cJSON_Delete(o);
+    free(text);
+    json_decref(o);
 }
 
 static int log_verify(int argc, char **argv) {

@@ -72,14 +72,10 @@ int cmd_replay(int argc, char **argv) {
      * refuse a log shorter than their positions. */
     if (!strcmp(vlog_name(log), "file")) {
         engine_t *old = engine_new(c, np);
-        uint64_t *pos = xcalloc((size_t)np, sizeof *pos);
-        engine_snapshot_load(old, c->snapshot_dir, err, sizeof err);
-        for (int p = 0; p < np; p++)
-            pos[p] = engine_position(old, p);
+        int bad = engine_snapshot_load(old, c->snapshot_dir, NULL, err, sizeof err) == TALLY_OK &&
+                  cmd_check_snapshot_positions(old, log, err, sizeof err);
         engine_free(old);
-        terr = vlog_check_positions(log, pos, err, sizeof err);
-        free(pos);
-        if (terr != TALLY_OK)
+        if (bad)
             goto out;
     }
     uint64_t total_span = 0;

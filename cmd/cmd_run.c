@@ -109,8 +109,7 @@ static void fill_stats(void *arg, ingest_t *in, void *out) {
     free(ends);
 }
 
-/* Nonzero (errstr set) when a snapshot position lies past the log's end. */
-static int check_snapshot_positions(engine_t *e, vlog_t *log, char *errstr, size_t esz) {
+int cmd_check_snapshot_positions(engine_t *e, vlog_t *log, char *errstr, size_t esz) {
     int np = vlog_partitions(log);
     uint64_t *pos = xcalloc((size_t)np, sizeof *pos);
     for (int p = 0; p < np; p++)
@@ -185,7 +184,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         }
         /* Snapshots past the log's end: the log lost votes they counted.
          * Stop before anything is published. */
-        if (!strcmp(vlog_name(log), "file") && check_snapshot_positions(e, log, err, sizeof err))
+        if (!strcmp(vlog_name(log), "file") && cmd_check_snapshot_positions(e, log, err, sizeof err))
             goto out;
         pub = pub_new(c, e);
         engine_run_opts_t ro = {

@@ -122,7 +122,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     char err[512] = "";
     engine_t *e = engine_new(conf, SNAPFIX_NPART), *e2 = NULL;
-    int resumed = engine_snapshot_load(e, load_dir, err, sizeof err);
+    int resumed = 0;
+    FUZZ_CHECK(engine_snapshot_load(e, load_dir, &resumed, err, sizeof err) == TALLY_OK);
     fuzz_dir_clear(load_dir);
     /* engine_stats() publishes voter counts at the end of a batch, and a
      * load is none: an empty batch brings them up to date. */
@@ -147,7 +148,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     FUZZ_CHECK(engine_snapshot_save(e, part, save_dir, err, sizeof err) == 0);
     e2 = engine_new(conf, SNAPFIX_NPART);
-    FUZZ_CHECK(engine_snapshot_load(e2, save_dir, err, sizeof err) == 1);
+    int resumed2 = 0;
+    FUZZ_CHECK(engine_snapshot_load(e2, save_dir, &resumed2, err, sizeof err) == TALLY_OK &&
+               resumed2 == 1);
     fuzz_dir_clear(save_dir);
     engine_batch_begin(e2, part);
     engine_batch_end(e2, part);

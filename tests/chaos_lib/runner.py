@@ -263,7 +263,16 @@ class Chaos:
         raise Violation(f"no vote accepted within {timeout} s after {what} ended")
 
     def stats(self):
-        st, data = self.t.request("GET", "/v1/stats")
+        try:
+            st, data = self.t.request("GET", "/v1/stats")
+        except OSError as e:
+            try:
+                rc = self.t.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                rc = None
+            if rc is not None:
+                raise Violation(f"tally run exited {rc} on its own:\n{self.t.stderr()[self.t.started_at:][-2000:]}")
+            raise AssertionError(f"/v1/stats: {e}")
         if st != 200:
             raise Violation(f"/v1/stats answered {st}")
         return json.loads(data)
@@ -574,9 +583,21 @@ class Chaos:
     def check_round(self, rnd, load):
         if not self.t.proc or not self.alive_or_clean_exit("the round"):
             self.start()
-        harness.wait_until(lambda: self.stats()["engine"]["lag"] == 0, 60, "the engine to catch up")
         if self.kafka:
-            recs = self.read_kafka()
+            # No lag figure with Kafka: wait until the engine's next offsets
+            # are the topic's ends (a late retry may still land meanwhile).
+            deadline = time.monotonic() + 60 * TIMEOUT_MULT
+            while True:
+                pos = self.stats()["engine"]["positions"]
+                recs = self.read_kafka()
+                ends = [0] * NPART
+                for r, _ in recs:
+                    ends[r.partition] = max(ends[r.partition], r.offset + 1)
+                if ends == pos:
+                    break
+                if time.monotonic() > deadline:
+                    raise Violation(f"the engine's positions {pos} never reached the topic's ends {ends}")
+                time.sleep(0.5)
             now = {(r.partition, r.offset): pl for r, pl in recs}
             for (p, o), payload in self.golden_kafka.items():
                 if now.get((p, o)) != payload:
@@ -584,6 +605,7 @@ class Chaos:
             records = [r for r, _ in recs]
             size = f"{len(recs)} msgs"
         else:
+            harness.wait_until(lambda: self.stats()["engine"]["lag"] == 0, 60, "the engine to catch up")
             img = self.read_image()
             self.check_prefixes(img, "live")
             s = logreader.scan_bytes(img, NPART)
@@ -736,8 +758,10 @@ def main(argv=None):
         say(f"reproduce: tests/chaos --seed {args.seed} --rounds {args.rounds} --faults {','.join(c.faults)}"
             f"{' --kafka' if args.kafka else ''}")
         return 1
-    except AssertionError as e:
-        say(f"ERROR in {getattr(c, 'round_desc', 'set-up')}, seed {args.seed}: {e}")
+    except Exception as e:  # a test malfunction or a hang: still name the seed
+        import traceback
+        traceback.print_exc()
+        say(f"ERROR in {getattr(c, 'round_desc', 'set-up')}, seed {args.seed}: {type(e).__name__}: {e}")
         say(f"reproduce: tests/chaos --seed {args.seed} --rounds {args.rounds} --faults {','.join(c.faults)}"
             f"{' --kafka' if args.kafka else ''}")
         return 1

@@ -270,7 +270,7 @@ def check_records(ledger, records):
                 raise Violation(f"voter {voter} of {poll}: vote {r.option} was sent after {prev.option} "
                                 f"was acknowledged but is before it in the log")
             prev = r
-    return {"acked": acked, "maybe_logged": maybe, "records": len(records)}
+    return {"acked": acked + sum(anon_acked.values()), "maybe_logged": maybe, "records": len(records)}
 
 
 def totals_diff(want, got):

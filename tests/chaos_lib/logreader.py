@@ -120,9 +120,10 @@ def check_frame(data, off, npartitions):
     return FRAME_HDR + length, part, payload
 
 
-def scan_bytes(data, npartitions, resync=True):
+def scan_bytes(data, npartitions, resync=True, start=0):
+    """start: a frame boundary to begin at (bytes before it already read)."""
     s = Scan()
-    off = 0
+    off = start
     while off < len(data):
         r = check_frame(data, off, npartitions)
         if r[0] is None:

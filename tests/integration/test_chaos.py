@@ -90,7 +90,7 @@ class Checker(unittest.TestCase):
         led = self.ledger([("one", "a", "v1", 202), ("chg", "x", "v2", 202), ("chg", "y", "v2", 202),
                            ("free", "p", None, 202), ("free", "q", "u1", None), ("one", "nope", "b", 422)])
         recs = self.recs([("one", "a", "v1"), ("chg", "x", "v2"), ("chg", "y", "v2"), ("free", "p", None)])
-        self.assertEqual(check_records(led, recs)["acked"], 3)
+        self.assertEqual(check_records(led, recs)["acked"], 4)
 
     def test_planted_bugs_are_caught(self):
         sent = [("one", "a", "v1", 202), ("chg", "x", "v2", 202), ("chg", "y", "v2", 202),
@@ -145,7 +145,7 @@ class Run(unittest.TestCase):
         if SANITIZE:  # slower binaries, and no preloaded shim: the cheap faults only
             rounds, faults, limit = os.environ.get("CHAOS_ROUNDS", "3"), "kill,stop", "60"
         else:
-            rounds, faults, limit = os.environ.get("CHAOS_ROUNDS", "12"), FAULTS, "70"
+            rounds, faults, limit = os.environ.get("CHAOS_ROUNDS", "16"), FAULTS, "75"
         cmd = [sys.executable, os.path.join(SRC, "tests", "chaos"), "--rounds", rounds, "--seed", str(seed),
                "--faults", faults, "--time", limit]
         print("running", " ".join(cmd), flush=True)

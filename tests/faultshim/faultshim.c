@@ -188,27 +188,6 @@ static double shim_draw(shim_state_t *st) {
     return (double)((st->rng * 2685821657736338717u) >> 11) / 9007199254740992.0;
 }
 
-/* Decides whether this call fails. path: the file the call acts on (or NULL
- * if unknown). Returns the errno to fail with, or 0; *partial tells a
- * write to land half of its bytes first. */
-static int shim_decide(int op, const char *path, const char *what, int *partial) {
-    int err = 0;
-    *partial = 0;
-    pthread_mutex_lock(&shim_mu);
-    shim_reload();
-    if ((shim_st.ops & op) && shim_st.count != 0 && path &&
-        !strncmp(path, shim_st.prefix, strlen(shim_st.prefix)) &&
-        (shim_st.prob >= 1.0 || shim_draw(&shim_st) < shim_st.prob)) {
-        if (shim_st.count > 0)
-            shim_st.count--;
-        err = shim_st.err;
-        *partial = shim_st.partial;
-        shim_say("faultshim: inject %s(%s) -> %s\n", what, path, strerror(err));
-    }
-    pthread_mutex_unlock(&shim_mu);
-    return err;
-}
-
 /* The path behind fd, or NULL. */
 static const char *shim_fd_path(int fd, char *buf, size_t sz) {
     char link[64];
@@ -220,6 +199,31 @@ static const char *shim_fd_path(int fd, char *buf, size_t sz) {
     return buf;
 }
 
+/* Decides whether this call fails: it acts on path, or on fd when path is
+ * NULL (resolved only when the op is armed). Returns the errno to fail
+ * with, or 0; *partial tells a write to land half of its bytes first. */
+static int shim_decide(int op, int fd, const char *path, const char *what, int *partial) {
+    char buf[1200];
+    int err = 0;
+    *partial = 0;
+    pthread_mutex_lock(&shim_mu);
+    shim_reload();
+    if ((shim_st.ops & op) && shim_st.count != 0) {
+        if (!path)
+            path = shim_fd_path(fd, buf, sizeof buf);
+        if (path && !strncmp(path, shim_st.prefix, strlen(shim_st.prefix)) &&
+            (shim_st.prob >= 1.0 || shim_draw(&shim_st) < shim_st.prob)) {
+            if (shim_st.count > 0)
+                shim_st.count--;
+            err = shim_st.err;
+            *partial = shim_st.partial;
+            shim_say("faultshim: inject %s(%s) -> %s\n", what, path, strerror(err));
+        }
+    }
+    pthread_mutex_unlock(&shim_mu);
+    return err;
+}
+
 /* Common front of the fd calls: returns the errno to fail with, or 0. */
 static int shim_fd_call(int op, int fd, const char *what, int *partial) {
     shim_resolve();
@@ -227,8 +231,7 @@ static int shim_fd_call(int op, int fd, const char *what, int *partial) {
     if (shim_busy || fd <= 2 || !getenv("FAULTSHIM_CTL"))
         return 0;
     shim_busy = 1;
-    char path[1200];
-    int err = shim_decide(op, shim_fd_path(fd, path, sizeof path), what, partial);
+    int err = shim_decide(op, fd, NULL, what, partial);
     shim_busy = 0;
     return err;
 }
@@ -290,7 +293,7 @@ int rename(const char *from, const char *to) {
     int err = 0, partial;
     if (!shim_busy && getenv("FAULTSHIM_CTL")) {
         shim_busy = 1;
-        err = shim_decide(OP_RENAME, to, "rename", &partial);
+        err = shim_decide(OP_RENAME, -1, to, "rename", &partial);
         shim_busy = 0;
     }
     if (!err)

@@ -8,6 +8,7 @@ import random
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -139,6 +140,54 @@ class Checker(unittest.TestCase):
         self.assertEqual(first_diff(b"abcXe", b"abcde"), 3)
 
 
+BUILD = os.environ.get("TALLY_BUILD_DIR", os.path.join(SRC, "build"))
+SHIM = os.path.join(BUILD, "tests", "faultshim", "libfaultshim.so")
+
+
+@unittest.skipIf(SANITIZE or not os.path.exists(SHIM), "no fault shim (sanitizer build or not built)")
+class Shim(unittest.TestCase):
+    """The shim fails exactly what its control file says, on command."""
+
+    def test_fails_on_command(self):
+        with tempfile.TemporaryDirectory() as d:
+            ctl, target = os.path.join(d, "ctl"), os.path.join(d, "data")
+            prog = f"""
+import os, time
+def attempt(f):
+    try:
+        f(); return "ok"
+    except OSError as e:
+        return e.strerror
+fd = os.open({target!r}, os.O_CREAT | os.O_WRONLY)
+out = [attempt(lambda: os.write(fd, b"abcd")) for _ in range(3)]
+out.append(attempt(lambda: os.fsync(fd)))
+out.append(attempt(lambda: os.write(os.open(os.devnull, os.O_WRONLY), b"x")))  # not under prefix
+with open({ctl!r}, "w") as c:
+    c.write("gen=2 ops=fsync,ftruncate,rename prefix={d} errno=EIO count=-1")
+time.sleep(0.05)
+out.append(attempt(lambda: os.fsync(fd)))
+out.append(attempt(lambda: os.ftruncate(fd, 0)))
+out.append(attempt(lambda: os.rename({target!r}, {target!r} + "2")))
+out.append(attempt(lambda: os.write(fd, b"abcd")))
+with open({ctl!r}, "w") as c:
+    c.write("off")
+time.sleep(0.05)
+out.append(attempt(lambda: os.fsync(fd)))
+print(",".join(out))
+"""
+            with open(ctl, "w") as c:
+                c.write(f"gen=1 ops=write,fsync prefix={d} errno=ENOSPC count=2")
+            env = dict(os.environ, LD_PRELOAD=SHIM, FAULTSHIM_CTL=ctl)
+            r = subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            nospc, eio = os.strerror(28), os.strerror(5)
+            self.assertEqual(r.stdout.strip().split(","),
+                             [nospc, nospc, "ok", "ok", "ok", eio, eio, eio, "ok", "ok"])
+            self.assertEqual(r.stderr.count("faultshim: inject"), 5, r.stderr)
+            with open(target, "rb") as f:
+                self.assertEqual(f.read(), b"abcdabcd")
+
+
 class Run(unittest.TestCase):
     def test_chaos_rounds(self):
         seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1000000))
@@ -155,6 +204,11 @@ class Run(unittest.TestCase):
         self.assertEqual(r.returncode, 0, f"tests/chaos failed with seed {seed}")
         self.assertIn("PASS:", r.stdout)
         self.assertRegex(r.stdout, r"round 2/")  # it really ran rounds
+        # and the disk faults really bit
+        if "shim(" in r.stdout:
+            self.assertRegex(r.stdout, r"shim\([^)]*, [1-9][0-9]* hits")
+        if "diskfull(" in r.stdout:
+            self.assertRegex(r.stdout, r"diskfull\([^)]*, [1-9][0-9]*x503")
 
 
 if __name__ == "__main__":

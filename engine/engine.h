@@ -75,7 +75,8 @@ tally_err_t engine_snapshot_save(engine_t *e, int partition, const char *dir, ch
  * when dir cannot be read; TALLY_ERR_CONFIG when it is not a directory. */
 tally_err_t engine_snapshot_load(engine_t *e, const char *dir, int *resumed, char *errstr,
                                  size_t esz);
-/* Loads one snapshot file into the partition. TALLY_ERR_IO: unreadable;
+/* Loads one snapshot file into the partition, before any worker starts (or
+ * on an engine that never runs). TALLY_ERR_IO: unreadable;
  * TALLY_ERR_CORRUPT: it fails its checks (checksum, truncated, malformed);
  * TALLY_ERR_STATE: a sound snapshot of another state (another config or
  * partition layout). On any error the partition is left empty. */

@@ -13,11 +13,15 @@
  * A snapshot is used only if it matches the config exactly (same polls,
  * modes and options): otherwise the partition is recounted from the log,
  * which is always exact. The two newest snapshots of a partition are kept so
- * that a damaged newest one falls back to its predecessor. */
+ * that a damaged newest one falls back to its predecessor.
+ *
+ * Loading is linear in the voters: each table is sized for its count before
+ * the slots go in (see voters_reserve), the file is mapped rather than
+ * copied, and partitions load side by side. */
 #include <dirent.h>
-#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -297,15 +301,9 @@ static tally_err_t load_polls(engine_t *e, int p, sreader_t *r, char *errstr, si
         if (r->bad || nv > (uint64_t)(r->end - r->p) / 16)
             return refuse(TALLY_ERR_CORRUPT, "truncated voter table", errstr, esz);
         const uint8_t *q = sr(r, (size_t)nv * 16);
-        voters_t *v = &pt->polls[i].voters;
         /* Sized for all of them first: see voters_reserve. */
-        voters_reserve(v, (size_t)nv);
-        for (uint64_t n = 0; n < nv; n++, q += 16) {
-            voter_slot_t slot = {le_get64(q), le_get64(q + 8)};
-            if (!(slot.a & 1) || voters_slot_option(&slot) >= pc->noptions)
-                return refuse(TALLY_ERR_CORRUPT, "a voter slot is malformed", errstr, esz);
-            voters_insert_slot(v, slot);
-        }
+        if (voters_insert_slots(&pt->polls[i].voters, q, (size_t)nv, pc->noptions) != nv)
+            return refuse(TALLY_ERR_CORRUPT, "a voter slot is malformed", errstr, esz);
     }
     if (r->bad || r->p != r->end)
         return refuse(TALLY_ERR_CORRUPT, "malformed", errstr, esz);

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "common/endian.h"
 #include "common/util.h"
 
 #define MIN_CAP 16
@@ -103,6 +104,30 @@ void voters_insert_slot(voters_t *v, voter_slot_t s) {
     }
     v->slots[i] = s;
     v->count++;
+}
+
+size_t voters_insert_slots(voters_t *v, const uint8_t *p, size_t n, int noptions) {
+    voters_reserve(v, v->count + n);
+    voter_slot_t *slots = v->slots;
+    size_t mask = v->mask;
+    for (size_t k = 0; k < n; k++, p += 16) {
+        voter_slot_t s = {le_get64(p), le_get64(p + 8)};
+        if (!(s.a & 1) || (s.b & VOTERS_OPT_MASK) >= (uint64_t)noptions)
+            return k;
+        size_t i = voters_home(v, s.a);
+        for (;; i = (i + 1) & mask) {
+            if (!slots[i].a) {
+                slots[i] = s;
+                v->count++;
+                break;
+            }
+            if (slots[i].a == s.a && (slots[i].b & ~VOTERS_OPT_MASK) == (s.b & ~VOTERS_OPT_MASK)) {
+                slots[i] = s;
+                break;
+            }
+        }
+    }
+    return n;
 }
 
 size_t voters_bytes(const voters_t *v) {

@@ -95,6 +95,11 @@ static inline int voters_slot_option(const voter_slot_t *s) {
 void voters_reserve(voters_t *v, size_t n);
 /* Inserts a raw slot (snapshot load); a known voter's slot is replaced. */
 void voters_insert_slot(voters_t *v, voter_slot_t s);
+/* Inserts n raw slots stored at p as little-endian pairs of words (a
+ * snapshot's), as voters_insert_slot would one by one; reserves room for
+ * them first. A slot that cannot be one (its a even, or an option index of
+ * noptions or more) stops the insert: returns its index, else n. */
+size_t voters_insert_slots(voters_t *v, const uint8_t *p, size_t n, int noptions);
 size_t voters_bytes(const voters_t *v);
 
 /* How long lookups probe, for tests and benches: a voter's probe length is

@@ -2,6 +2,7 @@
 #include <criterion/criterion.h>
 #include <string.h>
 
+#include "common/endian.h"
 #include "engine/voters.h"
 #include "unit_helpers.h"
 
@@ -246,4 +247,34 @@ Test(voters, table_order_into_reserved_table_does_not_cluster) {
         cr_assert_eq(voters_get_or_insert(&dst, key_of(i), 0, NULL), (int)(i % 5));
     voters_free(&src);
     voters_free(&dst);
+}
+
+Test(voters, insert_slots_from_bytes_stops_at_a_malformed_slot) {
+    uint8_t buf[4 * 16];
+    for (int i = 0; i < 4; i++) {
+        voter_key_t k = key_of((uint64_t)i);
+        le_put64(buf + i * 16, k.lo | 1);
+        le_put64(buf + i * 16 + 8, (k.hi & ~VOTERS_OPT_MASK) | (uint64_t)i);
+    }
+    voters_t v;
+    voters_init(&v);
+    cr_assert_eq(voters_insert_slots(&v, buf, 4, 4), 4);
+    cr_assert_eq(v.count, 4);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(voters_get_or_insert(&v, key_of((uint64_t)i), 0, NULL), i);
+    /* Again: the same voters, replaced, not added. */
+    cr_assert_eq(voters_insert_slots(&v, buf, 4, 4), 4);
+    cr_assert_eq(v.count, 4);
+    voters_free(&v);
+
+    /* Option 3 of a poll of 3 options; then an even first word. */
+    voters_init(&v);
+    cr_assert_eq(voters_insert_slots(&v, buf, 4, 3), 3);
+    cr_assert_eq(v.count, 3);
+    voters_free(&v);
+    le_put64(buf + 16, le_get64(buf + 16) & ~(uint64_t)1);
+    voters_init(&v);
+    cr_assert_eq(voters_insert_slots(&v, buf, 4, 4), 1);
+    cr_assert_eq(v.count, 1);
+    voters_free(&v);
 }

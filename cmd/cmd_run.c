@@ -28,7 +28,7 @@ static const char *help_run =
     "publisher.dir and served read-only on the same port.\n"
     "\n"
     "  POST /v1/polls/{poll}/votes   {\"option\":\"ID\",\"voter\":\"ID\"}\n"
-    "  GET  /healthz\n"
+    "  GET  /healthz               200, or 503 with the reason while the log takes no votes\n"
     "  GET  /v1/stats              log ends, engine positions and lag, counters\n"
     "  GET  /  /polls/{poll}.html  /polls/{poll}.json\n"
     "\n"

@@ -281,14 +281,16 @@ class LogFaults(TallyTestCase):
         if r.returncode != 0:
             os.rmdir(mnt)
             self.skipTest("cannot mount a tmpfs here (needs root): " + r.stderr.strip())
+        t = self.make(polls=POLLS)
         try:
-            self.full_disk(mnt)
+            self.full_disk(t, mnt)
         finally:
+            if t.proc:
+                t.kill9()  # before unmounting: it holds files there
             subprocess.run(["umount", mnt])
             os.rmdir(mnt)
 
-    def full_disk(self, mnt):
-        t = self.make(polls=POLLS)
+    def full_disk(self, t, mnt):
         with open(t.config) as f:
             text = f.read()
         with open(t.config, "w") as f:

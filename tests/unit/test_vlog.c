@@ -2587,8 +2587,11 @@ Test(vlog, idle_writer_notices_a_deleted_log_within_a_second) {
     uint64_t t0 = mono_ms();
     cr_assert_eq(unlink(f), 0);
     char msg[512];
-    while (vlog_health(l, msg, sizeof msg) == TALLY_OK)
+    while (vlog_health(l, msg, sizeof msg) == TALLY_OK) {
         cr_assert_lt(mono_ms() - t0, 1000 * TMOUT_MULT, "not noticed within a second");
+        tiny_pause();
+    }
+    cr_assert_not_null(strstr(msg, "deleted or moved"), "%s", msg);
     vlog_close(l);
     free(f);
 }
@@ -2622,6 +2625,13 @@ Test(vlog, failed_write_and_truncate_degrade_then_recover) {
     append_interleaved(l, NPARTS, 3);
     flush_ok(l);
     uint64_t end = model_end();
+    /* stderr to a file: the failure is logged once, not once a retry. */
+    char *errlog = log_file("stderr.txt");
+    fflush(stderr);
+    int saved = dup(2), efd = open(errlog, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    cr_assert(saved >= 0 && efd >= 0);
+    dup2(efd, 2);
+    close(efd);
     atomic_store(&pwrite_partial, 7); /* 7 bytes land, then ENOSPC */
     atomic_store(&pwrite_fail, ENOSPC);
     atomic_store(&ftruncate_fail, EIO);
@@ -2643,6 +2653,16 @@ Test(vlog, failed_write_and_truncate_degrade_then_recover) {
     int calls = atomic_load(&ftruncate_calls);
     WAIT_UNTIL(atomic_load(&ftruncate_calls) >= calls + 2, 10000);
     cr_assert_eq(vlog_health(l, NULL, 0), TALLY_ERR_IO);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    char *text = file_read(errlog, NULL);
+    int lines = 0;
+    for (const char *q = text; (q = strstr(q, "votes are answered 503")); q++)
+        lines++;
+    cr_assert_eq(lines, 1, "the failure was logged %d times:\n%s", lines, text);
+    free(text);
+    free(errlog);
     /* The disk comes back: the garbage is cut, writes resume after the
      * last good frame. */
     atomic_store(&ftruncate_fail, 0);
@@ -2750,8 +2770,8 @@ static void scan_both(const buf_t *b, vlog_scan_t *out) {
     for (int w = 0; w < 3; w++) {
         vlog_scan_t s2;
         char err[256];
-        cr_assert_eq(vlog_scan_fd_window(fd, 0, NPARTS, windows[w], &s2, err, sizeof err),
-                     TALLY_OK, "%s", err);
+        cr_assert_eq(vlog_scan_fd_window(fd, 0, NPARTS, windows[w], &s2, err, sizeof err), TALLY_OK,
+                     "%s", err);
         scan_expect_same(out, &s2, "fd scan");
         vlog_scan_free(&s2);
     }

@@ -46,9 +46,9 @@
  *   failed batch delivered when a later batch of the same partition succeeds
  *   ("implicitly acked by subsequent batch success"), inferring the failed
  *   one was written. A broker takes any sequence from a producer id it has no
- *   state for (its first write to a partition: a fresh topic, a new producer
- *   id after an epoch bump), so a first batch answered NOT_LEADER_FOR_PARTITION
- *   followed by a pipelined batch that succeeds loses the first batch's votes.
+ *   state for (its first write to each partition after every start), so a
+ *   first batch answered NOT_LEADER_FOR_PARTITION (a fresh topic, a leader
+ *   election) followed by a pipelined batch that succeeds loses its votes.
  *   With one request in flight per broker connection there is never a later
  *   batch to succeed past a failed one. delivery_verdict is the second line
  *   for an operator who raises it: such deliveries carry no offset.

@@ -87,6 +87,9 @@ typedef struct {
     _Atomic int stopping;
     pthread_t poller;
     int poller_started;
+    /* Deliveries without an offset of their own; delivery reports run on the
+     * poller and, during vlog_flush(), on the flushing thread too. */
+    _Atomic uint64_t unowned, unowned_logged_ms;
 } klog_t;
 
 typedef struct {
@@ -181,22 +184,25 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) 
  * PERSISTED, but its own batch never succeeded, so it has no offset: it may
  * not be in the topic, and is answered 503. So is a timeout (possibly
  * persisted) or any other failure. */
-static vlog_err_t delivery_verdict(const rd_kafka_message_t *m) {
+static vlog_err_t delivery_verdict(klog_t *l, const rd_kafka_message_t *m) {
     if (m->err)
         return VLOG_UNAVAIL;
-    if (m->offset < 0 || rd_kafka_message_status(m) != RD_KAFKA_MSG_STATUS_PERSISTED) {
-        log_warn("kafka %s[%d]: delivered without an offset of its own (implicitly acked by a "
-                 "later batch): not acknowledged, answering 503",
-                 rd_kafka_topic_name(m->rkt), (int)m->partition);
-        return VLOG_UNAVAIL;
-    }
-    return VLOG_OK;
+    if (m->offset >= 0 && rd_kafka_message_status(m) == RD_KAFKA_MSG_STATUS_PERSISTED)
+        return VLOG_OK;
+    /* A whole batch comes at once: one line a second, with the count. */
+    uint64_t n = atomic_fetch_add(&l->unowned, 1) + 1;
+    uint64_t now = mono_ms(), last = atomic_load(&l->unowned_logged_ms);
+    if (now - last >= 1000 && atomic_compare_exchange_strong(&l->unowned_logged_ms, &last, now))
+        log_warn("kafka %s[%d]: %llu votes so far reported delivered without an offset of their "
+                 "own (implicitly acked by a later batch): answered 503",
+                 rd_kafka_topic_name(m->rkt), (int)m->partition, (unsigned long long)n);
+    return VLOG_UNAVAIL;
 }
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
     klog_t *l = opaque;
-    vlog_err_t err = delivery_verdict(m);
+    vlog_err_t err = delivery_verdict(l, m);
     if (m->err) {
         if (m->err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT || m->err == RD_KAFKA_RESP_ERR__TRANSPORT)
             atomic_store(&l->down, 1);

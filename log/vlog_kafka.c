@@ -1,13 +1,16 @@
 /* The vote log on Apache Kafka, through librdkafka.
  *
- * Writing: one idempotent producer (enable.idempotence=true, acks=all). Each
- * record goes to an explicit partition, hash(poll, voter) % partitions, with
- * the key "poll/voter", so a voter's votes for a poll stay in one partition
- * while a hot poll spreads over all of them. The ack callback runs from the
- * delivery report, served by this module's poller thread: a 202 is never sent
- * for a record Kafka did not acknowledge. While the cluster is unreachable
- * appends are refused at once (503) instead of queueing for minutes; the
- * poller probes the cluster every second to notice it is back.
+ * Writing: one idempotent producer (settings and why: producer_defaults).
+ * Each record goes to an explicit partition, hash(poll, voter) % partitions,
+ * with the key "poll/voter", so a voter's votes for a poll stay in one
+ * partition while a hot poll spreads over all of them. The ack callback runs
+ * from the delivery report, served by this module's poller thread, and says
+ * OK only for a record the broker acknowledged with an offset of its own
+ * (delivery_verdict): a 202 is never sent for a record that is not in the
+ * topic. Appends are refused (503) until every partition's leader answers
+ * (topic_ready), and again while the cluster is unreachable, instead of
+ * queueing for minutes; the poller probes the cluster every second to notice
+ * it is back.
  *
  * Reading: one consumer per engine worker with assign() of its partitions at
  * the engine's own positions (offsets kept in engine snapshots, never in
@@ -22,6 +25,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "common/ids.h"
@@ -31,6 +35,44 @@
 
 #define META_TIMEOUT_MS 10000
 #define PROBE_INTERVAL_MS 1000
+#define READY_TIMEOUT_MS 15000 /* open waits this long for every leader, then 503s */
+
+/* tally's producer settings; an operator's kafka.* keys still win.
+ *
+ * - enable.idempotence=true (implies acks=all, retries until
+ *   message.timeout.ms): a retried batch is written once, and a 202 means
+ *   the vote is on every in-sync replica.
+ * - max.in.flight.requests.per.connection=1: librdkafka 2.0.2 reports a
+ *   failed batch delivered when a later batch of the same partition succeeds
+ *   ("implicitly acked by subsequent batch success"), inferring the failed
+ *   one was written. A broker takes any sequence from a producer id it has no
+ *   state for (its first write to each partition after every start), so a
+ *   first batch answered NOT_LEADER_FOR_PARTITION (a fresh topic, a leader
+ *   election) followed by a pipelined batch that succeeds loses its votes.
+ *   With one request in flight per broker connection there is never a later
+ *   batch to succeed past a failed one. delivery_verdict is the second line
+ *   for an operator who raises it: such deliveries carry no offset.
+ * - linger.ms=2: batches form under load at a small latency cost.
+ * - message.timeout.ms=10000: a vote no broker takes within 10 s is
+ *   answered 503, not left hanging for librdkafka's default five minutes.
+ * - allow.auto.create.topics=false (also for the metadata handle): a missing
+ *   topic is created by tally (topic_partitions) with kafka.partitions, not
+ *   by the broker's defaults as a side effect of asking for its metadata.
+ * - enable.gapless.guarantee stays false: it does not touch the implicit
+ *   ack (that path is a success, not an error), and it turns any permanent
+ *   produce error into a fatal one, after which every vote would be 503
+ *   until a restart; a gap between independent votes harms nothing, since
+ *   each failed vote is answered 503 on its own. */
+/* clang-format off */
+static const char *const producer_defaults[] = {
+    "enable.idempotence", "true",
+    "acks", "all",
+    "max.in.flight.requests.per.connection", "1",
+    "linger.ms", "2",
+    "message.timeout.ms", "10000",
+    "allow.auto.create.topics", "false",
+    NULL};
+/* clang-format on */
 
 typedef struct {
     vlog_t base;
@@ -45,6 +87,9 @@ typedef struct {
     _Atomic int stopping;
     pthread_t poller;
     int poller_started;
+    /* Deliveries without an offset of their own; delivery reports run on the
+     * poller and, during vlog_flush(), on the flushing thread too. */
+    _Atomic uint64_t unowned, unowned_logged_ms;
 } klog_t;
 
 typedef struct {
@@ -86,6 +131,35 @@ bad:
     return NULL;
 }
 
+/* Producer settings an operator may override, and what a 202 stops meaning
+ * then. Overrides are the operator's call (kafka.* keys are librdkafka's),
+ * but never a silent one. */
+static const struct {
+    const char *key, *tally, *alt, *risk;
+} producer_pinned[] = {
+    {"enable.idempotence", "true", NULL, "a retried batch may be written twice"},
+    {"acks", "all", "-1", "a 202 no longer means every in-sync replica has the vote"},
+    {"request.required.acks", "all", "-1",
+     "a 202 no longer means every in-sync replica has the vote"},
+    {"max.in.flight.requests.per.connection", "1", NULL,
+     "a batch failing ahead of a pipelined one is answered 503 instead of retried"},
+    {"max.in.flight", "1", NULL,
+     "a batch failing ahead of a pipelined one is answered 503 instead of retried"},
+};
+
+static void warn_overrides(const tally_config_t *c) {
+    for (int i = 0; i < c->nkafka_props; i++)
+        for (size_t k = 0; k < sizeof producer_pinned / sizeof producer_pinned[0]; k++) {
+            const char *v = c->kafka_props[i].value;
+            if (strcmp(c->kafka_props[i].key, producer_pinned[k].key) ||
+                !strcasecmp(v, producer_pinned[k].tally) ||
+                (producer_pinned[k].alt && !strcmp(v, producer_pinned[k].alt)))
+                continue;
+            log_warn("kafka.%s=%s overrides tally's %s: %s", producer_pinned[k].key, v,
+                     producer_pinned[k].tally, producer_pinned[k].risk);
+        }
+}
+
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     klog_t *l = opaque;
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
@@ -104,15 +178,35 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) 
     log_warn("kafka: %s", reason);
 }
 
+/* OK only for a record the broker acknowledged itself: no error, status
+ * PERSISTED, and the offset the broker gave its batch. A message librdkafka
+ * "implicitly acked by subsequent batch success" also reports no error and
+ * PERSISTED, but its own batch never succeeded, so it has no offset: it may
+ * not be in the topic, and is answered 503. So is a timeout (possibly
+ * persisted) or any other failure. */
+static vlog_err_t delivery_verdict(klog_t *l, const rd_kafka_message_t *m) {
+    if (m->err)
+        return VLOG_UNAVAIL;
+    if (m->offset >= 0 && rd_kafka_message_status(m) == RD_KAFKA_MSG_STATUS_PERSISTED)
+        return VLOG_OK;
+    /* A whole batch comes at once: one line a second, with the count. */
+    uint64_t n = atomic_fetch_add(&l->unowned, 1) + 1;
+    uint64_t now = mono_ms(), last = atomic_load(&l->unowned_logged_ms);
+    if (now - last >= 1000 && atomic_compare_exchange_strong(&l->unowned_logged_ms, &last, now))
+        log_warn("kafka %s[%d]: %llu votes so far reported delivered without an offset of their "
+                 "own (implicitly acked by a later batch): answered 503",
+                 rd_kafka_topic_name(m->rkt), (int)m->partition, (unsigned long long)n);
+    return VLOG_UNAVAIL;
+}
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
     klog_t *l = opaque;
-    vlog_err_t err = VLOG_OK;
+    vlog_err_t err = delivery_verdict(l, m);
     if (m->err) {
-        err = VLOG_UNAVAIL;
         if (m->err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT || m->err == RD_KAFKA_RESP_ERR__TRANSPORT)
             atomic_store(&l->down, 1);
-    } else if (atomic_load(&l->down)) {
+    } else if (err == VLOG_OK && atomic_load(&l->down)) {
         atomic_store(&l->down, 0);
         log_info("kafka: deliveries succeed again");
     }
@@ -120,24 +214,87 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     l->base.ack(m->_private, err);
 }
 
-/* Serves delivery reports; while the cluster is down, probes it. */
+/* Whether the topic can take votes now: it has the partitions this log was
+ * opened with and every partition's leader serves it. Metadata alone is not
+ * enough: a broker lists a new partition's leader a moment before that
+ * leader serves it (NOT_LEADER_FOR_PARTITION), so every leader is also asked
+ * for its partition's end offset (ListOffsets, which only a serving leader
+ * answers). Writes nothing. On 0, why says what is missing.
+ * @locality any thread */
+static int topic_ready(klog_t *l, int timeout_ms, char *why, size_t wsz) {
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_partition_list_t *tl = NULL;
+    int n = l->base.npartitions, ready = 0;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(l->rk, 0, l->rkt, &md, timeout_ms);
+    if (e) {
+        snprintf(why, wsz, "metadata: %s", rd_kafka_err2str(e));
+        goto out;
+    }
+    e = md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+    if (e) {
+        snprintf(why, wsz, "%s", rd_kafka_err2str(e));
+        goto out;
+    }
+    if (md->topics[0].partition_cnt != n) {
+        snprintf(why, wsz, "it has %d partitions, opened with %d", md->topics[0].partition_cnt, n);
+        goto out;
+    }
+    for (int i = 0; i < n; i++)
+        if (md->topics[0].partitions[i].leader < 0) {
+            snprintf(why, wsz, "partition %d has no leader", md->topics[0].partitions[i].id);
+            goto out;
+        }
+    tl = rd_kafka_topic_partition_list_new(n);
+    for (int p = 0; p < n; p++)
+        rd_kafka_topic_partition_list_add(tl, l->topic, p)->offset = RD_KAFKA_OFFSET_END;
+    e = rd_kafka_offsets_for_times(l->rk, tl, timeout_ms);
+    if (e) {
+        snprintf(why, wsz, "end offsets: %s", rd_kafka_err2str(e));
+        goto out;
+    }
+    for (int i = 0; i < tl->cnt; i++)
+        if (tl->elems[i].err) {
+            snprintf(why, wsz, "partition %d: %s", tl->elems[i].partition,
+                     rd_kafka_err2str(tl->elems[i].err));
+            goto out;
+        }
+    ready = 1;
+out:
+    if (tl)
+        rd_kafka_topic_partition_list_destroy(tl);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    return ready;
+}
+
+/* Before the first vote: waits for topic_ready up to READY_TIMEOUT_MS. Past
+ * that the log starts refusing appends (503) and the poller takes over. */
+static void wait_ready(klog_t *l) {
+    char why[256] = "";
+    uint64_t deadline = mono_ms() + READY_TIMEOUT_MS;
+    while (!topic_ready(l, 1000, why, sizeof why)) {
+        if (mono_ms() >= deadline) {
+            atomic_store(&l->down, 1);
+            log_warn("kafka topic %s is not ready after %d s (%s): answering 503 until it is",
+                     l->topic, READY_TIMEOUT_MS / 1000, why);
+            return;
+        }
+        struct timespec ts = {0, 50 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Serves delivery reports; while the log refuses appends, probes the topic. */
 static void *poller_main(void *arg) {
     klog_t *l = arg;
     uint64_t last_probe = 0;
+    char why[256];
     while (!atomic_load(&l->stopping)) {
         rd_kafka_poll(l->rk, 100);
         if (atomic_load(&l->down) && mono_ms() - last_probe >= PROBE_INTERVAL_MS) {
             last_probe = mono_ms();
-            const struct rd_kafka_metadata *md = NULL;
-            if (rd_kafka_metadata(l->rk, 0, l->rkt, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-                int ok = md->topic_cnt == 1 && md->topics[0].err == 0;
-                for (int i = 0; ok && i < md->topics[0].partition_cnt; i++)
-                    if (md->topics[0].partitions[i].leader < 0)
-                        ok = 0;
-                rd_kafka_metadata_destroy(md);
-                if (ok && atomic_exchange(&l->down, 0))
-                    log_info("kafka: the cluster answers again: accepting votes");
-            }
+            if (topic_ready(l, 1000, why, sizeof why) && atomic_exchange(&l->down, 0))
+                log_info("kafka: every partition's leader answers: accepting votes");
         }
     }
     return NULL;
@@ -487,12 +644,8 @@ vlog_t *vlog_kafka_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, ta
     l->topic = xstrdup(c->kafka_topic);
     l->writing = (flags & VLOG_F_WRITE) != 0;
     l->max_pending = (size_t)c->max_pending;
-    static const char *const producer_defaults[] = {
-        "enable.idempotence", "true", "acks", "all", "linger.ms", "2",
-        /* A vote no broker takes within this is answered 503, not left
-         * hanging for librdkafka's default five minutes. */
-        "message.timeout.ms", "10000", NULL};
-    static const char *const meta_defaults[] = {"group.id", "tally-meta", NULL};
+    static const char *const meta_defaults[] = {"group.id", "tally-meta",
+                                                "allow.auto.create.topics", "false", NULL};
     int e0 = 0;
     char err[512];
     rd_kafka_conf_t *conf =
@@ -517,6 +670,8 @@ vlog_t *vlog_kafka_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, ta
         goto fail;
     l->base.npartitions = n;
     if (l->writing) {
+        warn_overrides(c);
+        wait_ready(l);
         if (pthread_create(&l->poller, NULL, poller_main, l) != 0) {
             snprintf(errstr, esz, "kafka: cannot start the delivery thread");
             goto fail;

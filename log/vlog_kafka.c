@@ -164,8 +164,7 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) 
     klog_t *l = opaque;
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
         if (!atomic_exchange(&l->down, 1))
-            log_warn("kafka: all brokers are down: answering 503 until they are back (%s)",
-                     reason);
+            log_warn("kafka: all brokers are down: answering 503 until they are back (%s)", reason);
         return;
     }
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
@@ -311,7 +310,8 @@ static int topic_partitions(klog_t *l, char *errstr, size_t esz) {
             return -1;
         }
         int n = -1;
-        rd_kafka_resp_err_t terr = md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+        rd_kafka_resp_err_t terr =
+            md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
         if (!terr)
             n = md->topics[0].partition_cnt;
         rd_kafka_metadata_destroy(md);
@@ -339,7 +339,8 @@ static int topic_partitions(klog_t *l, char *errstr, size_t esz) {
         if (ev) {
             const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
             size_t cnt = 0;
-            const rd_kafka_topic_result_t **tr = res ? rd_kafka_CreateTopics_result_topics(res, &cnt) : NULL;
+            const rd_kafka_topic_result_t **tr =
+                res ? rd_kafka_CreateTopics_result_topics(res, &cnt) : NULL;
             cerr = rd_kafka_event_error(ev);
             cwhy = rd_kafka_event_error_string(ev);
             if (!cerr && cnt == 1) {
@@ -408,8 +409,8 @@ static vlog_err_t klog_append(vlog_t *base, int partition, const uint8_t *rec, s
     rd_kafka_resp_err_t e = rd_kafka_producev(
         l->rk, RD_KAFKA_V_RKT(l->rkt), RD_KAFKA_V_PARTITION(partition),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_VALUE((void *)rec, len),
-        RD_KAFKA_V_KEY(key, klen), RD_KAFKA_V_TIMESTAMP((int64_t)ts),
-        RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+        RD_KAFKA_V_KEY(key, klen), RD_KAFKA_V_TIMESTAMP((int64_t)ts), RD_KAFKA_V_OPAQUE(opaque),
+        RD_KAFKA_V_END);
     if (e) {
         atomic_fetch_sub(&l->inflight, 1);
         return e == RD_KAFKA_RESP_ERR__QUEUE_FULL ? VLOG_FULL : VLOG_UNAVAIL;
@@ -455,10 +456,8 @@ static int retriable(rd_kafka_resp_err_t e) {
     case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
     case RD_KAFKA_RESP_ERR__TIMED_OUT:
     case RD_KAFKA_RESP_ERR__TRANSPORT:
-    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
-        return 1;
-    default:
-        return 0;
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN: return 1;
+    default: return 0;
     }
 }
 
@@ -526,10 +525,17 @@ static vlog_reader_t *klog_reader_new(vlog_t *base, const int *parts, const uint
     r->done = xcalloc((size_t)base->npartitions, 1);
     r->cap = 4096;
     r->msgs = xmalloc(sizeof *r->msgs * (size_t)r->cap);
-    static const char *const defaults[] = {
-        "group.id", "tally-engine",        "enable.auto.commit", "false",
-        "enable.auto.offset.store", "false", "auto.offset.reset", "error",
-        "enable.partition.eof", "false",   NULL};
+    static const char *const defaults[] = {"group.id",
+                                           "tally-engine",
+                                           "enable.auto.commit",
+                                           "false",
+                                           "enable.auto.offset.store",
+                                           "false",
+                                           "auto.offset.reset",
+                                           "error",
+                                           "enable.partition.eof",
+                                           "false",
+                                           NULL};
     char err[512];
     rd_kafka_conf_t *conf = make_conf(l->conf, defaults, errstr, esz);
     if (!conf)
@@ -576,8 +582,8 @@ fail:
     return NULL;
 }
 
-static int klog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int max,
-                            int timeout_ms, char *errstr, size_t esz) {
+static int klog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int max, int timeout_ms,
+                            char *errstr, size_t esz) {
     kreader_t *r = (kreader_t *)rb;
     if (max > r->cap)
         max = r->cap;
@@ -595,8 +601,8 @@ static int klog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int m
             } else if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
                        m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE ||
                        m->err == RD_KAFKA_RESP_ERR__FATAL) {
-                snprintf(errstr, esz, "kafka %s[%d]: %s", rd_kafka_topic_name(m->rkt),
-                         m->partition, rd_kafka_message_errstr(m));
+                snprintf(errstr, esz, "kafka %s[%d]: %s", rd_kafka_topic_name(m->rkt), m->partition,
+                         rd_kafka_message_errstr(m));
                 rc = -1;
             } else {
                 log_warn("kafka consumer: %s", rd_kafka_message_errstr(m));
@@ -606,8 +612,7 @@ static int klog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int m
             rd_kafka_timestamp_type_t tst;
             int64_t ts = rd_kafka_message_timestamp(m, &tst);
             vlog_msg_t vm = {m->partition, (uint64_t)m->offset + 1,
-                             tst == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? -1 : ts, m->payload,
-                             m->len};
+                             tst == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? -1 : ts, m->payload, m->len};
             if (cb(arg, &vm) != 0) {
                 r->done[m->partition] = 1;
                 rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(1);
@@ -623,8 +628,22 @@ static int klog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int m
     return rc < 0 ? -1 : delivered;
 }
 
+/* While the cluster looks unreachable or a partition has no serving leader,
+ * every append is refused: /healthz says so. */
+static tally_err_t klog_health(vlog_t *base, char *errstr, size_t esz) {
+    klog_t *l = (klog_t *)base;
+    if (!atomic_load(&l->down))
+        return TALLY_OK;
+    snprintf(errstr, esz,
+             "kafka topic %s: the cluster is unreachable or a partition has no "
+             "serving leader; votes get 503 until it answers",
+             l->topic);
+    return TALLY_ERR_UNAVAIL;
+}
+
 static const vlog_ops_t klog_ops = {
     .name = "kafka",
+    .health = klog_health,
     .append = klog_append,
     .flush = klog_flush,
     .close = klog_close,

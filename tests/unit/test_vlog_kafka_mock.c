@@ -263,7 +263,7 @@ Test(kafka_mock, not_leader_on_first_of_two_inflight_batches_loses_nothing) {
     cr_assert_eq(config_set(conf, "kafka", "batch.num.messages", "1", err, sizeof err), 0);
     cr_assert_eq(config_set(conf, "kafka", "linger.ms", "5", err, sizeof err), 0);
     lead_partition0_from_broker1();
-    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, err, sizeof err);
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, NULL, err, sizeof err);
     cr_assert(l, "%s", err);
     inject_not_leader_on_first_of_inflight();
     for (int i = 0; i < PILE; i++)
@@ -288,7 +288,7 @@ Test(kafka_mock, implicit_ack_under_pipelining_is_never_an_acknowledgement) {
     cr_assert_eq(config_set(conf, "kafka", "batch.num.messages", "1", err, sizeof err), 0);
     cr_assert_eq(config_set(conf, "kafka", "linger.ms", "5", err, sizeof err), 0);
     lead_partition0_from_broker1();
-    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, err, sizeof err);
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, ack, NULL, err, sizeof err);
     cr_assert(l, "%s", err);
     inject_not_leader_on_first_of_inflight();
     for (int i = 0; i < PILE; i++)

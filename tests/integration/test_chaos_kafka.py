@@ -18,7 +18,7 @@ import time
 import unittest
 
 SRC = os.environ.get("TALLY_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "../.."))
-FAULTS = os.environ.get("CHAOS_KAFKA_FAULTS", "")
+FAULTS = os.environ.get("CHAOS_KAFKA_FAULTS", "kill,stop")
 
 
 class KafkaChaos(unittest.TestCase):

@@ -56,9 +56,12 @@ int bench_parse_mode(const char *s, poll_mode_t *m) {
 tally_config_t *bench_load_polls(const char *config_path, const char *polls_csv,
                                  const char *options_csv, const char *mode, char *errstr,
                                  size_t esz) {
-    if (config_path)
-        return config_load(config_path, NULL, 0, errstr, esz);
-    tally_config_t *c = config_new_defaults();
+    tally_config_t *c = NULL;
+    if (config_path) {
+        config_load(config_path, NULL, 0, &c, errstr, esz); /* NULL on error */
+        return c;
+    }
+    c = config_new_defaults();
     char *list = xstrdup(polls_csv ? polls_csv : "bench");
     int rc = 0;
     for (char *save = NULL, *id = strtok_r(list, ",", &save); id && rc == 0;

@@ -984,8 +984,11 @@ tally_err_t config_check_dirs(const tally_config_t *c, unsigned writes, char *er
             rc = TALLY_ERR_CONFIG;
         } else if (!(d[i].canon = path_canonical(v))) {
             int e = errno;
+            /* Missing parts are fine: ENOENT is a symlink to nowhere. */
             seterr(errstr, esz, "%s %s: %s", d[i].key, v,
-                   e == ENOTDIR ? "not a directory (a part of it is a file)" : strerror(e));
+                   e == ENOTDIR  ? "not a directory (a part of it is a file)"
+                   : e == ENOENT ? "passes through a dangling symbolic link"
+                                 : strerror(e));
             rc = errno_class(e);
         } else if (stat(d[i].canon, &st) == 0 && !S_ISDIR(st.st_mode)) {
             seterr(errstr, esz, "%s %s: not a directory", d[i].key, v);

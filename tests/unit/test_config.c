@@ -957,7 +957,7 @@ Test(config, publisher_dir_stays_out_of_private_data) {
     cr_assert_eq(check_dirs("log", "snap", "pub", 0), TALLY_OK, "%s", err);
     cr_assert_eq(chdir(cwd), 0);
     free(cwd);
-    expect_dirs_refused(log, snap, dangling, "publisher.dir", NULL);
+    expect_dirs_refused(log, snap, dangling, "publisher.dir", "dangling symbolic link");
     /* Snapshots and the log: not one directory; nested is fine. */
     expect_dirs_refused(log, loglink, pub, "engine.snapshot_dir and log.dir", "same directory");
     char *nested = path_join(log, "snap");

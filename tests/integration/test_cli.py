@@ -167,6 +167,8 @@ class ConfigSafety(TallyTestCase):
     def test_path_keys_must_not_be_empty_or_files(self):
         t = self.make()
         for key in ("log.dir", "engine.snapshot_dir", "publisher.dir"):
+            if key == "publisher.dir" and os.geteuid() == 0:
+                continue  # a regression would publish into / (the unit test covers it)
             with self.subTest(key=key):
                 self.refused(t, f"{key}=", needles=(key, "empty"))
         afile = write(os.path.join(t.dir, "afile"), "x")
@@ -217,10 +219,6 @@ class ConfigSafety(TallyTestCase):
         t.args += ["-s", f"publisher.dir={log}public", "-s", f"engine.snapshot_dir={log}snap"]
         t.start().stop()
         self.assertTrue(os.path.isfile(os.path.join(log + "public", "index.html")))
-        # With Kafka as the log, log.dir is not used and not checked.
-        r = tally("ingest", "-c", t.config, "-s", "kafka.brokers=127.0.0.1:1", "-s", f"publisher.dir={log}",
-                  "--help")
-        self.assertEqual(r.returncode, 0)
 
     def test_config_file_must_be_a_readable_file(self):
         t = self.make()

@@ -2,7 +2,10 @@
  * config_parse_listen() over the first line. Touches no file. Besides "no
  * crash, no leak" it checks what a loaded config promises: an error leaves
  * no config and a message; a config has valid, distinct poll ids and option
- * ids, titles and labels filled in. */
+ * ids, titles and labels filled in. And it checks config.c's reader, which
+ * recognises section lines on inih's behalf, against inih itself: where
+ * inih alone sees only short section names, both must find the same polls. */
+#include <ini.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +34,47 @@ static void check_config(const tally_config_t *c) {
                  TALLY_OK);
 }
 
+/* The poll ids inih itself reports, parsing the bytes raw. */
+typedef struct {
+    char ids[512][80];
+    int n, overflow;
+} raw_polls_t;
+
+static int raw_on_ini(void *user, const char *section, const char *name, const char *value) {
+    raw_polls_t *r = user;
+    (void)name;
+    (void)value;
+    if (strlen(section) >= 49) /* inih may have cut it */
+        r->overflow = 1;
+    if (strncmp(section, "poll.", 5))
+        return 1;
+    for (int i = 0; i < r->n; i++)
+        if (!strcmp(r->ids[i], section + 5))
+            return 1;
+    if (r->n == (int)(sizeof r->ids / sizeof r->ids[0])) {
+        r->overflow = 1;
+        return 1;
+    }
+    snprintf(r->ids[r->n++], sizeof r->ids[0], "%s", section + 5);
+    return 1;
+}
+
+/* A loaded config's polls are exactly the [poll.ID] sections inih saw. */
+static void check_against_inih(const tally_config_t *c, const uint8_t *data, size_t size) {
+    if (memchr(data, '\0', size))
+        return;
+    char *text = xstrndup((const char *)data, size);
+    static raw_polls_t raw;
+    raw.n = raw.overflow = 0;
+    ini_parse_string(text, raw_on_ini, &raw);
+    free(text);
+    if (raw.overflow)
+        return;
+    tally_assert(raw.n == c->npolls);
+    for (int i = 0; i < raw.n; i++)
+        tally_assert(config_poll(c, raw.ids[i], strlen(raw.ids[i])) != NULL);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char err[1024] = "";
     tally_config_t *c = (tally_config_t *)&err; /* must be overwritten */
@@ -39,6 +83,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (rc == TALLY_OK) {
         tally_assert(c != NULL);
         check_config(c);
+        check_against_inih(c, data, size);
     } else {
         tally_assert(rc == TALLY_ERR_CONFIG && c == NULL && err[0] != '\0');
     }

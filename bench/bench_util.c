@@ -42,15 +42,7 @@ int bench_parse_double(const char *s, double *out) {
 }
 
 int bench_parse_mode(const char *s, poll_mode_t *m) {
-    if (!strcmp(s, "one-per-voter"))
-        *m = MODE_ONE_PER_VOTER;
-    else if (!strcmp(s, "changeable"))
-        *m = MODE_CHANGEABLE;
-    else if (!strcmp(s, "unlimited"))
-        *m = MODE_UNLIMITED;
-    else
-        return -1;
-    return 0;
+    return poll_mode_parse(s, m) == TALLY_OK ? 0 : -1;
 }
 
 tally_config_t *bench_load_polls(const char *config_path, const char *polls_csv,

@@ -116,6 +116,14 @@ static void enum_list(const enum_def_t *v, const char *sep, buf_t *out) {
         buf_printf(out, "%s%s", i ? sep : "", v[i].name);
 }
 
+tally_err_t poll_mode_parse(const char *name, poll_mode_t *out) {
+    const enum_def_t *v = enum_find(modes, name);
+    if (!v)
+        return TALLY_ERR_CONFIG;
+    *out = (poll_mode_t)v->value;
+    return TALLY_OK;
+}
+
 const char *poll_mode_name(poll_mode_t m) {
     for (const enum_def_t *v = modes; v->name; v++)
         if (v->value == (int)m)
@@ -465,15 +473,18 @@ tally_err_t config_set(tally_config_t *c, const char *section, const char *key, 
         return TALLY_OK;
     }
     int known_section = 0;
-    for (size_t i = 0; i < NKEYS; i++)
+    buf_t sections = {0};
+    for (size_t i = 0; i < NKEYS; i++) {
         if (!strcmp(keys[i].section, section))
             known_section = 1;
+        if (i == 0 || strcmp(keys[i].section, keys[i - 1].section))
+            buf_printf(&sections, "%s, ", keys[i].section);
+    }
     if (known_section)
         seterr(errstr, esz, "unknown key '%s.%s'", section, key);
     else
-        seterr(errstr, esz,
-               "unknown section '[%.100s]' (server, log, engine, publisher, kafka, poll.ID)",
-               section);
+        seterr(errstr, esz, "unknown section '[%.100s]' (%spoll.ID)", section, sections.data);
+    buf_free(&sections);
     return TALLY_ERR_CONFIG;
 }
 

@@ -18,6 +18,9 @@ typedef enum {
 } poll_mode_t;
 
 const char *poll_mode_name(poll_mode_t m);
+/* The mode a name ("one-per-voter", ...) stands for: TALLY_OK, or
+ * TALLY_ERR_CONFIG and *out untouched. From the same table as parsing. */
+tally_err_t poll_mode_parse(const char *name, poll_mode_t *out);
 
 typedef struct {
     char *id;

@@ -611,6 +611,15 @@ Test(config, mode_names) {
     cr_assert_str_eq(poll_mode_name(MODE_CHANGEABLE), "changeable");
     cr_assert_str_eq(poll_mode_name(MODE_UNLIMITED), "unlimited");
     cr_assert_str_eq(poll_mode_name((poll_mode_t)7), "?");
+    poll_mode_t m = MODE_UNLIMITED;
+    cr_assert_eq(poll_mode_parse("changeable", &m), TALLY_OK);
+    cr_assert_eq(m, MODE_CHANGEABLE);
+    cr_assert_eq(poll_mode_parse("Changeable", &m), TALLY_ERR_CONFIG);
+    cr_assert_eq(m, MODE_CHANGEABLE, "a failed parse changed the mode");
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(poll_mode_parse(poll_mode_name((poll_mode_t)i), &m), TALLY_OK);
+        cr_assert_eq((int)m, i);
+    }
 }
 
 Test(config, help_lists_every_key) {

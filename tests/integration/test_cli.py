@@ -220,6 +220,24 @@ class ConfigSafety(TallyTestCase):
         t.start().stop()
         self.assertTrue(os.path.isfile(os.path.join(log + "public", "index.html")))
 
+    def test_publisher_dir_bind_mounted_on_the_log_is_refused(self):
+        # Names differ, the directory is the same: found by inode.
+        import shutil as sh
+        if not sh.which("unshare") or subprocess.run(["unshare", "-m", "true"],
+                                                      capture_output=True).returncode != 0:
+            self.skipTest("no mount namespaces here")
+        t = self.make()
+        log, pub = os.path.join(t.dir, "log"), os.path.join(t.dir, "www")
+        os.makedirs(log)
+        os.makedirs(pub)
+        for cmd in ("replay", "run"):
+            r = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind "$1" "$2" && exec "$3" "$4" -c "$5" '
+                                '-s publisher.dir="$2"', "sh", log, pub, os.path.abspath(TALLY_BIN), cmd, t.config],
+                               capture_output=True, text=True, timeout=60, cwd=t.dir)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("publisher.dir", r.stderr)
+            self.assertIn("must not be, contain or lie inside log.dir", r.stderr)
+
     def test_config_file_must_be_a_readable_file(self):
         t = self.make()
         for cmd in ("replay", "run"):

@@ -42,23 +42,18 @@ int bench_parse_double(const char *s, double *out) {
 }
 
 int bench_parse_mode(const char *s, poll_mode_t *m) {
-    if (!strcmp(s, "one-per-voter"))
-        *m = MODE_ONE_PER_VOTER;
-    else if (!strcmp(s, "changeable"))
-        *m = MODE_CHANGEABLE;
-    else if (!strcmp(s, "unlimited"))
-        *m = MODE_UNLIMITED;
-    else
-        return -1;
-    return 0;
+    return poll_mode_parse(s, m) == TALLY_OK ? 0 : -1;
 }
 
 tally_config_t *bench_load_polls(const char *config_path, const char *polls_csv,
                                  const char *options_csv, const char *mode, char *errstr,
                                  size_t esz) {
-    if (config_path)
-        return config_load(config_path, NULL, 0, errstr, esz);
-    tally_config_t *c = config_new_defaults();
+    tally_config_t *c = NULL;
+    if (config_path) {
+        config_load(config_path, NULL, 0, &c, errstr, esz); /* NULL on error */
+        return c;
+    }
+    c = config_new_defaults();
     char *list = xstrdup(polls_csv ? polls_csv : "bench");
     int rc = 0;
     for (char *save = NULL, *id = strtok_r(list, ",", &save); id && rc == 0;

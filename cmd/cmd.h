@@ -3,8 +3,11 @@
 #define TALLY_CMD_H
 
 #include "common/config.h"
+#include "common/err.h"
 
-#define EXIT_USAGE 2
+/* Every exit status comes from common/err.h (tally_err_exit() maps an
+ * error to one); usage errors exit with this one. */
+#define EXIT_USAGE TALLY_EXIT_USAGE
 
 typedef struct {
     const char *config_path;
@@ -12,13 +15,17 @@ typedef struct {
     int noverrides;
     const char *until;   /* replay --until */
     int quiet;
+    unsigned writes; /* CONFIG_DIR_* the command writes: created and checked
+                      * writable by cmd_load_config (cmd_parse sets 0) */
 } cmd_opts_t;
 
 /* Parses the options every command shares; prints help and exits 0 on
  * --help, prints the error and exits 2 on a bad option. */
 void cmd_parse(int argc, char **argv, const char *cmd, const char *help, int allow_until,
                cmd_opts_t *o);
-/* Loads the config or exits 2 with a message naming the bad key or line. */
+/* Loads the config and checks its directories (config_check_dirs with
+ * o->writes), or prints the error and exits with tally_err_exit(): 2 for a
+ * bad key, line or path, 1 when the system refuses a directory. */
 tally_config_t *cmd_load_config(const cmd_opts_t *o);
 
 struct engine_s;

@@ -40,6 +40,7 @@ static void noop_ack(void *opaque, vlog_err_t err) {
 int cmd_replay(int argc, char **argv) {
     cmd_opts_t o;
     cmd_parse(argc, argv, "replay", help, 1, &o);
+    o.writes = o.until ? 0 : CONFIG_DIR_SNAPSHOT; /* the log is only read */
     tally_config_t *c = cmd_load_config(&o);
     uint64_t until = 0;
     if (o.until && parse_rfc3339(o.until, &until) != 0) {

@@ -138,6 +138,8 @@ static void wait_for_signal(engine_t *e, const sigset_t *set) {
 static int pipeline(int argc, char **argv, const char *cmd, const char *help, int roles) {
     cmd_opts_t o;
     cmd_parse(argc, argv, cmd, help, 0, &o);
+    o.writes = ((roles & ROLE_INGEST) && (roles & ROLE_ENGINE) ? CONFIG_DIR_LOG : 0) |
+               ((roles & ROLE_ENGINE) ? CONFIG_DIR_SNAPSHOT : 0);
     tally_config_t *c = cmd_load_config(&o);
     char err[1024] = "";
     int rc = 1;

@@ -76,10 +76,14 @@ void cmd_parse(int argc, char **argv, const char *cmd, const char *help, int all
 
 tally_config_t *cmd_load_config(const cmd_opts_t *o) {
     char err[1024];
-    tally_config_t *c = config_load(o->config_path, o->overrides, o->noverrides, err, sizeof err);
-    if (!c) {
-        fprintf(stderr, "tally: config error: %s\n", err);
-        exit(EXIT_USAGE);
+    tally_config_t *c = NULL;
+    tally_err_t rc = config_load(o->config_path, o->overrides, o->noverrides, &c, err, sizeof err);
+    if (rc == TALLY_OK)
+        rc = config_check_dirs(c, o->writes, err, sizeof err);
+    if (rc != TALLY_OK) {
+        fprintf(stderr, "tally: %s%s\n", rc == TALLY_ERR_CONFIG ? "config error: " : "", err);
+        config_free(c);
+        exit(tally_err_exit(rc));
     }
     return c;
 }

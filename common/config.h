@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "common/err.h"
+
 typedef enum {
     MODE_ONE_PER_VOTER = 0, /* the first vote of a voter counts */
     MODE_CHANGEABLE = 1,    /* the voter's latest vote counts */
@@ -16,6 +18,9 @@ typedef enum {
 } poll_mode_t;
 
 const char *poll_mode_name(poll_mode_t m);
+/* The mode a name ("one-per-voter", ...) stands for: TALLY_OK, or
+ * TALLY_ERR_CONFIG and *out untouched. From the same table as parsing. */
+tally_err_t poll_mode_parse(const char *name, poll_mode_t *out);
 
 typedef struct {
     char *id;
@@ -62,19 +67,57 @@ typedef struct {
     int npolls;
 } tally_config_t;
 
-/* Loads path, then applies overrides ("section.key=value"). On error fills
- * errstr with a message naming the file and line or the override and the key,
- * and returns NULL. */
-tally_config_t *config_load(const char *path, const char *const *overrides, int noverrides,
-                            char *errstr, size_t errstr_size);
+/* Loads path, then applies overrides ("section.key=value"), then validates.
+ * On success *out owns a new config (config_free it). On error *out is NULL,
+ * errstr names the file and line or the override and the key, and the result
+ * is TALLY_ERR_CONFIG (a file that cannot be read is a configuration error
+ * too). path NULL: the defaults and the overrides only.
+ *
+ * File rules beyond inih's: a NUL byte anywhere is an error; every
+ * [poll.ID] section is declared once and sets each of its keys once (the
+ * other sections may repeat, a later key wins, as with -s); section names of
+ * any length are kept whole (inih itself keeps 49 bytes). */
+tally_err_t config_load(const char *path, const char *const *overrides, int noverrides,
+                        tally_config_t **out, char *errstr, size_t errstr_size);
+/* The same from len bytes in memory, which need not end in NUL; name stands
+ * for the file in messages. Touches no file: the fuzz harness' entry. */
+tally_err_t config_load_string(const char *name, const char *data, size_t len,
+                               const char *const *overrides, int noverrides, tally_config_t **out,
+                               char *errstr, size_t errstr_size);
 /* Defaults only, no polls; for tests and tools. */
 tally_config_t *config_new_defaults(void);
-/* Sets one key, as a file line would. 0 or -1 with errstr. */
-int config_set(tally_config_t *c, const char *section, const char *key, const char *value,
-               char *errstr, size_t errstr_size);
-/* Checks cross-key rules (polls have options, labels name options). */
-int config_validate(tally_config_t *c, char *errstr, size_t errstr_size);
+/* Sets one key, as a file line would (a later value replaces an earlier
+ * one). TALLY_OK, or TALLY_ERR_CONFIG with errstr. */
+tally_err_t config_set(tally_config_t *c, const char *section, const char *key, const char *value,
+                       char *errstr, size_t errstr_size);
+/* Checks cross-key rules (polls have options) and fills defaults (titles and
+ * labels). TALLY_OK or TALLY_ERR_CONFIG. */
+tally_err_t config_validate(tally_config_t *c, char *errstr, size_t errstr_size);
 void config_free(tally_config_t *c);
+
+/* The directories of a config, checked before a command touches them:
+ * every one in use (log.dir only with the file log) is non-empty and, where
+ * it exists, a directory; publisher.dir, which is served to the public, is
+ * not, does not contain and does not lie inside log.dir or
+ * engine.snapshot_dir (compared as canonical paths: symlinks and ".."
+ * resolved, not-yet-created parts included, bind mounts by inode); and
+ * engine.snapshot_dir is not log.dir (each store removes its own stale
+ * temporary files and owns its directory). Those are TALLY_ERR_CONFIG.
+ * The directories in `writes` (CONFIG_DIR_* bits) are then created if
+ * missing and checked writable by creating and removing a file: a refusal
+ * by the system is TALLY_ERR_IO. publisher.dir is never in `writes`: results
+ * are derived, so the publisher starts without it and retries. */
+enum { CONFIG_DIR_LOG = 1, CONFIG_DIR_SNAPSHOT = 2 };
+tally_err_t config_check_dirs(const tally_config_t *c, unsigned writes, char *errstr,
+                              size_t errstr_size);
+
+/* server.listen: "HOST:PORT" or "[IPV6]:PORT", PORT 0-65535 (0: any free
+ * port). Fills host (without brackets, NUL-terminated, host_size >=
+ * CONFIG_LISTEN_HOST_MAX) and *port. A pure function: names are resolved
+ * when the socket is bound. TALLY_OK or TALLY_ERR_CONFIG with errstr. */
+#define CONFIG_LISTEN_HOST_MAX 256
+tally_err_t config_parse_listen(const char *listen, char *host, size_t host_size, int *port,
+                                char *errstr, size_t errstr_size);
 
 const poll_conf_t *config_poll(const tally_config_t *c, const char *id, size_t len);
 int poll_option_index(const poll_conf_t *p, const char *id, size_t len);

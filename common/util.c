@@ -174,6 +174,73 @@ int mkdir_p(const char *dir) {
     return 0;
 }
 
+/* Drops the last component of an absolute path; "/" stays. */
+static void path_pop(buf_t *p) {
+    char *slash = strrchr(p->data, '/');
+    p->len = slash == p->data ? 1 : (size_t)(slash - p->data);
+    p->data[p->len] = '\0';
+}
+
+char *path_canonical(const char *path) {
+    buf_t cur = {0};
+    char *real = NULL;
+    int missing = 0; /* trailing components of cur that do not exist */
+    if (!path[0]) {
+        errno = ENOENT;
+        return NULL;
+    }
+    if (!(real = realpath(path[0] == '/' ? "/" : ".", NULL)))
+        return NULL;
+    buf_puts(&cur, real);
+    free(real);
+    for (const char *s = path; *s;) {
+        while (*s == '/')
+            s++;
+        const char *e = strchrnul(s, '/');
+        size_t n = (size_t)(e - s);
+        if (n == 0 || (n == 1 && s[0] == '.')) {
+            s = e;
+            continue;
+        }
+        if (n == 2 && s[0] == '.' && s[1] == '.') {
+            /* cur has no symlink left in it: its parent is lexical */
+            path_pop(&cur);
+            if (missing)
+                missing--;
+            s = e;
+            continue;
+        }
+        if (cur.len > 1)
+            buf_puts(&cur, "/");
+        buf_append(&cur, s, n);
+        cur.data[cur.len] = '\0';
+        s = e;
+        if (missing) {
+            missing++;
+            continue;
+        }
+        struct stat st;
+        if (lstat(cur.data, &st) != 0) {
+            if (errno != ENOENT)
+                goto fail;
+            missing = 1;
+            continue;
+        }
+        if (!(real = realpath(cur.data, NULL)))
+            goto fail; /* dangling symlink, loop */
+        cur.len = 0;
+        buf_puts(&cur, real);
+        free(real);
+    }
+    return cur.data;
+fail : {
+    int e = errno;
+    buf_free(&cur);
+    errno = e;
+    return NULL;
+}
+}
+
 int fsync_dir(const char *dir) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)

@@ -42,6 +42,13 @@ int parse_rfc3339(const char *s, uint64_t *ms);
 
 /* Creates dir and its parents. 0 on success, -1 with errno. */
 int mkdir_p(const char *dir);
+/* The absolute, canonical form of path, which need not exist yet: the
+ * existing part is resolved as the kernel would (symlinks, "." and ".."),
+ * the rest appended with "." and ".." applied, so that the result names what
+ * mkdir_p(path) would create. A malloc'd string the caller frees, or NULL
+ * with errno (ENOTDIR: a part is a file; ENOENT: a dangling symlink; ELOOP,
+ * EACCES). */
+char *path_canonical(const char *path);
 /* fsyncs a directory so that a rename or create in it is durable. */
 int fsync_dir(const char *dir);
 /* Writes data to path atomically: temp file in the same directory, fsync

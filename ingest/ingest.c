@@ -338,18 +338,19 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
 }
 
 static int bind_listen(const char *hostport, int *port_out, char *errstr, size_t esz) {
-    char host[256];
-    const char *colon = strrchr(hostport, ':');
-    snprintf(host, sizeof host, "%.*s", (int)(colon - hostport), hostport);
-    if (host[0] == '[') { /* [::1]:8080 */
-        memmove(host, host + 1, strlen(host));
-        host[strlen(host) - 1] = '\0';
+    char host[CONFIG_LISTEN_HOST_MAX], port[8];
+    char why[512];
+    int portnum;
+    if (config_parse_listen(hostport, host, sizeof host, &portnum, why, sizeof why) != TALLY_OK) {
+        snprintf(errstr, esz, "server.listen: %s", why);
+        return -1;
     }
+    snprintf(port, sizeof port, "%d", portnum);
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE;
-    int rc = getaddrinfo(host, colon + 1, &hints, &res);
+    int rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0) {
         snprintf(errstr, esz, "server.listen %s: %s", hostport, gai_strerror(rc));
         return -1;

@@ -24,16 +24,30 @@ static void teardown(void) {
 
 TestSuite(config, .init = setup, .fini = teardown);
 
+/* config_load as a pointer: NULL exactly when it returned an error, which
+ * must be TALLY_ERR_CONFIG with a message. */
+static tally_config_t *cload(const char *path, const char *const *ov, int n) {
+    tally_config_t *c = (tally_config_t *)1;
+    tally_err_t rc = config_load(path, ov, n, &c, err, sizeof err);
+    cr_assert(rc == TALLY_OK || rc == TALLY_ERR_CONFIG, "config_load returned %s",
+              tally_err2str(rc));
+    cr_assert_eq(rc == TALLY_OK, c != NULL, "result %s with config %p", tally_err2str(rc),
+                 (void *)c);
+    if (rc != TALLY_OK)
+        cr_assert_neq(err[0], '\0', "no error message");
+    return c;
+}
+
 static tally_config_t *load_text(const char *text) {
     file_write_str(ini, text);
     err[0] = '\0';
-    return config_load(ini, NULL, 0, err, sizeof err);
+    return cload(ini, NULL, 0);
 }
 
 static tally_config_t *load_with(const char *text, const char *const *ov, int n) {
     file_write_str(ini, text);
     err[0] = '\0';
-    return config_load(ini, ov, n, err, sizeof err);
+    return cload(ini, ov, n);
 }
 
 /* The load fails and the message holds every needle. */
@@ -202,7 +216,7 @@ Test(config, the_shipped_demo_config_loads) {
     if (!cut || (cut != path && cut[-1] != '/'))
         cr_skip_test("source path unknown (%s)", __FILE__);
     snprintf(cut, sizeof path - (size_t)(cut - path), "config/tally.ini");
-    tally_config_t *c = config_load(path, NULL, 0, err, sizeof err);
+    tally_config_t *c = cload(path, NULL, 0);
     cr_assert_not_null(c, "%s: %s", path, err);
     cr_assert_eq(c->npolls, 3);
     config_free(c);
@@ -320,7 +334,8 @@ Test(config, error_label_for_unknown_option) {
 }
 
 Test(config, error_bad_poll_id_and_key) {
-    expect_file_error("[poll.bad!id]\noptions = a\n", 2, "bad!id", "poll id");
+    /* The id is checked on its section line. */
+    expect_file_error("[poll.bad!id]\noptions = a\n", 1, "bad!id", "poll id");
     expect_file_error("[poll.p]\noptions = a\ncolour = red\n", 3, "poll.p", "'colour'");
 }
 
@@ -347,7 +362,7 @@ Test(config, error_reports_first_of_several) {
 
 Test(config, error_missing_file) {
     char *missing = path_join(dir, "nope.ini");
-    tally_config_t *c = config_load(missing, NULL, 0, err, sizeof err);
+    tally_config_t *c = cload(missing, NULL, 0);
     cr_assert_null(c);
     cr_assert_not_null(strstr(err, missing), "%s", err);
     cr_assert_not_null(strstr(err, "No such file"), "%s", err);
@@ -398,8 +413,10 @@ Test(config, continuation_lines_carry_long_values) {
 /* ---- options and labels ---- */
 
 Test(config, options_reset_keeps_labels_by_id) {
-    tally_config_t *c = load_text("[poll.p]\noptions = a, b\nlabel.a = Alpha\nlabel.b = Beta\n"
-                                  "options = c, a\n");
+    /* In a file a poll sets each key once; -s may replace the options. */
+    const char *ov[] = {"poll.p.options=c, a"};
+    tally_config_t *c =
+        load_with("[poll.p]\noptions = a, b\nlabel.a = Alpha\nlabel.b = Beta\n", ov, 1);
     cr_assert_not_null(c, "%s", err);
     cr_assert_eq(c->polls[0].noptions, 2);
     cr_assert_str_eq(c->polls[0].options[0].id, "c");
@@ -419,16 +436,41 @@ Test(config, options_whitespace_and_trailing_comma) {
     config_free(c);
 }
 
-Test(config, poll_sections_split_and_reopened) {
-    tally_config_t *c = load_text("[poll.p]\noptions = a\n[poll.q]\noptions = x\n[poll.p]\n"
-                                  "mode = changeable\ntitle = P\n");
+Test(config, a_poll_is_declared_once) {
+    /* Reopening a poll section used to merge silently. */
+    expect_file_error("[poll.p]\noptions = a\n[poll.q]\noptions = x\n[poll.p]\n"
+                      "mode = changeable\n",
+                      5, "[poll.p]: declared twice", "first at line 1");
+    expect_file_error("[poll.p]\noptions = a\n[poll.p]\n", 3, "declared twice", NULL);
+    /* Other sections may repeat; a later key wins. */
+    tally_config_t *c = load_text("[server]\nthreads = 2\n[poll.p]\noptions = a\n[server]\n"
+                                  "threads = 3\n");
     cr_assert_not_null(c, "%s", err);
-    cr_assert_eq(c->npolls, 2);
-    cr_assert_str_eq(c->polls[0].id, "p");
-    cr_assert_eq(c->polls[0].mode, MODE_CHANGEABLE);
-    cr_assert_str_eq(c->polls[0].title, "P");
-    cr_assert_str_eq(c->polls[1].id, "q");
+    cr_assert_eq(c->server_threads, 3);
     config_free(c);
+}
+
+Test(config, a_poll_sets_each_key_once) {
+    expect_file_error("[poll.p]\ntitle = A\noptions = a\ntitle = B\n", 4, "poll.p.title",
+                      "first at line 2");
+    expect_file_error("[poll.p]\noptions = a\nmode = unlimited\nmode = changeable\n", 4,
+                      "poll.p.mode", "set twice");
+    expect_file_error("[poll.p]\noptions = a\noptions = a, b\n", 3, "poll.p.options", "set twice");
+    expect_file_error("[poll.p]\noptions = a, b\nlabel.b = B\nlabel.a = A\nlabel.b = C\n", 5,
+                      "poll.p.label.b", "first at line 3");
+    /* Continuation lines are one value, not a repeat. */
+    tally_config_t *c = load_text("[poll.p]\noptions = a,\n  b\ntitle = T\n  U\nlabel.b = B\n"
+                                  "  C\n");
+    cr_assert_not_null(c, "%s", err);
+    cr_assert_eq(c->polls[0].noptions, 2);
+    cr_assert_str_eq(c->polls[0].title, "T U");
+    cr_assert_str_eq(c->polls[0].options[1].label, "B C");
+    config_free(c);
+}
+
+Test(config, an_empty_poll_section_is_an_error_at_its_line) {
+    expect_file_error("[server]\nthreads = 1\n[poll.e]\n", 3, "poll.e: 'options' is required",
+                      NULL);
 }
 
 Test(config, many_options) {
@@ -482,7 +524,7 @@ Test(config, overrides_apply_after_the_file) {
 
 Test(config, overrides_without_file) {
     const char *ov[] = {"poll.p.options=a,b", "poll.p.mode=unlimited", "kafka.acks=all"};
-    tally_config_t *c = config_load(NULL, ov, 3, err, sizeof err);
+    tally_config_t *c = cload(NULL, ov, 3);
     cr_assert_not_null(c, "%s", err);
     cr_assert_eq(c->npolls, 1);
     cr_assert_eq(c->polls[0].mode, MODE_UNLIMITED);
@@ -497,7 +539,7 @@ Test(config, overrides_bad_syntax) {
         "poll.=x",     "server",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        tally_config_t *c = config_load(NULL, &bad[i], 1, err, sizeof err);
+        tally_config_t *c = cload(NULL, &bad[i], 1);
         cr_assert_null(c, "-s %s accepted", bad[i]);
         char want[256];
         snprintf(want, sizeof want, "-s %s", bad[i]);
@@ -532,7 +574,7 @@ Test(config, overrides_bad_values_name_override_and_key) {
 
 Test(config, override_creating_poll_without_options_fails) {
     const char *ov[] = {"poll.ghost.title=Boo"};
-    tally_config_t *c = config_load(NULL, ov, 1, err, sizeof err);
+    tally_config_t *c = cload(NULL, ov, 1);
     cr_assert_null(c);
     cr_assert_not_null(strstr(err, "poll.ghost"), "%s", err);
 }
@@ -543,7 +585,7 @@ Test(config, config_set_direct) {
     tally_config_t *c = config_new_defaults();
     cr_assert_eq(config_set(c, "server", "threads", "8", err, sizeof err), 0);
     cr_assert_eq(c->server_threads, 8);
-    cr_assert_eq(config_set(c, "server", "threads", "x", err, sizeof err), -1);
+    cr_assert_eq(config_set(c, "server", "threads", "x", err, sizeof err), TALLY_ERR_CONFIG);
     cr_assert_eq(c->server_threads, 8, "a failed set changed the value");
     cr_assert_eq(config_set(c, "log", "dir", "/a", err, sizeof err), 0);
     cr_assert_eq(config_set(c, "log", "dir", "/b", err, sizeof err), 0);
@@ -569,6 +611,15 @@ Test(config, mode_names) {
     cr_assert_str_eq(poll_mode_name(MODE_CHANGEABLE), "changeable");
     cr_assert_str_eq(poll_mode_name(MODE_UNLIMITED), "unlimited");
     cr_assert_str_eq(poll_mode_name((poll_mode_t)7), "?");
+    poll_mode_t m = MODE_UNLIMITED;
+    cr_assert_eq(poll_mode_parse("changeable", &m), TALLY_OK);
+    cr_assert_eq(m, MODE_CHANGEABLE);
+    cr_assert_eq(poll_mode_parse("Changeable", &m), TALLY_ERR_CONFIG);
+    cr_assert_eq(m, MODE_CHANGEABLE, "a failed parse changed the mode");
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(poll_mode_parse(poll_mode_name((poll_mode_t)i), &m), TALLY_OK);
+        cr_assert_eq((int)m, i);
+    }
 }
 
 Test(config, help_lists_every_key) {
@@ -583,5 +634,413 @@ Test(config, help_lists_every_key) {
                           "brokers", "topic", "[poll.ID]", "label.OPTION", "one-per-voter"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         cr_assert_not_null(strstr(text, keys[i]), "help lacks %s", keys[i]);
+    free(text);
+}
+
+/* ---- long ids: inih keeps 49 bytes of a section name and of a key ---- */
+
+static char *rep_str(char ch, int n, const char *tail) {
+    buf_t b = {0};
+    for (int i = 0; i < n; i++)
+        buf_append(&b, &ch, 1);
+    buf_puts(&b, tail);
+    return b.data;
+}
+
+Test(config, poll_ids_of_64_chars_stay_apart) {
+    char *a = rep_str('p', 50, "aaaaaaaaaaaaaa"), *b = rep_str('p', 50, "bbbb");
+    cr_assert_eq(strlen(a), 64);
+    buf_t text = {0};
+    buf_printf(&text, "[poll.%s]\noptions = x\ntitle = A\n[poll.%s]\noptions = y\ntitle = B\n", a,
+               b);
+    tally_config_t *c = load_text(text.data);
+    cr_assert_not_null(c, "%s", err);
+    cr_assert_eq(c->npolls, 2);
+    cr_assert_str_eq(c->polls[0].id, a);
+    cr_assert_str_eq(c->polls[0].title, "A");
+    cr_assert_str_eq(c->polls[0].options[0].id, "x");
+    cr_assert_str_eq(c->polls[1].id, b);
+    cr_assert_str_eq(c->polls[1].title, "B");
+    config_free(c);
+    /* 65 is refused on its line, naming the limit. */
+    text.len = 0;
+    buf_printf(&text, "; c\n[poll.%sX]\noptions = x\n", a);
+    expect_file_error(text.data, 2, "1-64 chars", "65 given");
+    buf_free(&text);
+    free(a);
+    free(b);
+}
+
+Test(config, long_section_names_are_kept_whole_in_errors) {
+    char *name = rep_str('s', 120, "");
+    buf_t text = {0};
+    buf_printf(&text, "[%s]\nthreads = 1\n", name);
+    expect_file_error(text.data, 2, "unknown section",
+                      "[ssssssssssssssssssssssssssssssssssssssss"
+                      "ssssssssssssssssssssssssssssssssssssssss");
+    buf_free(&text);
+    free(name);
+}
+
+Test(config, labels_of_64_char_options_continue_on_the_right_option) {
+    /* inih hands a continuation line the key cut at 49 bytes: "label." and
+     * 43 characters, here the id of another option. */
+    char *shortid = rep_str('o', 43, ""), *longid = rep_str('o', 43, "zzzzzzzzzzzzzzzzzzzzz");
+    cr_assert_eq(strlen(longid), 64);
+    buf_t text = {0};
+    buf_printf(&text, "[poll.p]\noptions = %s, %s\nlabel.%s = first\n  more\n", shortid, longid,
+               longid);
+    tally_config_t *c = load_text(text.data);
+    cr_assert_not_null(c, "%s", err);
+    cr_assert_str_eq(c->polls[0].options[1].label, "first more");
+    cr_assert_str_eq(c->polls[0].options[0].label, shortid);
+    config_free(c);
+    buf_free(&text);
+    free(shortid);
+    free(longid);
+}
+
+/* ---- section lines as inih reads them ---- */
+
+Test(config, section_lines_follow_inih) {
+    tally_config_t *c = load_text("\xEF\xBB\xBF[poll.p] ; a comment\noptions = a\n"
+                                  "title = T\n  [poll.q]\n");
+    cr_assert_not_null(c, "%s", err);
+    cr_assert_eq(c->npolls, 1, "an indented line after a key continues its value");
+    cr_assert_str_eq(c->polls[0].title, "T [poll.q]");
+    config_free(c);
+    /* Indented with no key above: a section. */
+    c = load_text("[poll.p]\n  [poll.q]\noptions = a\n");
+    cr_assert_null(c);
+    cr_assert_not_null(strstr(err, ":1: poll.p: 'options' is required"), "%s", err);
+    expect_file_error("[poll.p ; not closed]\noptions = a\n", 1, "syntax error", NULL);
+    expect_file_error("threads = 1\n", 1, "unknown section '[]'", NULL);
+    /* Whatever follows ']' is ignored, as inih does. */
+    c = load_text("[poll.p]junk\noptions = a\n");
+    cr_assert_not_null(c, "%s", err);
+    cr_assert_str_eq(c->polls[0].id, "p");
+    config_free(c);
+}
+
+/* ---- bytes: NUL, length, files that are not files ---- */
+
+Test(config, nul_bytes_are_errors_naming_their_line) {
+    static const struct {
+        const char *text;
+        size_t len;
+        int line;
+    } cases[] = {
+        {"[poll.p]\ntitle = ab\0cd\noptions = a\n", 33, 2},
+        {"[poll.p]\noptions = a\n\0", 22, 3},
+        {"\0", 1, 1},
+        {"[ser\0ver]\n", 10, 1},
+        {"[server]\nthreads = 1\n; comment \0 too\n", 37, 3},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tally_config_t *c = (tally_config_t *)1;
+        tally_err_t rc = config_load_string("mem.ini", cases[i].text, cases[i].len, NULL, 0, &c,
+                                            err, sizeof err);
+        cr_assert_eq(rc, TALLY_ERR_CONFIG, "case %zu loaded", i);
+        cr_assert_null(c);
+        char want[64];
+        snprintf(want, sizeof want, "mem.ini:%d: NUL byte", cases[i].line);
+        cr_assert_not_null(strstr(err, want), "case %zu: '%s' lacks '%s'", i, err, want);
+    }
+}
+
+Test(config, load_string_reads_len_bytes_only) {
+    const char text[] = "[server]\nthreads = 3XYZ";
+    tally_config_t *c = NULL;
+    cr_assert_eq(config_load_string("m", text, strlen(text) - 3, NULL, 0, &c, err, sizeof err),
+                 TALLY_OK, "%s", err);
+    cr_assert_eq(c->server_threads, 3);
+    config_free(c);
+    cr_assert_eq(config_load_string("m", NULL, 0, NULL, 0, &c, err, sizeof err), TALLY_OK);
+    cr_assert_eq(c->npolls, 0);
+    config_free(c);
+    const char *ov[] = {"server.threads=0"};
+    cr_assert_eq(config_load_string("m", "", 0, ov, 1, &c, err, sizeof err), TALLY_ERR_CONFIG);
+    cr_assert_null(c);
+    cr_assert_not_null(strstr(err, "-s server.threads=0"), "%s", err);
+}
+
+Test(config, a_directory_is_not_a_config_file) {
+    tally_config_t *c = cload(dir, NULL, 0);
+    cr_assert_null(c, "a directory loaded as a config");
+    cr_assert_not_null(strstr(err, dir), "%s", err);
+    cr_assert_not_null(strstr(err, "is a directory"), "%s", err);
+}
+
+Test(config, an_unreadable_config_names_path_and_reason) {
+    if (access("/proc/self/mem", F_OK) != 0)
+        cr_skip_test("no /proc/self/mem");
+    tally_config_t *c = cload("/proc/self/mem", NULL, 0); /* opens; reads fail with EIO */
+    cr_assert_null(c);
+    cr_assert_not_null(strstr(err, "/proc/self/mem: cannot read: Input/output error"), "%s", err);
+}
+
+/* ---- server.listen ---- */
+
+Test(config, parse_listen_accepts) {
+    static const struct {
+        const char *in, *host;
+        int port;
+    } ok[] = {
+        {"127.0.0.1:8080", "127.0.0.1", 8080},
+        {"[::1]:0", "::1", 0},
+        {"[::]:65535", "::", 65535},
+        {"[fe80::1%eth0]:80", "fe80::1%eth0", 80},
+        {"localhost:1", "localhost", 1},
+        {"my-host.example_1:00080", "my-host.example_1", 80},
+        {"[::ffff:1.2.3.4]:9", "::ffff:1.2.3.4", 9},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        char host[CONFIG_LISTEN_HOST_MAX];
+        int port = -1;
+        cr_assert_eq(config_parse_listen(ok[i].in, host, sizeof host, &port, err, sizeof err),
+                     TALLY_OK, "%s: %s", ok[i].in, err);
+        cr_assert_str_eq(host, ok[i].host, "%s", ok[i].in);
+        cr_assert_eq(port, ok[i].port, "%s", ok[i].in);
+    }
+}
+
+Test(config, parse_listen_refuses) {
+    char longhost[400], manybrackets[400];
+    memset(longhost, 'h', 300);
+    strcpy(longhost + 300, ":80");
+    memset(manybrackets, '[', 300);
+    strcpy(manybrackets + 300, ":80");
+    const char *bad[] = {
+        "[:80",      "[::1",      "[::1]",      "[::1]:",       "[::1]80",
+        "[]:80",     "[::1]x:80", "::1:80",     "[1.2.3.4]:80", "[::1%]:80",
+        "[::g]:80",  "[::1]:80x", "host:",      "host:65536",   "host:99999999999",
+        "host:-1",   "host:+80",  "host:8o",    "host: 80",     "ho st:80",
+        ":80",       "localhost", "",           "host:123456",  "h/x:80",
+        "[::1]]:80", longhost,    manybrackets,
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char host[CONFIG_LISTEN_HOST_MAX] = "untouched";
+        int port = -7;
+        err[0] = '\0';
+        cr_assert_eq(config_parse_listen(bad[i], host, sizeof host, &port, err, sizeof err),
+                     TALLY_ERR_CONFIG, "'%s' accepted as %s port %d", bad[i], host, port);
+        cr_assert_neq(err[0], '\0', "%s", bad[i]);
+        cr_assert_str_eq(host, "untouched", "%s", bad[i]);
+        cr_assert_eq(port, -7, "%s", bad[i]);
+    }
+    /* The caller's buffer bounds the host too. */
+    char small[4];
+    int port;
+    cr_assert_eq(config_parse_listen("abcd:80", small, sizeof small, &port, err, sizeof err),
+                 TALLY_ERR_CONFIG);
+    cr_assert_eq(config_parse_listen("abc:80", small, sizeof small, &port, err, sizeof err),
+                 TALLY_OK);
+    /* The same values are refused as server.listen, naming the key. */
+    expect_file_error("[server]\nlisten = [:80\n", 2, "server.listen", "']'");
+    expect_file_error("[server]\nlisten = ::1:80\n", 2, "server.listen", "brackets");
+}
+
+/* ---- directories ---- */
+
+static tally_config_t *dirs_conf(const char *log, const char *snap, const char *pub) {
+    tally_config_t *c = config_new_defaults();
+    conf_set(c, "log", "dir", log);
+    conf_set(c, "engine", "snapshot_dir", snap);
+    conf_set(c, "publisher", "dir", pub);
+    return c;
+}
+
+static tally_err_t check_dirs(const char *log, const char *snap, const char *pub, unsigned writes) {
+    tally_config_t *c = dirs_conf(log, snap, pub);
+    err[0] = '\0';
+    tally_err_t rc = config_check_dirs(c, writes, err, sizeof err);
+    config_free(c);
+    return rc;
+}
+
+static char *sub(const char *name) {
+    return path_join(dir, name);
+}
+
+static void expect_dirs_refused(const char *log, const char *snap, const char *pub, const char *n1,
+                                const char *n2) {
+    cr_assert_eq(check_dirs(log, snap, pub, 0), TALLY_ERR_CONFIG, "accepted log=%s snap=%s pub=%s",
+                 log, snap, pub);
+    cr_assert_not_null(strstr(err, n1), "'%s' lacks '%s'", err, n1);
+    if (n2)
+        cr_assert_not_null(strstr(err, n2), "'%s' lacks '%s'", err, n2);
+}
+
+Test(config, dirs_must_be_named_and_be_directories) {
+    char *log = sub("log"), *snap = sub("snap"), *pub = sub("pub"), *f = sub("file");
+    file_write_str(f, "x");
+    expect_dirs_refused("", snap, pub, "log.dir is empty", NULL);
+    expect_dirs_refused(log, "", pub, "engine.snapshot_dir is empty", NULL);
+    expect_dirs_refused(log, snap, "", "publisher.dir is empty", NULL);
+    expect_dirs_refused(f, snap, pub, "log.dir", "not a directory");
+    expect_dirs_refused(log, f, pub, "engine.snapshot_dir", "not a directory");
+    char *under = path_join(f, "x");
+    expect_dirs_refused(log, snap, under, "publisher.dir", "not a directory");
+    free(under);
+    /* Nothing was created by a check that failed, or by one with no writes. */
+    cr_assert_eq(check_dirs(log, snap, pub, 0), TALLY_OK, "%s", err);
+    cr_assert_eq(access(log, F_OK), -1);
+    cr_assert_eq(access(snap, F_OK), -1);
+    /* With Kafka as the log, log.dir is not used. */
+    tally_config_t *c = dirs_conf("", snap, pub);
+    conf_set(c, "kafka", "brokers", "127.0.0.1:1");
+    cr_assert_eq(config_check_dirs(c, CONFIG_DIR_LOG, err, sizeof err), TALLY_OK, "%s", err);
+    config_free(c);
+    free(log);
+    free(snap);
+    free(pub);
+    free(f);
+}
+
+Test(config, written_dirs_are_created_and_proven_writable) {
+    char *log = sub("a/log"), *snap = sub("b/c/snap"), *pub = sub("pub");
+    cr_assert_eq(check_dirs(log, snap, pub, CONFIG_DIR_LOG | CONFIG_DIR_SNAPSHOT), TALLY_OK, "%s",
+                 err);
+    struct stat st;
+    cr_assert(stat(log, &st) == 0 && S_ISDIR(st.st_mode));
+    cr_assert(stat(snap, &st) == 0 && S_ISDIR(st.st_mode));
+    cr_assert_eq(access(pub, F_OK), -1, "publisher.dir is the publisher's to create");
+    DIR *d = opendir(log);
+    int entries = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        entries += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    cr_assert_eq(entries, 0, "the write check left a file behind");
+    /* A directory that refuses files, even to root. */
+    if (access("/sys/kernel", F_OK) == 0) {
+        cr_assert_eq(check_dirs(log, "/sys/kernel", pub, CONFIG_DIR_SNAPSHOT), TALLY_ERR_IO);
+        cr_assert_not_null(strstr(err, "engine.snapshot_dir /sys/kernel: not writable"), "%s", err);
+        cr_assert_eq(check_dirs("/sys/kernel/tally-x", snap, pub, CONFIG_DIR_LOG), TALLY_ERR_IO);
+        cr_assert_not_null(strstr(err, "log.dir /sys/kernel/tally-x: cannot create"), "%s", err);
+        /* Not written: not checked. */
+        cr_assert_eq(check_dirs(log, "/sys/kernel", pub, CONFIG_DIR_LOG), TALLY_OK, "%s", err);
+    }
+    free(log);
+    free(snap);
+    free(pub);
+}
+
+Test(config, publisher_dir_stays_out_of_private_data) {
+    char *log = sub("log"), *snap = sub("snap"), *pub = sub("pub");
+    cr_assert_eq(mkdir(log, 0755), 0);
+    char *loglink = sub("loglink"), *toplink = sub("toplink"), *dangling = sub("dangling");
+    char *elsewhere = tmpdir_new();
+    cr_assert_eq(symlink(log, loglink), 0);
+    cr_assert_eq(symlink(dir, toplink), 0);
+    cr_assert_eq(symlink("/nonexistent/tally", dangling), 0);
+    buf_t b = {0};
+#define P(...) (b.len = 0, buf_printf(&b, __VA_ARGS__), xstrdup(b.data))
+    char *cases[] = {
+        P("%s", log),
+        P("%s/", log),
+        P("%s//.", log),
+        P("%s/../log", log),
+        P("%s", dir),
+        P("%s/public", log),
+        P("%s/x/y/../../z", log),
+        P("%s", loglink),
+        P("%s/new/deeper", loglink),
+        P("%s", toplink),
+        P("%s/nothere/../log", dir),
+        P("%s/nothere/../loglink/q", dir),
+        P("/"),
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        expect_dirs_refused(log, snap, cases[i], "publisher.dir", "log.dir");
+        cr_assert_not_null(strstr(err, "must not be, contain or lie inside"), "%s", err);
+        /* The same against the snapshots, the log elsewhere. */
+        if (strcmp(cases[i], "/"))
+            expect_dirs_refused(elsewhere, log, cases[i], "publisher.dir", "engine.snapshot_dir");
+        free(cases[i]);
+    }
+    tmpdir_free(elsewhere);
+    /* A relative path is taken from the working directory. */
+    char *cwd = getcwd(NULL, 0);
+    cr_assert_eq(chdir(dir), 0);
+    expect_dirs_refused("log", snap, "./log/../log/www", "publisher.dir", "log.dir");
+    cr_assert_eq(check_dirs("log", "snap", "pub", 0), TALLY_OK, "%s", err);
+    cr_assert_eq(chdir(cwd), 0);
+    free(cwd);
+    expect_dirs_refused(log, snap, dangling, "publisher.dir", "dangling symbolic link");
+    /* Snapshots and the log: not one directory; nested is fine. */
+    expect_dirs_refused(log, loglink, pub, "engine.snapshot_dir and log.dir", "same directory");
+    char *nested = path_join(log, "snap");
+    cr_assert_eq(check_dirs(log, nested, pub, 0), TALLY_OK, "%s", err);
+    free(nested);
+    /* Names sharing a prefix are siblings. */
+    char *logpub = P("%spublic", log);
+    cr_assert_eq(check_dirs(log, snap, logpub, 0), TALLY_OK, "%s", err);
+    free(logpub);
+#undef P
+    buf_free(&b);
+    free(log);
+    free(snap);
+    free(pub);
+    free(loglink);
+    free(toplink);
+    free(dangling);
+}
+
+Test(config, path_canonical_resolves_what_exists) {
+    char *real = realpath(dir, NULL);
+    char *a = sub("a"), *link = sub("l");
+    cr_assert_eq(mkdir(a, 0755), 0);
+    cr_assert_eq(symlink(a, link), 0);
+    struct {
+        const char *in, *want; /* want relative to the real temp dir */
+    } cases[] = {
+        {"l", "/a"},
+        {"l/", "/a"},
+        {"l/new/x", "/a/new/x"},
+        {"l/../a", "/a"},
+        {"new/../l/z", "/a/z"},
+        {"./a/./b/..", "/a"},
+        {"new/./x/../y", "/new/y"},
+    };
+    char *cwd = getcwd(NULL, 0);
+    cr_assert_eq(chdir(dir), 0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *got = path_canonical(cases[i].in);
+        char want[4200];
+        snprintf(want, sizeof want, "%s%s", real, cases[i].want);
+        cr_assert_not_null(got, "%s: %s", cases[i].in, strerror(errno));
+        cr_assert_str_eq(got, want, "%s", cases[i].in);
+        free(got);
+    }
+    char *root = path_canonical("/../..");
+    cr_assert_str_eq(root, "/");
+    free(root);
+    file_write_str("f", "x");
+    errno = 0;
+    cr_assert_null(path_canonical("f/x"));
+    cr_assert_eq(errno, ENOTDIR);
+    cr_assert_null(path_canonical(""));
+    cr_assert_eq(chdir(cwd), 0);
+    free(cwd);
+    free(real);
+    free(a);
+    free(link);
+}
+
+Test(config, help_comes_from_the_tables) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    config_print_help(f);
+    fclose(f);
+    const char *needles[] = {"the first vote of a voter counts",
+                             "the voter's latest vote counts",
+                             "every vote counts",
+                             "declared once",
+                             "1-64",
+                             "one-per-voter | changeable | unlimited",
+                             "must not be, contain or lie inside"};
+    for (size_t i = 0; i < sizeof needles / sizeof needles[0]; i++)
+        cr_assert_not_null(strstr(text, needles[i]), "help lacks '%s':\n%s", needles[i], text);
     free(text);
 }

@@ -73,9 +73,8 @@ static int engine_failed_tick(void *arg) { return arg && engine_failed(arg); }
 
 /* GET /v1/stats: how far the engine is behind the log, and the counters.
  * Operators watch "lag"; tests wait for it to reach 0. */
-static void fill_stats(void *arg, ingest_t *in, void *out) {
+static void fill_stats(void *arg, ingest_t *in, buf_t *b) {
     run_ctx_t *rc = arg;
-    buf_t *b = out;
     int np = vlog_partitions(rc->log);
     uint64_t *ends = xcalloc((size_t)np, sizeof *ends);
     char err[256];

@@ -267,6 +267,39 @@ class TestFraming(EdgeCase):
         t.stop()
 
 
+class TestThreads(EdgeCase):
+    def test_two_loops_count_exactly_under_concurrent_pipelined_clients(self):
+        import threading
+        t = self.start("server.threads=2", "server.header_timeout_ms=5000")
+        per, nclients, errors = 40, 6, []
+
+        def client(i):
+            try:
+                s = socket.create_connection(("127.0.0.1", t.port), timeout=30 * TIMEOUT_MULT)
+                opt = "p" if i % 2 else "q"
+                b = json.dumps({"option": opt}).encode()
+                one = b"POST /v1/polls/free/votes HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b)
+                rest = b""
+                for k in range(0, per, 4):  # four pipelined at a time
+                    s.sendall(one * 4)
+                    for _ in range(4):
+                        st, _, body, rest = read_response(s, rest)
+                        assert st == 202 and json.loads(body)["option"] == opt, (st, body)
+                s.close()
+            except Exception as e:  # reported below
+                errors.append(repr(e))
+
+        ths = [threading.Thread(target=client, args=(i,)) for i in range(nclients)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        self.assertEqual(errors, [])
+        half = per * nclients // 2
+        t.wait_counts({"free": {"p": half, "q": half}})
+        t.stop()
+
+
 class TestDeadlines(EdgeCase):
     def test_slowloris_is_closed_at_the_header_deadline(self):
         t = self.start("server.header_timeout_ms=2000")

@@ -282,6 +282,23 @@ void http_conn_close_after(http_conn_t *c) {
  * CRLF. 0, or -1 (the request failed with 400). */
 static int fail(http_conn_t *c, int status, const char *code, const char *msg);
 static int scan_framing(http_conn_t *c, const char *p, const char *end, int chunked) {
+    if (!chunked) { /* the header block: only a CR needs a look */
+        while (p < end) {
+            if (c->prev_cr) {
+                if (*p != '\n')
+                    return fail(c, 400, "bad_request", "a CR not followed by LF");
+                c->prev_cr = 0;
+                p++;
+                continue;
+            }
+            const char *cr = memchr(p, '\r', (size_t)(end - p));
+            if (!cr)
+                return 0;
+            c->prev_cr = 1;
+            p = cr + 1;
+        }
+        return 0;
+    }
     for (; p < end; p++) {
         char ch = *p;
         if (c->after_data) {

@@ -300,6 +300,26 @@ class TestThreads(EdgeCase):
         t.stop()
 
 
+class TestAckAfterClose(EdgeCase):
+    def test_votes_from_clients_gone_before_the_ack_still_count(self):
+        # A slow group commit holds each vote waiting for the log while its
+        # client has already gone: the vote is durable and counted, and the
+        # late ack must not touch a freed connection (ASan would say).
+        t = self.start("log.group_commit_us=50000")
+        n = 30
+        for i in range(n):
+            s = socket.create_connection(("127.0.0.1", t.port))
+            s.sendall(b"POST /v1/polls/free/votes HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\n" + VOTE)
+            if i % 2:
+                s.shutdown(socket.SHUT_WR)  # half-closed: the answer still goes out
+                st, _, body, _ = read_response(s, b"")
+                self.assertEqual(st, 202, body)
+            s.close()  # the even ones go without reading: the 202 meets a closed socket
+        t.wait_counts({"free": {"p": n, "q": 0}})
+        self.assertEqual(t.request("GET", "/healthz")[0], 200)
+        t.stop()
+
+
 class TestDeadlines(EdgeCase):
     def test_slowloris_is_closed_at_the_header_deadline(self):
         t = self.start("server.header_timeout_ms=2000")

@@ -151,6 +151,10 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         log_warn("no [poll.ID] sections in %s", o.config_path);
     if (!(roles & ROLE_INGEST))
         pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* before any thread starts */
+    if ((roles & ROLE_INGEST) && ingest_check_config(c, err, sizeof err) != 0) {
+        rc = EXIT_USAGE;
+        goto out;
+    }
     if (roles & ROLE_INGEST) {
         in = ingest_new(c, (roles & ROLE_ENGINE) ? c->pub_dir : NULL, err, sizeof err);
         if (!in)

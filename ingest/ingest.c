@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -331,6 +332,14 @@ static int worker_init(ingest_t *in, worker_t *w, int id, char *errstr, size_t e
         return -1;
     }
     return 0;
+}
+
+int ingest_check_config(const tally_config_t *c, char *errstr, size_t esz) {
+    limits_cidr_t *v = NULL;
+    int n = 0;
+    int rc = limits_cidrs_parse(c->server_trusted_proxies, &v, &n, errstr, esz);
+    free(v);
+    return rc;
 }
 
 ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errstr, size_t esz) {

@@ -267,6 +267,17 @@ class TestFraming(EdgeCase):
         t.stop()
 
 
+class TestConfig(EdgeCase):
+    def test_bad_trusted_proxies_is_a_usage_error(self):
+        t = self.make()
+        for bad in ("10.0.0.0/33", "nothost", "::1/129"):
+            r = subprocess.run([TALLY_BIN, "run", "-c", t.config, "-s", f"server.trusted_proxies={bad}"],
+                               capture_output=True, text=True, timeout=60 * TIMEOUT_MULT)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("server.trusted_proxies", r.stderr)
+            self.assertIn(bad, r.stderr)
+
+
 class TestThreads(EdgeCase):
     def test_two_loops_count_exactly_under_concurrent_pipelined_clients(self):
         import threading

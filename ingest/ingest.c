@@ -28,6 +28,7 @@
 #define ACCEPT_RETRY_MS 100 /* after EMFILE/ENFILE or at the connection cap */
 #define WARN_INTERVAL_MS 10000
 #define SWEEP_MS 250
+#define CLIENT_SWEEP_MS 10000 /* forget idle clients of the limits table */
 
 /* ---- the log's answers ---- */
 
@@ -235,6 +236,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     ingest_t *in = arg;
     if (in->tick && in->tick(in->tick_arg))
         ingest_stop(in);
+    uint64_t now = mono_ms();
+    if (now - in->swept_ms >= CLIENT_SWEEP_MS) {
+        limits_sweep(in->clients, now);
+        in->swept_ms = now;
+    }
 }
 
 /* server.listen's "host:port" / "[v6]:port" into getaddrinfo's parts. */

@@ -66,6 +66,7 @@ struct ingest_s {
     void (*stats_fill)(void *arg, ingest_t *in, buf_t *buf);
     void *stats_arg;
     limits_table_t *clients;
+    uint64_t swept_ms;
     limits_cidr_t *trusted;
     int ntrusted;
     _Atomic long nconns;

@@ -265,6 +265,32 @@ int limits_take(limits_table_t *t, const uint8_t a[16], uint64_t now, int *retry
     return ok;
 }
 
+void limits_sweep(limits_table_t *t, uint64_t now) {
+    int64_t cap = (int64_t)t->burst * 1000;
+    for (size_t b = 0; b < NBUCKETS; b++) {
+        pthread_mutex_t *mu = &t->mu[b % NSTRIPES];
+        pthread_mutex_lock(mu);
+        for (entry_t **pp = &t->buckets[b]; *pp;) {
+            entry_t *e = *pp;
+            int full = t->rate <= 0 ||
+                       (now > e->refilled_ms &&
+                        e->tokens_milli + (int64_t)(now - e->refilled_ms) * t->rate >= cap);
+            if (e->conns == 0 && full) {
+                *pp = e->next;
+                free(e);
+                atomic_fetch_sub(&t->nentries, 1);
+            } else {
+                pp = &e->next;
+            }
+        }
+        pthread_mutex_unlock(mu);
+    }
+}
+
+long limits_entries(const limits_table_t *t) {
+    return atomic_load(&t->nentries);
+}
+
 void limits_table_free(limits_table_t *t) {
     if (!t)
         return;

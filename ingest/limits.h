@@ -40,6 +40,10 @@ void limits_conn_del(limits_table_t *t, const uint8_t a[16]);
 /* 1 when a request may proceed; 0 with *retry_after_s (>= 1) otherwise. */
 int limits_take(limits_table_t *t, const uint8_t a[16], uint64_t now_ms, int *retry_after_s);
 int limits_rate_on(const limits_table_t *t);
+/* Forgets clients that hold no connection and whose bucket has refilled.
+ * Run now and then (ingest: every 10 s). */
+void limits_sweep(limits_table_t *t, uint64_t now_ms);
+long limits_entries(const limits_table_t *t);
 void limits_table_free(limits_table_t *t);
 
 #endif

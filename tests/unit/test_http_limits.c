@@ -85,6 +85,11 @@ Test(http_limits, bucket_refills_at_the_rate) {
     cr_expect(!limits_take(t, a, now + 400, &retry), "0.8 tokens after 400 ms");
     cr_expect(limits_take(t, a, now + 500, &retry), "a token after 500 ms at 2/s");
     cr_expect(limits_take(t, a, now + 100000, &retry));
+    cr_expect_eq(limits_entries(t), 2);
+    limits_sweep(t, now + 100000);
+    cr_expect_eq(limits_entries(t), 1, "b refilled and was forgotten; a has not refilled yet");
+    limits_sweep(t, now + 200000);
+    cr_expect_eq(limits_entries(t), 0);
     limits_table_free(t);
 }
 

@@ -220,7 +220,16 @@ class TestFraming(EdgeCase):
         self.assertEqual(got, opts)
         st, _, body, rest = read_response(s, rest)
         self.assertEqual((st, json.loads(body)), (200, {"status": "ok"}))
-        t.wait_counts({"free": {"p": 2, "q": 3}})
+        # Far more than the connection's 4 KiB input buffer, all pipelined: its
+        # reading pauses while a vote waits for the log and resumes after.
+        many = 300
+        b = json.dumps({"option": "p", "voter": "v" * 200}).encode()
+        one = b"POST /v1/polls/free/votes HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b)
+        s.sendall(one * many)
+        for i in range(many):
+            st, _, body, rest = read_response(s, rest)
+            self.assertEqual(st, 202, (i, body))
+        t.wait_counts({"free": {"p": 2 + many, "q": 3}})
         t.stop()
 
     def test_http10_closes_unless_keep_alive(self):

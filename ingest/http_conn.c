@@ -246,6 +246,7 @@ void http_conn_reply_error(http_conn_t *c, int status, const char *code, const c
     char body[sizeof emsg + 96];
     http_json_escape(emsg, sizeof emsg, msg, strlen(msg));
     int n = snprintf(body, sizeof body, "{\"error\":\"%s\",\"message\":\"%s\"}", code, emsg);
+    tally_assert(n > 0 && (size_t)n < sizeof body); /* codes are short literals */
     http_conn_reply(c, status, "application/json", extra_headers, body, (size_t)n);
 }
 

@@ -517,6 +517,33 @@ class TestMemoryAndFiles(EdgeCase):
             s.close()
         t.stop()
 
+    def test_large_bodies_are_cut_at_the_limit_not_buffered(self):
+        # evhttp buffered up to 1 MiB of each body before the 4 KiB check.
+        t = self.start()
+        base = rss_kib(t.proc.pid)
+        chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+        socks, refused = [], 0
+        for i in range(200):
+            s = socket.create_connection(("127.0.0.1", t.port), timeout=5 * TIMEOUT_MULT)
+            self.addCleanup(s.close)
+            s.sendall(b"POST /v1/polls/free/votes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            try:
+                for _ in range(8):  # 512 KiB
+                    s.sendall(chunk)
+            except OSError:
+                pass  # closed on us after the 413: what we want
+            socks.append(s)
+        for s in socks:
+            try:
+                st, h, body, _ = read_response(s, b"")
+                refused += st == 413
+            except (OSError, EOFError):
+                pass
+        grown = rss_kib(t.proc.pid) - base
+        self.assertLess(grown, 32 * 1024 * (8 if SANITIZE else 1), f"200 large bodies took {grown} KiB")
+        self.assertGreater(refused, 150, "the oversized bodies were not refused with 413")
+        t.stop()
+
     def test_fifo_in_results_dir_does_not_block(self):
         t = self.start()
         os.makedirs(os.path.join(t.dir, "public"), exist_ok=True)

@@ -401,7 +401,7 @@ int bench_restart_main(int argc, char **argv) {
         snprintf(err, sizeof err, "%.900s: %s", ini, strerror(errno));
         goto out;
     }
-    c = config_load(ini, NULL, 0, err, sizeof err);
+    config_load(ini, NULL, 0, &c, err, sizeof err); /* c stays NULL on error */
     if (!c || config_set(c, "log", "dir", logdir, err, sizeof err) != 0 ||
         config_set(c, "log", "partitions", parts, err, sizeof err) != 0 ||
         config_set(c, "log", "group_commit_us", "0", err, sizeof err) != 0 ||

@@ -73,9 +73,8 @@ static int engine_failed_tick(void *arg) { return arg && engine_failed(arg); }
 
 /* GET /v1/stats: how far the engine is behind the log, and the counters.
  * Operators watch "lag"; tests wait for it to reach 0. */
-static void fill_stats(void *arg, ingest_t *in, void *out) {
+static void fill_stats(void *arg, ingest_t *in, buf_t *b) {
     run_ctx_t *rc = arg;
-    buf_t *b = out;
     int np = vlog_partitions(rc->log);
     uint64_t *ends = xcalloc((size_t)np, sizeof *ends);
     char err[256];
@@ -165,6 +164,10 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         log_warn("no [poll.ID] sections in %s", o.config_path);
     if (!(roles & ROLE_INGEST))
         pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* before any thread starts */
+    if ((roles & ROLE_INGEST) && ingest_check_config(c, err, sizeof err) != 0) {
+        rc = EXIT_USAGE;
+        goto out;
+    }
     if (roles & ROLE_INGEST) {
         in = ingest_new(c, (roles & ROLE_ENGINE) ? c->pub_dir : NULL, err, sizeof err);
         if (!in)

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "common/ids.h"
 #include "common/util.h"
@@ -42,6 +43,24 @@ static const key_def_t keys[] = {
      "HTTP event-loop threads sharing the listening socket"},
     {"server", "max_pending", T_INT, "100000", 1, 10000000, OFF(max_pending),
      "votes waiting for the log before new ones get 503"},
+    {"server", "max_header_bytes", T_INT, "8192", 1024, 1048576, OFF(server_max_header_bytes),
+     "request line and header block larger than this get 431"},
+    {"server", "header_timeout_ms", T_INT, "10000", 100, 3600000, OFF(server_header_timeout_ms),
+     "a request's whole header must arrive within this (a deadline, not inactivity)"},
+    {"server", "body_timeout_ms", T_INT, "10000", 100, 3600000, OFF(server_body_timeout_ms),
+     "a request's whole body must arrive within this of the header's end"},
+    {"server", "keepalive_timeout_ms", T_INT, "60000", 100, 86400000,
+     OFF(server_keepalive_timeout_ms), "an idle keep-alive connection is closed after this"},
+    {"server", "max_connections", T_INT, "10000", 1, 10000000, OFF(server_max_connections),
+     "open client connections; at the cap the listeners pause"},
+    {"server", "max_connections_per_ip", T_INT, "4096", 0, 10000000,
+     OFF(server_max_connections_per_ip), "open connections per client address (0: no cap)"},
+    {"server", "trusted_proxies", T_STR, "", 0, 0, OFF(server_trusted_proxies),
+     "CIDR list (IPv4/IPv6) of proxies whose X-Forwarded-For names the client"},
+    {"limits", "ip_rate", T_INT, "0", 0, 10000000, OFF(limits_ip_rate),
+     "votes per second per client address, then 429 (0: off)"},
+    {"limits", "ip_burst", T_INT, "100", 1, 10000000, OFF(limits_ip_burst),
+     "votes a client may send at once before limits.ip_rate applies"},
     {"log", "dir", T_STR, "run/log", 0, 0, OFF(log_dir),
      "directory of the embedded vote log (used when kafka.brokers is empty)"},
     {"log", "partitions", T_INT, "4", 1, 1024, OFF(log_partitions),
@@ -290,6 +309,9 @@ tally_config_t *config_new_defaults(void) {
 /* ---- polls ---- */
 
 static poll_conf_t *poll_add(tally_config_t *c, const char *id, size_t len) {
+    free(c->poll_index); /* rebuilt by validate() */
+    c->poll_index = NULL;
+    c->poll_index_cap = 0;
     c->polls = xrealloc(c->polls, sizeof *c->polls * (size_t)(c->npolls + 1));
     poll_conf_t *p = &c->polls[c->npolls++];
     memset(p, 0, sizeof *p);
@@ -721,9 +743,27 @@ static int on_ini(void *user, const char *section, const char *name, const char 
     return 1;
 }
 
+/* Votes look their poll up by id: a hash index (twice the polls, linear
+ * probing) instead of a scan, built once the polls are known. */
+static void poll_index_build(tally_config_t *c) {
+    free(c->poll_index);
+    size_t cap = 8;
+    while (cap < 2 * (size_t)c->npolls)
+        cap *= 2;
+    c->poll_index = xcalloc(cap, sizeof *c->poll_index);
+    c->poll_index_cap = cap;
+    for (int i = 0; i < c->npolls; i++) {
+        size_t h = XXH3_64bits(c->polls[i].id, strlen(c->polls[i].id)) & (cap - 1);
+        while (c->poll_index[h])
+            h = (h + 1) & (cap - 1);
+        c->poll_index[h] = i + 1;
+    }
+}
+
 /* Fills defaults and checks cross-key rules; where names the source. */
 static tally_err_t validate(tally_config_t *c, const parse_ctx_t *ctx, const char *where,
                             char *errstr, size_t esz) {
+    poll_index_build(c);
     for (int i = 0; i < c->npolls; i++) {
         poll_conf_t *p = &c->polls[i];
         if (p->noptions == 0) {
@@ -890,10 +930,22 @@ void config_free(tally_config_t *c) {
         options_free(c->polls[i].options, c->polls[i].noptions);
     }
     free(c->polls);
+    free(c->poll_index);
     free(c);
 }
 
+static int poll_is(const poll_conf_t *p, const char *id, size_t len) {
+    return strlen(p->id) == len && !memcmp(p->id, id, len);
+}
+
 const poll_conf_t *config_poll(const tally_config_t *c, const char *id, size_t len) {
+    if (c->poll_index) {
+        size_t m = c->poll_index_cap - 1;
+        for (size_t h = XXH3_64bits(id, len) & m; c->poll_index[h]; h = (h + 1) & m)
+            if (poll_is(&c->polls[c->poll_index[h] - 1], id, len))
+                return &c->polls[c->poll_index[h] - 1];
+        return NULL;
+    }
     for (int i = 0; i < c->npolls; i++)
         if (strlen(c->polls[i].id) == len && !memcmp(c->polls[i].id, id, len))
             return &c->polls[i];

@@ -44,6 +44,16 @@ typedef struct {
     char *listen;              /* host:port */
     int server_threads;
     int max_pending;           /* 503 above this many unacknowledged appends */
+    int server_max_header_bytes;
+    int server_header_timeout_ms;  /* the whole header, from its first byte */
+    int server_body_timeout_ms;    /* the whole body, from the header's end */
+    int server_keepalive_timeout_ms;
+    int server_max_connections;
+    int server_max_connections_per_ip; /* 0: no cap */
+    char *server_trusted_proxies;  /* CIDR list whose X-Forwarded-For is believed */
+    /* [limits] */
+    int limits_ip_rate;            /* votes per second per client; 0: off */
+    int limits_ip_burst;
     /* [log] */
     char *log_dir;
     int log_partitions;
@@ -65,6 +75,8 @@ typedef struct {
     /* [poll.ID] */
     poll_conf_t *polls;
     int npolls;
+    int *poll_index; /* open-addressing hash of polls (index+1; 0 empty) */
+    size_t poll_index_cap;
 } tally_config_t;
 
 /* Loads path, then applies overrides ("section.key=value"), then validates.

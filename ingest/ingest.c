@@ -1,138 +1,45 @@
+/* ingest's setup and lifecycle: one event loop per server.threads, each with
+ * its own SO_REUSEPORT listener; accepting (with the connection caps and a
+ * pause, not a spin, at EMFILE); the done queue that brings the log's acks
+ * back to the connection's loop; signals and the drain. The HTTP layer is
+ * http_conn.c, the handlers routes.c. */
 #include "ingest/ingest.h"
 
 #include <errno.h>
-#include <event2/buffer.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <event2/thread.h>
 #include <event2/util.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "common/ids.h"
-#include "common/json.h"
 #include "common/util.h"
-#include "ingest/vote.h"
-#include "log/record.h"
+#include "ingest/ingest_int.h"
 
-#define MAX_BODY 4096
-#define HTTP_BODY_LIMIT (1 << 20) /* past this libevent answers 413 itself */
 #define DRAIN_TIMEOUT_MS 15000
-
-typedef struct worker_s worker_t;
-
-/* A vote waiting for the log. Owned by the worker from creation to reply. */
-typedef struct pending_s {
-    struct evhttp_request *req;
-    worker_t *w;
-    vlog_err_t err;
-    struct pending_s *next;
-    char poll[ID_MAX_LEN + 1];
-    char option[ID_MAX_LEN + 1];
-} pending_t;
-
-struct worker_s {
-    ingest_t *in;
-    int id;
-    pthread_t thread;
-    struct event_base *base;
-    struct evhttp *http;
-    struct evhttp_bound_socket *bound;
-    struct event *done_ev;  /* the log answered: reply */
-    struct event *stop_ev;  /* stop accepting, drain */
-    uint64_t spread;        /* spreads voter-less votes over partitions */
-    size_t inflight;        /* loop thread only */
-    int draining;
-    uint64_t drain_started;
-    pthread_mutex_t mu;     /* guards done */
-    pending_t *done;
-};
-
-struct ingest_s {
-    const tally_config_t *conf;
-    vlog_t *log;
-    char *static_dir;
-    int listen_fd;
-    int port;
-    int nworkers;
-    worker_t *workers;
-    struct event *sig_int, *sig_term, *tick_ev;
-    int (*tick)(void *arg);
-    void *tick_arg;
-    void (*stats_fill)(void *arg, ingest_t *in, void *buf);
-    void *stats_arg;
-    _Atomic uint64_t accepted, rejected, unavailable;
-};
-
-/* ---- replies ---- */
-
-static void reply_json(struct evhttp_request *req, int status, const char *reason,
-                       const char *body) {
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add(b, body, strlen(body));
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    evhttp_send_reply(req, status, reason, b);
-    evbuffer_free(b);
-}
-
-static const char *reason_of(int status) {
-    switch (status) {
-    case 200: return "OK";
-    case 202: return "Accepted";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 413: return "Payload Too Large";
-    case 422: return "Unprocessable Entity";
-    case 503: return "Service Unavailable";
-    default: return "Error";
-    }
-}
-
-void ingest_reply_error(struct evhttp_request *req, int status, const char *code,
-                        const char *msg) {
-    buf_t b = {0};
-    json_put_error(&b, code, msg);
-    reply_json(req, status, reason_of(status), b.data);
-    buf_free(&b);
-}
-
-static void reply_unavailable(worker_t *w, struct evhttp_request *req, const char *why) {
-    atomic_fetch_add(&w->in->unavailable, 1);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
-    ingest_reply_error(req, 503, "log_unavailable", why);
-}
-
-static void reject(worker_t *w, struct evhttp_request *req, int status, const char *code,
-                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static void reject(worker_t *w, struct evhttp_request *req, int status, const char *code,
-                   const char *fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    atomic_fetch_add(&w->in->rejected, 1);
-    ingest_reply_error(req, status, code, msg);
-}
+#define ACCEPT_BATCH 64
+#define ACCEPT_RETRY_MS 100 /* after EMFILE/ENFILE or at the connection cap */
+#define WARN_INTERVAL_MS 10000
+#define SWEEP_MS 250
+#define CLIENT_SWEEP_MS 10000 /* forget idle clients of the limits table */
 
 /* ---- the log's answers ---- */
 
 void ingest_ack(void *opaque, vlog_err_t err) {
-    pending_t *pd = opaque;
-    worker_t *w = pd->w;
-    pd->err = err;
+    conn_ctx_t *x = opaque;
+    worker_t *w = x->w;
+    x->err = err;
     pthread_mutex_lock(&w->mu);
     int was_empty = w->done == NULL;
-    pd->next = w->done;
-    w->done = pd;
+    x->next_done = w->done;
+    w->done = x;
     pthread_mutex_unlock(&w->mu);
     if (was_empty)
         event_active(w->done_ev, EV_READ, 0);
@@ -148,144 +55,131 @@ static void on_done(evutil_socket_t fd, short what, void *arg) {
     (void)what;
     worker_t *w = arg;
     pthread_mutex_lock(&w->mu);
-    pending_t *list = w->done;
+    conn_ctx_t *list = w->done;
     w->done = NULL;
     pthread_mutex_unlock(&w->mu);
     /* The list is newest first; answer in arrival order. */
-    pending_t *rev = NULL;
+    conn_ctx_t *rev = NULL;
     while (list) {
-        pending_t *n = list->next;
-        list->next = rev;
+        conn_ctx_t *n = list->next_done;
+        list->next_done = rev;
         rev = list;
         list = n;
     }
-    char body[256];
     while (rev) {
-        pending_t *pd = rev;
-        rev = rev->next;
-        if (pd->err == VLOG_OK) {
-            atomic_fetch_add(&w->in->accepted, 1);
-            snprintf(body, sizeof body, "{\"status\":\"accepted\",\"poll\":\"%s\",\"option\":\"%s\"}",
-                     pd->poll, pd->option);
-            reply_json(pd->req, 202, "Accepted", body);
-        } else {
-            reply_unavailable(w, pd->req, vlog_err2str(pd->err));
-        }
-        free(pd);
-        w->inflight--;
+        conn_ctx_t *x = rev;
+        rev = rev->next_done;
+        routes_answer_vote(x); /* may close x's connection and free x */
     }
     maybe_exit(w);
 }
 
-/* ---- votes ---- */
+/* ---- accepting ---- */
 
-static void handle_vote(worker_t *w, struct evhttp_request *req, const char *poll_id,
-                        size_t poll_len) {
-    const tally_config_t *c = w->in->conf;
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
-        reject(w, req, 405, "method_not_allowed", "use POST to cast a vote");
+static void warn_limited(worker_t *w, const char *fmt, const char *what) {
+    uint64_t now = mono_ms();
+    if (w->warned_ms && now - w->warned_ms < WARN_INTERVAL_MS) {
+        w->warn_suppressed++;
         return;
     }
-    const poll_conf_t *poll = config_poll(c, poll_id, poll_len);
-    if (!poll) {
-        reject(w, req, 404, "unknown_poll", "no poll '%.*s'", (int)(poll_len > 64 ? 64 : poll_len),
-               poll_id);
-        return;
-    }
-    if (w->draining) {
-        reply_unavailable(w, req, "server is shutting down");
-        return;
-    }
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(in);
-    if (len > MAX_BODY) {
-        reject(w, req, 413, "body_too_large", "the body is %zu bytes; the limit is %d", len,
-               MAX_BODY);
-        return;
-    }
-    char body[MAX_BODY];
-    evbuffer_copyout(in, body, len);
-    vote_record_t v;
-    vote_error_t verr;
-    char voter[VOTE_SCRATCH_MIN];
-    if (vote_parse(poll, body, len, now_ms(), &v, voter, sizeof voter, &verr) != 0) {
-        reject(w, req, verr.status, verr.code, "%s", verr.message);
-        return;
-    }
-    uint8_t rec[RECORD_MAX_LEN];
-    size_t rlen = record_encode(&v, rec);
-    tally_assert(rlen > 0); /* every field was validated above */
-    int partition = record_partition(&v, vlog_partitions(w->in->log), w->spread++);
-    pending_t *pd = xmalloc(sizeof *pd);
-    pd->req = req;
-    pd->w = w;
-    pd->next = NULL;
-    snprintf(pd->poll, sizeof pd->poll, "%s", poll->id);
-    snprintf(pd->option, sizeof pd->option, "%.*s", (int)v.option_len, v.option);
-    w->inflight++;
-    vlog_err_t err = vlog_append(w->in->log, partition, rec, rlen, pd);
-    if (err != VLOG_OK) {
-        w->inflight--;
-        free(pd);
-        reply_unavailable(w, req, err == VLOG_FULL ? "too many votes in flight, retry shortly"
-                                                   : vlog_err2str(err));
-    }
+    log_warn(fmt, w->id, what, (unsigned long long)w->warn_suppressed);
+    w->warned_ms = now;
+    w->warn_suppressed = 0;
 }
 
-static void on_request(struct evhttp_request *req, void *arg) {
+static void accept_pause(worker_t *w) {
+    if (w->accept_paused)
+        return;
+    w->accept_paused = 1;
+    event_del(w->accept_ev);
+    struct timeval tv = {0, ACCEPT_RETRY_MS * 1000};
+    event_add(w->resume_ev, &tv);
+}
+
+static void accept_resume(worker_t *w) {
+    if (!w->accept_paused || w->draining || w->listen_fd < 0)
+        return;
+    w->accept_paused = 0;
+    event_del(w->resume_ev);
+    event_add(w->accept_ev, NULL);
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    accept_resume(arg);
+}
+
+static void on_conn_close(void *arg, http_conn_t *c) {
     worker_t *w = arg;
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-    if (!path || !*path)
-        path = "/";
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    static const char prefix[] = "/v1/polls/", suffix[] = "/votes";
-    size_t plen = strlen(path);
-    if (!strncmp(path, prefix, sizeof prefix - 1) && plen > sizeof prefix - 1 + sizeof suffix - 1 &&
-        !strcmp(path + plen - (sizeof suffix - 1), suffix)) {
-        const char *id = path + sizeof prefix - 1;
-        size_t idlen = plen - (sizeof prefix - 1) - (sizeof suffix - 1);
-        if (memchr(id, '/', idlen) == NULL) {
-            handle_vote(w, req, id, idlen);
+    conn_ctx_t *x = http_conn_owner(c);
+    limits_conn_del(w->in->clients, x->ip);
+    free(x);
+    atomic_fetch_sub(&w->in->nconns, 1);
+    /* A slot is free: a listener paused at the cap may go on. */
+    accept_resume(w);
+}
+
+/* A best-effort answer on a socket we will not keep. */
+static void refuse(int fd, int status, const char *code, const char *msg) {
+    char body[256], resp[512];
+    int bl = snprintf(body, sizeof body, "{\"error\":\"%s\",\"message\":\"%s\"}", code, msg);
+    int n = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: "
+                     "%d\r\nConnection: close\r\nRetry-After: 1\r\n\r\n%s",
+                     status, http_reason(status), bl, body);
+    ssize_t rc = send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)rc;
+    close(fd);
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg) {
+    (void)what;
+    worker_t *w = arg;
+    ingest_t *in = w->in;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        if (atomic_load(&in->nconns) >= in->conf->server_max_connections) {
+            warn_limited(w, "ingest[%d]: %s; not accepting for now (%llu warnings suppressed)",
+                         "server.max_connections reached");
+            accept_pause(w);
             return;
         }
-    }
-    if (!strcmp(path, "/healthz")) {
-        if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
-            reject(w, req, 405, "method_not_allowed", "use GET");
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED)
+                return;
+            /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays
+             * queued; retry on a timer instead of spinning on it. */
+            warn_limited(w, "ingest[%d]: accept: %s; pausing (%llu warnings suppressed)",
+                         strerror(errno));
+            accept_pause(w);
             return;
         }
-        char why[512];
-        if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK)
-            ingest_reply_error(req, 503, "log_unavailable", why);
-        else
-            reply_json(req, 200, "OK", "{\"status\":\"ok\"}");
-        return;
-    }
-    if (!strcmp(path, "/v1/stats") && w->in->stats_fill) {
-        if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
-            reject(w, req, 405, "method_not_allowed", "use GET");
-            return;
+        conn_ctx_t *x = xcalloc(1, sizeof *x);
+        x->w = w;
+        if (limits_addr_from_sockaddr((struct sockaddr *)&ss, x->ip) != 0 ||
+            limits_conn_add(in->clients, x->ip) != 0) {
+            free(x);
+            refuse(fd, 429, "too_many_connections",
+                   "this client holds server.max_connections_per_ip connections");
+            continue;
         }
-        buf_t b = {0};
-        w->in->stats_fill(w->in->stats_arg, w->in, &b);
-        reply_json(req, 200, "OK", b.data ? b.data : "{}");
-        buf_free(&b);
-        return;
-    }
-    if (w->in->static_dir) {
-        if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
-            reject(w, req, 405, "method_not_allowed", "the results are read-only");
-            return;
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        atomic_fetch_add(&in->nconns, 1);
+        http_conn_t *c =
+            http_conn_open(w->base, &w->conns, fd, (struct sockaddr *)&ss, sl, &w->conn_cfg);
+        if (!c) {
+            limits_conn_del(in->clients, x->ip);
+            atomic_fetch_sub(&in->nconns, 1);
+            free(x);
+            continue;
         }
-        static_serve(req, w->in->static_dir, path);
-        return;
+        x->conn = c;
+        http_conn_set_owner(c, x);
     }
-    reject(w, req, 404, "not_found", "no such resource");
 }
 
 /* ---- lifecycle ---- */
@@ -295,10 +189,13 @@ static void begin_drain(worker_t *w) {
         return;
     w->draining = 1;
     w->drain_started = mono_ms();
-    if (w->bound) {
-        evhttp_del_accept_socket(w->http, w->bound);
-        w->bound = NULL;
+    event_del(w->accept_ev);
+    event_del(w->resume_ev);
+    if (w->listen_fd >= 0) {
+        close(w->listen_fd);
+        w->listen_fd = -1;
     }
+    http_conns_close_idle(&w->conns);
     maybe_exit(w);
 }
 
@@ -320,32 +217,45 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     ingest_stop(arg);
 }
 
+static void on_sweep(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    worker_t *w = arg;
+    http_conns_sweep(&w->conns, mono_ms());
+    /* A log that never answers must not hold shutdown forever. */
+    if (w->draining && mono_ms() - w->drain_started > DRAIN_TIMEOUT_MS) {
+        log_error("ingest[%d]: %zu votes still unanswered after %d ms; exiting", w->id, w->inflight,
+                  DRAIN_TIMEOUT_MS);
+        event_base_loopexit(w->base, NULL);
+    }
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     ingest_t *in = arg;
     if (in->tick && in->tick(in->tick_arg))
         ingest_stop(in);
-    for (int i = 0; i < in->nworkers; i++) {
-        worker_t *w = &in->workers[i];
-        /* A log that never answers must not hold shutdown forever. */
-        if (w->draining && mono_ms() - w->drain_started > DRAIN_TIMEOUT_MS) {
-            log_error("ingest: %zu votes still unanswered after %d ms; exiting", w->inflight,
-                      DRAIN_TIMEOUT_MS);
-            event_base_loopexit(w->base, NULL);
-        }
+    uint64_t now = mono_ms();
+    if (now - in->swept_ms >= CLIENT_SWEEP_MS) {
+        limits_sweep(in->clients, now);
+        in->swept_ms = now;
     }
 }
 
-static int bind_listen(const char *hostport, int *port_out, char *errstr, size_t esz) {
-    char host[CONFIG_LISTEN_HOST_MAX], port[8];
-    char why[512];
+/* One listener on hostport, SO_REUSEPORT when several threads each bind one
+ * (a lone thread leaves it off, so a second server on the port fails to bind
+ * rather than sharing it). Port 0 picks one, which *port_io then holds for
+ * the next threads' listeners. */
+static int bind_listen(const char *hostport, int reuseport, int *port_io, char *errstr,
+                       size_t esz) {
+    char host[CONFIG_LISTEN_HOST_MAX], port[16], why[512];
     int portnum;
     if (config_parse_listen(hostport, host, sizeof host, &portnum, why, sizeof why) != TALLY_OK) {
         snprintf(errstr, esz, "server.listen: %s", why);
         return -1;
     }
-    snprintf(port, sizeof port, "%d", portnum);
+    snprintf(port, sizeof port, "%d", *port_io > 0 ? *port_io : portnum);
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -355,11 +265,11 @@ static int bind_listen(const char *hostport, int *port_out, char *errstr, size_t
         snprintf(errstr, esz, "server.listen %s: %s", hostport, gai_strerror(rc));
         return -1;
     }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0 ||
-        evutil_make_socket_nonblocking(fd) != 0) {
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
         snprintf(errstr, esz, "server.listen %s: %s", hostport, strerror(errno));
         if (fd >= 0)
             close(fd);
@@ -370,55 +280,77 @@ static int bind_listen(const char *hostport, int *port_out, char *errstr, size_t
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     getsockname(fd, (struct sockaddr *)&ss, &sl);
-    *port_out = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                               : ((struct sockaddr_in *)&ss)->sin_port);
+    *port_io = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port);
     return fd;
+}
+
+static int worker_init(ingest_t *in, worker_t *w, int id, char *errstr, size_t esz) {
+    const tally_config_t *c = in->conf;
+    w->in = in;
+    w->id = id;
+    w->listen_fd = -1;
+    pthread_mutex_init(&w->mu, NULL);
+    w->conn_cfg = (http_conn_cfg_t){
+        .max_header_bytes = c->server_max_header_bytes,
+        .header_timeout_ms = c->server_header_timeout_ms,
+        .body_timeout_ms = c->server_body_timeout_ms,
+        .keepalive_timeout_ms = c->server_keepalive_timeout_ms,
+        .handler = routes_handle,
+        .on_close = on_conn_close,
+        .arg = w,
+    };
+    w->base = event_base_new();
+    if (!w->base) {
+        snprintf(errstr, esz, "ingest: cannot set up event loop %d", id);
+        return -1;
+    }
+    w->listen_fd = bind_listen(c->listen, c->server_threads > 1, &in->port, errstr, esz);
+    if (w->listen_fd < 0)
+        return -1;
+    w->accept_ev = event_new(w->base, w->listen_fd, EV_READ | EV_PERSIST, on_accept, w);
+    w->resume_ev = evtimer_new(w->base, on_resume, w);
+    w->done_ev = event_new(w->base, -1, 0, on_done, w);
+    w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
+    w->sweep_ev = event_new(w->base, -1, EV_PERSIST, on_sweep, w);
+    struct timeval sweep = {0, SWEEP_MS * 1000};
+    if (!w->accept_ev || !w->resume_ev || !w->done_ev || !w->stop_ev || !w->sweep_ev ||
+        event_add(w->accept_ev, NULL) != 0 || event_add(w->sweep_ev, &sweep) != 0) {
+        snprintf(errstr, esz, "ingest: cannot set up event loop %d", id);
+        return -1;
+    }
+    return 0;
+}
+
+int ingest_check_config(const tally_config_t *c, char *errstr, size_t esz) {
+    limits_cidr_t *v = NULL;
+    int n = 0;
+    int rc = limits_cidrs_parse(c->server_trusted_proxies, &v, &n, errstr, esz);
+    free(v);
+    return rc;
 }
 
 ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errstr, size_t esz) {
     static int threads_ready;
     if (!threads_ready) {
-        evthread_use_pthreads(); /* event_active() from the log's thread */
+        evthread_use_pthreads();  /* event_active() from the log's thread */
+        signal(SIGPIPE, SIG_IGN); /* sendfile() to a closed peer */
         threads_ready = 1;
     }
     ingest_t *in = xcalloc(1, sizeof *in);
     in->conf = c;
     in->static_dir = static_dir ? xstrdup(static_dir) : NULL;
-    in->listen_fd = bind_listen(c->listen, &in->port, errstr, esz);
-    if (in->listen_fd < 0) {
+    if (limits_cidrs_parse(c->server_trusted_proxies, &in->trusted, &in->ntrusted, errstr, esz) !=
+        0) {
         ingest_free(in);
         return NULL;
     }
+    in->clients =
+        limits_table_new(c->server_max_connections_per_ip, c->limits_ip_rate, c->limits_ip_burst);
     in->nworkers = c->server_threads;
     in->workers = xcalloc((size_t)in->nworkers, sizeof *in->workers);
     for (int i = 0; i < in->nworkers; i++) {
-        worker_t *w = &in->workers[i];
-        w->in = in;
-        w->id = i;
-        pthread_mutex_init(&w->mu, NULL);
-        /* The changelist folds a connection's add/del of read and write
-         * interest into one epoll_ctl per loop turn. */
-        struct event_config *ec = event_config_new();
-        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-        w->base = event_base_new_with_config(ec);
-        event_config_free(ec);
-        w->http = evhttp_new(w->base);
-        evhttp_set_gencb(w->http, on_request, w);
-        evhttp_set_max_body_size(w->http, HTTP_BODY_LIMIT);
-        evhttp_set_max_headers_size(w->http, 16384);
-        evhttp_set_timeout(w->http, 60);
-        /* Let every method reach on_request so that 405 is JSON too. */
-        evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                                EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-                                                EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
-        /* Each loop accepts on its own dup of the socket, so that one loop
-         * closing its listener leaves the others listening. */
-        int fd = dup(in->listen_fd);
-        w->bound = fd >= 0 ? evhttp_accept_socket_with_handle(w->http, fd) : NULL;
-        w->done_ev = event_new(w->base, -1, 0, on_done, w);
-        w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
-        if (!w->base || !w->http || !w->bound || !w->done_ev || !w->stop_ev) {
-            snprintf(errstr, esz, "ingest: cannot set up event loop %d", i);
+        if (worker_init(in, &in->workers[i], i, errstr, esz) != 0) {
             ingest_free(in);
             return NULL;
         }
@@ -434,19 +366,23 @@ ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errs
     return in;
 }
 
-void ingest_set_log(ingest_t *in, vlog_t *log) { in->log = log; }
+void ingest_set_log(ingest_t *in, vlog_t *log) {
+    in->log = log;
+}
 
 void ingest_set_tick(ingest_t *in, int (*tick)(void *), void *arg) {
     in->tick = tick;
     in->tick_arg = arg;
 }
 
-void ingest_set_stats(ingest_t *in, void (*fill)(void *, ingest_t *, void *), void *arg) {
+void ingest_set_stats(ingest_t *in, void (*fill)(void *, ingest_t *, buf_t *), void *arg) {
     in->stats_fill = fill;
     in->stats_arg = arg;
 }
 
-int ingest_port(const ingest_t *in) { return in->port; }
+int ingest_port(const ingest_t *in) {
+    return in->port;
+}
 
 static void *worker_main(void *arg) {
     worker_t *w = arg;
@@ -476,21 +412,24 @@ void ingest_free(ingest_t *in) {
         event_free(in->sig_term);
     if (in->tick_ev)
         event_free(in->tick_ev);
-    for (int i = 0; i < in->nworkers; i++) {
+    for (int i = 0; in->workers && i < in->nworkers; i++) {
         worker_t *w = &in->workers[i];
-        if (w->done_ev)
-            event_free(w->done_ev);
-        if (w->stop_ev)
-            event_free(w->stop_ev);
-        if (w->http)
-            evhttp_free(w->http);
+        if (!w->in)
+            continue;
+        http_conns_free(&w->conns);
+        struct event *evs[] = {w->accept_ev, w->resume_ev, w->done_ev, w->stop_ev, w->sweep_ev};
+        for (size_t k = 0; k < sizeof evs / sizeof evs[0]; k++)
+            if (evs[k])
+                event_free(evs[k]);
+        if (w->listen_fd >= 0)
+            close(w->listen_fd);
         if (w->base)
             event_base_free(w->base);
         pthread_mutex_destroy(&w->mu);
     }
     free(in->workers);
-    if (in->listen_fd >= 0)
-        close(in->listen_fd);
+    limits_table_free(in->clients);
+    free(in->trusted);
     free(in->static_dir);
     free(in);
 }

@@ -6,8 +6,9 @@
  *   GET  /v1/stats   log ends, engine positions, counters       -> 200
  *   GET  /, /polls/ID.html, ...   publisher.dir, read-only (tally run)
  *
- * Errors are JSON {"error":code,"message":text}. server.threads event loops
- * share one listening socket. */
+ * Errors are JSON {"error":code,"message":text}. server.threads event loops,
+ * each with its own SO_REUSEPORT listener and its own connections (see
+ * http_conn.h for the HTTP layer, routes.c for the handlers). */
 #ifndef TALLY_INGEST_H
 #define TALLY_INGEST_H
 
@@ -15,18 +16,21 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/util.h"
+#include "ingest/http_conn.h"
 #include "log/vlog.h"
-
-struct evhttp_request;
 
 typedef struct ingest_s ingest_t;
 
+/* Checks the keys only ingest understands (server.trusted_proxies): 0, or
+ * -1 with errstr naming the key (a usage error). */
+int ingest_check_config(const tally_config_t *c, char *errstr, size_t esz);
 /* Binds server.listen. static_dir (may be NULL) is served read-only. */
 ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errstr, size_t esz);
 /* The log to append to; its ack callback must be ingest_ack. */
 void ingest_set_log(ingest_t *in, vlog_t *log);
 /* GET /v1/stats answers with what fill writes (a JSON object). */
-void ingest_set_stats(ingest_t *in, void (*fill)(void *arg, ingest_t *in, void *buf), void *arg);
+void ingest_set_stats(ingest_t *in, void (*fill)(void *arg, ingest_t *in, buf_t *buf), void *arg);
 /* Called every 200 ms on the main loop; a non-zero return stops the server
  * (used to stop when the engine fails). */
 void ingest_set_tick(ingest_t *in, int (*tick)(void *arg), void *arg);
@@ -48,11 +52,11 @@ typedef struct {
 } ingest_stats_t;
 ingest_stats_t ingest_stats(const ingest_t *in);
 
-/* static.c: serves root/path for GET/HEAD, refusing anything outside root.
+/* static.c: serves root/path (path as in the request, percent-encoded) for
+ * GET/HEAD, refusing anything outside root and anything but a regular file.
  * Returns the HTTP status sent. */
-int static_serve(struct evhttp_request *req, const char *root, const char *path);
-/* Sends {"error":code,"message":msg} with status. */
-void ingest_reply_error(struct evhttp_request *req, int status, const char *code,
-                        const char *msg);
+int static_serve(http_conn_t *c, const char *root, const char *path, size_t path_len);
+/* Sends {"error":code,"message":msg} with status (msg is escaped). */
+void ingest_reply_error(http_conn_t *c, int status, const char *code, const char *msg);
 
 #endif

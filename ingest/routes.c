@@ -1,0 +1,215 @@
+/* The route table and its handlers. A handler answers through http_conn;
+ * a vote's answer waits for the log (http_conn_defer, then
+ * routes_answer_vote from the worker's done queue). */
+#include <http_parser.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "ingest/ingest_int.h"
+#include "ingest/vote.h"
+#include "log/record.h"
+
+#define M(m) (1u << (m))
+
+/* ---- replies ---- */
+
+void ingest_reply_error(http_conn_t *c, int status, const char *code, const char *msg) {
+    http_conn_reply_error(c, status, code, msg, NULL);
+}
+
+static void reply_unavailable(worker_t *w, http_conn_t *c, const char *why) {
+    atomic_fetch_add(&w->in->unavailable, 1);
+    http_conn_reply_error(c, 503, "log_unavailable", why, "Retry-After: 1\r\n");
+}
+
+static void reject(worker_t *w, http_conn_t *c, int status, const char *code,
+                   const char *extra_headers, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+static void reject(worker_t *w, http_conn_t *c, int status, const char *code,
+                   const char *extra_headers, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    atomic_fetch_add(&w->in->rejected, 1);
+    http_conn_reply_error(c, status, code, msg, extra_headers);
+}
+
+/* ---- votes ---- */
+
+static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const char *poll_id,
+                        size_t poll_len) {
+    ingest_t *in = w->in;
+    conn_ctx_t *x = http_conn_owner(c);
+    const poll_conf_t *poll = config_poll(in->conf, poll_id, poll_len);
+    if (!poll) {
+        reject(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'",
+               (int)(poll_len > ID_MAX_LEN ? ID_MAX_LEN : poll_len), poll_id);
+        return;
+    }
+    if (w->draining) {
+        reply_unavailable(w, c, "server is shutting down");
+        return;
+    }
+    if (limits_rate_on(in->clients)) {
+        uint8_t client[16];
+        int retry = 1;
+        limits_client_addr(in->trusted, in->ntrusted, x->ip, r->xff, r->xff_len, client);
+        if (!limits_take(in->clients, client, mono_ms(), &retry)) {
+            char hdr[48];
+            snprintf(hdr, sizeof hdr, "Retry-After: %d\r\n", retry);
+            reject(w, c, 429, "rate_limited", hdr, "too many votes from this client");
+            return;
+        }
+    }
+    vote_record_t v;
+    char voter[VOTE_SCRATCH_MIN];
+    vote_error_t e;
+    if (vote_parse(poll, r->body, r->body_len, now_ms(), &v, voter, sizeof voter, &e) != 0) {
+        reject(w, c, e.status, e.code, NULL, "%s", e.message);
+        return;
+    }
+    uint8_t rec[RECORD_MAX_LEN];
+    size_t rlen = record_encode(&v, rec);
+    tally_assert(rlen > 0); /* every field was validated */
+    int partition = record_partition(&v, vlog_partitions(in->log), w->spread++);
+    memcpy(x->poll, v.poll, v.poll_len + 1);
+    memcpy(x->option, v.option, v.option_len + 1);
+    /* The ack comes back through this loop's done queue, so deferring after
+     * the append is safe. */
+    vlog_err_t err = vlog_append(in->log, partition, rec, rlen, x);
+    if (err != VLOG_OK) {
+        reply_unavailable(
+            w, c, err == VLOG_FULL ? "too many votes in flight, retry shortly" : vlog_err2str(err));
+        return;
+    }
+    w->inflight++;
+    http_conn_defer(c);
+}
+
+void routes_answer_vote(conn_ctx_t *x) {
+    worker_t *w = x->w;
+    w->inflight--;
+    if (x->err != VLOG_OK) {
+        reply_unavailable(w, x->conn, vlog_err2str(x->err));
+        return;
+    }
+    atomic_fetch_add(&w->in->accepted, 1);
+    char body[64 + 2 * ID_MAX_LEN];
+    size_t pl = strlen(x->poll), ol = strlen(x->option), n = 0;
+    /* Ids are [A-Za-z0-9_-]: nothing to escape. */
+    memcpy(body, "{\"status\":\"accepted\",\"poll\":\"", 29);
+    n = 29;
+    memcpy(body + n, x->poll, pl);
+    n += pl;
+    memcpy(body + n, "\",\"option\":\"", 12);
+    n += 12;
+    memcpy(body + n, x->option, ol);
+    n += ol;
+    memcpy(body + n, "\"}", 2);
+    n += 2;
+    http_conn_reply(x->conn, 202, "application/json", NULL, body, n);
+}
+
+/* ---- the other routes ---- */
+
+/* Liveness, and whether the log takes votes: 503 with the reason while it
+ * refuses them (a vanished or failing file log, an unreachable cluster). */
+static void handle_healthz(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
+                           size_t alen) {
+    (void)r, (void)arg, (void)alen;
+    static const char ok[] = "{\"status\":\"ok\"}";
+    char why[512];
+    if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK)
+        http_conn_reply_error(c, 503, "log_unavailable", why, "Retry-After: 1\r\n");
+    else
+        http_conn_reply(c, 200, "application/json", NULL, ok, sizeof ok - 1);
+}
+
+static void handle_stats(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
+                         size_t alen) {
+    (void)r, (void)arg, (void)alen;
+    buf_t b = {0};
+    w->in->stats_fill(w->in->stats_arg, w->in, &b);
+    http_conn_reply(c, 200, "application/json", NULL, b.data ? b.data : "{}", b.data ? b.len : 2);
+    buf_free(&b);
+}
+
+static void handle_static(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
+                          size_t alen) {
+    (void)arg, (void)alen;
+    static_serve(c, w->in->static_dir, r->path, r->path_len);
+}
+
+static void handle_vote_route(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
+                              size_t alen) {
+    handle_vote(w, c, r, arg, alen);
+}
+
+/* ---- the table ---- */
+
+static int match_vote(const ingest_t *in, const char *p, size_t n, const char **arg, size_t *alen) {
+    (void)in;
+    static const char prefix[] = "/v1/polls/", suffix[] = "/votes";
+    const size_t pl = sizeof prefix - 1, sl = sizeof suffix - 1;
+    if (n <= pl + sl || memcmp(p, prefix, pl) != 0 || memcmp(p + n - sl, suffix, sl) != 0)
+        return 0;
+    *arg = p + pl;
+    *alen = n - pl - sl;
+    return memchr(*arg, '/', *alen) == NULL;
+}
+
+static int match_healthz(const ingest_t *in, const char *p, size_t n, const char **arg,
+                         size_t *alen) {
+    (void)in, (void)arg, (void)alen;
+    return n == 8 && !memcmp(p, "/healthz", 8);
+}
+
+static int match_stats(const ingest_t *in, const char *p, size_t n, const char **arg,
+                       size_t *alen) {
+    (void)arg, (void)alen;
+    return in->stats_fill && n == 9 && !memcmp(p, "/v1/stats", 9);
+}
+
+static int match_static(const ingest_t *in, const char *p, size_t n, const char **arg,
+                        size_t *alen) {
+    (void)p, (void)n, (void)arg, (void)alen;
+    return in->static_dir != NULL;
+}
+
+typedef struct {
+    int (*match)(const ingest_t *in, const char *path, size_t len, const char **arg, size_t *alen);
+    unsigned methods;
+    const char *allow; /* the Allow header of a 405 */
+    const char *wrong_method;
+    void (*handle)(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg, size_t alen);
+} route_t;
+
+/* First match wins. */
+static const route_t routes[] = {
+    {match_vote, M(HTTP_POST), "Allow: POST\r\n", "use POST to cast a vote", handle_vote_route},
+    {match_healthz, M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n", "use GET", handle_healthz},
+    {match_stats, M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n", "use GET", handle_stats},
+    {match_static, M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n", "the results are read-only",
+     handle_static},
+};
+
+void routes_handle(void *arg, http_conn_t *c, const http_req_t *r) {
+    worker_t *w = arg;
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        const char *a = NULL;
+        size_t alen = 0;
+        if (!routes[i].match(w->in, r->path, r->path_len, &a, &alen))
+            continue;
+        if (r->method > 31 || !(routes[i].methods & M(r->method))) {
+            reject(w, c, 405, "method_not_allowed", routes[i].allow, "%s", routes[i].wrong_method);
+            return;
+        }
+        routes[i].handle(w, c, r, a, alen);
+        return;
+    }
+    reject(w, c, 404, "not_found", NULL, "no such resource");
+}

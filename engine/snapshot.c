@@ -318,11 +318,11 @@ tally_err_t engine_snapshot_load_file(engine_t *e, int p, const char *path, char
     if (err != TALLY_OK)
         return err;
     partition_reset(e, p);
-    sreader_t r = {data, data + (size >= 8 ? size - 8 : 0), 0};
-    if (size < 8 + 8) {
+    if (size < 8 + 8) { /* an empty file maps to no address at all */
         err = refuse(TALLY_ERR_CORRUPT, "truncated", errstr, esz);
         goto out;
     }
+    sreader_t r = {data, data + size - 8, 0};
     if (XXH3_64bits(data, size - 8) != le_get64(data + size - 8)) {
         err = refuse(TALLY_ERR_CORRUPT, "checksum mismatch", errstr, esz);
         goto out;

@@ -10,6 +10,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,8 +62,9 @@ static inline void fuzz_dir_clear(const char *dir) {
 
 static char fuzz_tmp_root[1024];
 
-static inline void fuzz_tmp_cleanup(void) {
-    DIR *d = opendir(fuzz_tmp_root);
+/* rm -r of a harness dir: flat subdirectories of flat files. */
+static inline void fuzz_tmp_remove(const char *root) {
+    DIR *d = opendir(root);
     if (!d)
         return;
     struct dirent *de;
@@ -70,18 +72,43 @@ static inline void fuzz_tmp_cleanup(void) {
     while ((de = readdir(d))) {
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
             continue;
-        snprintf(path, sizeof path, "%s/%s", fuzz_tmp_root, de->d_name);
+        snprintf(path, sizeof path, "%s/%s", root, de->d_name);
         fuzz_dir_clear(path);
         rmdir(path);
         unlink(path);
     }
     closedir(d);
-    rmdir(fuzz_tmp_root);
+    rmdir(root);
 }
 
-/* A directory of this process's own, made on first use and removed at exit:
- * the only place a harness may write. Under $FUZZ_TMPDIR, else /dev/shm
- * (harnesses that fsync stay fast on tmpfs), else $TMPDIR or /tmp. */
+static inline void fuzz_tmp_cleanup(void) {
+    fuzz_tmp_remove(fuzz_tmp_root);
+}
+
+/* A crash (the point of fuzzing) skips atexit(), so a crashed process leaves
+ * its dir behind. Each dir is named by its pid, and the next harness to
+ * start removes those whose process is gone. */
+static inline void fuzz_tmp_sweep(const char *base) {
+    DIR *d = opendir(base);
+    if (!d)
+        return;
+    struct dirent *de;
+    char path[sizeof fuzz_tmp_root];
+    while ((de = readdir(d))) {
+        long pid;
+        char rest[8];
+        if (sscanf(de->d_name, "tally-fuzz-%ld-%7s", &pid, rest) != 2 || pid <= 0 ||
+            strlen(rest) != 6 || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", base, de->d_name);
+        fuzz_tmp_remove(path);
+    }
+    closedir(d);
+}
+
+/* A directory of this process's own, made on first use: the only place a
+ * harness may write. Under $FUZZ_TMPDIR, else /dev/shm (harnesses that
+ * fsync stay fast on tmpfs), else $TMPDIR or /tmp. */
 static inline const char *fuzz_tmpdir(void) {
     if (fuzz_tmp_root[0])
         return fuzz_tmp_root;
@@ -90,7 +117,8 @@ static inline const char *fuzz_tmpdir(void) {
         base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
     if (!base || !*base)
         base = "/tmp";
-    snprintf(fuzz_tmp_root, sizeof fuzz_tmp_root, "%s/tally-fuzz-XXXXXX", base);
+    fuzz_tmp_sweep(base);
+    snprintf(fuzz_tmp_root, sizeof fuzz_tmp_root, "%s/tally-fuzz-%ld-XXXXXX", base, (long)getpid());
     if (!mkdtemp(fuzz_tmp_root)) {
         dprintf(2, "fuzz: mkdtemp %s: %s\n", fuzz_tmp_root, strerror(errno));
         abort();

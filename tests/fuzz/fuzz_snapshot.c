@@ -2,15 +2,15 @@
  *
  * The input (see snapshot_fixture.h for its control byte) becomes the one
  * snapshot file in a temp dir, loaded through the public API into a fresh
- * engine of the fixture's config. Whether or not it is used:
- * - a snapshot not used leaves the partition empty at position 0;
- * - a used one puts the partition at the position its header names;
- * - every fixture voter then votes in every poll, twice: the first vote
- *   counts at most once (exactly once in unlimited mode), the repeat
- *   changes nothing in the voter modes;
- * - the state after that saves to a snapshot that loads into a second
- *   engine with the same totals, voters and position: tally never writes a
- *   snapshot it will not read back. */
+ * engine of the fixture's config. Then:
+ * - a snapshot not used leaves nothing behind: the partition is empty, at
+ *   position 0;
+ * - a used one puts the partition at the position its header names; every
+ *   fixture voter then votes in every poll, twice: the first vote counts at
+ *   most once (exactly once in unlimited mode), the repeat changes nothing
+ *   in the voter modes; and the state after that saves to a snapshot that
+ *   loads into a second engine with the same totals, voters and position:
+ *   tally never writes a snapshot it will not read back. */
 #include <fcntl.h>
 #include <stdint.h>
 #include <string.h>

@@ -9,15 +9,21 @@
  * Votes come from gen.c, which never has two votes of one (poll, voter) in
  * flight, so the 202s can be replayed through expect.c in the order the
  * server saw them; --verify then waits for publisher.dir to show exactly
- * those totals. A probe (--fresh-poll) casts one vote at a time on a poll the
- * load leaves alone and times how long its 202 takes to show in the JSON.
- * @locality everything here runs on the one loop thread */
+ * those totals. With --threads N each thread runs such a loop of its own
+ * (voters with a per-thread prefix, so no voter is in flight on two threads)
+ * and the counts, histograms and expectations are added up at the end. A probe (--fresh-poll) casts
+ * one vote at a time on a poll the load leaves alone and times how long its 202 takes to show in
+ * the JSON.
+ * @locality a bh_t is touched only by its own thread until the threads are
+ *           joined; stop_all is the one thing they share while running */
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -32,6 +38,7 @@
 #include "common/util.h"
 
 #define NSTATUS 600
+#define BH_THREADS_MAX 64
 #define HIST_HIGHEST (3600ull * 1000000000ull) /* 1 h in ns */
 #define FRESH_TIMEOUT_NS (10ull * 1000000000ull)
 #define WATCH_US 1000 /* the probe re-checks the published file every ms */
@@ -110,6 +117,7 @@ typedef struct {
     const char *public_dir;
     const char *json_path;
     int quiet;
+    int nthreads;
 } bh_opts_t;
 
 struct bh_s {
@@ -119,7 +127,9 @@ struct bh_s {
     char host[256];
     int port;
     char hostport[300];
-    char runid[16];
+    char runid[32];
+    int thread;           /* 0 owns the probe, SIGINT and the report */
+    atomic_int *stop_all; /* shared by the threads: ^C on thread 0 */
 
     /* load */
     const poll_conf_t **polls; /* the load's polls */
@@ -127,7 +137,8 @@ struct bh_s {
     char **paths; /* [npolls] request paths */
     gen_t gen;
     expect_poll_t *expect; /* [npolls] when verifying */
-    conn_t *conns;
+    conn_t *conns;         /* [nconns_alloc] */
+    int nconns_alloc;
     conn_t **freel;
     int nfree;
     int open_loop;
@@ -160,14 +171,18 @@ struct bh_s {
     struct event *probe_ev, *watch_ev;
 };
 
-static uint64_t sec_ns(double s) { return (uint64_t)(s * 1e9); }
+static uint64_t sec_ns(double s) {
+    return (uint64_t)(s * 1e9);
+}
 
 /* ---- sending ---- */
 
 static void on_response(struct evhttp_request *req, void *arg);
 static void maybe_finish(bh_t *b);
 
-static int inflight(const bh_t *b) { return b->o.nconns - b->nfree; }
+static int inflight(const bh_t *b) {
+    return b->o.nconns - b->nfree;
+}
 
 /* POSTs {"option":option,"voter":"RUNID-<kind><voter>"}; c answers in
  * on_response. Voter ids carry the run id so runs never share voters. */
@@ -211,6 +226,10 @@ static void stop_load(bh_t *b) {
 /* Sends whatever is due on the free connections. */
 static void pump(bh_t *b) {
     while (b->nfree > 0 && !b->stop_sending) {
+        if (atomic_load_explicit(b->stop_all, memory_order_relaxed)) {
+            stop_load(b);
+            break;
+        }
         uint64_t now = mono_ns();
         if ((b->o.max_votes && b->sent >= b->o.max_votes) ||
             (b->deadline_ns && now >= b->deadline_ns)) {
@@ -394,6 +413,8 @@ static void on_progress(evutil_socket_t fd, short what, void *arg) {
     double el = (double)(mono_ns() - b->start_ns) / 1e9;
     uint64_t d = b->done - b->prev_done;
     b->prev_done = b->done;
+    if (b->o.nthreads > 1)
+        fprintf(stderr, "thread 0 of %d: ", b->o.nthreads);
     fprintf(stderr, "[%5.1fs] %llu done, %llu/s, %d in flight, 202: %llu, p99 %.3f ms%s\n", el,
             (unsigned long long)b->done, (unsigned long long)d, inflight(b),
             (unsigned long long)b->status[202], (double)hist_percentile(&b->lat_sec, 99) / 1e6,
@@ -444,6 +465,7 @@ static void on_sigint(evutil_socket_t fd, short what, void *arg) {
         return;
     }
     fprintf(stderr, "tally-bench: interrupted; waiting for answers in flight (^C again to quit)\n");
+    atomic_store(b->stop_all, 1); /* the other threads see it on their next answer */
     b->stop_sending = 1;
     maybe_finish(b);
 }
@@ -492,6 +514,7 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
                                              {"fresh-interval", required_argument, 0, O_FINT},
                                              {"public", required_argument, 0, O_PUBLIC},
                                              {"json", required_argument, 0, O_JSON},
+                                             {"threads", required_argument, 0, 't'},
                                              {"quiet", no_argument, 0, 'q'},
                                              {"help", no_argument, 0, 'h'},
                                              {0, 0, 0, 0}};
@@ -505,12 +528,13 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
     o->change = 0.1;
     o->verify_timeout_s = 30;
     o->fresh_interval_ms = 100;
+    o->nthreads = 1;
     int ch;
     uint64_t u;
     double d;
     opterr = 0;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, ":u:c:d:n:r:qh", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, ":u:c:d:n:r:t:qh", longopts, NULL)) != -1) {
         const char *bad = NULL;
         switch (ch) {
         case 'u': o->url = optarg; break;
@@ -518,6 +542,11 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
             if (bench_parse_count(optarg, &u) || u < 1 || u > 100000)
                 bad = "--connections: 1..100000";
             o->nconns = (int)u;
+            break;
+        case 't':
+            if (bench_parse_count(optarg, &u) || u < 1 || u > BH_THREADS_MAX)
+                bad = "--threads: 1..64";
+            o->nthreads = (int)u;
             break;
         case 'd':
             if (bench_parse_double(optarg, &o->duration_s) || o->duration_s <= 0)
@@ -591,8 +620,7 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
         case O_JSON: o->json_path = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': fputs(help, stdout); exit(0);
-        default:
-            return bench_opt_fail("http", ch, argv);
+        default: return bench_opt_fail("http", ch, argv);
         }
         if (bad)
             return bench_opt_bad("http", bad, optarg);
@@ -605,6 +633,12 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
     }
     if (!o->duration_s && !o->max_votes)
         o->duration_s = 10;
+    if (o->nconns < o->nthreads || (o->max_votes && o->max_votes < (uint64_t)o->nthreads) ||
+        o->voters < (uint64_t)o->nthreads) {
+        fprintf(stderr, "tally-bench http: --threads: at most --connections, --votes and "
+                        "--voters\n");
+        return -1;
+    }
     if (!o->public_dir)
         o->public_dir = o->verify_dir;
     if (o->fresh_poll && !o->public_dir) {
@@ -696,9 +730,13 @@ static int choose_polls(bh_t *b, char *err, size_t esz) {
 
 /* ---- report ---- */
 
-static uint64_t answered(const bh_t *b) { return b->done - b->no_response - b->status[0]; }
+static uint64_t answered(const bh_t *b) {
+    return b->done - b->no_response - b->status[0];
+}
 
-static double per_sec(uint64_t n, double secs) { return secs > 0 ? (double)n / secs : 0; }
+static double per_sec(uint64_t n, double secs) {
+    return secs > 0 ? (double)n / secs : 0;
+}
 
 static void print_report(bh_t *b, double secs) {
     FILE *out = stdout;
@@ -751,6 +789,7 @@ static json_t *json_report(bh_t *b, double secs) {
     json_t *r = json_object();
     bench_json_set_str(r, "url", b->o.url);
     bench_json_set_num(r, "connections", b->o.nconns);
+    bench_json_set_num(r, "threads", b->o.nthreads);
     bench_json_set_str(r, "loop", b->open_loop ? "open" : "closed");
     if (b->open_loop)
         bench_json_set_num(r, "target_rate", b->o.rate);
@@ -898,6 +937,155 @@ static int do_verify(bh_t *b, uint64_t **base, json_t *json) {
     return rc == 0 ? 0 : BENCH_EXIT_VERIFY;
 }
 
+/* ---- one loop per thread ---- */
+
+/* Thread t's share of n: the first n % nthreads threads take one more. */
+static uint64_t share(uint64_t n, int nthreads, int t) {
+    return n / (uint64_t)nthreads + ((uint64_t)t < n % (uint64_t)nthreads);
+}
+
+/* Builds w's own loop, generator, expectations and connections. w->o is
+ * already w's share of the run. */
+static int worker_init(bh_t *w, const struct event_config *ecfg, char *err, size_t esz) {
+    gen_init(&w->gen, w->polls, w->npolls, (uint32_t)w->o.voters, w->o.dist, w->o.zipf_s,
+             w->o.repeat, w->o.change, w->o.seed);
+    if (w->o.verify_dir) {
+        w->expect = xcalloc((size_t)w->npolls, sizeof *w->expect);
+        for (int i = 0; i < w->npolls; i++)
+            expect_poll_init(&w->expect[i], w->polls[i]->mode, w->polls[i]->noptions,
+                             (uint32_t)w->o.voters);
+    }
+    hist_init(&w->lat, HIST_SUB_BITS_DEFAULT, HIST_HIGHEST);
+    hist_init(&w->lat_sec, HIST_SUB_BITS_DEFAULT, HIST_HIGHEST);
+    hist_init(&w->fresh, HIST_SUB_BITS_DEFAULT, HIST_HIGHEST);
+    w->base = event_base_new_with_config(ecfg);
+    if (!w->base) {
+        snprintf(err, esz, "cannot create an event loop");
+        return -1;
+    }
+    w->nconns_alloc = w->o.nconns;
+    w->conns = xcalloc((size_t)w->o.nconns, sizeof *w->conns);
+    w->freel = xcalloc((size_t)w->o.nconns, sizeof *w->freel);
+    for (int i = 0; i < w->o.nconns; i++) {
+        conn_t *c = &w->conns[i];
+        c->b = w;
+        c->evcon = evhttp_connection_base_new(w->base, NULL, w->host, (unsigned short)w->port);
+        if (!c->evcon) {
+            snprintf(err, esz, "cannot create a connection to %s", w->hostport);
+            return -1;
+        }
+        evhttp_connection_set_timeout(c->evcon, w->o.timeout_s);
+        evhttp_connection_set_retries(c->evcon, 0); /* a retried POST could count twice */
+        w->freel[w->nfree++] = c;
+    }
+    /* Free list as a stack, first connection on top. */
+    for (int i = 0; i < w->o.nconns / 2; i++) {
+        conn_t *t = w->freel[i];
+        w->freel[i] = w->freel[w->o.nconns - 1 - i];
+        w->freel[w->o.nconns - 1 - i] = t;
+    }
+    w->send_ev = evtimer_new(w->base, on_send_timer, w);
+    w->progress_ev = event_new(w->base, -1, EV_PERSIST, on_progress, w);
+    w->deadline_ev = evtimer_new(w->base, on_deadline, w);
+    w->drain_ev = evtimer_new(w->base, on_drain_timeout, w);
+    struct timeval one_s = {1, 0};
+    event_add(w->progress_ev, &one_s);
+    if (w->thread == 0) {
+        /* libevent delivers a signal to one base only. */
+        w->sigint_ev = evsignal_new(w->base, SIGINT, on_sigint, w);
+        event_add(w->sigint_ev, NULL);
+    }
+    if (w->probe_poll) {
+        w->probe.b = w;
+        w->probe.is_probe = 1;
+        w->probe.evcon =
+            evhttp_connection_base_new(w->base, NULL, w->host, (unsigned short)w->port);
+        evhttp_connection_set_timeout(w->probe.evcon, w->o.timeout_s);
+        evhttp_connection_set_retries(w->probe.evcon, 0);
+        w->probe_ev = event_new(w->base, -1, EV_PERSIST, on_probe_timer, w);
+        w->watch_ev = event_new(w->base, -1, EV_PERSIST, on_watch, w);
+        struct timeval iv = {w->o.fresh_interval_ms / 1000, (w->o.fresh_interval_ms % 1000) * 1000};
+        event_add(w->probe_ev, &iv);
+    }
+    return 0;
+}
+
+/* Runs w's loop to the end of its share. @locality w's own thread */
+static void *worker_run(void *arg) {
+    bh_t *w = arg;
+    w->start_ns = mono_ns();
+    w->last_done_ns = w->start_ns;
+    if (w->o.duration_s > 0) {
+        w->deadline_ns = w->start_ns + sec_ns(w->o.duration_s);
+        struct timeval tv = ns_tv(sec_ns(w->o.duration_s));
+        event_add(w->deadline_ev, &tv);
+    }
+    if (w->o.rate > 0) {
+        w->open_loop = 1;
+        rate_init(&w->rate, w->o.rate, w->start_ns);
+    }
+    if (w->probe_poll)
+        probe_send(w);
+    pump(w);
+    event_base_dispatch(w->base);
+    /* Left without an answer (drain timeout, second ^C): outcome unknown. */
+    w->no_response += (uint64_t)inflight(w);
+    w->done += (uint64_t)inflight(w);
+    if (w->probe_busy && !w->probe_watching)
+        w->probe_no_response++;
+    return NULL;
+}
+
+/* Adds w's counts, latencies and expectations to b's. @locality after join */
+static void worker_merge(bh_t *b, const bh_t *w) {
+    b->sent += w->sent;
+    b->done += w->done;
+    b->gen_blocked += w->gen_blocked;
+    b->no_response += w->no_response;
+    for (int s = 0; s < NSTATUS; s++)
+        b->status[s] += w->status[s];
+    for (int k = 0; k < VOTE_KINDS; k++)
+        b->gen.kinds[k] += w->gen.kinds[k];
+    hist_merge(&b->lat, &w->lat);
+    if (w->max_backlog > b->max_backlog)
+        b->max_backlog = w->max_backlog;
+    b->unsent_due += w->unsent_due;
+    if (w->start_ns < b->start_ns)
+        b->start_ns = w->start_ns;
+    if (w->last_done_ns > b->last_done_ns)
+        b->last_done_ns = w->last_done_ns;
+    for (int i = 0; b->expect && i < b->npolls; i++)
+        expect_poll_add_delta(&b->expect[i], &w->expect[i]);
+}
+
+/* Frees what worker_init made (not what the threads share). */
+static void worker_free(bh_t *w) {
+    for (int i = 0; w->conns && i < w->nconns_alloc; i++)
+        if (w->conns[i].evcon)
+            evhttp_connection_free(w->conns[i].evcon);
+    if (w->probe.evcon)
+        evhttp_connection_free(w->probe.evcon);
+    struct event *evs[] = {w->send_ev,   w->progress_ev, w->deadline_ev, w->drain_ev,
+                           w->sigint_ev, w->probe_ev,    w->watch_ev};
+    for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
+        if (evs[i])
+            event_free(evs[i]);
+    if (w->base)
+        event_base_free(w->base);
+    if (w->expect) {
+        for (int i = 0; i < w->npolls; i++)
+            expect_poll_free(&w->expect[i]);
+        free(w->expect);
+    }
+    if (w->gen.polls)
+        gen_free(&w->gen);
+    hist_free(&w->lat);
+    hist_free(&w->lat_sec);
+    hist_free(&w->fresh);
+    free(w->conns);
+    free(w->freel);
+}
+
 /* ---- main ---- */
 
 int bench_http_main(int argc, char **argv) {
@@ -907,6 +1095,11 @@ int bench_http_main(int argc, char **argv) {
     uint64_t **base = NULL;
     json_t *json = NULL;
     struct event_config *ecfg = NULL;
+    bh_t **ws = NULL; /* [nthreads]: ws[0] is b; the others own their loops */
+    pthread_t *tids = NULL;
+    int nstarted = 0;
+    atomic_int stop_all = 0;
+    b->stop_all = &stop_all;
     if (parse_opts(argc, argv, &b->o) != 0)
         goto out_nofree;
     b->conf = bench_load_polls(b->o.config_path, b->o.polls_csv, b->o.options_csv, b->o.mode, err,
@@ -950,18 +1143,6 @@ int bench_http_main(int argc, char **argv) {
         stat(b->probe_json, &b->probe_st);
     }
 
-    gen_init(&b->gen, b->polls, b->npolls, (uint32_t)b->o.voters, b->o.dist, b->o.zipf_s,
-             b->o.repeat, b->o.change, b->o.seed);
-    if (b->o.verify_dir) {
-        b->expect = xcalloc((size_t)b->npolls, sizeof *b->expect);
-        for (int i = 0; i < b->npolls; i++)
-            expect_poll_init(&b->expect[i], b->polls[i]->mode, b->polls[i]->noptions,
-                             (uint32_t)b->o.voters);
-    }
-    hist_init(&b->lat, HIST_SUB_BITS_DEFAULT, HIST_HIGHEST);
-    hist_init(&b->lat_sec, HIST_SUB_BITS_DEFAULT, HIST_HIGHEST);
-    hist_init(&b->fresh, HIST_SUB_BITS_DEFAULT, HIST_HIGHEST);
-
     /* The changelist folds evhttp's read/write interest flips into one
      * epoll_ctl per request instead of three: measurably more requests per
      * core of the generator. Precise (timerfd) timers cost two syscalls per
@@ -970,73 +1151,57 @@ int bench_http_main(int argc, char **argv) {
     event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
     if (b->o.rate > 0)
         event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER);
-    b->base = event_base_new_with_config(ecfg);
-    if (!b->base) {
-        snprintf(err, sizeof err, "cannot create an event loop");
-        goto out;
-    }
     signal(SIGPIPE, SIG_IGN);
-    b->conns = xcalloc((size_t)b->o.nconns, sizeof *b->conns);
-    b->freel = xcalloc((size_t)b->o.nconns, sizeof *b->freel);
-    for (int i = 0; i < b->o.nconns; i++) {
-        conn_t *c = &b->conns[i];
-        c->b = b;
-        c->evcon = evhttp_connection_base_new(b->base, NULL, b->host, (unsigned short)b->port);
-        if (!c->evcon) {
-            snprintf(err, sizeof err, "cannot create a connection to %s", b->hostport);
-            goto out;
-        }
-        evhttp_connection_set_timeout(c->evcon, b->o.timeout_s);
-        evhttp_connection_set_retries(c->evcon, 0); /* a retried POST could count twice */
-        b->freel[b->nfree++] = c;
-    }
-    /* Free list as a stack, first connection on top. */
-    for (int i = 0; i < b->o.nconns / 2; i++) {
-        conn_t *t = b->freel[i];
-        b->freel[i] = b->freel[b->o.nconns - 1 - i];
-        b->freel[b->o.nconns - 1 - i] = t;
-    }
-    b->send_ev = evtimer_new(b->base, on_send_timer, b);
-    b->progress_ev = event_new(b->base, -1, EV_PERSIST, on_progress, b);
-    b->deadline_ev = evtimer_new(b->base, on_deadline, b);
-    b->drain_ev = evtimer_new(b->base, on_drain_timeout, b);
-    b->sigint_ev = evsignal_new(b->base, SIGINT, on_sigint, b);
-    event_add(b->sigint_ev, NULL);
-    struct timeval one_s = {1, 0};
-    event_add(b->progress_ev, &one_s);
-    if (b->probe_poll) {
-        b->probe.b = b;
-        b->probe.is_probe = 1;
-        b->probe.evcon =
-            evhttp_connection_base_new(b->base, NULL, b->host, (unsigned short)b->port);
-        evhttp_connection_set_timeout(b->probe.evcon, b->o.timeout_s);
-        evhttp_connection_set_retries(b->probe.evcon, 0);
-        b->probe_ev = event_new(b->base, -1, EV_PERSIST, on_probe_timer, b);
-        b->watch_ev = event_new(b->base, -1, EV_PERSIST, on_watch, b);
-        struct timeval iv = {b->o.fresh_interval_ms / 1000, (b->o.fresh_interval_ms % 1000) * 1000};
-        event_add(b->probe_ev, &iv);
-    }
 
-    b->start_ns = mono_ns();
-    b->last_done_ns = b->start_ns;
-    if (b->o.duration_s > 0) {
-        b->deadline_ns = b->start_ns + sec_ns(b->o.duration_s);
-        struct timeval tv = ns_tv(sec_ns(b->o.duration_s));
-        event_add(b->deadline_ev, &tv);
+    /* Each thread's share of the run. Thread t > 0 votes as RUNID "t<t>", so
+     * its voters are not thread 0's; only thread 0 probes. */
+    int nt = b->o.nthreads;
+    bh_opts_t all = b->o;
+    ws = xcalloc((size_t)nt, sizeof *ws);
+    ws[0] = b;
+    for (int t = 0; t < nt; t++) {
+        bh_t *w = t == 0 ? b : xcalloc(1, sizeof *w);
+        if (t > 0) {
+            ws[t] = w;
+            w->conf = b->conf;
+            w->polls = b->polls;
+            w->npolls = b->npolls;
+            w->paths = b->paths;
+            w->port = b->port;
+            w->stop_all = b->stop_all;
+            memcpy(w->host, b->host, sizeof w->host);
+            memcpy(w->hostport, b->hostport, sizeof w->hostport);
+            snprintf(w->runid, sizeof w->runid, "%.12st%d", b->runid, t);
+            w->o = all;
+            w->o.quiet = 1;
+            w->o.seed = all.seed + 0x9e3779b97f4a7c15ull * (uint64_t)t;
+        }
+        w->thread = t;
+        w->o.nconns = (int)share((uint64_t)all.nconns, nt, t);
+        w->o.voters = share(all.voters, nt, t);
+        if (all.max_votes)
+            w->o.max_votes = share(all.max_votes, nt, t);
+        w->o.rate = all.rate / nt;
+        if (worker_init(w, ecfg, err, sizeof err) != 0)
+            goto out;
     }
-    if (b->o.rate > 0) {
-        b->open_loop = 1;
-        rate_init(&b->rate, b->o.rate, b->start_ns);
+    tids = xcalloc((size_t)nt, sizeof *tids);
+    for (int t = 1; t < nt; t++) {
+        if (pthread_create(&tids[t], NULL, worker_run, ws[t]) != 0) {
+            snprintf(err, sizeof err, "cannot start thread %d", t);
+            atomic_store(&stop_all, 1);
+            break;
+        }
+        nstarted = t;
     }
-    if (b->probe_poll)
-        probe_send(b);
-    pump(b);
-    event_base_dispatch(b->base);
-    /* Left without an answer (drain timeout, second ^C): outcome unknown. */
-    b->no_response += (uint64_t)inflight(b);
-    b->done += (uint64_t)inflight(b);
-    if (b->probe_busy && !b->probe_watching)
-        b->probe_no_response++;
+    worker_run(b);
+    for (int t = 1; t <= nstarted; t++)
+        pthread_join(tids[t], NULL);
+    if (nstarted < nt - 1)
+        goto out;
+    for (int t = 1; t < nt; t++)
+        worker_merge(b, ws[t]);
+    b->o = all; /* the report is the whole run's */
 
     double secs = (double)(b->last_done_ns - b->start_ns) / 1e9;
     print_report(b, secs);
@@ -1062,37 +1227,21 @@ out:
             free(base[i]);
         free(base);
     }
-    for (int i = 0; b->conns && i < b->o.nconns; i++)
-        if (b->conns[i].evcon)
-            evhttp_connection_free(b->conns[i].evcon);
-    if (b->probe.evcon)
-        evhttp_connection_free(b->probe.evcon);
-    struct event *evs[] = {b->send_ev,   b->progress_ev, b->deadline_ev, b->drain_ev,
-                           b->sigint_ev, b->probe_ev,    b->watch_ev};
-    for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
-        if (evs[i])
-            event_free(evs[i]);
-    if (b->base)
-        event_base_free(b->base);
+    for (int t = 1; ws && t < b->o.nthreads; t++)
+        if (ws[t]) {
+            worker_free(ws[t]);
+            free(ws[t]);
+        }
+    free(ws);
+    free(tids);
+    worker_free(b);
     if (ecfg)
         event_config_free(ecfg);
-    if (b->expect) {
-        for (int i = 0; i < b->npolls; i++)
-            expect_poll_free(&b->expect[i]);
-        free(b->expect);
-    }
-    if (b->gen.polls)
-        gen_free(&b->gen);
-    hist_free(&b->lat);
-    hist_free(&b->lat_sec);
-    hist_free(&b->fresh);
     for (int i = 0; b->paths && i < b->npolls; i++)
         free(b->paths[i]);
     free(b->paths);
     free(b->probe_path);
     free(b->polls);
-    free(b->conns);
-    free(b->freel);
     config_free(b->conf);
 out_nofree:
     free(b);

@@ -173,7 +173,38 @@ class HttpVerify(unittest.TestCase):
         self.assertGreater(r["freshness_ms"]["count"], 0, msg)
         self.assertEqual(r["freshness_ms"]["timeouts"], 0, msg)
 
-    def test_3_verify_fails_on_totals_that_do_not_move(self):
+    def test_3_two_threads_verify_exactly(self):
+        """--threads 2: two loops with their own connections and voters, the
+        counts and expectations merged; the totals must still match exactly,
+        and the mix must have re-votes on both threads' voters."""
+        p, msg, out = self.bench("--votes", "3001", "--connections", "9", "--threads", "2",
+                                 "--voters", "500", "--repeat-ratio", "0.2",
+                                 "--change-ratio", "0.3",
+                                 "--verify", self.server.pub,
+                                 "--verify-timeout", str(30 * TMOUT))
+        self.assertEqual(p.returncode, 0, msg)
+        self.assertIn("verify: OK", p.stdout, msg)
+        with open(out) as f:
+            r = json.load(f)
+        self.assertEqual(r["threads"], 2)
+        self.assertEqual(r["connections"], 9)
+        self.assertEqual(r["requests"], 3001, msg)
+        self.assertEqual(r["status"].get("202"), 3001, msg)
+        self.assertEqual(r["latency_ms"]["count"], 3001, "histograms summed")
+        self.assertEqual(sum(r["votes"].values()), 3001, "vote mix summed")
+        self.assertTrue(r["verify"]["ok"])
+        self.assertEqual(r["verify"]["accepted"], 3001)
+
+    def test_4_two_threads_verify_fails_on_frozen_totals(self):
+        """The merged check is not vacuous: frozen totals fail it."""
+        frozen = os.path.join(self.tmp, "frozen2")
+        shutil.copytree(self.server.pub, frozen)
+        p, msg, _ = self.bench("--votes", "200", "--threads", "2", "--connections", "4",
+                               "--verify", frozen, "--verify-timeout", "0.3")
+        self.assertEqual(p.returncode, 3, msg)
+        self.assertIn("<--", p.stderr, msg)
+
+    def test_5_verify_fails_on_totals_that_do_not_move(self):
         """A frozen copy of the results never shows the new votes: exit 3
         with a diff, so a pass above means something."""
         frozen = os.path.join(self.tmp, "frozen")

@@ -163,7 +163,7 @@ class LogFaults(TallyTestCase):
         with open(os.path.join(out, "votes.log"), "rb") as f:
             self.assertEqual(f.read(), orig[:fr[1][0]] + orig[fr[1][1]:])
         with open(os.path.join(out, "META")) as f:
-            self.assertEqual(f.read(), "tally-log 2 partitions=4\n")
+            self.assertRegex(f.read(), r"^tally-log 2 partitions=4 id=file:[0-9a-f]{32}\n$")
         # Refusals: an existing non-empty DIR, log.dir itself, usage.
         r = self.tally("log", "salvage", "-c", t.config, "--out", out)
         self.assertEqual(r.returncode, 2)

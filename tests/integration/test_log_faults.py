@@ -11,6 +11,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -337,3 +338,84 @@ class LogFaults(TallyTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from chaos_lib import logreader  # noqa: E402  (an independent reader of votes.log)
+
+
+def decoded_counts(path, npartitions=4):
+    """{option: count} of poll free in the log at path, decoded on its own."""
+    data, scan = logreader.read_log(path, npartitions)
+    assert scan.bad is None, f"{path}: not intact at {scan.bad}"
+    out = {"p": 0, "q": 0}
+    for r in scan.records:
+        if r.poll == "free":
+            out[r.option] += 1
+    return out
+
+
+class LogIdentity(LogFaults):
+    """Snapshots record the id of the log they were taken from (META's
+    log id); a snapshot of another log is never resumed from."""
+
+    def votes_for(self, t, opt, n, stop=True):
+        conn = t.connect()
+        for _ in range(n):
+            st, body = t.vote("free", opt, conn=conn)
+            self.assertEqual(st, 202, body)
+        conn.close()
+
+    def test_salvaged_log_with_the_old_snapshots_is_recounted(self):
+        t = self.make(polls=POLLS)
+        self.voted(t, 10)  # snapshots at the end of 10 frames
+        snap = os.path.join(t.dir, "snap")
+        shutil.copytree(snap, snap + ".keep")
+        t.start()
+        self.votes_for(t, "q", 30)
+        t.wait_counts({"free": {"p": 10, "q": 30}})
+        t.stop()
+        # The snapshots of run 1 (positions inside the first 10 frames'
+        # log), frame 1 damaged: salvage drops it, later frames move.
+        shutil.rmtree(snap)
+        os.rename(snap + ".keep", snap)
+        fr = frames(self.votes(t))
+        flip(self.votes(t), fr[1][0] + 12 + 3)
+        out = os.path.join(t.dir, "salvaged")
+        r = self.tally("log", "salvage", "-c", t.config, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("log id: file:", r.stdout)
+        shutil.move(self.logdir(t), os.path.join(t.dir, "log.damaged"))
+        shutil.move(out, self.logdir(t))
+        want = decoded_counts(self.votes(t))
+        self.assertEqual(want, {"p": 9, "q": 30})
+        t.start()
+        t.wait_counts({"free": want})
+        t.stop()
+        self.assertIn("taken from another log", t.stderr())
+        # And tally replay into a fresh directory agrees.
+        r = t.replay()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(t.published_counts("free"), want)
+
+    def test_swapped_log_dir_longer_than_the_snapshots_is_recounted(self):
+        a = self.make(polls=POLLS)
+        self.voted(a, 10)  # A's snapshots
+        b = self.make(polls=POLLS)
+        b.start()
+        self.votes_for(b, "q", 40)
+        b.wait_counts({"free": {"p": 0, "q": 40}})
+        b.stop()
+        self.assertGreater(os.path.getsize(self.votes(b)), os.path.getsize(self.votes(a)))
+        shutil.move(self.logdir(a), os.path.join(a.dir, "log.a"))
+        shutil.copytree(self.logdir(b), self.logdir(a))
+        os.unlink(os.path.join(self.logdir(a), "CHECKPOINT"))
+        want = decoded_counts(self.votes(a))
+        self.assertEqual(want, {"p": 0, "q": 40})
+        a.start()
+        a.wait_counts({"free": want})
+        a.stop()
+        self.assertIn("taken from another log", a.stderr())
+        r = a.replay()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(a.published_counts("free"), want)

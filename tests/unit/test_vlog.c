@@ -2014,8 +2014,8 @@ Test(vlog, damaged_checkpoint_falls_back_to_a_full_scan) {
              (unsigned long long)XXH3_64bits(bad[7], (size_t)hn));
     /* This file's inode and head, a valid sum, another log's id (log.dir
      * swapped, the inode number and first frame the same). */
-    hn = snprintf(bad[8], sizeof bad[8], "tally-ckpt 2 %llu %llu %016llx file:%032d",
-                  votes_ino(), end, votes_head(), 7);
+    hn = snprintf(bad[8], sizeof bad[8], "tally-ckpt 2 %llu %llu %016llx file:%032d", votes_ino(),
+                  end, votes_head(), 7);
     snprintf(bad[8] + hn, sizeof bad[8] - (size_t)hn, " %016llx\n",
              (unsigned long long)XXH3_64bits(bad[8], (size_t)hn));
     char at[64], after[64];

@@ -110,7 +110,8 @@ tally_err_t engine_snapshot_load(engine_t *e, const char *dir, int *resumed, cha
  * on an engine that never runs). TALLY_ERR_IO: unreadable;
  * TALLY_ERR_CORRUPT: it fails its checks (checksum, truncated, malformed);
  * TALLY_ERR_STATE: a sound snapshot of another state (another config or
- * partition layout). On any error the partition is left empty. */
+ * partition layout, or another log: see engine_set_log_id). On any error
+ * the partition is left empty. */
 tally_err_t engine_snapshot_load_file(engine_t *e, int partition, const char *path, char *errstr,
                                       size_t esz);
 

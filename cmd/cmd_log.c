@@ -53,9 +53,9 @@ static const char *help_salvage =
     "not exist or be empty, and must not be log.dir. Refused while `tally run`\n"
     "holds the log (stop it first: it would still be writing).\n"
     "\n"
-    "Frame offsets change, so snapshots do not fit the salvaged log: after moving\n"
-    "it in, move engine.snapshot_dir away and run `tally replay` (see README,\n"
-    "Recovery).\n"
+    "Frame offsets change, so snapshots do not fit the salvaged log: DIR/META gets\n"
+    "a new log id, and snapshots of the original are not used with it (each\n"
+    "partition is recounted from the salvaged log; see README, Recovery).\n"
     "\n"
     "Options:\n"
     "  -c, --config FILE  configuration (log.dir, log.partitions)\n"
@@ -181,9 +181,8 @@ static void verify_text(const vlog_examine_t *x) {
 }
 
 static json_t *range_json(const vlog_range_t *r) {
-    return json_pack("{s:I,s:I,s:I,s:s}", "start", (json_int_t)r->start, "end",
-                     (json_int_t)r->end, "bytes", (json_int_t)(r->end - r->start), "why",
-                     r->why ? r->why : "");
+    return json_pack("{s:I,s:I,s:I,s:s}", "start", (json_int_t)r->start, "end", (json_int_t)r->end,
+                     "bytes", (json_int_t)(r->end - r->start), "why", r->why ? r->why : "");
 }
 
 static void verify_json(const vlog_examine_t *x) {
@@ -199,15 +198,16 @@ static void verify_json(const vlog_examine_t *x) {
     if (s->has_tail) {
         json_decref(tail);
         tail = range_json(&s->tail);
-        json_object_set_new(tail, "torn", json_boolean(s->tail.end - s->tail.start <= VLOG_MAX_WRITE));
+        json_object_set_new(tail, "torn",
+                            json_boolean(s->tail.end - s->tail.start <= VLOG_MAX_WRITE));
     }
     json_t *jpath = json_string(x->path); /* NULL when the path is not UTF-8 */
-    json_t *o = json_pack("{s:o,s:I,s:i,s:b,s:I,s:o,s:I,s:o,s:o,s:s}", "log",
-                          jpath ? jpath : json_string("(path is not valid UTF-8)"), "size",
-                          (json_int_t)s->size, "partitions", x->npartitions, "live", x->live,
-                          "frames", (json_int_t)s->frames, "frames_per_partition", pf,
-                          "valid_end", (json_int_t)s->valid_end, "damage", dmg, "tail", tail,
-                          "status", scan_status(x));
+    json_t *o =
+        json_pack("{s:o,s:I,s:i,s:b,s:I,s:o,s:I,s:o,s:o,s:s}", "log",
+                  jpath ? jpath : json_string("(path is not valid UTF-8)"), "size",
+                  (json_int_t)s->size, "partitions", x->npartitions, "live", x->live, "frames",
+                  (json_int_t)s->frames, "frames_per_partition", pf, "valid_end",
+                  (json_int_t)s->valid_end, "damage", dmg, "tail", tail, "status", scan_status(x));
     tally_assert(o != NULL);
     char *text = json_dumps(o, JSON_COMPACT);
     printf("%s\n", text);
@@ -352,9 +352,14 @@ static int log_salvage(int argc, char **argv) {
         if (k < nlost)
             at = lost[k].end;
     }
-    char meta[PATH_MAX + 64], text[64];
+    /* Another byte layout: a new log id, so that no snapshot or
+     * CHECKPOINT of the original (whose positions do not apply here) is
+     * ever used with it. */
+    char meta[PATH_MAX + 64], text[64 + VLOG_ID_MAX], id[VLOG_ID_MAX];
     snprintf(meta, sizeof meta, "%s/META", lo.out);
-    int tn = vlog_file_meta_text(x.npartitions, text, sizeof text);
+    if (ok && vlog_file_new_id(id, sizeof id) != TALLY_OK)
+        ok = 0;
+    int tn = ok ? vlog_file_meta_text(x.npartitions, id, text, sizeof text) : 0;
     if (!ok || fsync(out) != 0 || close(out) != 0 ||
         write_file_atomic(meta, text, (size_t)tn, 1) != 0 || fsync_dir(lo.out) != 0) {
         fprintf(stderr, "tally log salvage: writing %s: %s\n", lo.out, strerror(errno));
@@ -395,8 +400,9 @@ static int log_salvage(int argc, char **argv) {
     }
     printf("%llu bytes lost in %zu ranges%s\n", (unsigned long long)nl, nlost,
            nlost ? "" : " (the log was intact)");
-    printf("next: stop tally, move %s away, move %s in as log.dir, move engine.snapshot_dir "
-           "away, run tally replay, then tally run (README: Recovery)\n",
+    printf("log id: %s (new: snapshots of the original are not used with it)\n", id);
+    printf("next: stop tally, move %s away, move %s in as log.dir, then tally run: it "
+           "recounts every partition from the salvaged log (README: Recovery)\n",
            c->log_dir, lo.out);
     free(lost);
     rc = TALLY_EXIT_OK;

@@ -182,6 +182,9 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     int resumed = 0;
     if (roles & ROLE_ENGINE) {
         e = engine_new(c, vlog_partitions(log));
+        /* Snapshots of another log (salvaged, swapped, replaced) are not
+         * used: their partitions are recounted. */
+        engine_set_log_id(e, vlog_id(log), vlog_id_legacy(log));
         tally_err_t lerr = engine_snapshot_load(e, c->snapshot_dir, &resumed, err, sizeof err);
         if (lerr != TALLY_OK) {
             rc = tally_err_exit(lerr);
@@ -210,8 +213,9 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
             goto out;
     }
     run_ctx_t ctx = {log, e, pub};
-    log_info("tally %s: %d polls, %s log with %d partitions%s", cmd, c->npolls, vlog_name(log),
-             vlog_partitions(log), e ? "" : ", no engine in this process");
+    log_info("tally %s: %d polls, %s log with %d partitions (log id %s)%s", cmd, c->npolls,
+             vlog_name(log), vlog_partitions(log), vlog_id(log),
+             e ? "" : ", no engine in this process");
     if (e)
         log_info("tally %s: %d engine threads, %d partitions resumed from snapshots", cmd,
                  c->engine_threads, resumed);

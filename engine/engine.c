@@ -585,6 +585,8 @@ static void *worker_main(void *arg) {
 
 tally_err_t engine_start(engine_t *e, const engine_run_opts_t *o, char *errstr, size_t esz) {
     e->run = *o;
+    /* Snapshots the workers write name the log they counted. */
+    engine_set_log_id(e, vlog_id(o->log), vlog_id_legacy(o->log));
     int t = o->threads < 1 ? 1 : o->threads;
     if (t > e->npartitions)
         t = e->npartitions; /* a worker without partitions would only idle */

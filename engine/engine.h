@@ -66,6 +66,37 @@ engine_stats_t engine_stats(const engine_t *e);
  * TALLY_ERR_IO when the file could not be written (nothing is left behind). */
 tally_err_t engine_snapshot_save(engine_t *e, int partition, const char *dir, char *errstr,
                                  size_t esz);
+/* The id of the log the engine counts (vlog_id, vlog_id_legacy): a
+ * snapshot is used only if it records this id, or records none (written
+ * before ids) and accept_unidentified is 1. Before any load; the default
+ * is "" and 0. */
+void engine_set_log_id(engine_t *e, const char *log_id, int accept_unidentified);
+
+/* A snapshot's header, read without loading its state. */
+typedef struct {
+    int version; /* 2: written before log ids (log_id ""), 3 */
+    uint32_t partition, npartitions;
+    uint64_t position, created_ms;
+    char log_id[VLOG_ID_MAX];
+} snap_header_t;
+/* Reads path's header; with verify, also checks the whole file's checksum,
+ * streaming it through a small buffer (memory does not grow with the
+ * state). TALLY_ERR_IO: unreadable; TALLY_ERR_CORRUPT: not a snapshot,
+ * truncated, or (verify) a checksum mismatch. */
+tally_err_t engine_snapshot_read_header(const char *path, int verify, snap_header_t *h,
+                                        char *errstr, size_t esz);
+/* Whether a snapshot with header h may be used for partition p of e: the
+ * partition layout and the log id (see engine_set_log_id). TALLY_OK, or
+ * TALLY_ERR_STATE with errstr saying why not. The config is checked only by
+ * a load. */
+tally_err_t engine_snapshot_header_check(const engine_t *e, int p, const snap_header_t *h,
+                                         char *errstr, size_t esz);
+/* positions[p]: the position of partition p's newest snapshot in dir that
+ * is sound (checksum) and passes engine_snapshot_header_check, else 0:
+ * where a load would resume unless the config changed. Headers only: the
+ * states are not loaded. */
+void engine_snapshot_positions(const engine_t *e, const char *dir, uint64_t *positions);
+
 /* Loads each partition's newest usable snapshot, before any worker starts;
  * an older one and a fresh start are the fall-backs (the log is the truth: a
  * partition without a snapshot is recounted from it), each one not used is
@@ -79,7 +110,8 @@ tally_err_t engine_snapshot_load(engine_t *e, const char *dir, int *resumed, cha
  * on an engine that never runs). TALLY_ERR_IO: unreadable;
  * TALLY_ERR_CORRUPT: it fails its checks (checksum, truncated, malformed);
  * TALLY_ERR_STATE: a sound snapshot of another state (another config or
- * partition layout). On any error the partition is left empty. */
+ * partition layout, or another log: see engine_set_log_id). On any error
+ * the partition is left empty. */
 tally_err_t engine_snapshot_load_file(engine_t *e, int partition, const char *path, char *errstr,
                                       size_t esz);
 
@@ -94,7 +126,9 @@ typedef struct {
     void *on_change_arg;
 } engine_run_opts_t;
 
-/* TALLY_ERR_IO when a worker thread cannot be started (none runs then). */
+/* Sets the engine's log id from o->log (engine_set_log_id): the snapshots
+ * the workers write record it. TALLY_ERR_IO when a worker thread cannot be
+ * started (none runs then). */
 tally_err_t engine_start(engine_t *e, const engine_run_opts_t *o, char *errstr, size_t esz);
 /* Joins the workers once they reach stop_at (replay) or engine_stop() was
  * called; each writes a final snapshot. TALLY_OK, or TALLY_ERR_IO if a worker

@@ -58,6 +58,8 @@ struct engine_s {
     _Atomic uint64_t *gens;     /* [npolls] */
     partition_t *parts;
     uint64_t until_ms;
+    char log_id[VLOG_ID_MAX]; /* of the log snapshots must come from */
+    int log_id_legacy;        /* snapshots without an id are used too */
 
     engine_run_opts_t run;
     worker_t *workers;

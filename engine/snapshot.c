@@ -4,15 +4,21 @@
  * rename, fsync of the directory) and checksummed.
  *
  * Layout, little-endian:
- *   "TLYSNAP2" u32 partition u32 npartitions u64 position u64 created_ms
+ *   "TLYSNAP3" u32 partition u32 npartitions u64 position u64 created_ms
+ *   u8 idlen log_id
  *   u32 npolls, then per poll:
  *     u8 idlen id u8 mode u32 noptions, per option: u8 idlen id u64 count
  *     u64 nvoters, then nvoters 16-byte voter slots
  *   u64 XXH3-64 of everything before it
  *
- * A snapshot is used only if it matches the config exactly (same polls,
- * modes and options): otherwise the partition is recounted from the log,
- * which is always exact. The two newest snapshots of a partition are kept so
+ * A snapshot is used only if it was taken from the very log being read
+ * (its log id, see vlog_id: a position means nothing in another byte
+ * layout, e.g. a salvaged log, another log.dir) and matches the config
+ * exactly (same polls, modes and options): otherwise the partition is
+ * recounted from the log, which is always exact. TLYSNAP2 (the same without
+ * log_id, written by tally before log ids) is still read, and used only
+ * where the log's id is legacy too (vlog_id_legacy): a log of that older
+ * tally, or Kafka. The two newest snapshots of a partition are kept so
  * that a damaged newest one falls back to its predecessor.
  *
  * Loading is linear in the voters: each table is sized for its count before
@@ -36,8 +42,13 @@
 /* 2: voter keys are record_poll_voter_key(). A TLYSNAP1 file holds keys of
  * another hash: mixing them with new ones would count a voter twice, so such
  * a snapshot is not used and its partition is recounted from the log. */
-#define SNAP_MAGIC "TLYSNAP2"
+#define SNAP_MAGIC_V2 "TLYSNAP2"
+/* 3: the log id after the header. */
+#define SNAP_MAGIC "TLYSNAP3"
 #define SNAP_KEEP 2
+/* magic, partition, npartitions, position, created_ms, idlen */
+#define SNAP_HDR_FIXED (8 + 4 + 4 + 8 + 8)
+#define SNAP_HDR_MAX (SNAP_HDR_FIXED + 1 + 255)
 
 typedef struct {
     FILE *f;
@@ -137,6 +148,7 @@ tally_err_t engine_snapshot_save(engine_t *e, int p, const char *dir, char *errs
     sw_u32(&w, (uint32_t)e->npartitions);
     sw_u64(&w, pt->position);
     sw_u64(&w, now_ms());
+    sw_str(&w, e->log_id);
     sw_u32(&w, (uint32_t)e->npolls);
     for (int i = 0; i < e->npolls; i++) {
         const poll_conf_t *pc = &e->conf->polls[i];
@@ -310,6 +322,157 @@ static tally_err_t load_polls(engine_t *e, int p, sreader_t *r, char *errstr, si
     return TALLY_OK;
 }
 
+/* n bytes at off, retrying short reads: n, or less at EOF or an error. */
+static ssize_t snap_pread(int fd, void *p, size_t n, off_t off) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t k = pread(fd, (uint8_t *)p + got, n - got, off + (off_t)got);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+    }
+    return (ssize_t)got;
+}
+
+/* The header at r (magic through log id) into h. */
+static tally_err_t header_parse(sreader_t *r, snap_header_t *h, char *errstr, size_t esz) {
+    memset(h, 0, sizeof *h);
+    const uint8_t *m = sr(r, 8);
+    if (m && !memcmp(m, SNAP_MAGIC, 8))
+        h->version = 3;
+    else if (m && !memcmp(m, SNAP_MAGIC_V2, 8))
+        h->version = 2;
+    else
+        return refuse(TALLY_ERR_CORRUPT, "not a tally snapshot", errstr, esz);
+    h->partition = sr_u32(r);
+    h->npartitions = sr_u32(r);
+    h->position = sr_u64(r);
+    h->created_ms = sr_u64(r);
+    if (h->version >= 3) {
+        uint8_t n = sr_u8(r);
+        const uint8_t *id = sr(r, n);
+        if (id && n >= sizeof h->log_id)
+            return refuse(TALLY_ERR_CORRUPT, "log id too long", errstr, esz);
+        if (id)
+            memcpy(h->log_id, id, n);
+        if (id && memchr(h->log_id, '\0', n))
+            return refuse(TALLY_ERR_CORRUPT, "malformed log id", errstr, esz);
+    }
+    if (r->bad)
+        return refuse(TALLY_ERR_CORRUPT, "truncated header", errstr, esz);
+    return TALLY_OK;
+}
+
+void engine_set_log_id(engine_t *e, const char *log_id, int accept_unidentified) {
+    snprintf(e->log_id, sizeof e->log_id, "%s", log_id ? log_id : "");
+    e->log_id_legacy = accept_unidentified;
+}
+
+tally_err_t engine_snapshot_header_check(const engine_t *e, int p, const snap_header_t *h,
+                                         char *errstr, size_t esz) {
+    if (h->partition != (uint32_t)p || h->npartitions != (uint32_t)e->npartitions)
+        return refuse(TALLY_ERR_STATE, "partition layout differs", errstr, esz);
+    if (h->version < 3 && !e->log_id_legacy) {
+        snprintf(errstr, esz,
+                 "written before log ids, and this log (%s) is not one of that tally: its "
+                 "positions may belong to another log",
+                 e->log_id[0] ? e->log_id : "no id");
+        return TALLY_ERR_STATE;
+    }
+    if (h->version >= 3 && strcmp(h->log_id, e->log_id) != 0) {
+        snprintf(errstr, esz,
+                 "taken from another log (log id %s, this log is %s: salvaged, swapped or "
+                 "replaced); its positions do not apply here",
+                 h->log_id, e->log_id[0] ? e->log_id : "without an id");
+        return TALLY_ERR_STATE;
+    }
+    return TALLY_OK;
+}
+
+tally_err_t engine_snapshot_read_header(const char *path, int verify, snap_header_t *h,
+                                        char *errstr, size_t esz) {
+    enum { CHUNK = 1 << 16 };
+    tally_err_t err = TALLY_OK;
+    struct stat st;
+    uint8_t *buf = NULL;
+    XXH3_state_t *xs = NULL;
+    memset(h, 0, sizeof *h);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(errstr, esz, "unreadable: %s", strerror(errno));
+        err = TALLY_ERR_IO;
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        err = refuse(TALLY_ERR_CORRUPT, "not a regular file", errstr, esz);
+        goto out;
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    if (size < 8 + 8) {
+        err = refuse(TALLY_ERR_CORRUPT, "truncated", errstr, esz);
+        goto out;
+    }
+    buf = xmalloc(CHUNK);
+    /* The header, from the bytes before the checksum. */
+    size_t want = size - 8 < SNAP_HDR_MAX ? (size_t)(size - 8) : SNAP_HDR_MAX;
+    if (snap_pread(fd, buf, want, 0) != (ssize_t)want) {
+        snprintf(errstr, esz, "unreadable: %s", errno ? strerror(errno) : "short read");
+        err = TALLY_ERR_IO;
+        goto out;
+    }
+    sreader_t r = {buf, buf + want, 0};
+    if ((err = header_parse(&r, h, errstr, esz)) != TALLY_OK || !verify)
+        goto out;
+    xs = XXH3_createState();
+    XXH3_64bits_reset(xs);
+    for (uint64_t at = 0; at < size - 8;) {
+        size_t n = size - 8 - at < CHUNK ? (size_t)(size - 8 - at) : CHUNK;
+        if (snap_pread(fd, buf, n, (off_t)at) != (ssize_t)n) {
+            snprintf(errstr, esz, "unreadable: %s", errno ? strerror(errno) : "short read");
+            err = TALLY_ERR_IO;
+            goto out;
+        }
+        XXH3_64bits_update(xs, buf, n);
+        at += n;
+    }
+    uint8_t sum[8];
+    if (snap_pread(fd, sum, 8, (off_t)(size - 8)) != 8) {
+        snprintf(errstr, esz, "unreadable: %s", errno ? strerror(errno) : "short read");
+        err = TALLY_ERR_IO;
+        goto out;
+    }
+    if (XXH3_64bits_digest(xs) != le_get64(sum))
+        err = refuse(TALLY_ERR_CORRUPT, "checksum mismatch", errstr, esz);
+out:
+    if (err != TALLY_OK)
+        memset(h, 0, sizeof *h);
+    XXH3_freeState(xs);
+    free(buf);
+    if (fd >= 0)
+        close(fd);
+    return err;
+}
+
+void engine_snapshot_positions(const engine_t *e, const char *dir, uint64_t *positions) {
+    for (int p = 0; p < e->npartitions; p++) {
+        unsigned long long found[64];
+        int n = list_snapshots(dir, p, found, 64);
+        positions[p] = 0;
+        for (int i = 0; i < n; i++) {
+            char path[4200], why[256];
+            snap_header_t h;
+            snprintf(path, sizeof path, "%s/p%03d-%016llx.snap", dir, p, found[i]);
+            if (engine_snapshot_read_header(path, 1, &h, why, sizeof why) == TALLY_OK &&
+                engine_snapshot_header_check(e, p, &h, why, sizeof why) == TALLY_OK) {
+                positions[p] = h.position;
+                break;
+            }
+        }
+    }
+}
+
 tally_err_t engine_snapshot_load_file(engine_t *e, int p, const char *path, char *errstr,
                                       size_t esz) {
     const uint8_t *data;
@@ -327,17 +490,11 @@ tally_err_t engine_snapshot_load_file(engine_t *e, int p, const char *path, char
         err = refuse(TALLY_ERR_CORRUPT, "checksum mismatch", errstr, esz);
         goto out;
     }
-    const uint8_t *m = sr(&r, 8);
-    if (!m || memcmp(m, SNAP_MAGIC, 8) != 0) {
-        err = refuse(TALLY_ERR_CORRUPT, "not a tally snapshot", errstr, esz);
+    snap_header_t h;
+    if ((err = header_parse(&r, &h, errstr, esz)) != TALLY_OK ||
+        (err = engine_snapshot_header_check(e, p, &h, errstr, esz)) != TALLY_OK)
         goto out;
-    }
-    if (sr_u32(&r) != (uint32_t)p || sr_u32(&r) != (uint32_t)e->npartitions) {
-        err = refuse(TALLY_ERR_STATE, "partition layout differs", errstr, esz);
-        goto out;
-    }
-    uint64_t position = sr_u64(&r);
-    (void)sr_u64(&r); /* created_ms */
+    uint64_t position = h.position;
     if (sr_u32(&r) != (uint32_t)e->npolls) {
         err = refuse(TALLY_ERR_STATE, "config changed (number of polls)", errstr, esz);
         goto out;

@@ -23,9 +23,21 @@ vlog_t *vlog_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tally_er
     vlog_t *l = c->kafka_brokers && c->kafka_brokers[0]
                     ? vlog_kafka_open(c, flags, ack, &e, errstr, esz)
                     : vlog_file_open(c, flags, ack, &e, errstr, esz);
+    if (l && !l->id[0]) { /* Kafka: the topic is the log */
+        snprintf(l->id, sizeof l->id, "kafka:%s:%d", c->kafka_topic ? c->kafka_topic : "",
+                 l->npartitions);
+        l->id_legacy = 1;
+    }
     if (err)
         *err = l ? TALLY_OK : e;
     return l;
+}
+
+const char *vlog_id(const vlog_t *l) {
+    return l->id;
+}
+int vlog_id_legacy(const vlog_t *l) {
+    return l->id_legacy;
 }
 
 tally_err_t vlog_health(vlog_t *l, char *errstr, size_t esz) {
@@ -56,8 +68,12 @@ out:
     return rc;
 }
 
-int vlog_partitions(const vlog_t *l) { return l->npartitions; }
-const char *vlog_name(const vlog_t *l) { return l->ops->name; }
+int vlog_partitions(const vlog_t *l) {
+    return l->npartitions;
+}
+const char *vlog_name(const vlog_t *l) {
+    return l->ops->name;
+}
 
 vlog_err_t vlog_append(vlog_t *l, int partition, const uint8_t *rec, size_t len, void *opaque) {
     if (partition < 0 || partition >= l->npartitions)
@@ -65,7 +81,9 @@ vlog_err_t vlog_append(vlog_t *l, int partition, const uint8_t *rec, size_t len,
     return l->ops->append(l, partition, rec, len, opaque);
 }
 
-int vlog_flush(vlog_t *l, int timeout_ms) { return l->ops->flush(l, timeout_ms); }
+int vlog_flush(vlog_t *l, int timeout_ms) {
+    return l->ops->flush(l, timeout_ms);
+}
 
 void vlog_close(vlog_t *l) {
     if (l)

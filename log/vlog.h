@@ -48,6 +48,24 @@ vlog_t *vlog_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tally_er
 int vlog_partitions(const vlog_t *l);
 const char *vlog_name(const vlog_t *l);
 
+/* The log's identity, which snapshots and CHECKPOINT record so that a
+ * position is only ever used in the byte layout it was taken from. Two logs
+ * with the same id hold the same bytes up to the shorter one's end (an older
+ * copy of a log is a prefix of it); any other log has another id.
+ *   file log: "file:<32 hex>", 128 random bits in META, drawn when the log
+ *     is created (and by `tally log salvage`, whose output is a new layout);
+ *   file log whose META predates ids: "legacy:<16 hex>", the XXH3 of its
+ *     first frame header with the partition count (META is not rewritten,
+ *     unless the log is empty: then it gets a real id);
+ *   Kafka: "kafka:<topic>:<partitions>" (librdkafka 2.0.2 does not expose
+ *     topic ids).
+ * vlog_id_legacy(): 1 when snapshots written before ids existed (which
+ * carry none) may be used: a legacy file log, or Kafka (whose old snapshots
+ * were tied to the topic by the config alone, as new ones are). */
+#define VLOG_ID_MAX 160
+const char *vlog_id(const vlog_t *l);
+int vlog_id_legacy(const vlog_t *l);
+
 /* Appends one encoded record (copied) to a partition. On VLOG_OK the ack
  * callback will be called for opaque; otherwise it will not.
  * @locality any thread */
@@ -159,7 +177,10 @@ typedef struct {
 tally_err_t vlog_file_examine(const tally_config_t *c, vlog_examine_t *x, char *errstr,
                               size_t errstr_size);
 void vlog_file_examine_close(vlog_examine_t *x);
-/* The META text of a log of n partitions (for salvage's new log). */
-int vlog_file_meta_text(int npartitions, char *out, size_t size);
+/* A new file log id, "file:<32 hex>" from getrandom(2) (for create and
+ * salvage). TALLY_ERR_IO when the kernel gives no randomness. */
+tally_err_t vlog_file_new_id(char *out, size_t size);
+/* The META text of a log of n partitions with log id id ("file:..."). */
+int vlog_file_meta_text(int npartitions, const char *id, char *out, size_t size);
 
 #endif

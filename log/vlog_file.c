@@ -40,6 +40,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -326,12 +327,16 @@ static void scan_refusal(const vlog_scan_t *s, const char *path, char *errstr, s
  * The durable end, rewritten about once a second after a group commit.
  * Recovery scans from there instead of from the start of a possibly huge
  * file: everything before it was fsynced before the checkpoint was
- * written. "tally-ckpt FMT INODE END HEAD SUM": HEAD fingerprints the file
- * (XXH3 of its first frame header, which holds frame 0's checksum; 0 while
- * the file is shorter), since inode numbers are reused as soon as a file
- * is deleted. A missing or damaged checkpoint, or one of another file,
- * means a full scan; one of this very file with an end past the file's
- * means the log lost acknowledged bytes: refused. */
+ * written. "tally-ckpt FMT INODE END HEAD ID SUM": ID is the log id (see
+ * vlog_id; it ties the checkpoint to this log, as META names it), INODE and
+ * HEAD tie it to this very votes.log file: META is not rewritten when
+ * votes.log alone is swapped or restored, so the id cannot tell those
+ * apart. HEAD fingerprints the file (XXH3 of its first frame header, which
+ * holds frame 0's checksum; 0 while the file is shorter), since inode
+ * numbers are reused as soon as a file is deleted. A missing or damaged
+ * checkpoint, one of another log or file, or one in the format before ids
+ * (no ID field) means a full scan; one of this very file with an end past
+ * the file's means the log lost acknowledged bytes: refused. */
 static uint64_t file_head(int fd, uint64_t size) {
     uint8_t h[FRAME_HDR];
     if (size < FRAME_HDR || pread_full(fd, h, FRAME_HDR, 0) != FRAME_HDR)
@@ -340,10 +345,10 @@ static uint64_t file_head(int fd, uint64_t size) {
 }
 
 static void ckpt_write(flog_t *l) {
-    char text[160], path[4200];
-    int n = snprintf(text, sizeof text, "tally-ckpt %d %llu %llu %016llx", LOG_FORMAT,
+    char text[160 + VLOG_ID_MAX], path[4200];
+    int n = snprintf(text, sizeof text, "tally-ckpt %d %llu %llu %016llx %s", LOG_FORMAT,
                      (unsigned long long)l->ino, (unsigned long long)l->end,
-                     (unsigned long long)file_head(l->fd, l->end));
+                     (unsigned long long)file_head(l->fd, l->end), l->base.id);
     n += snprintf(text + n, sizeof text - (size_t)n, " %016llx\n",
                   (unsigned long long)XXH3_64bits(text, (size_t)n));
     snprintf(path, sizeof path, "%s/CHECKPOINT", l->dir);
@@ -354,10 +359,11 @@ static void ckpt_write(flog_t *l) {
         l->ckpt_end = l->end;
 }
 
-/* 1 with *end when CHECKPOINT is intact and names this file (inode, and
- * the head when the file has one), else 0. */
-static int ckpt_read(const char *dir, int fd, const struct stat *st, uint64_t *end_out) {
-    char path[4200], text[200];
+/* 1 with *end when CHECKPOINT is intact and names this log (id) and file
+ * (inode, and the head when the file has one), else 0. */
+static int ckpt_read(const char *dir, const char *id, int fd, const struct stat *st,
+                     uint64_t *end_out) {
+    char path[4200], text[200 + VLOG_ID_MAX], cid[VLOG_ID_MAX];
     snprintf(path, sizeof path, "%s/CHECKPOINT", dir);
     FILE *f = fopen(path, "r");
     if (!f)
@@ -368,8 +374,13 @@ static int ckpt_read(const char *dir, int fd, const struct stat *st, uint64_t *e
     char *sum = strrchr(text, ' ');
     int fmt = 0;
     unsigned long long ino = 0, end = 0, head = 0;
-    if (!sum || sscanf(text, "tally-ckpt %d %llu %llu %llx", &fmt, &ino, &end, &head) != 4 ||
-        fmt != LOG_FORMAT || ino != (unsigned long long)st->st_ino ||
+    int idend = 0;
+    /* The format before ids has SUM where ID is: it reads as another log. */
+    if (!sum ||
+        sscanf(text, "tally-ckpt %d %llu %llu %llx %159s%n", &fmt, &ino, &end, &head, cid,
+               &idend) != 5 ||
+        text + idend != sum || strcmp(cid, id) != 0 || fmt != LOG_FORMAT ||
+        ino != (unsigned long long)st->st_ino ||
         strtoull(sum + 1, NULL, 16) != XXH3_64bits(text, (size_t)(sum - text)))
         return 0;
     uint64_t size = (uint64_t)st->st_size;
@@ -389,7 +400,7 @@ static int64_t recover(flog_t *l, tally_err_t *err, char *errstr, size_t esz) {
         return -1;
     }
     uint64_t size = (uint64_t)st.st_size, from = 0;
-    int have_ckpt = ckpt_read(l->dir, l->fd, &st, &from);
+    int have_ckpt = ckpt_read(l->dir, l->base.id, l->fd, &st, &from);
     if (have_ckpt && from > size) {
         *err = TALLY_ERR_STATE;
         snprintf(errstr, esz,
@@ -875,14 +886,71 @@ static const vlog_ops_t flog_ops = {
  * META pins the format and the partition count: changing the count would
  * move voters to other partitions and break one-vote-per-voter. It is
  * written once, after votes.log exists, so that a META without votes.log
- * always means a log that was deleted or moved. */
-int vlog_file_meta_text(int npartitions, char *out, size_t size) {
-    return snprintf(out, size, "tally-log %d partitions=%d\n", LOG_FORMAT, npartitions);
+ * always means a log that was deleted or moved. It also holds the log id
+ * (see vlog_id): "tally-log 2 partitions=N id=file:<32 hex>". A META
+ * written before ids ("tally-log 2 partitions=N") is read as it is: the log
+ * gets a legacy id derived from its first frame (legacy_id), and META is
+ * rewritten with a new id only when votes.log is empty, which holds no
+ * vote a snapshot could have counted. The frame format is the same, so
+ * LOG_FORMAT stays 2 (an older tally reads such a META and ignores the
+ * id). */
+tally_err_t vlog_file_new_id(char *out, size_t size) {
+    uint8_t r[16];
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t k = getrandom(r + got, sizeof r - got, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return TALLY_ERR_IO;
+        got += (size_t)k;
+    }
+    int n = snprintf(out, size, "file:");
+    for (size_t i = 0; i < sizeof r && n > 0 && (size_t)n < size; i++)
+        n += snprintf(out + n, size - (size_t)n, "%02x", r[i]);
+    return TALLY_OK;
+}
+
+int vlog_file_meta_text(int npartitions, const char *id, char *out, size_t size) {
+    return snprintf(out, size, "tally-log %d partitions=%d id=%s\n", LOG_FORMAT, npartitions, id);
+}
+
+/* The id of a log whose META has none: its first frame header (which holds
+ * frame 0's checksum) and the partition count. Only logs of an older tally
+ * have one; "legacy:empty" when votes.log has no header yet. */
+static void legacy_id(int fd, uint64_t size, int npartitions, char *out, size_t osz) {
+    uint8_t h[FRAME_HDR];
+    if (size < FRAME_HDR || pread_full(fd, h, FRAME_HDR, 0) != FRAME_HDR)
+        snprintf(out, osz, "legacy:empty");
+    else
+        snprintf(out, osz, "legacy:%016llx",
+                 (unsigned long long)XXH3_64bits_withSeed(h, FRAME_HDR, (uint64_t)npartitions));
+}
+
+/* Writes META for a log of n partitions with a new id into id. */
+static int meta_write_new(const char *dir, int n, char *id, size_t idsz, tally_err_t *err,
+                          char *errstr, size_t esz) {
+    char meta[4200], text[64 + VLOG_ID_MAX];
+    snprintf(meta, sizeof meta, "%s/META", dir);
+    if (vlog_file_new_id(id, idsz) != TALLY_OK) {
+        *err = TALLY_ERR_IO;
+        snprintf(errstr, esz, "%s: getrandom: %s", meta, strerror(errno));
+        return -1;
+    }
+    int tn = vlog_file_meta_text(n, id, text, sizeof text);
+    if (fsync_dir(dir) != 0 || write_file_atomic(meta, text, (size_t)tn, 1) != 0) {
+        *err = TALLY_ERR_IO;
+        snprintf(errstr, esz, "%s: %s", meta, strerror(errno));
+        return -1;
+    }
+    return 0;
 }
 
 /* 1 with *n when META is there and of this format, 0 when there is none,
- * -1 with *err and errstr. */
-static int meta_load(const char *dir, int *n, tally_err_t *err, char *errstr, size_t esz) {
+ * -1 with *err and errstr. id (may be NULL): the log id, "" for a META
+ * without one. */
+static int meta_load(const char *dir, int *n, char *id, size_t idsz, tally_err_t *err, char *errstr,
+                     size_t esz) {
     char path[4200];
     snprintf(path, sizeof path, "%s/META", dir);
     FILE *f = fopen(path, "r");
@@ -893,12 +961,15 @@ static int meta_load(const char *dir, int *n, tally_err_t *err, char *errstr, si
         snprintf(errstr, esz, "%s: %s", path, strerror(errno));
         return -1;
     }
-    char have[64] = "";
+    char have[64 + VLOG_ID_MAX] = "", mid[VLOG_ID_MAX] = "";
     if (!fgets(have, sizeof have, f))
         have[0] = '\0';
     fclose(f);
-    int fmt = 0;
-    if (sscanf(have, "tally-log %d partitions=%d", &fmt, n) != 2 || *n <= 0) {
+    int fmt = 0, at = 0, idend = 0;
+    if (sscanf(have, "tally-log %d partitions=%d%n", &fmt, n, &at) != 2 || *n <= 0 ||
+        (strncmp(have + at, " id=", 4) == 0 &&
+         (sscanf(have + at, " id=file:%32[0-9a-f]%n", mid, &idend) != 1 || strlen(mid) != 32 ||
+          (have[at + idend] != '\n' && have[at + idend] != '\0')))) {
         *err = TALLY_ERR_CORRUPT;
         snprintf(errstr, esz, "%s: not a tally log (unreadable META)", path);
         return -1;
@@ -909,6 +980,8 @@ static int meta_load(const char *dir, int *n, tally_err_t *err, char *errstr, si
                  LOG_FORMAT);
         return -1;
     }
+    if (id)
+        snprintf(id, idsz, "%s%s", mid[0] ? "file:" : "", mid);
     return 1;
 }
 
@@ -983,7 +1056,7 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
     }
     if (writing && (l->lockfd = lock_take(l->dir, err, errstr, esz)) < 0)
         goto fail;
-    if ((have_meta = meta_load(l->dir, &n, err, errstr, esz)) < 0)
+    if ((have_meta = meta_load(l->dir, &n, l->base.id, sizeof l->base.id, err, errstr, esz)) < 0)
         goto fail;
     if (have_meta && n != l->base.npartitions) {
         *err = TALLY_ERR_CONFIG;
@@ -1008,13 +1081,13 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
         goto fail;
     }
     if (!have_meta && have_log && st.st_size > 0) {
-        char want[64];
-        vlog_file_meta_text(l->base.npartitions, want, sizeof want);
         *err = TALLY_ERR_STATE;
         snprintf(errstr, esz,
                  "%s/META is missing but %s exists: the partition count is unknown "
-                 "(log.partitions may not match it); restore META (\"%.*s\")",
-                 l->dir, l->path, (int)strlen(want) - 1, want);
+                 "(log.partitions may not match it); restore META from a backup, or write "
+                 "\"tally-log %d partitions=%d\" (no log id: snapshots taken with one are "
+                 "then not used, and partitions are recounted)",
+                 l->dir, l->path, LOG_FORMAT, l->base.npartitions);
         goto fail;
     }
     if (!have_meta && !writing) {
@@ -1030,20 +1103,23 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
     }
     if (lock_fd(l->fd, l->dir, writing, err, errstr, esz) != 0)
         goto fail;
-    if (!have_meta) { /* a new log: votes.log first, then META */
-        char meta[4200], text[64];
-        snprintf(meta, sizeof meta, "%s/META", l->dir);
-        int tn = vlog_file_meta_text(l->base.npartitions, text, sizeof text);
-        if (fsync_dir(l->dir) != 0 || write_file_atomic(meta, text, (size_t)tn, 1) != 0) {
-            *err = TALLY_ERR_IO;
-            snprintf(errstr, esz, "%s: %s", meta, strerror(errno));
-            goto fail;
-        }
-    }
+    /* A new log: votes.log first, then META. An empty log of an older
+     * tally gets an id too: it holds nothing a snapshot could have counted. */
     if (fstat(l->fd, &st) != 0) {
         *err = TALLY_ERR_IO;
         snprintf(errstr, esz, "%s: %s", l->path, strerror(errno));
         goto fail;
+    }
+    if (writing && (!have_meta || (!l->base.id[0] && st.st_size == 0))) {
+        if (have_meta)
+            log_info("log: %s/META has no log id and votes.log is empty: writing a new id", l->dir);
+        if (meta_write_new(l->dir, l->base.npartitions, l->base.id, sizeof l->base.id, err, errstr,
+                           esz) != 0)
+            goto fail;
+    }
+    if (!l->base.id[0]) {
+        legacy_id(l->fd, (uint64_t)st.st_size, l->base.npartitions, l->base.id, sizeof l->base.id);
+        l->base.id_legacy = 1;
     }
     l->dev = st.st_dev;
     l->ino = st.st_ino;
@@ -1086,7 +1162,7 @@ tally_err_t vlog_file_examine(const tally_config_t *c, vlog_examine_t *x, char *
                  errno ? strerror(errno) : "not a directory");
         return TALLY_ERR_STATE;
     }
-    int have = meta_load(c->log_dir, &x->npartitions, &err, errstr, esz);
+    int have = meta_load(c->log_dir, &x->npartitions, NULL, 0, &err, errstr, esz);
     if (have < 0)
         goto fail;
     if (have == 0) {

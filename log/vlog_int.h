@@ -23,6 +23,8 @@ struct vlog_s {
     const vlog_ops_t *ops;
     int npartitions;
     vlog_ack_cb *ack;
+    char id[VLOG_ID_MAX]; /* see vlog_id(); "" until the backend sets it */
+    int id_legacy;
 };
 
 struct vlog_reader_s {

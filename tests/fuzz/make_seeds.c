@@ -99,6 +99,7 @@ static void seeds_snapshot(void) {
         abort();
     tally_config_t *c = snapfix_conf();
     engine_t *e = engine_new(c, SNAPFIX_NPART);
+    engine_set_log_id(e, SNAPFIX_LOG_ID, 0);
     seed_snapshot(e, 0, SNAPFIX_CTL_CHECKSUM, "empty", tmp);
     for (int k = 0; k < SNAPFIX_NVOTERS; k += 2)
         for (int i = 0; i < engine_npolls(e); i++)

@@ -16,6 +16,9 @@
 
 #define SNAPFIX_NPART 2
 #define SNAPFIX_NVOTERS 4
+/* The log id of the harness's engines (a TLYSNAP3 snapshot of another id
+ * is refused; TLYSNAP2 ones are accepted, as for a legacy log). */
+#define SNAPFIX_LOG_ID "file:0123456789abcdef0123456789abcdef"
 
 /* Control byte, the first of every input: bit 0 set means the rest is a
  * snapshot without its checksum, which the harness appends (so mutations

@@ -8,9 +8,11 @@ on their own (u32 len | u32 sum | u16 partition | u16 0 | payload)."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -163,7 +165,7 @@ class LogFaults(TallyTestCase):
         with open(os.path.join(out, "votes.log"), "rb") as f:
             self.assertEqual(f.read(), orig[:fr[1][0]] + orig[fr[1][1]:])
         with open(os.path.join(out, "META")) as f:
-            self.assertEqual(f.read(), "tally-log 2 partitions=4\n")
+            self.assertRegex(f.read(), r"^tally-log 2 partitions=4 id=file:[0-9a-f]{32}\n$")
         # Refusals: an existing non-empty DIR, log.dir itself, usage.
         r = self.tally("log", "salvage", "-c", t.config, "--out", out)
         self.assertEqual(r.returncode, 2)
@@ -337,3 +339,144 @@ class LogFaults(TallyTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from chaos_lib import logreader  # noqa: E402  (an independent reader of votes.log)
+
+
+def decoded_counts(path, npartitions=4):
+    """{option: count} of poll free in the log at path, decoded on its own."""
+    data, scan = logreader.read_log(path, npartitions)
+    assert scan.bad is None, f"{path}: not intact at {scan.bad}"
+    out = {"p": 0, "q": 0}
+    for r in scan.records:
+        if r.poll == "free":
+            out[r.option] += 1
+    return out
+
+
+class LogIdentity(TallyTestCase):
+    """Snapshots record the id of the log they were taken from (META's
+    log id); a snapshot of another log is never resumed from."""
+    tally, voted, logdir, votes = LogFaults.tally, LogFaults.voted, LogFaults.logdir, LogFaults.votes
+
+    def votes_for(self, t, opt, n, stop=True):
+        conn = t.connect()
+        for _ in range(n):
+            st, body = t.vote("free", opt, conn=conn)
+            self.assertEqual(st, 202, body)
+        conn.close()
+
+    def test_salvaged_log_with_the_old_snapshots_is_recounted(self):
+        t = self.make(polls=POLLS)
+        self.voted(t, 10)  # snapshots at the end of 10 frames
+        snap = os.path.join(t.dir, "snap")
+        shutil.copytree(snap, snap + ".keep")
+        t.start()
+        self.votes_for(t, "q", 30)
+        t.wait_counts({"free": {"p": 10, "q": 30}})
+        t.stop()
+        # The snapshots of run 1 (positions inside the first 10 frames'
+        # log), frame 1 damaged: salvage drops it, later frames move.
+        shutil.rmtree(snap)
+        os.rename(snap + ".keep", snap)
+        fr = frames(self.votes(t))
+        flip(self.votes(t), fr[1][0] + 12 + 3)
+        out = os.path.join(t.dir, "salvaged")
+        r = self.tally("log", "salvage", "-c", t.config, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("log id: file:", r.stdout)
+        shutil.move(self.logdir(t), os.path.join(t.dir, "log.damaged"))
+        shutil.move(out, self.logdir(t))
+        want = decoded_counts(self.votes(t))
+        self.assertEqual(want, {"p": 9, "q": 30})
+        t.start()
+        t.wait_counts({"free": want})
+        t.stop()
+        self.assertIn("taken from another log", t.stderr())
+        # And tally replay into a fresh directory agrees.
+        r = t.replay()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(t.published_counts("free"), want)
+
+    def test_swapped_log_dir_longer_than_the_snapshots_is_recounted(self):
+        a = self.make(polls=POLLS)
+        self.voted(a, 10)  # A's snapshots
+        b = self.make(polls=POLLS)
+        b.start()
+        self.votes_for(b, "q", 40)
+        b.wait_counts({"free": {"p": 0, "q": 40}})
+        b.stop()
+        self.assertGreater(os.path.getsize(self.votes(b)), os.path.getsize(self.votes(a)))
+        shutil.move(self.logdir(a), os.path.join(a.dir, "log.a"))
+        shutil.copytree(self.logdir(b), self.logdir(a))
+        os.unlink(os.path.join(self.logdir(a), "CHECKPOINT"))
+        want = decoded_counts(self.votes(a))
+        self.assertEqual(want, {"p": 0, "q": 40})
+        a.start()
+        a.wait_counts({"free": want})
+        a.stop()
+        self.assertIn("taken from another log", a.stderr())
+        r = a.replay()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(a.published_counts("free"), want)
+
+    # ---- the formats before log ids ----
+
+    FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "oldformat")
+
+    def resumed(self, t):
+        m = re.findall(r"(\d+) partitions resumed from snapshots", t.stderr()[t.started_at:])
+        self.assertTrue(m, t.stderr())
+        return int(m[-1])
+
+    def test_old_meta_and_old_snapshots_still_load(self):
+        """tests/fixtures/oldformat: a log.dir and snapshots written by tally
+        a7eea67 (before log ids: META "tally-log 2 partitions=4", TLYSNAP2)
+        after 7 votes for p and 3 for q."""
+        t = self.make(polls=POLLS)
+        for d in ("log", "snap"):
+            shutil.copytree(os.path.join(self.FIXTURE, d), os.path.join(t.dir, d))
+        meta = os.path.join(self.logdir(t), "META")
+        with open(meta) as f:
+            self.assertEqual(f.read(), "tally-log 2 partitions=4\n")
+        self.assertEqual(decoded_counts(self.votes(t)), {"p": 7, "q": 3})
+        for name in os.listdir(os.path.join(t.dir, "snap")):
+            with open(os.path.join(t.dir, "snap", name), "rb") as f:
+                self.assertEqual(f.read(8), b"TLYSNAP2")
+        t.start()
+        self.assertEqual(self.resumed(t), 4)  # every old snapshot used
+        t.wait_counts({"free": {"p": 7, "q": 3}})
+        st, _ = t.vote("free", "q")
+        self.assertEqual(st, 202)
+        t.wait_counts({"free": {"p": 7, "q": 4}})
+        t.stop()
+        with open(meta) as f:
+            self.assertEqual(f.read(), "tally-log 2 partitions=4\n", "META of an old log rewritten")
+        # The new snapshots name the log's legacy id and are used in turn.
+        newer = [n for n in os.listdir(os.path.join(t.dir, "snap")) if int(n[5:21], 16) > 0x136]
+        self.assertTrue(newer)
+        for name in newer:
+            with open(os.path.join(t.dir, "snap", name), "rb") as f:
+                head = f.read(8 + 4 + 4 + 8 + 8 + 1 + 7)
+            self.assertEqual(head[:8], b"TLYSNAP3")
+            self.assertEqual(head[33:], b"legacy:")
+        t.start()
+        self.assertEqual(self.resumed(t), 4)
+        t.wait_counts({"free": {"p": 7, "q": 4}})
+        t.stop()
+
+    def test_old_snapshots_are_refused_for_a_log_with_an_id(self):
+        t = self.make(polls=POLLS)
+        for d in ("log", "snap"):
+            shutil.copytree(os.path.join(self.FIXTURE, d), os.path.join(t.dir, d))
+        # The same bytes under a META with an id: not the log those
+        # snapshots could be trusted for. Recounted, exact.
+        with open(os.path.join(self.logdir(t), "META"), "w") as f:
+            f.write("tally-log 2 partitions=4 id=file:00112233445566778899aabbccddeeff\n")
+        t.start()
+        self.assertEqual(self.resumed(t), 0)
+        self.assertIn("written before log ids", t.stderr())
+        t.wait_counts({"free": {"p": 7, "q": 3}})
+        t.stop()

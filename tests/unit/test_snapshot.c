@@ -773,3 +773,132 @@ Test(snapshot, stale_temp_files_are_removed_at_load) {
     free(real);
     engine_free(e);
 }
+
+/* ---- log ids and the header reader ---- */
+
+#define ID_A "file:0123456789abcdef0123456789abcdef"
+#define ID_B "file:fedcba9876543210fedcba9876543210"
+
+/* Rewrites the TLYSNAP3 file at f as tally before log ids wrote it:
+ * magic TLYSNAP2, no log id, checksum recomputed. Layout from snapshot.c's
+ * header comment. */
+static void make_v2(const char *f) {
+    size_t len;
+    uint8_t *d = (uint8_t *)file_read(f, &len);
+    cr_assert(len > 41 && !memcmp(d, "TLYSNAP3", 8));
+    size_t idlen = d[32];
+    size_t n2 = len - 1 - idlen;
+    uint8_t *o = malloc(n2);
+    memcpy(o, d, 32);
+    memcpy(o, "TLYSNAP2", 8);
+    memcpy(o + 32, d + 33 + idlen, len - 33 - idlen - 8);
+    le_put64(o + n2 - 8, XXH3_64bits(o, n2 - 8));
+    file_write(f, o, n2);
+    free(o);
+    free(d);
+}
+
+Test(snapshot, header_reader_reads_what_save_wrote) {
+    engine_set_log_id(eng, ID_A, 0);
+    fill_state(eng);
+    uint64_t pos0 = engine_position(eng, 0);
+    save(eng, 0);
+    char *f = snap_path(0, pos0), why[256];
+    snap_header_t h;
+    for (int verify = 0; verify < 2; verify++) {
+        cr_assert_eq(engine_snapshot_read_header(f, verify, &h, why, sizeof why), TALLY_OK, "%s",
+                     why);
+        cr_assert_eq(h.version, 3);
+        cr_assert_eq(h.partition, 0);
+        cr_assert_eq(h.npartitions, NPART);
+        cr_assert_eq(h.position, pos0);
+        cr_assert_gt(h.created_ms, 0);
+        cr_assert_str_eq(h.log_id, ID_A);
+    }
+    cr_assert_eq(engine_snapshot_header_check(eng, 0, &h, why, sizeof why), TALLY_OK, "%s", why);
+    cr_assert_eq(engine_snapshot_header_check(eng, 1, &h, why, sizeof why), TALLY_ERR_STATE);
+    /* A byte of the state (past the header): only verify sees it. */
+    long long size = file_size(f);
+    file_flip_byte(f, size - 12);
+    cr_assert_eq(engine_snapshot_read_header(f, 0, &h, why, sizeof why), TALLY_OK, "%s", why);
+    cr_assert_eq(engine_snapshot_read_header(f, 1, &h, why, sizeof why), TALLY_ERR_CORRUPT);
+    cr_assert_not_null(strstr(why, "checksum"), "%s", why);
+    file_flip_byte(f, size - 12);
+    /* Every truncation is refused when verifying. */
+    size_t len;
+    char *orig = file_read(f, &len);
+    for (size_t k = 0; k < len; k++) {
+        file_write(f, orig, k);
+        cr_assert_neq(engine_snapshot_read_header(f, 1, &h, why, sizeof why), TALLY_OK,
+                      "cut at %zu", k);
+    }
+    file_write(f, orig, len);
+    free(orig);
+    /* Not a snapshot; missing. */
+    file_write_str(f, "TLYSNAPXxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+    cr_assert_eq(engine_snapshot_read_header(f, 0, &h, why, sizeof why), TALLY_ERR_CORRUPT);
+    char *missing = path_join(dir, "p000-0000000000000009.snap");
+    cr_assert_eq(engine_snapshot_read_header(missing, 0, &h, why, sizeof why), TALLY_ERR_IO);
+    free(missing);
+    free(f);
+}
+
+Test(snapshot, another_logs_snapshot_is_refused_and_recounted) {
+    engine_set_log_id(eng, ID_A, 0);
+    fill_state(eng);
+    uint64_t pos0 = engine_position(eng, 0);
+    save(eng, 0);
+    save(eng, 1);
+    char *f = snap_path(0, pos0), why[256];
+    engine_t *e = engine_new(conf, NPART);
+    engine_set_log_id(e, ID_B, 1); /* legacy acceptance is for id-less ones only */
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_ERR_STATE);
+    cr_assert_not_null(strstr(why, "another log"), "%s", why);
+    cr_assert_not_null(strstr(why, ID_A), "%s", why);
+    expect_empty_partition(e, 0);
+    int resumed = -1;
+    cr_assert_eq(engine_snapshot_load(e, dir, &resumed, why, sizeof why), TALLY_OK);
+    cr_assert_eq(resumed, 0);
+    uint64_t pos[NPART] = {7, 7};
+    engine_snapshot_positions(e, dir, pos);
+    cr_assert(pos[0] == 0 && pos[1] == 0, "another log's positions used");
+    engine_free(e);
+    /* The same id: used, and the light reader agrees with the load. */
+    e = engine_new(conf, NPART);
+    engine_set_log_id(e, ID_A, 0);
+    cr_assert_eq(engine_snapshot_load(e, dir, &resumed, why, sizeof why), TALLY_OK);
+    cr_assert_eq(resumed, NPART);
+    engine_snapshot_positions(e, dir, pos);
+    cr_assert_eq(pos[0], engine_position(e, 0));
+    cr_assert_eq(pos[1], engine_position(e, 1));
+    cr_assert_eq(pos[0], pos0);
+    engine_free(e);
+    free(f);
+}
+
+Test(snapshot, old_format_snapshot_only_for_a_legacy_log) {
+    fill_state(eng);
+    uint64_t pos0 = engine_position(eng, 0);
+    save(eng, 0);
+    char *f = snap_path(0, pos0), why[256];
+    make_v2(f);
+    snap_header_t h;
+    cr_assert_eq(engine_snapshot_read_header(f, 1, &h, why, sizeof why), TALLY_OK, "%s", why);
+    cr_assert_eq(h.version, 2);
+    cr_assert_eq(h.position, pos0);
+    cr_assert_str_eq(h.log_id, "");
+    engine_t *e = engine_new(conf, NPART);
+    engine_set_log_id(e, ID_A, 0);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_ERR_STATE);
+    cr_assert_not_null(strstr(why, "before log ids"), "%s", why);
+    expect_empty_partition(e, 0);
+    engine_set_log_id(e, "legacy:0011223344556677", 1);
+    cr_assert_eq(engine_snapshot_load_file(e, 0, f, why, sizeof why), TALLY_OK, "%s", why);
+    cr_assert_eq(engine_position(e, 0), pos0);
+    uint64_t t[3];
+    engine_poll_totals(e, P_ONE, t);
+    cr_assert(t[0] == 1 && t[1] == 1 && t[2] == 0, "%llu %llu %llu", (unsigned long long)t[0],
+              (unsigned long long)t[1], (unsigned long long)t[2]);
+    engine_free(e);
+    free(f);
+}

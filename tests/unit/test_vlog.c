@@ -518,9 +518,25 @@ static unsigned long long votes_head(void) {
     return h;
 }
 
+/* The log id META holds ("file:<32 hex>"), read here from the file. */
+static void meta_id(char *out, size_t size) {
+    char *f = log_file("META");
+    char *text = file_read(f, NULL);
+    free(f);
+    cr_assert_not_null(text, "no META");
+    const char *at = strstr(text, " id=");
+    cr_assert_not_null(at, "META without an id: '%s'", text);
+    cr_assert_eq(sscanf(at, " id=%159s", out), 1);
+    cr_assert_eq(strlen(out), 5 + 32, "id '%s'", out);
+    (void)size;
+    free(text);
+}
+
 static void ckpt_text(char *out, size_t size, int fmt, unsigned long long end) {
-    int n = snprintf(out, size, "tally-ckpt %d %llu %llu %016llx", fmt, votes_ino(), end,
-                     end >= FRAME_HDR ? votes_head() : 0ull);
+    char id[160];
+    meta_id(id, sizeof id);
+    int n = snprintf(out, size, "tally-ckpt %d %llu %llu %016llx %s", fmt, votes_ino(), end,
+                     end >= FRAME_HDR ? votes_head() : 0ull, id);
     snprintf(out + n, size - (size_t)n, " %016llx\n",
              (unsigned long long)XXH3_64bits(out, (size_t)n));
 }
@@ -541,7 +557,7 @@ static long long ckpt_get(void) {
     unsigned long long ino, end;
     cr_assert_eq(sscanf(text, "tally-ckpt 2 %llu %llu", &ino, &end), 2, "CHECKPOINT: '%s'", text);
     cr_assert_eq(ino, votes_ino(), "CHECKPOINT of another inode");
-    char want[128];
+    char want[320];
     ckpt_text(want, sizeof want, 2, end);
     cr_assert_str_eq(text, want);
     free(text);
@@ -1973,10 +1989,10 @@ Test(vlog, damaged_checkpoint_falls_back_to_a_full_scan) {
     size_t len;
     char *orig = file_read(f, &len);
     unsigned long long end = len;
-    char good[128];
+    char good[256];
     ckpt_text(good, sizeof good, 2, end);
     /* One of these in CHECKPOINT: the full scan finds frame 5. */
-    char bad[7][128];
+    char bad[9][256];
     snprintf(bad[0], sizeof bad[0], "garbage\n");
     snprintf(bad[1], sizeof bad[1], "tally-ckpt 2 %llu %llu %016llx 0000000000000000\n",
              votes_ino(), end, votes_head());
@@ -1991,13 +2007,24 @@ Test(vlog, damaged_checkpoint_falls_back_to_a_full_scan) {
                       votes_head() ^ 1);
     snprintf(bad[6] + hn, sizeof bad[6] - (size_t)hn, " %016llx\n",
              (unsigned long long)XXH3_64bits(bad[6], (size_t)hn));
+    /* The format before log ids, intact: not trusted (a full scan). */
+    hn = snprintf(bad[7], sizeof bad[7], "tally-ckpt 2 %llu %llu %016llx", votes_ino(), end,
+                  votes_head());
+    snprintf(bad[7] + hn, sizeof bad[7] - (size_t)hn, " %016llx\n",
+             (unsigned long long)XXH3_64bits(bad[7], (size_t)hn));
+    /* This file's inode and head, a valid sum, another log's id (log.dir
+     * swapped, the inode number and first frame the same). */
+    hn = snprintf(bad[8], sizeof bad[8], "tally-ckpt 2 %llu %llu %016llx file:%032d", votes_ino(),
+                  end, votes_head(), 7);
+    snprintf(bad[8] + hn, sizeof bad[8] - (size_t)hn, " %016llx\n",
+             (unsigned long long)XXH3_64bits(bad[8], (size_t)hn));
     char at[64], after[64];
     damage_text(at, sizeof at, 5);
     after_text(after, sizeof after, nmodel - 6);
-    for (int k = 0; k <= 7; k++) {
+    for (int k = 0; k <= 9; k++) {
         file_write(f, orig, len);
         char *ck = log_file("CHECKPOINT");
-        if (k < 7)
+        if (k < 9)
             file_write_str(ck, bad[k]);
         else
             cr_assert_eq(unlink(ck), 0); /* missing */
@@ -2007,7 +2034,7 @@ Test(vlog, damaged_checkpoint_falls_back_to_a_full_scan) {
     /* Intact, of this file, past its end: the file lost bytes. */
     const unsigned long long past[2] = {end + 1, 1ull << 40};
     for (int k = 0; k < 2; k++) {
-        char ck[128];
+        char ck[256];
         ckpt_text(ck, sizeof ck, 2, past[k]);
         ckpt_put(ck);
         expect_refused(TALLY_ERR_STATE, "CHECKPOINT says", "lost acknowledged votes");
@@ -2122,7 +2149,7 @@ static big_log_t write_big_log(void) {
     char *ld = path_join(dir, "log");
     cr_assert_eq(mkdir_p(ld), 0);
     char *meta = path_join(ld, "META");
-    file_write_str(meta, "tally-log 2 partitions=2\n");
+    file_write_str(meta, "tally-log 2 partitions=2 id=file:0123456789abcdef0123456789abcdef\n");
     char *f = path_join(ld, "votes.log");
     FILE *out = fopen(f, "wb");
     cr_assert_not_null(out);
@@ -2274,7 +2301,7 @@ Test(vlog, corruption_far_from_the_tail_refuses_to_open, .timeout = 60) {
      * there: the log opens, and a reader stops at the damage with an error.
      * (A read-only open, replay's, scans the whole log whatever the
      * checkpoint says, and refuses.) */
-    char ck[128];
+    char ck[256];
     ckpt_text(ck, sizeof ck, 2, size);
     ckpt_put(ck);
     char err0[1024] = "";
@@ -2308,7 +2335,9 @@ Test(vlog, meta_partition_count_is_fixed) {
     char *meta = log_file("META");
     size_t len;
     char *text = file_read(meta, &len);
-    cr_assert_str_eq(text, "tally-log 2 partitions=4\n");
+    char want[256];
+    snprintf(want, sizeof want, "%s", text);
+    cr_assert_eq(strncmp(text, "tally-log 2 partitions=4 id=file:", 33), 0, "%s", text);
     free(text);
 
     conf->log_partitions = 2;
@@ -2320,7 +2349,7 @@ Test(vlog, meta_partition_count_is_fixed) {
     conf->log_partitions = 5;
     cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, NULL, err, sizeof err));
     text = file_read(meta, &len);
-    cr_assert_str_eq(text, "tally-log 2 partitions=4\n", "a refused open changed META");
+    cr_assert_str_eq(text, want, "a refused open changed META");
     free(text);
 
     conf->log_partitions = 4;
@@ -2376,14 +2405,147 @@ Test(vlog, missing_meta_with_an_existing_log_is_refused) {
     /* The same partition count is no excuse either: it cannot be known. */
     conf->log_partitions = 4;
     cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, NULL, err, sizeof err));
-    /* Restored, it opens. */
+    /* Restored as the error says (no id), it opens with a legacy id, and
+     * META is left as written. */
     file_write_str(meta, "tally-log 2 partitions=4\n");
     l = open_rw();
+    cr_assert_eq(strncmp(vlog_id(l), "legacy:", 7), 0, "%s", vlog_id(l));
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
     expect_model(&s);
     sink_free(&s);
     vlog_close(l);
+    char *text = file_read(meta, NULL);
+    cr_assert_str_eq(text, "tally-log 2 partitions=4\n");
+    free(text);
+    free(meta);
+}
+
+/* ---- log ids ---- */
+
+Test(vlog, a_new_log_gets_a_random_id_kept_across_opens) {
+    vlog_t *l = open_rw();
+    char id[VLOG_ID_MAX], fromfile[160];
+    snprintf(id, sizeof id, "%s", vlog_id(l));
+    cr_assert_eq(vlog_id_legacy(l), 0);
+    append_n(l, 0, 0, 3);
+    flush_ok(l);
+    vlog_close(l);
+    meta_id(fromfile, sizeof fromfile);
+    cr_assert_str_eq(id, fromfile);
+    for (size_t i = 5; i < strlen(id); i++)
+        cr_assert(strchr("0123456789abcdef", id[i]), "%s", id);
+    l = open_rw();
+    cr_assert_str_eq(vlog_id(l), id);
+    vlog_close(l);
+    l = open_log(VLOG_F_READ);
+    cr_assert_str_eq(vlog_id(l), id);
+    vlog_close(l);
+    /* Another log elsewhere: another id. */
+    char *other = path_join(dir, "other");
+    const char *keep = conf->log_dir;
+    conf->log_dir = other;
+    l = open_rw();
+    cr_assert_str_neq(vlog_id(l), id);
+    cr_assert_eq(strncmp(vlog_id(l), "file:", 5), 0);
+    vlog_close(l);
+    conf->log_dir = (char *)keep;
+    free(other);
+}
+
+/* A META of the tally before ids, over a log with votes: read as it is
+ * (never rewritten), the id derived from the first frame header. */
+Test(vlog, old_meta_without_id_is_read_as_it_is) {
+    conf->log_partitions = 2;
+    vlog_t *l = open_rw();
+    append_n(l, 0, 0, 3);
+    append_n(l, 1, 3, 2);
+    flush_ok(l);
+    vlog_close(l);
+    char *meta = log_file("META");
+    file_write_str(meta, "tally-log 2 partitions=2\n");
+    l = open_rw();
+    char id[VLOG_ID_MAX];
+    snprintf(id, sizeof id, "%s", vlog_id(l));
+    cr_assert_eq(vlog_id_legacy(l), 1);
+    cr_assert_eq(strncmp(id, "legacy:", 7), 0, "%s", id);
+    cr_assert_eq(strlen(id), 7 + 16, "%s", id);
+    append_n(l, 0, 5, 1);
+    flush_ok(l);
+    vlog_close(l);
+    char *text = file_read(meta, NULL);
+    cr_assert_str_eq(text, "tally-log 2 partitions=2\n", "META of an old log rewritten");
+    free(text);
+    /* Deterministic: the same id read-only and again. */
+    l = open_log(VLOG_F_READ);
+    cr_assert_str_eq(vlog_id(l), id);
+    vlog_close(l);
+    /* As documented: XXH3 of the first frame header, seeded with the
+     * partition count. */
+    char *f = votes_path();
+    size_t len;
+    uint8_t *data = (uint8_t *)file_read(f, &len);
+    char want[64];
+    snprintf(want, sizeof want, "legacy:%016llx",
+             (unsigned long long)XXH3_64bits_withSeed(data, FRAME_HDR, 2));
+    cr_assert_str_eq(id, want);
+    free(data);
+    free(f);
+    free(meta);
+}
+
+/* An empty log of the old tally holds no vote a snapshot could count: a
+ * writer gives it an id; a read-only open writes nothing. */
+Test(vlog, old_meta_of_an_empty_log_gets_an_id_from_a_writer_only) {
+    char *ld = log_file("");
+    cr_assert_eq(mkdir_p(ld), 0);
+    char *meta = log_file("META"), *f = votes_path();
+    conf->log_partitions = 4;
+    file_write_str(meta, "tally-log 2 partitions=4\n");
+    file_write_str(f, "");
+    vlog_t *l = open_log(VLOG_F_READ);
+    cr_assert_str_eq(vlog_id(l), "legacy:empty");
+    vlog_close(l);
+    char *text = file_read(meta, NULL);
+    cr_assert_str_eq(text, "tally-log 2 partitions=4\n");
+    free(text);
+    l = open_rw();
+    cr_assert_eq(strncmp(vlog_id(l), "file:", 5), 0, "%s", vlog_id(l));
+    cr_assert_eq(vlog_id_legacy(l), 0);
+    char id[160];
+    meta_id(id, sizeof id);
+    cr_assert_str_eq(id, vlog_id(l));
+    vlog_close(l);
+    free(meta);
+    free(f);
+    free(ld);
+}
+
+Test(vlog, malformed_id_in_meta_is_refused) {
+    const char *bad[] = {
+        "tally-log 2 partitions=4 id=\n",
+        "tally-log 2 partitions=4 id=file:0123\n",
+        "tally-log 2 partitions=4 id=file:0123456789abcdef0123456789abcdeg\n",
+        "tally-log 2 partitions=4 id=file:0123456789abcdef0123456789abcdef0\n",
+        "tally-log 2 partitions=4 id=kafka:x\n",
+    };
+    conf->log_partitions = 4;
+    vlog_t *l = open_rw();
+    vlog_close(l);
+    char *meta = log_file("META");
+    for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+        file_write_str(meta, bad[k]);
+        tally_err_t err = TALLY_OK;
+        char e[1024] = "";
+        l = vlog_open(conf, VLOG_F_READ | VLOG_F_WRITE, on_ack, &err, e, sizeof e);
+        if (l)
+            vlog_close(l);
+        cr_assert_null(l, "opened with META '%s'", bad[k]);
+        cr_assert_eq(err, TALLY_ERR_CORRUPT, "%s: %s", bad[k], e);
+        char *text = file_read(meta, NULL);
+        cr_assert_str_eq(text, bad[k]);
+        free(text);
+    }
     free(meta);
 }
 

@@ -31,6 +31,9 @@ int bench_opt_fail(const char *cmd, int ch, char **argv);  /* ':' or unknown */
 int bench_opt_bad(const char *cmd, const char *why, const char *value);
 int bench_opt_rest(const char *cmd, int argc, char **argv); /* 0: no extra argument */
 int bench_parse_count(const char *s, uint64_t *out);
+/* A count (as bench_parse_count) within lo..hi into *out. 0, or -1 with *out
+ * untouched: the one range check behind the numeric options. */
+int bench_parse_int(const char *s, int lo, int hi, int *out);
 /* A finite double. 0 or -1. */
 int bench_parse_double(const char *s, double *out);
 

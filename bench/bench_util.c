@@ -179,3 +179,11 @@ int bench_opt_rest(const char *cmd, int argc, char **argv) {
     }
     return 0;
 }
+
+int bench_parse_int(const char *s, int lo, int hi, int *out) {
+    uint64_t u;
+    if (bench_parse_count(s, &u) != 0 || u < (uint64_t)lo || u > (uint64_t)hi)
+        return -1;
+    *out = (int)u;
+    return 0;
+}

@@ -274,7 +274,6 @@ static int parse_opts(int argc, char **argv, eo_t *o) {
     o->runs = 1;
     o->seed = 1;
     int ch;
-    uint64_t u;
     poll_mode_t m;
     opterr = 0;
     optind = 1;
@@ -282,9 +281,8 @@ static int parse_opts(int argc, char **argv, eo_t *o) {
         const char *bad = NULL;
         switch (ch) {
         case 't':
-            if (bench_parse_count(optarg, &u) || u < 1 || u > 255)
+            if (bench_parse_int(optarg, 1, 255, &o->threads))
                 bad = "--threads: 1..255";
-            o->threads = (int)u;
             break;
         case 'n':
             if (bench_parse_count(optarg, &o->votes) || o->votes < 1)
@@ -301,9 +299,8 @@ static int parse_opts(int argc, char **argv, eo_t *o) {
             o->mode = optarg;
             break;
         case O_OPTIONS:
-            if (bench_parse_count(optarg, &u) || u < 1 || u > 1000)
+            if (bench_parse_int(optarg, 1, 1000, &o->noptions))
                 bad = "--options: 1..1000";
-            o->noptions = (int)u;
             break;
         case O_CONFIG: o->config_path = optarg; break;
         case O_DIST:
@@ -319,9 +316,8 @@ static int parse_opts(int argc, char **argv, eo_t *o) {
                 bad = "--zipf-s: (0, 10]";
             break;
         case O_RUNS:
-            if (bench_parse_count(optarg, &u) || u < 1 || u > 1000)
+            if (bench_parse_int(optarg, 1, 1000, &o->runs))
                 bad = "--runs: 1..1000";
-            o->runs = (int)u;
             break;
         case O_SEED:
             if (bench_parse_count(optarg, &o->seed))

@@ -530,7 +530,6 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
     o->fresh_interval_ms = 100;
     o->nthreads = 1;
     int ch;
-    uint64_t u;
     double d;
     opterr = 0;
     optind = 1;
@@ -539,14 +538,12 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
         switch (ch) {
         case 'u': o->url = optarg; break;
         case 'c':
-            if (bench_parse_count(optarg, &u) || u < 1 || u > 100000)
+            if (bench_parse_int(optarg, 1, 100000, &o->nconns))
                 bad = "--connections: 1..100000";
-            o->nconns = (int)u;
             break;
         case 't':
-            if (bench_parse_count(optarg, &u) || u < 1 || u > BH_THREADS_MAX)
+            if (bench_parse_int(optarg, 1, BH_THREADS_MAX, &o->nthreads))
                 bad = "--threads: 1..64";
-            o->nthreads = (int)u;
             break;
         case 'd':
             if (bench_parse_double(optarg, &o->duration_s) || o->duration_s <= 0)
@@ -612,9 +609,8 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
             break;
         case O_FPOLL: o->fresh_poll = optarg; break;
         case O_FINT:
-            if (bench_parse_count(optarg, &u) || u < 1 || u > 60000)
+            if (bench_parse_int(optarg, 1, 60000, &o->fresh_interval_ms))
                 bad = "--fresh-interval: 1..60000 ms";
-            o->fresh_interval_ms = (int)u;
             break;
         case O_PUBLIC: o->public_dir = optarg; break;
         case O_JSON: o->json_path = optarg; break;

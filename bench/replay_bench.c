@@ -113,7 +113,6 @@ static int parse_opts(int argc, char **argv, ro_t *o) {
     o->runs = 1;
     o->seed = 1;
     int ch;
-    uint64_t u;
     poll_mode_t m;
     opterr = 0;
     optind = 1;
@@ -135,25 +134,21 @@ static int parse_opts(int argc, char **argv, ro_t *o) {
             o->mode = optarg;
             break;
         case O_OPTIONS:
-            if (bench_parse_count(optarg, &u) || u < 1 || u > 1000)
+            if (bench_parse_int(optarg, 1, 1000, &o->noptions))
                 bad = "--options: 1..1000";
-            o->noptions = (int)u;
             break;
         case O_CONFIG: o->config_path = optarg; break;
         case O_PARTS:
-            if (bench_parse_count(optarg, &u) || u < 1 || u > 1024)
+            if (bench_parse_int(optarg, 1, 1024, &o->partitions))
                 bad = "--partitions: 1..1024";
-            o->partitions = (int)u;
             break;
         case 't':
-            if (bench_parse_count(optarg, &u) || u < 1 || u > 256)
+            if (bench_parse_int(optarg, 1, 256, &o->threads))
                 bad = "--threads: 1..256";
-            o->threads = (int)u;
             break;
         case O_RUNS:
-            if (bench_parse_count(optarg, &u) || u < 1 || u > 100)
+            if (bench_parse_int(optarg, 1, 100, &o->runs))
                 bad = "--runs: 1..100";
-            o->runs = (int)u;
             break;
         case O_TALLY: o->tally = optarg; break;
         case O_DIR: o->dir = optarg; break;

@@ -101,7 +101,6 @@ static int parse_opts(int argc, char **argv, so_t *o) {
     o->runs = 3;
     o->seed = 1;
     int ch;
-    uint64_t u;
     opterr = 0;
     optind = 1;
     while ((ch = getopt_long(argc, argv, ":t:qh", longopts, NULL)) != -1) {
@@ -113,19 +112,16 @@ static int parse_opts(int argc, char **argv, so_t *o) {
                 bad = "--voters: 1..4294967294";
             break;
         case O_PARTS:
-            if (bench_parse_count(optarg, &u) || u < 1 || u > 1024)
+            if (bench_parse_int(optarg, 1, 1024, &o->partitions))
                 bad = "--partitions: 1..1024";
-            o->partitions = (int)u;
             break;
         case 't':
-            if (bench_parse_count(optarg, &u) || u < 1 || u > 256)
+            if (bench_parse_int(optarg, 1, 256, &o->threads))
                 bad = "--threads: 1..256";
-            o->threads = (int)u;
             break;
         case O_RUNS:
-            if (bench_parse_count(optarg, &u) || u < 1 || u > 100)
+            if (bench_parse_int(optarg, 1, 100, &o->runs))
                 bad = "--runs: 1..100";
-            o->runs = (int)u;
             break;
         case O_TALLY: o->tally = optarg; break;
         case O_DIR: o->dir = optarg; break;

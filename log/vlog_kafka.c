@@ -397,15 +397,28 @@ static vlog_err_t klog_append(vlog_t *base, int partition, const uint8_t *rec, s
     }
     /* Key "poll/voter": what keeps a voter's votes together, readable by
      * any Kafka tool. The partition itself is chosen by tally (explicit). */
+    char key[ID_MAX_LEN + 1 + 2 * VOTER_MAX_LEN + 1];
+    size_t klen;
+    uint64_t ts;
     vote_record_t v;
-    if (record_decode(rec, len, &v) != 0) {
+    control_record_t ctl;
+    if (record_decode(rec, len, &v) == 0) {
+        /* A hashed voter is binary: keyed by its hex. */
+        size_t n = (size_t)snprintf(key, sizeof key, "%.*s/", (int)v.poll_len, v.poll);
+        if (v.flags & RECORD_F_VOTER_HMAC)
+            for (size_t i = 0; i < v.voter_len; i++)
+                n += (size_t)snprintf(key + n, sizeof key - n, "%02x", (uint8_t)v.voter[i]);
+        else if (v.voter_len)
+            n += (size_t)snprintf(key + n, sizeof key - n, "%.*s", (int)v.voter_len, v.voter);
+        klen = n;
+        ts = v.ts_ms;
+    } else if (control_decode(rec, len, &ctl) == 0) {
+        klen = (size_t)snprintf(key, sizeof key, "%.*s", (int)ctl.poll_len, ctl.poll);
+        ts = ctl.ts_ms;
+    } else {
         atomic_fetch_sub(&l->inflight, 1);
         return VLOG_ERR;
     }
-    char key[ID_MAX_LEN + 1 + VOTER_MAX_LEN];
-    size_t klen = (size_t)snprintf(key, sizeof key, "%.*s/%.*s", (int)v.poll_len, v.poll,
-                                   (int)v.voter_len, v.voter ? v.voter : "");
-    uint64_t ts = v.ts_ms;
     rd_kafka_resp_err_t e = rd_kafka_producev(
         l->rk, RD_KAFKA_V_RKT(l->rkt), RD_KAFKA_V_PARTITION(partition),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_VALUE((void *)rec, len),

@@ -36,7 +36,9 @@ except ImportError:  # an interpreter other than Debian's (pyenv): same ABI?
 HAVE_XXHASH = xxhash is not None
 FRAME_HDR = 12
 FRAME_MAX_PAYLOAD = 65536
-RECORD_VERSION = 1
+RECORD_V1, RECORD_V2 = 1, 2
+TYPE_VOTE, TYPE_CONTROL = 1, 2
+F_VOTER_HMAC, F_IDEM = 0x01, 0x02
 
 
 class Record:
@@ -54,31 +56,79 @@ class Record:
         return f"Record(p{self.partition}@{self.offset} {self.poll}/{self.option}/{self.voter})"
 
 
-def decode_record(payload):
-    """Returns (ts_ms, flags, poll, option, voter or None), or raises ValueError."""
-    if len(payload) < 14 or payload[0] != RECORD_VERSION:
+def decode_any(payload):
+    """The checker's own reader of tally's records (log/record.h), written
+    from the format, not from the C code. Returns
+      ("vote", ts_ms, flags, poll, option, voter or None, idempotency key or None)
+      ("control", kind, ts_ms, seq, at_ms, poll, body bytes)
+    or raises ValueError. A hashed voter (F_VOTER_HMAC) comes back as hex."""
+    n = len(payload)
+    if n >= 14 and payload[0] == RECORD_V1:
+        flags, p = 0, 2
+    elif n >= 2 and payload[0] == RECORD_V2 and payload[1] == TYPE_VOTE and n >= 15:
+        flags, p = payload[2], 3
+        if flags & ~(F_VOTER_HMAC | F_IDEM):
+            raise ValueError("unknown vote flags")
+    elif n >= 2 and payload[0] == RECORD_V2 and payload[1] == TYPE_CONTROL and n >= 31:
+        kind = payload[2]
+        if kind not in (1, 2):
+            raise ValueError("unknown control kind")
+        ts, seq, at = struct.unpack_from("<QQQ", payload, 3)
+        p = 27
+        plen = payload[p]
+        p += 1
+        if plen == 0 or plen > 64 or p + plen + 4 > n:
+            raise ValueError("bad poll length")
+        poll = payload[p:p + plen].decode("ascii")
+        p += plen
+        (blen,) = struct.unpack_from("<I", payload, p)
+        p += 4
+        if blen > 60000 or p + blen != n:
+            raise ValueError("bad body length")
+        return ("control", kind, ts, seq, at, poll, bytes(payload[p:]))
+    else:
         raise ValueError("bad record header or version")
-    flags = payload[1]
-    (ts,) = struct.unpack_from("<Q", payload, 2)
-    p = 10
+    (ts,) = struct.unpack_from("<Q", payload, p)
+    p += 8
     plen = payload[p]
     p += 1
-    if plen == 0 or plen > 64 or p + plen + 1 > len(payload):
+    if plen == 0 or plen > 64 or p + plen + 1 > n:
         raise ValueError("bad poll length")
     poll = payload[p:p + plen].decode("ascii")
     p += plen
     olen = payload[p]
     p += 1
-    if olen == 0 or olen > 64 or p + olen + 2 > len(payload):
+    if olen == 0 or olen > 64 or p + olen + 2 > n:
         raise ValueError("bad option length")
     option = payload[p:p + olen].decode("ascii")
     p += olen
     (vlen,) = struct.unpack_from("<H", payload, p)
     p += 2
-    if vlen > 256 or p + vlen != len(payload):
+    if vlen > 256 or p + vlen > n or (flags & F_VOTER_HMAC and vlen != 16):
         raise ValueError("bad voter length")
-    voter = payload[p:p + vlen].decode("utf-8") if vlen else None
-    return ts, flags, poll, option, voter
+    raw = payload[p:p + vlen]
+    p += vlen
+    voter = (raw.hex() if flags & F_VOTER_HMAC else raw.decode("utf-8")) if vlen else None
+    key = None
+    if flags & F_IDEM:
+        if p >= n:
+            raise ValueError("missing idempotency key")
+        klen = payload[p]
+        p += 1
+        if klen == 0 or klen > 64 or p + klen > n:
+            raise ValueError("bad idempotency key length")
+        key = payload[p:p + klen].decode("ascii")
+        p += klen
+    if p != n:
+        raise ValueError("trailing bytes after the record")
+    return ("vote", ts, flags, poll, option, voter, key)
+
+
+def decode_record(payload):
+    """A vote: (ts_ms, flags, poll, option, voter or None); None for a
+    control record; raises ValueError for anything else."""
+    r = decode_any(payload)
+    return None if r[0] == "control" else r[1:6]
 
 
 def frame_checksum(payload, partition):
@@ -96,6 +146,7 @@ class Scan:
 
     def __init__(self):
         self.records, self.valid_end, self.bad, self.intact_after = [], 0, None, 0
+        self.controls = []  # (partition, offset, decode_any tuple) of control records
 
 
 def check_frame(data, off, npartitions):
@@ -130,8 +181,11 @@ def scan_bytes(data, npartitions, resync=True, start=0):
             s.bad = (off, r[1])
             break
         n, part, payload = r
-        ts, flags, poll, option, voter = decode_record(payload)
-        s.records.append(Record(part, off, off + n, ts, flags, poll, option, voter))
+        vote = decode_record(payload)
+        if vote is None:
+            s.controls.append((part, off, decode_any(payload)))
+        else:
+            s.records.append(Record(part, off, off + n, *vote))
         off += n
     s.valid_end = off
     if s.bad and resync:
@@ -160,7 +214,12 @@ def frame_bytes(payload, partition):
     return struct.pack("<IIHH", len(payload), frame_checksum(payload, partition), partition, 0) + payload
 
 
-def encode_record(ts_ms, poll, option, voter):
+def encode_record(ts_ms, poll, option, voter, version=RECORD_V2, key=None):
+    """A vote record, v2 (what tally writes) or v1 (what older tally wrote)."""
     v = (voter or "").encode()
-    return (bytes([RECORD_VERSION, 0]) + struct.pack("<Q", ts_ms) + bytes([len(poll)]) + poll.encode()
-            + bytes([len(option)]) + option.encode() + struct.pack("<H", len(v)) + v)
+    head = bytes([RECORD_V1, 0]) if version == RECORD_V1 else bytes([RECORD_V2, TYPE_VOTE, F_IDEM if key else 0])
+    rec = (head + struct.pack("<Q", ts_ms) + bytes([len(poll)]) + poll.encode()
+           + bytes([len(option)]) + option.encode() + struct.pack("<H", len(v)) + v)
+    if key:
+        rec += bytes([len(key)]) + key.encode()
+    return rec

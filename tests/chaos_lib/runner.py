@@ -297,9 +297,12 @@ class Chaos:
             payload = out[nl + 1:nl + 1 + size]
             p = nl + 1 + size + 1
             try:
-                ts, flags, poll, option, voter = logreader.decode_record(payload)
+                vote = logreader.decode_record(payload)
             except (ValueError, UnicodeDecodeError) as e:
                 raise Violation(f"undecodable record at {part}/{off} in the topic: {e}")
+            if vote is None:  # a control record: a change to a poll, not a vote
+                continue
+            ts, flags, poll, option, voter = vote
             recs.append((logreader.Record(part, off, off + 1, ts, flags, poll, option, voter), payload))
         recs.sort(key=lambda x: (x[0].partition, x[0].offset))
         return recs

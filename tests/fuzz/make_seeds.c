@@ -30,7 +30,13 @@ static void put(const char *corpus, const char *name, const void *data, size_t l
 
 static void seed_record(const char *name, const char *poll, const char *opt, const char *voter,
                         uint64_t ts) {
-    vote_record_t v = {ts, poll, strlen(poll), opt, strlen(opt), voter, voter ? strlen(voter) : 0};
+    vote_record_t v = {.ts_ms = ts,
+                       .poll = poll,
+                       .poll_len = strlen(poll),
+                       .option = opt,
+                       .option_len = strlen(opt),
+                       .voter = voter,
+                       .voter_len = voter ? strlen(voter) : 0};
     uint8_t rec[RECORD_MAX_LEN];
     size_t n = record_encode(&v, rec);
     if (n == 0)

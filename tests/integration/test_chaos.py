@@ -63,12 +63,23 @@ class Reader(unittest.TestCase):
         self.assertEqual((s.valid_end, s.bad[1], s.intact_after), (len(good), "incomplete payload", 0))
 
     def test_record_layout(self):
-        # u8 version, u8 flags, u64 ts, u8 len + poll, u8 len + option, u16 len + voter
+        # v1: u8 version, u8 flags, u64 ts, u8 len + poll, u8 len + option, u16 len + voter
         rec = bytes([1, 0]) + struct.pack("<Q", 7) + b"\x03one" + b"\x01a" + struct.pack("<H", 2) + b"v9"
         self.assertEqual(logreader.decode_record(rec), (7, 0, "one", "a", "v9"))
         for bad in (rec[:-1], rec + b"x", bytes([2]) + rec[1:]):
             with self.assertRaises(ValueError):
                 logreader.decode_record(bad)
+        # v2: u8 version, u8 type (1 vote), u8 flags, then as v1, then the key when flags & 2
+        rec2 = bytes([2, 1, 2]) + rec[2:] + b"\x02k1"
+        self.assertEqual(logreader.decode_any(rec2), ("vote", 7, 2, "one", "a", "v9", "k1"))
+        self.assertEqual(logreader.encode_record(7, "one", "a", "v9", key="k1"), rec2)
+        for bad in (rec2[:-1], rec2 + b"x", bytes([2, 1, 4]) + rec2[3:], bytes([2, 3]) + rec2[2:]):
+            with self.assertRaises(ValueError):
+                logreader.decode_any(bad)
+        # control: u8 2, u8 2, u8 kind, u64 ts, u64 seq, u64 at, u8 len + poll, u32 len + body
+        ctl = bytes([2, 2, 1]) + struct.pack("<QQQ", 5, 1, 0) + b"\x03one" + struct.pack("<I", 2) + b"{}"
+        self.assertEqual(logreader.decode_any(ctl), ("control", 1, 5, 1, 0, "one", b"{}"))
+        self.assertIsNone(logreader.decode_record(ctl))
 
 
 class Checker(unittest.TestCase):

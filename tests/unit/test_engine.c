@@ -225,7 +225,13 @@ Test(engine, ids_with_nul_bytes_do_not_match) {
     }
     cr_assert_eq(engine_poll_index(eng, poll, sizeof poll), -1);
     uint8_t rec[RECORD_MAX_LEN];
-    vote_record_t v = {5, poll, sizeof poll, "a", 1, "alice", 5};
+    vote_record_t v = {.ts_ms = 5,
+                       .poll = poll,
+                       .poll_len = sizeof poll,
+                       .option = "a",
+                       .option_len = 1,
+                       .voter = "alice",
+                       .voter_len = 5};
     size_t n = record_encode(&v, rec);
     cr_assert_gt(n, 0);
     engine_batch_begin(eng, 0);

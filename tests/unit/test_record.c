@@ -26,8 +26,13 @@ static int decode_exact(const uint8_t *src, size_t len, vote_record_t *v, uint8_
 }
 
 static void check_roundtrip(uint64_t ts, const char *poll, const char *option, const char *voter) {
-    vote_record_t in = {ts,          poll, strlen(poll), option, strlen(option), voter,
-                        voter ? strlen(voter) : 0};
+    vote_record_t in = {.ts_ms = ts,
+                        .poll = poll,
+                        .poll_len = strlen(poll),
+                        .option = option,
+                        .option_len = strlen(option),
+                        .voter = voter,
+                        .voter_len = voter ? strlen(voter) : 0};
     uint8_t buf[RECORD_MAX_LEN];
     size_t n = record_encode(&in, buf);
     cr_assert_eq(n, RECORD_HDR_LEN + in.poll_len + in.option_len + in.voter_len);
@@ -66,19 +71,137 @@ Test(record, roundtrip_max_lengths) {
     fill(option, 64, 'o');
     fill(voter, 256, 'v');
     check_roundtrip(123456789, poll, option, voter);
+    char key[65];
+    fill(key, 64, 'k');
     uint8_t buf[RECORD_MAX_LEN];
-    vote_record_t v = {1, poll, 64, option, 64, voter, 256};
+    vote_record_t v = {.ts_ms = 1, .poll = poll, .poll_len = 64, .option = option, .option_len = 64, .voter = voter, .voter_len = 256, .key = key, .key_len = 64};
     cr_assert_eq(record_encode(&v, buf), (size_t)RECORD_MAX_LEN);
+    vote_record_t out;
+    cr_assert_eq(decode_exact(buf, RECORD_MAX_LEN, &out, NULL), 0);
+    cr_assert_eq(out.key_len, 64);
+    cr_assert_eq(out.flags, RECORD_F_IDEM);
 }
 
-Test(record, wire_layout_is_little_endian_v1) {
+Test(record, wire_layout_is_little_endian_v2) {
     uint8_t buf[RECORD_MAX_LEN];
-    vote_record_t v = {0x0102030405060708ull, "ab", 2, "xyz", 3, "V", 1};
+    vote_record_t v = {.ts_ms = 0x0102030405060708ull, .poll = "ab", .poll_len = 2, .option = "xyz", .option_len = 3, .voter = "V", .voter_len = 1};
     size_t n = record_encode(&v, buf);
-    const uint8_t want[] = {1,   0,   0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 2,
-                            'a', 'b', 3,    'x',  'y',  'z',  1,    0,    'V'};
+    const uint8_t want[] = {2,   1,   0,   0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,
+                            2,   'a', 'b', 3,    'x',  'y',  'z',  1,    0,    'V'};
     cr_assert_eq(n, sizeof want);
     cr_assert_arr_eq(buf, want, sizeof want);
+    /* With a key: flag 2 and u8 length + key after the voter. */
+    v.key = "k-1";
+    v.key_len = 3;
+    n = record_encode(&v, buf);
+    cr_assert_eq(n, sizeof want + 4);
+    cr_assert_eq(buf[2], RECORD_F_IDEM);
+    cr_assert_arr_eq(buf + sizeof want, ((const uint8_t[]){3, 'k', '-', '1'}), 4);
+}
+
+/* Logs written before v2 stay readable: the bytes older tally wrote, built
+ * here by hand from the v1 layout. */
+Test(record, decodes_v1_records) {
+    const uint8_t v1[] = {1,   0,   0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,
+                          2,   'a', 'b',  3,    'x',  'y',  'z',  1,    0,    'V'};
+    vote_record_t v;
+    cr_assert_eq(record_type(v1, sizeof v1), RECORD_VOTE);
+    cr_assert_eq(decode_exact(v1, sizeof v1, &v, NULL), 0);
+    cr_assert_eq(v.version, 1);
+    cr_assert_eq(v.ts_ms, 0x0102030405060708ull);
+    cr_assert_eq(v.poll_len, 2);
+    cr_assert_eq(v.option_len, 3);
+    cr_assert_eq(v.voter_len, 1);
+    cr_assert_eq(v.flags, 0);
+    cr_assert_eq(v.key_len, 0);
+    const uint8_t anon[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 'p', 1, 'o', 0, 0};
+    cr_assert_eq(decode_exact(anon, sizeof anon, &v, NULL), 0);
+    cr_assert_null(v.voter);
+    for (size_t len = 0; len < sizeof v1; len++)
+        cr_assert_eq(decode_exact(v1, len, &v, NULL), -1, "v1 cut to %zu accepted", len);
+    uint8_t longer[sizeof v1 + 1];
+    memcpy(longer, v1, sizeof v1);
+    longer[sizeof v1] = 'x';
+    cr_assert_eq(decode_exact(longer, sizeof longer, &v, NULL), -1);
+}
+
+Test(record, hashed_voter_and_flags) {
+    uint8_t h[RECORD_VOTER_HMAC_LEN];
+    for (size_t i = 0; i < sizeof h; i++)
+        h[i] = (uint8_t)(i * 37); /* binary, with a NUL */
+    uint8_t buf[RECORD_MAX_LEN];
+    vote_record_t v = {.ts_ms = 5, .poll = "p", .poll_len = 1, .option = "o", .option_len = 1, .voter = (const char *)h, .voter_len = sizeof h, .flags = RECORD_F_VOTER_HMAC};
+    size_t n = record_encode(&v, buf);
+    cr_assert_gt(n, 0);
+    vote_record_t out;
+    cr_assert_eq(decode_exact(buf, n, &out, NULL), 0);
+    cr_assert_eq(out.flags, RECORD_F_VOTER_HMAC);
+    cr_assert_eq(out.voter_len, sizeof h);
+    cr_assert_eq(memcmp(out.voter, h, sizeof h), 0);
+    /* A hashed voter has exactly the hash's length. */
+    v.voter_len = sizeof h - 1;
+    cr_assert_eq(record_encode(&v, buf), 0);
+    /* Unknown flags are refused both ways: they would carry a meaning this
+     * reader lacks. */
+    v.voter_len = sizeof h;
+    v.flags = 0x80;
+    cr_assert_eq(record_encode(&v, buf), 0);
+    buf[2] = 0x80 | RECORD_F_VOTER_HMAC;
+    cr_assert_eq(decode_exact(buf, n, &out, NULL), -1);
+    /* A key flag without a key. */
+    buf[2] = RECORD_F_VOTER_HMAC | RECORD_F_IDEM;
+    cr_assert_eq(decode_exact(buf, n, &out, NULL), -1);
+}
+
+Test(record, control_roundtrip_and_bounds) {
+    const char *body = "{\"id\":\"p\",\"options\":[\"a\"]}";
+    control_record_t c = {CONTROL_DEFINE, 1700000000000ull, 7, 0, "poll", 4, body, strlen(body)};
+    uint8_t *buf = xmalloc(CONTROL_MAX_LEN + 1);
+    size_t n = control_encode(&c, buf);
+    cr_assert_eq(n, CONTROL_HDR_LEN + 4 + strlen(body));
+    cr_assert_eq(record_type(buf, n), RECORD_CONTROL);
+    vote_record_t v;
+    cr_assert_eq(record_decode(buf, n, &v), -1, "a control record is not a vote");
+    control_record_t out;
+    cr_assert_eq(control_decode(buf, n, &out), 0);
+    cr_assert_eq(out.kind, CONTROL_DEFINE);
+    cr_assert_eq(out.ts_ms, c.ts_ms);
+    cr_assert_eq(out.seq, 7);
+    cr_assert_eq(out.body_len, strlen(body));
+    cr_assert_eq(memcmp(out.body, body, out.body_len), 0);
+    for (size_t len = 0; len < n; len++) {
+        uint8_t *cut = xmalloc(len ? len : 1);
+        memcpy(cut, buf, len);
+        cr_assert_eq(control_decode(cut, len, &out), -1, "cut to %zu accepted", len);
+        free(cut);
+    }
+    buf[n] = 0;
+    cr_assert_eq(control_decode(buf, n + 1, &out), -1, "trailing byte accepted");
+    /* A final without a body; unknown kinds; oversized bodies. */
+    control_record_t f = {CONTROL_FINAL, 1, 8, 1234, "poll", 4, NULL, 0};
+    n = control_encode(&f, buf);
+    cr_assert_eq(control_decode(buf, n, &out), 0);
+    cr_assert_eq(out.at_ms, 1234);
+    cr_assert_null(out.body);
+    buf[2] = 9;
+    cr_assert_eq(control_decode(buf, n, &out), -1);
+    f.kind = 9;
+    cr_assert_eq(control_encode(&f, buf), 0);
+    char *big = xmalloc(CONTROL_MAX_BODY + 1);
+    memset(big, 'x', CONTROL_MAX_BODY + 1);
+    control_record_t b = {CONTROL_DEFINE, 1, 9, 0, "poll", 4, big, CONTROL_MAX_BODY};
+    cr_assert_eq(control_encode(&b, buf), CONTROL_MAX_LEN - 60);
+    b.body_len++;
+    cr_assert_eq(control_encode(&b, buf), 0);
+    free(big);
+    free(buf);
+}
+
+Test(record, partition_by_key_without_voter) {
+    vote_record_t v = {.ts_ms = 1, .poll = "p", .poll_len = 1, .option = "o", .option_len = 1, .voter = NULL, .voter_len = 0, .key = "abc", .key_len = 3};
+    int first = record_partition(&v, 16, 1);
+    for (uint64_t spread = 0; spread < 64; spread++)
+        cr_assert_eq(record_partition(&v, 16, spread), first, "retries meet in one partition");
 }
 
 Test(record, encode_rejects_bad_lengths) {
@@ -87,7 +210,7 @@ Test(record, encode_rejects_bad_lengths) {
     fill(option, 65, 'o');
     fill(voter, 257, 'v');
     uint8_t buf[RECORD_MAX_LEN + 64];
-    vote_record_t ok = {1, poll, 64, option, 64, voter, 256};
+    vote_record_t ok = {.ts_ms = 1, .poll = poll, .poll_len = 64, .option = option, .option_len = 64, .voter = voter, .voter_len = 256};
     cr_assert_gt(record_encode(&ok, buf), 0);
 
     vote_record_t v = ok;
@@ -111,7 +234,7 @@ Test(record, decode_rejects_unknown_versions) {
     uint8_t buf[RECORD_MAX_LEN];
     size_t n = rec_make(buf, "demo", "red", "alice", 5);
     vote_record_t v;
-    const uint8_t bad[] = {0, 2, 3, 0x7f, 0x81, 0xff};
+    const uint8_t bad[] = {0, 3, 0x7f, 0x81, 0xff};
     for (size_t i = 0; i < sizeof bad; i++) {
         buf[0] = bad[i];
         cr_assert_eq(decode_exact(buf, n, &v, NULL), -1, "version %u accepted", bad[i]);
@@ -149,7 +272,7 @@ Test(record, decode_rejects_trailing_bytes) {
 Test(record, decode_rejects_bad_length_fields) {
     uint8_t buf[RECORD_MAX_LEN + 300];
     size_t n = rec_make(buf, "demo", "red", "alice", 5);
-    size_t poll_at = 10, opt_at = 10 + 1 + 4, voter_at = opt_at + 1 + 3;
+    size_t poll_at = 11, opt_at = 11 + 1 + 4, voter_at = opt_at + 1 + 3;
     vote_record_t v;
     uint8_t save;
 
@@ -184,14 +307,15 @@ Test(record, decode_rejects_bad_length_fields) {
     uint8_t big[RECORD_HDR_LEN + 2 + 257];
     memset(big, 'z', sizeof big);
     big[0] = RECORD_VERSION;
-    big[1] = 0;
-    big[10] = 1;
-    big[12] = 1;
-    big[14] = (uint8_t)257;
-    big[15] = (uint8_t)(257 >> 8);
+    big[1] = RECORD_VOTE;
+    big[2] = 0;
+    big[11] = 1;
+    big[13] = 1;
+    big[15] = (uint8_t)257;
+    big[16] = (uint8_t)(257 >> 8);
     cr_assert_eq(decode_exact(big, sizeof big, &v, NULL), -1);
-    big[14] = 0;
-    big[15] = 1; /* 256: fine, with one byte too many */
+    big[15] = 0;
+    big[16] = 1; /* 256: fine, with one byte too many */
     cr_assert_eq(decode_exact(big, sizeof big, &v, NULL), -1);
     cr_assert_eq(decode_exact(big, sizeof big - 1, &v, NULL), 0);
     cr_assert_eq(v.voter_len, 256);
@@ -208,12 +332,19 @@ Test(record, decode_random_bytes_never_crashes) {
             b[i] = (uint8_t)rng_next(&seed);
         /* Make plausible headers common enough to reach the later checks. */
         if (len > 0 && iter % 2 == 0)
-            b[0] = RECORD_VERSION;
-        if (len > 10 && iter % 4 == 0)
-            b[10] = (uint8_t)(rng_next(&seed) % 8);
+            b[0] = iter % 6 == 0 ? RECORD_VERSION_V1 : RECORD_VERSION;
+        if (len > 2 && iter % 2 == 0 && iter % 6 != 0) {
+            b[1] = RECORD_VOTE;
+            b[2] = (uint8_t)(rng_next(&seed) % 4);
+        }
+        if (len > 11 && iter % 4 == 0)
+            b[iter % 6 == 0 ? 10 : 11] = (uint8_t)(rng_next(&seed) % 8);
         vote_record_t v;
         if (record_decode(b, len, &v) == 0) {
-            cr_assert_eq(RECORD_HDR_LEN + v.poll_len + v.option_len + v.voter_len, len);
+            size_t fixed = v.version == 1 ? RECORD_V1_HDR_LEN : RECORD_HDR_LEN;
+            cr_assert_eq(fixed + v.poll_len + v.option_len + v.voter_len +
+                             (v.key_len ? 1 + v.key_len : 0),
+                         len);
             cr_assert(v.poll_len >= 1 && v.poll_len <= 64);
             cr_assert(v.option_len >= 1 && v.option_len <= 64);
             cr_assert(v.voter_len <= 256);

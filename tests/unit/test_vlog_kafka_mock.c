@@ -60,7 +60,13 @@ static void teardown(void) {
 static vlog_err_t append_vote(vlog_t *l, int i) {
     char voter[32];
     snprintf(voter, sizeof voter, "v%d", i);
-    vote_record_t v = {now_ms(), "poll", 4, "opt", 3, voter, strlen(voter)};
+    vote_record_t v = {.ts_ms = now_ms(),
+                       .poll = "poll",
+                       .poll_len = 4,
+                       .option = "opt",
+                       .option_len = 3,
+                       .voter = voter,
+                       .voter_len = strlen(voter)};
     uint8_t rec[RECORD_MAX_LEN];
     size_t len = record_encode(&v, rec);
     return vlog_append(l, record_partition(&v, vlog_partitions(l), 0), rec, len,
@@ -71,7 +77,7 @@ static vlog_err_t append_vote(vlog_t *l, int i) {
 static vlog_err_t append_vote_to(vlog_t *l, int i, int partition) {
     char voter[32];
     snprintf(voter, sizeof voter, "v%d", i);
-    vote_record_t v = {now_ms(), "poll", 4, "opt", 3, voter, strlen(voter)};
+    vote_record_t v = {.ts_ms = now_ms(), .poll = "poll", .poll_len = 4, .option = "opt", .option_len = 3, .voter = voter, .voter_len = strlen(voter)};
     uint8_t rec[RECORD_MAX_LEN];
     size_t len = record_encode(&v, rec);
     return vlog_append(l, partition, rec, len, (void *)(intptr_t)(i + 1));

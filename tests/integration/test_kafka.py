@@ -18,6 +18,10 @@ import threading
 import time
 import unittest
 
+import sys
+
+sys.path.insert(0, os.path.join(os.environ.get("TALLY_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "../..")), "tests"))
+from chaos_lib import logreader  # noqa: E402
 from harness import (DEFAULT_SHAPE, SHAPE, TIMEOUT_MULT, Load, Tally, TallyTestCase,
                      expected_totals, wait_until)
 
@@ -33,8 +37,9 @@ def kafka_local(*args, timeout=300):
 
 
 def topic_records(bootstrap, topic):
-    """Every record of a topic, read with kcat and decoded here (record format
-    v1, log/record.h), not by tally: [(partition, offset, poll, option, voter)]."""
+    """Every vote of a topic, read with kcat and decoded by the test's own
+    reader (tests/chaos_lib/logreader.py, from the format in log/record.h),
+    not by tally: [(partition, offset, poll, option, voter)]."""
     r = subprocess.run(["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q",
                         "-f", "%p %o %S %s"], capture_output=True, timeout=120)
     if r.returncode != 0:
@@ -49,18 +54,12 @@ def topic_records(bootstrap, topic):
         part, off, size = fields
         val = out[pos:pos + size]
         pos += size
-        if len(val) < 14 or val[0] != 1:
-            raise AssertionError(f"{topic}[{part}]@{off}: not a v1 vote record: {val!r}")
-        i = 10
-        poll = val[i + 1:i + 1 + val[i]]
-        i += 1 + val[i]
-        opt = val[i + 1:i + 1 + val[i]]
-        i += 1 + val[i]
-        (vlen,) = struct.unpack_from("<H", val, i)
-        voter = val[i + 2:i + 2 + vlen]
-        if i + 2 + vlen != len(val):
-            raise AssertionError(f"{topic}[{part}]@{off}: bad record lengths: {val!r}")
-        recs.append((part, off, poll.decode(), opt.decode(), voter.decode()))
+        try:
+            rec = logreader.decode_any(val)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise AssertionError(f"{topic}[{part}]@{off}: not a tally record ({e}): {val!r}")
+        if rec[0] == "vote":
+            recs.append((part, off, rec[3], rec[4], rec[5] or ""))
     return recs
 
 

@@ -77,11 +77,13 @@ void s3_stats(s3_stats_t *out) {
     pthread_mutex_unlock(&st_mu);
 }
 
+/* "UTF-8" in capitals: S3Proxy's Jetty rewrites "charset=utf-8" so before
+ * checking the signature, which then no longer matches the header signed. */
 static const char *content_type(const char *name) {
     static const struct {
         const char *ext, *type;
     } types[] = {
-        {".html", "text/html; charset=utf-8"}, {".json", "application/json"},
+        {".html", "text/html; charset=UTF-8"}, {".json", "application/json"},
         {".svg", "image/svg+xml"},             {".css", "text/css"},
         {".js", "text/javascript"},
     };

@@ -777,6 +777,8 @@ static void poll_index_build(tally_config_t *c) {
     }
 }
 
+#define CACHE_CONTROL_MAX 512
+
 /* The S3 keys that need no file: an endpoint URL we can sign for, a
  * bucket, a region, a prefix that needs no escaping in an object name. */
 static tally_err_t validate_s3(const tally_config_t *c, const char *where, char *errstr,
@@ -846,6 +848,16 @@ static tally_err_t validate(tally_config_t *c, const parse_ctx_t *ctx, const cha
     poll_index_build(c);
     if (validate_s3(c, where ? where : "config", errstr, esz) != TALLY_OK)
         return TALLY_ERR_CONFIG;
+    /* It goes into HTTP headers as it is. */
+    const char *cc = c->pub_cache_control;
+    int cc_ok = strlen(cc) <= CACHE_CONTROL_MAX;
+    for (const char *q = cc; cc_ok && *q; q++)
+        cc_ok = (unsigned char)*q >= 0x20 && *q != 0x7f;
+    if (!cc_ok) {
+        seterr(errstr, esz, "%s: publisher.cache_control: at most %d bytes, no control characters",
+               where ? where : "config", CACHE_CONTROL_MAX);
+        return TALLY_ERR_CONFIG;
+    }
     for (int i = 0; i < c->npolls; i++) {
         poll_conf_t *p = &c->polls[i];
         if (p->noptions == 0) {

@@ -95,6 +95,7 @@ struct http_conn_s {
 
 static void conn_process(http_conn_t *c);
 static void conn_flush(http_conn_t *c);
+static void conn_pump(http_conn_t *c);
 static int conn_maybe_finish(http_conn_t *c);
 
 /* ---- replies ---- */
@@ -172,8 +173,7 @@ static void conn_answered(http_conn_t *c) {
     if (c->deferred) {
         c->deferred = 0;
         if (!c->in_process) { /* an answer from outside the read path */
-            conn_process(c);
-            conn_flush(c);
+            conn_pump(c);
             conn_maybe_finish(c);
         }
     }
@@ -742,15 +742,25 @@ static void conn_flush(http_conn_t *c) {
     set_write_interest(c, 0);
 }
 
+/* Parses and answers buffered requests, and sends, for as long as that
+ * makes progress: parsing stops behind a file being sent, and a file that
+ * went out at once (sendfile did not block, so no write event will come)
+ * must let the pipelined requests behind it go on. */
+static void conn_pump(http_conn_t *c) {
+    do {
+        conn_process(c);
+        conn_flush(c);
+    } while (!c->wblocked && !c->broken && !c->closing && !c->deferred && !c->in_process &&
+             c->file_fd < 0 && c->ioff < c->ilen);
+}
+
 static void on_write(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     http_conn_t *c = arg;
     conn_flush(c);
-    if (!c->wblocked && !c->broken) {
-        conn_process(c); /* input that waited for the output to drain */
-        conn_flush(c);
-    }
+    if (!c->wblocked && !c->broken)
+        conn_pump(c); /* input that waited for the output to drain */
     conn_maybe_finish(c);
 }
 
@@ -782,10 +792,8 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
         event_del(c->rev);
         c->read_off = 1;
     }
-    if (!c->broken && !c->closing) {
-        conn_process(c);
-        conn_flush(c);
-    }
+    if (!c->broken && !c->closing)
+        conn_pump(c);
     conn_maybe_finish(c);
 }
 

@@ -105,12 +105,14 @@ int http_etag_list_matches(const char *s, size_t n, const char *etag) {
         i++;
     if (n - i == 1 && s[i] == '*') /* any current representation: this one */
         return 1;
-    /* 1#entity-tag: empty elements (",,") are allowed and skipped. */
+    /* 1#entity-tag: empty elements (",,") are allowed and skipped. The
+     * whole value is checked before it may match. */
+    int matched = 0;
     for (;;) {
         while (i < n && (is_ows(s[i]) || s[i] == ','))
             i++;
         if (i >= n)
-            return 0;
+            return matched;
         if (n - i >= 2 && s[i] == 'W' && s[i + 1] == '/')
             i += 2; /* weak comparison: W/ does not matter */
         if (i >= n || s[i] != '"')
@@ -121,8 +123,7 @@ int http_etag_list_matches(const char *s, size_t n, const char *etag) {
         if (i >= n || s[i] != '"')
             return 0;
         i++;
-        if (i - start == el && !memcmp(s + start, etag, el))
-            return 1;
+        matched |= i - start == el && !memcmp(s + start, etag, el);
         while (i < n && is_ows(s[i]))
             i++;
         if (i < n && s[i] != ',')

@@ -20,6 +20,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -245,6 +247,43 @@ void http_date_format(int64_t t, char *out) {
 
 /* ---- serving ---- */
 
+/* The read storm's path costs: realpath of the root and of the file is a
+ * readlink per component. The root's canonical name is kept per thread
+ * (resolved again once a second, or when root changes), and the file is
+ * opened under it in one openat2 that refuses any symlink on the way: with
+ * the components checked above (no "..") that cannot leave the root. A
+ * symlink inside the root (or a kernel without openat2) takes the slow
+ * path, which allows a link that stays inside. */
+#define ROOT_RECHECK_MS 1000
+static _Thread_local char root_seen[PATH_MAX], root_canon[PATH_MAX];
+static _Thread_local uint64_t root_at;
+
+static const char *canon_root(const char *root) {
+    uint64_t now = mono_ms();
+    if (root_canon[0] && now - root_at < ROOT_RECHECK_MS && !strcmp(root_seen, root))
+        return root_canon;
+    if (strlen(root) >= sizeof root_seen || !realpath(root, root_canon)) {
+        root_canon[0] = '\0';
+        return NULL;
+    }
+    strcpy(root_seen, root);
+    root_at = now;
+    return root_canon;
+}
+
+/* fd, -1 (no such file: 404) or -2 (cannot tell here: the slow path). */
+static int open_beneath_fast(const char *canon, const char *rel) {
+    char p[PATH_MAX];
+    if (snprintf(p, sizeof p, "%s/%s", canon, rel) >= (int)sizeof p)
+        return -1;
+    struct open_how how = {.flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
+                           .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS};
+    long fd = syscall(SYS_openat2, AT_FDCWD, p, &how, sizeof how);
+    if (fd >= 0)
+        return (int)fd;
+    return errno == ENOENT || errno == ENOTDIR || errno == EACCES ? -1 : -2;
+}
+
 int static_serve(http_conn_t *c, const http_req_t *r, const char *root, const char *cache_control) {
     const char *rawpath = r->path;
     size_t rawlen = r->path_len;
@@ -265,17 +304,21 @@ int static_serve(http_conn_t *c, const http_req_t *r, const char *root, const ch
         }
         s = e ? e + 1 : s + n;
     }
-    if (snprintf(full, sizeof full, "%s/%s", root, rel) >= (int)sizeof full ||
-        !realpath(root, rroot) || !realpath(full, rfull)) {
-        ingest_reply_error(c, 404, "not_found", "no such file");
-        return 404;
+    const char *canon = canon_root(root);
+    int fd = canon ? open_beneath_fast(canon, rel) : -1;
+    if (fd == -2) {
+        if (snprintf(full, sizeof full, "%s/%s", root, rel) >= (int)sizeof full ||
+            !realpath(root, rroot) || !realpath(full, rfull)) {
+            ingest_reply_error(c, 404, "not_found", "no such file");
+            return 404;
+        }
+        size_t rl = strlen(rroot);
+        if (strncmp(rfull, rroot, rl) != 0 || rfull[rl] != '/') {
+            ingest_reply_error(c, 403, "forbidden", "the path leaves the results directory");
+            return 403;
+        }
+        fd = open(rfull, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     }
-    size_t rl = strlen(rroot);
-    if (strncmp(rfull, rroot, rl) != 0 || rfull[rl] != '/') {
-        ingest_reply_error(c, 403, "forbidden", "the path leaves the results directory");
-        return 403;
-    }
-    int fd = open(rfull, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         if (fd >= 0)
@@ -310,6 +353,6 @@ int static_serve(http_conn_t *c, const http_req_t *r, const char *root, const ch
         http_conn_reply(c, 304, NULL, hdrs, NULL, 0);
         return 304;
     }
-    http_conn_send_file(c, content_type(rfull), hdrs, fd, (uint64_t)st.st_size);
+    http_conn_send_file(c, content_type(rel), hdrs, fd, (uint64_t)st.st_size);
     return 200;
 }

@@ -134,6 +134,29 @@ class HttpCacheTest(TallyTestCase):
         (st, _, _), = self.exchange(self.get(If_None_Match='"other"', If_Modified_Since=lm))
         self.assertEqual(st, 200)
 
+    def test_symlinks_inside_are_served_outside_refused(self):
+        """openat2 takes no symlink; the slow path then decides as before."""
+        import os
+        pub = os.path.join(self.t.dir, "public")
+        secret = os.path.join(self.t.dir, "log", "secret.json")
+        with open(secret, "w") as f:
+            f.write('{"voter":"x"}')
+        os.symlink(os.path.join(pub, "polls", "one.json"), os.path.join(pub, "inside.json"))
+        os.symlink(secret, os.path.join(pub, "outside.json"))
+        os.symlink(os.path.join(self.t.dir, "log"), os.path.join(pub, "logdir"))
+        (st, h, body), = self.exchange(self.get("/inside.json"))
+        self.assertEqual(st, 200)
+        self.assertEqual(json.loads(body)["poll"], "one")
+        self.assertEqual(h["content-type"], "application/json")
+        for path in ["/outside.json", "/logdir/secret.json"]:
+            (st, _, body), = self.exchange(self.get(path))
+            self.assertEqual(st, 403, path)
+            self.assertNotIn(b"voter", body)
+        (st, _, _), = self.exchange(self.get("/polls/nope.json"))
+        self.assertEqual(st, 404)
+        (st, _, _), = self.exchange(self.get("/polls"))
+        self.assertEqual(st, 404)
+
 
 if __name__ == "__main__":
     unittest.main()

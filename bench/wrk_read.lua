@@ -1,0 +1,42 @@
+-- wrk script for bench/compare's read storm: GET one results file with
+-- If-None-Match set to the server's current ETag, as a CDN revalidating (or
+-- a page polling) does, and count the answers by status: every one must be
+-- a 304 for the run to count.
+--   wrk -t1 -c64 -d10s -s bench/wrk_read.lua http://127.0.0.1:PORT -- PATH ETAG
+-- Prints one JSON line (prefixed "wrk-json ") with the run's figures.
+
+local path, etag = "/polls/demo.json", nil
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  path = args[1] or path
+  etag = args[2]
+  n304, nother = 0, 0
+end
+
+function request()
+  return wrk.format("GET", path, {["If-None-Match"] = etag})
+end
+
+function response(status, headers, body)
+  if status == 304 then n304 = n304 + 1 else nother = nother + 1 end
+end
+
+function done(summary, latency, requests)
+  local a, b = 0, 0
+  for _, t in ipairs(threads) do
+    a = a + t:get("n304")
+    b = b + t:get("nother")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'wrk-json {"requests":%d,"duration_us":%d,"bytes":%d,"connect_errors":%d,' ..
+    '"read_errors":%d,"write_errors":%d,"status_errors":%d,"timeouts":%d,' ..
+    '"p50_us":%d,"p99_us":%d,"max_us":%d,"n304":%d,"nother":%d}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,
+    e.status, e.timeout, latency:percentile(50), latency:percentile(99), latency.max, a, b))
+end

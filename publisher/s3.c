@@ -23,6 +23,7 @@
 #define FAIL_LOG_EVERY_MS 30000
 #define CONNECT_TIMEOUT_MS 3000
 #define REQUEST_TIMEOUT_MS 15000
+#define FINAL_TIMEOUT_MS 2000 /* the last pass at stop: a stop is not held up */
 #define REPLY_KEEP 2048 /* bytes of an error reply kept to name the cause */
 #define SHA256_LEN 32
 
@@ -50,6 +51,7 @@ struct s3_s {
     size_t nobjs, cap, cursor;
     size_t npending;
     int stopping;
+    _Atomic int abort_inflight; /* set by s3_free: a PUT in flight gives up */
 
     /* uploader thread only */
     int backoff_ms;
@@ -127,10 +129,24 @@ static void reply_code(const buf_t *b, char *out, size_t cap) {
     out[n] = '\0';
 }
 
+typedef struct {
+    s3_t *s;
+    int final; /* a PUT of the last pass: only its timeout ends it */
+} put_ctx_t;
+
+/* libcurl's progress callback, at least once a second: non-zero aborts. */
+static int put_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                        curl_off_t ulnow) {
+    (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    put_ctx_t *pc = arg;
+    return !pc->final && atomic_load(&pc->s->abort_inflight);
+}
+
 /* PUTs data as object name. TALLY_OK on a 2xx; else TALLY_ERR_IO with the
  * cause in err. @locality the uploader thread */
 static tally_err_t put_object(s3_t *s, const char *name, const void *data, size_t len,
-                              const unsigned char sha[SHA256_LEN], char *err, size_t esz) {
+                              const unsigned char sha[SHA256_LEN], long timeout_ms, char *err,
+                              size_t esz) {
     buf_t url = {0}, reply = {0}, h = {0};
     struct curl_slist *hdrs = NULL;
     tally_err_t rc = TALLY_ERR_IO;
@@ -154,8 +170,13 @@ static tally_err_t put_object(s3_t *s, const char *name, const void *data, size_
     curl_easy_setopt(cu, CURLOPT_URL, url.data);
     curl_easy_setopt(cu, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(cu, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(cu, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_TIMEOUT_MS);
-    curl_easy_setopt(cu, CURLOPT_TIMEOUT_MS, (long)REQUEST_TIMEOUT_MS);
+    curl_easy_setopt(cu, CURLOPT_CONNECTTIMEOUT_MS,
+                     timeout_ms < CONNECT_TIMEOUT_MS ? timeout_ms : (long)CONNECT_TIMEOUT_MS);
+    curl_easy_setopt(cu, CURLOPT_TIMEOUT_MS, timeout_ms);
+    put_ctx_t pc = {s, timeout_ms == FINAL_TIMEOUT_MS};
+    curl_easy_setopt(cu, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(cu, CURLOPT_XFERINFOFUNCTION, put_progress);
+    curl_easy_setopt(cu, CURLOPT_XFERINFODATA, &pc);
     curl_easy_setopt(cu, CURLOPT_CUSTOMREQUEST, "PUT");
     curl_easy_setopt(cu, CURLOPT_POSTFIELDS, len ? data : "");
     curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
@@ -251,6 +272,7 @@ static tally_err_t upload_one(s3_t *s, size_t i) {
     unsigned char sent[SHA256_LEN], sha[SHA256_LEN];
     memcpy(sent, o->sent_sha, sizeof sent);
     const char *name = o->name;
+    long timeout_ms = s->stopping ? FINAL_TIMEOUT_MS : REQUEST_TIMEOUT_MS;
     pthread_mutex_unlock(&s->mu);
 
     char err[512];
@@ -260,7 +282,7 @@ static tally_err_t upload_one(s3_t *s, size_t i) {
     if (same)
         atomic_fetch_add(&st_unchanged, 1);
     else
-        rc = put_object(s, name, body.data, body.len, sha, err, sizeof err);
+        rc = put_object(s, name, body.data, body.len, sha, timeout_ms, err, sizeof err);
     if (rc == TALLY_OK && !same)
         note_success(s);
     else if (rc != TALLY_OK)
@@ -430,6 +452,7 @@ void s3_put(s3_t *s, const char *name, const void *data, size_t len) {
 void s3_free(s3_t *s) {
     if (!s)
         return;
+    atomic_store(&s->abort_inflight, 1); /* it is sent again in the last pass */
     pthread_mutex_lock(&s->mu);
     s->stopping = 1;
     pthread_cond_signal(&s->cond);

@@ -35,8 +35,8 @@ tally_err_t s3_new(const tally_config_t *c, s3_t **out, char *errstr, size_t esz
 void s3_put(s3_t *s, const char *name, const void *data, size_t len);
 
 /* Stops the thread after a last attempt at everything still pending that
- * gives up at the first failure, so a stop never waits out an unreachable
- * server's retries. Then frees s. NULL: nothing. */
+ * gives up at the first failure (and allows each PUT 2 s), so a stop never
+ * waits out an unreachable server's retries. Then frees s. NULL: nothing. */
 void s3_free(s3_t *s);
 
 /* The process's S3 upload counters (tally runs at most one uploader; all

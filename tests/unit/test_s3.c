@@ -327,3 +327,20 @@ Test(s3, stop_gives_up_at_the_first_failure) {
     cr_assert_lt(mono_ms() - t0, 2000 * TMOUT_MULT);
     cr_assert_eq(stats().uploads_ok, 0);
 }
+
+Test(s3, stop_does_not_wait_for_a_server_that_never_answers) {
+    srv_start();
+    pthread_mutex_lock(&srv.mu);
+    srv.hold = 1; /* answers are held until the server stops */
+    pthread_mutex_unlock(&srv.mu);
+    s3_t *s = uploader(0);
+    s3_put(s, "polls/a.json", "v1", 2);
+    WAIT_UNTIL(nreqs() == 1, 5000);
+    uint64_t t0 = mono_ms();
+    done(s); /* the PUT in flight is abandoned, the last pass allows 2 s */
+    uint64_t took = mono_ms() - t0;
+    cr_assert_lt(took, 4500 * TMOUT_MULT, "stop took %llu ms", (unsigned long long)took);
+    cr_assert_geq(nreqs(), 1);
+    cr_assert_eq(stats().uploads_ok, 0);
+    srv_stop();
+}

@@ -2,10 +2,12 @@
 -- If-None-Match set to the server's current ETag, as a CDN revalidating (or
 -- a page polling) does, and count the answers by status: every one must be
 -- a 304 for the run to count.
---   wrk -t1 -c64 -d10s -s bench/wrk_read.lua http://127.0.0.1:PORT -- PATH ETAG
+--   wrk -t1 -c64 -d10s -s bench/wrk_read.lua http://127.0.0.1:PORT -- PATH ETAG [DELAY_MS]
+-- DELAY_MS: each connection waits that long before its next request, so
+-- the read rate is about connections * 1000 / DELAY_MS (an open-ish loop).
 -- Prints one JSON line (prefixed "wrk-json ") with the run's figures.
 
-local path, etag = "/polls/demo.json", nil
+local path, etag, wait_ms = "/polls/demo.json", nil, 0
 local threads = {}
 
 function setup(thread)
@@ -15,11 +17,16 @@ end
 function init(args)
   path = args[1] or path
   etag = args[2]
+  wait_ms = tonumber(args[3] or "0")
   n304, nother = 0, 0
 end
 
 function request()
   return wrk.format("GET", path, {["If-None-Match"] = etag})
+end
+
+function delay()
+  return wait_ms
 end
 
 function response(status, headers, body)

@@ -24,7 +24,7 @@
 #define CONNECT_TIMEOUT_MS 3000
 #define REQUEST_TIMEOUT_MS 15000
 #define FINAL_TIMEOUT_MS 2000 /* the last pass at stop: a stop is not held up */
-#define REPLY_KEEP 2048 /* bytes of an error reply kept to name the cause */
+#define REPLY_KEEP 2048       /* bytes of an error reply kept to name the cause */
 #define SHA256_LEN 32
 
 typedef struct {
@@ -85,8 +85,10 @@ static const char *content_type(const char *name) {
     static const struct {
         const char *ext, *type;
     } types[] = {
-        {".html", "text/html; charset=UTF-8"}, {".json", "application/json"},
-        {".svg", "image/svg+xml"},             {".css", "text/css"},
+        {".html", "text/html; charset=UTF-8"},
+        {".json", "application/json"},
+        {".svg", "image/svg+xml"},
+        {".css", "text/css"},
         {".js", "text/javascript"},
     };
     const char *dot = strrchr(name, '.');
@@ -217,9 +219,9 @@ static void note_failure(s3_t *s, const char *err) {
     pthread_mutex_lock(&st_mu);
     snprintf(st_err, sizeof st_err, "%.255s", err);
     pthread_mutex_unlock(&st_mu);
-    s->backoff_ms = s->backoff_ms ? (s->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
-                                                                         : s->backoff_ms * 2)
-                                  : BACKOFF_MIN_MS;
+    s->backoff_ms = s->backoff_ms
+                        ? (s->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : s->backoff_ms * 2)
+                        : BACKOFF_MIN_MS;
     s->retry_at = now + (uint64_t)s->backoff_ms;
     if (!s->failing) {
         log_error("s3: %s (results are still written to publisher.dir; the upload is retried)",
@@ -353,8 +355,8 @@ tally_err_t s3_new(const tally_config_t *c, s3_t **out, char *errstr, size_t esz
     tally_err_t rc = config_read_secret("publisher.s3_access_key_file", c->s3_access_key_file,
                                         &s->access, errstr, esz);
     if (rc == TALLY_OK)
-        rc = config_read_secret("publisher.s3_secret_key_file", c->s3_secret_key_file,
-                                &s->secret, errstr, esz);
+        rc = config_read_secret("publisher.s3_secret_key_file", c->s3_secret_key_file, &s->secret,
+                                errstr, esz);
     if (rc != TALLY_OK)
         goto fail;
     buf_append(&s->access, "", 1); /* NUL-terminated for libcurl */

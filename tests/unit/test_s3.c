@@ -35,7 +35,7 @@ static struct {
     pthread_cond_t cond;
     req_t reqs[MAX_REQS];
     int nreqs;
-    int hold;     /* 1: received requests wait for their answer */
+    int hold;       /* 1: received requests wait for their answer */
     int fail_first; /* this many first requests get fail_status */
     int fail_status;
     int stop;
@@ -100,8 +100,8 @@ static void serve_conn(int c) {
         pthread_mutex_unlock(&srv.mu);
         char out[512];
         const char *xml = status == 200 ? "" : "<Error><Code>SlowDown</Code></Error>";
-        int ol = snprintf(out, sizeof out, "HTTP/1.1 %d X\r\nContent-Length: %zu\r\n\r\n%s",
-                          status, strlen(xml), xml);
+        int ol = snprintf(out, sizeof out, "HTTP/1.1 %d X\r\nContent-Length: %zu\r\n\r\n%s", status,
+                          strlen(xml), xml);
         if (send(c, out, (size_t)ol, MSG_NOSIGNAL) != ol)
             return;
     }

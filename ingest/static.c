@@ -271,6 +271,19 @@ static const char *canon_root(const char *root) {
     return root_canon;
 }
 
+/* The Date header (RFC 9110 6.6.1: an origin with a clock sends it; a
+ * cache ages the answer by it), formatted once a second per thread. */
+static _Thread_local char date_now[HTTP_DATE_LEN + 1];
+static _Thread_local int64_t date_sec = -1;
+
+static const char *date_header(int64_t now) {
+    if (now != date_sec) {
+        http_date_format(now, date_now);
+        date_sec = now;
+    }
+    return date_now;
+}
+
 /* fd, -1 (no such file: 404) or -2 (cannot tell here: the slow path). */
 static int open_beneath_fast(const char *canon, const char *rel) {
     char p[PATH_MAX];
@@ -336,9 +349,9 @@ int static_serve(http_conn_t *c, const http_req_t *r, const char *root, const ch
     if (lm_ok)
         http_date_format(mtime, lm);
     /* config_validate keeps cache_control short and free of CR/LF. */
-    snprintf(hdrs, sizeof hdrs, "ETag: %s\r\n%s%s%sCache-Control: %s\r\n", etag,
-             lm_ok ? "Last-Modified: " : "", lm_ok ? lm : "", lm_ok ? "\r\n" : "",
-             cache_control);
+    snprintf(hdrs, sizeof hdrs, "Date: %s\r\nETag: %s\r\n%s%s%sCache-Control: %s\r\n",
+             date_header(now), etag, lm_ok ? "Last-Modified: " : "", lm_ok ? lm : "",
+             lm_ok ? "\r\n" : "", cache_control);
     int not_modified;
     int64_t since;
     if (r->if_none_match) /* If-Modified-Since is ignored then (13.1.3) */

@@ -67,6 +67,10 @@ class HttpCacheTest(TallyTestCase):
             self.assertRegex(h["etag"], r'^"[0-9a-f]+-[0-9a-f]+-[0-9a-f]+"$', path)
             self.assertEqual(h["cache-control"], "public, max-age=2, stale-while-revalidate=7")
             self.assertEqual(int(h["content-length"]), len(body))
+            date = email.utils.parsedate_to_datetime(h["date"]).timestamp()
+            self.assertLess(abs(date - time.time()), 5, h["date"])
+            if "last-modified" in h:
+                self.assertLessEqual(email.utils.parsedate_to_datetime(h["last-modified"]).timestamp(), date)
         self.assertEqual(json.loads(self.current()[1])["poll"], "one")
 
     def test_if_none_match_304_exact_weak_list_and_star(self):
@@ -79,6 +83,7 @@ class HttpCacheTest(TallyTestCase):
             self.assertEqual(body, b"")
             self.assertNotIn("content-length", h2)
             self.assertEqual(h2["etag"], tag)
+            self.assertIn("date", h2)
             self.assertEqual(h2["cache-control"], "public, max-age=2, stale-while-revalidate=7")
         for inm in ['"nope"', tag[:-2] + '"', tag[1:-1], "W/" + tag[1:-1], '"a" junk, ' + tag,
                     f'"*", "x"', "", "W/", tag + tag]:

@@ -11,11 +11,13 @@
 #include <time.h>
 
 #include "cmd/cmd.h"
+#include "common/json.h"
 #include "common/util.h"
 #include "engine/engine.h"
 #include "ingest/ingest.h"
 #include "log/vlog.h"
 #include "publisher/publisher.h"
+#include "publisher/s3.h"
 
 enum { ROLE_INGEST = 1, ROLE_ENGINE = 2 };
 
@@ -100,6 +102,16 @@ static void fill_stats(void *arg, ingest_t *in, buf_t *b) {
         buf_printf(b, "],\"lag\":%lld,\"applied\":%llu,\"skipped\":%llu},\"publisher\":{\"writes\":%llu}",
                    have_ends ? (long long)lag : -1LL, (unsigned long long)es.applied,
                    (unsigned long long)es.skipped, (unsigned long long)pub_writes(rc->pub));
+    }
+    s3_stats_t s3;
+    s3_stats(&s3);
+    if (s3.enabled) {
+        buf_printf(b, ",\"s3\":{\"uploads_ok\":%llu,\"failures\":%llu,\"unchanged\":%llu,"
+                      "\"pending\":%llu,\"last_error\":",
+                   (unsigned long long)s3.uploads_ok, (unsigned long long)s3.failures,
+                   (unsigned long long)s3.unchanged, (unsigned long long)s3.pending);
+        json_put_str(b, s3.last_error);
+        buf_printf(b, ",\"last_error_ms\":%llu}", (unsigned long long)s3.last_error_ms);
     }
     ingest_stats_t is = ingest_stats(in);
     buf_printf(b, ",\"ingest\":{\"accepted\":%llu,\"rejected\":%llu,\"unavailable\":%llu}}",

@@ -80,6 +80,8 @@ tally_config_t *cmd_load_config(const cmd_opts_t *o) {
     tally_err_t rc = config_load(o->config_path, o->overrides, o->noverrides, &c, err, sizeof err);
     if (rc == TALLY_OK)
         rc = config_check_dirs(c, o->writes, err, sizeof err);
+    if (rc == TALLY_OK)
+        rc = config_check_s3(c, err, sizeof err);
     if (rc != TALLY_OK) {
         fprintf(stderr, "tally: %s%s\n", rc == TALLY_ERR_CONFIG ? "config error: " : "", err);
         config_free(c);

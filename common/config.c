@@ -79,6 +79,23 @@ static const key_def_t keys[] = {
      "directory of the published results (index.html, polls/ID.json|html)"},
     {"publisher", "min_interval_ms", T_INT, "50", 0, 3600000, OFF(pub_min_interval_ms),
      "a poll's results are rewritten at most once per this interval"},
+    {"publisher", "cache_control", T_STR, "public, max-age=1, stale-while-revalidate=5", 0, 0,
+     OFF(pub_cache_control),
+     "Cache-Control of the results, served over HTTP and set on S3 objects (a CDN's cue)"},
+    {"publisher", "s3_endpoint", T_STR, "", 0, 0, OFF(s3_endpoint),
+     "S3-compatible endpoint URL (http[s]://host[:port]); non-empty mirrors publisher.dir there"},
+    {"publisher", "s3_bucket", T_STR, "", 0, 0, OFF(s3_bucket),
+     "bucket of the results (required with s3_endpoint)"},
+    {"publisher", "s3_region", T_STR, "us-east-1", 0, 0, OFF(s3_region),
+     "region named in the SigV4 signature"},
+    {"publisher", "s3_prefix", T_STR, "", 0, 0, OFF(s3_prefix),
+     "object names start with this folder ([A-Za-z0-9_.-/]; a '/' is put after it)"},
+    {"publisher", "s3_access_key_file", T_STR, "", 0, 0, OFF(s3_access_key_file),
+     "file holding the access key id (first line)"},
+    {"publisher", "s3_secret_key_file", T_STR, "", 0, 0, OFF(s3_secret_key_file),
+     "file holding the secret access key (first line)"},
+    {"publisher", "s3_path_style", T_BOOL, "true", 0, 1, OFF(s3_path_style),
+     "true: ENDPOINT/BUCKET/KEY; false: virtual-hosted BUCKET.HOST/KEY"},
     {"kafka", "brokers", T_STR, "", 0, 0, OFF(kafka_brokers),
      "bootstrap brokers; non-empty switches the vote log to Kafka"},
     {"kafka", "topic", T_STR, "tally.votes", 0, 0, OFF(kafka_topic), "topic of the vote log"},
@@ -760,10 +777,87 @@ static void poll_index_build(tally_config_t *c) {
     }
 }
 
+#define CACHE_CONTROL_MAX 512
+
+/* The S3 keys that need no file: an endpoint URL we can sign for, a
+ * bucket, a region, a prefix that needs no escaping in an object name. */
+static tally_err_t validate_s3(const tally_config_t *c, const char *where, char *errstr,
+                               size_t esz) {
+    const char *ep = c->s3_endpoint;
+    if (!ep || !ep[0])
+        return TALLY_OK;
+    if (strncmp(ep, "http://", 7) && strncmp(ep, "https://", 8)) {
+        seterr(errstr, esz, "%s: publisher.s3_endpoint '%.200s': expected http://HOST[:PORT] or "
+               "https://HOST[:PORT]", where, ep);
+        return TALLY_ERR_CONFIG;
+    }
+    const char *host = strstr(ep, "://") + 3;
+    if (!host[0] || host[0] == '/' || strpbrk(host, "?#@ \t")) {
+        seterr(errstr, esz, "%s: publisher.s3_endpoint '%.200s': no host, or a query, fragment, "
+               "user or space in it", where, ep);
+        return TALLY_ERR_CONFIG;
+    }
+    static const struct {
+        const char *key;
+        size_t offset;
+    } required[] = {
+        {"publisher.s3_bucket", OFF(s3_bucket)},
+        {"publisher.s3_region", OFF(s3_region)},
+        {"publisher.s3_access_key_file", OFF(s3_access_key_file)},
+        {"publisher.s3_secret_key_file", OFF(s3_secret_key_file)},
+    };
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
+        const char *v = *(char **)((char *)c + required[i].offset);
+        if (!v || !v[0]) {
+            seterr(errstr, esz, "%s: %s is required when publisher.s3_endpoint is set", where,
+                   required[i].key);
+            return TALLY_ERR_CONFIG;
+        }
+    }
+    /* Bucket names per S3's rules (lower case, digits, '-' and '.'), so
+     * they fit a host name and a path without escaping. */
+    size_t bl = strlen(c->s3_bucket);
+    int ok = bl >= 3 && bl <= 63;
+    for (size_t i = 0; ok && i < bl; i++) {
+        char ch = c->s3_bucket[i];
+        ok = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '.';
+    }
+    if (!ok) {
+        seterr(errstr, esz, "%s: publisher.s3_bucket '%.100s': 3-63 characters of [a-z0-9.-]",
+               where, c->s3_bucket);
+        return TALLY_ERR_CONFIG;
+    }
+    for (const char *q = c->s3_region; *q; q++)
+        if (!(isalnum((unsigned char)*q) || *q == '-' || *q == '_')) {
+            seterr(errstr, esz, "%s: publisher.s3_region '%.100s': letters, digits, '-' only",
+                   where, c->s3_region);
+            return TALLY_ERR_CONFIG;
+        }
+    for (const char *q = c->s3_prefix; *q; q++)
+        if (!(isalnum((unsigned char)*q) || strchr("_.-/", *q)) || (*q == '.' && q[1] == '.')) {
+            seterr(errstr, esz, "%s: publisher.s3_prefix '%.200s': only [A-Za-z0-9_.-/] and no "
+                   "'..'", where, c->s3_prefix);
+            return TALLY_ERR_CONFIG;
+        }
+    return TALLY_OK;
+}
+
 /* Fills defaults and checks cross-key rules; where names the source. */
 static tally_err_t validate(tally_config_t *c, const parse_ctx_t *ctx, const char *where,
                             char *errstr, size_t esz) {
     poll_index_build(c);
+    if (validate_s3(c, where ? where : "config", errstr, esz) != TALLY_OK)
+        return TALLY_ERR_CONFIG;
+    /* It goes into HTTP headers as it is. */
+    const char *cc = c->pub_cache_control;
+    int cc_ok = strlen(cc) <= CACHE_CONTROL_MAX;
+    for (const char *q = cc; cc_ok && *q; q++)
+        cc_ok = (unsigned char)*q >= 0x20 && *q != 0x7f;
+    if (!cc_ok) {
+        seterr(errstr, esz, "%s: publisher.cache_control: at most %d bytes, no control characters",
+               where ? where : "config", CACHE_CONTROL_MAX);
+        return TALLY_ERR_CONFIG;
+    }
     for (int i = 0; i < c->npolls; i++) {
         poll_conf_t *p = &c->polls[i];
         if (p->noptions == 0) {
@@ -1089,6 +1183,76 @@ tally_err_t config_check_dirs(const tally_config_t *c, unsigned writes, char *er
             rc = dir_prepare(d[i].key, *(char **)((char *)c + d[i].offset), errstr, esz);
     for (int i = 0; i < ND; i++)
         free(d[i].canon);
+    return rc;
+}
+
+/* ---- S3 key files ---- */
+
+#define SECRET_MAX 4096
+
+tally_err_t config_read_secret(const char *key, const char *path, buf_t *out, char *errstr,
+                               size_t esz) {
+    char tmp[SECRET_MAX + 2];
+    out->len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        int e = errno;
+        seterr(errstr, esz, "%s %s: %s", key, path, fd < 0 ? strerror(e) : "not a regular file");
+        if (fd >= 0)
+            close(fd);
+        return TALLY_ERR_CONFIG;
+    }
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof tmp && (r = read(fd, tmp + n, sizeof tmp - n)) != 0) {
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            seterr(errstr, esz, "%s %s: cannot read: %s", key, path, strerror(errno));
+            close(fd);
+            return TALLY_ERR_CONFIG;
+        }
+        n += (size_t)r;
+    }
+    close(fd);
+    size_t a = 0, e = 0;
+    while (e < n && tmp[e] != '\n' && tmp[e] != '\r')
+        e++;
+    while (a < e && isspace((unsigned char)tmp[a]))
+        a++;
+    while (e > a && isspace((unsigned char)tmp[e - 1]))
+        e--;
+    tally_err_t rc = TALLY_OK;
+    if (e == a || e - a > SECRET_MAX) {
+        seterr(errstr, esz, "%s %s: %s", key, path,
+               e == a ? "empty: its first line must hold the key" : "longer than 4096 bytes");
+        rc = TALLY_ERR_CONFIG;
+    } else {
+        for (size_t i = a; i < e && rc == TALLY_OK; i++)
+            if ((unsigned char)tmp[i] < 0x20 || tmp[i] == 0x7f) {
+                seterr(errstr, esz, "%s %s: the key holds a control character", key, path);
+                rc = TALLY_ERR_CONFIG;
+            }
+    }
+    if (rc == TALLY_OK)
+        buf_append(out, tmp + a, e - a);
+    explicit_bzero(tmp, sizeof tmp);
+    return rc;
+}
+
+tally_err_t config_check_s3(const tally_config_t *c, char *errstr, size_t esz) {
+    if (!c->s3_endpoint || !c->s3_endpoint[0])
+        return TALLY_OK;
+    buf_t key = {0};
+    tally_err_t rc = config_read_secret("publisher.s3_access_key_file", c->s3_access_key_file,
+                                        &key, errstr, esz);
+    if (rc == TALLY_OK)
+        rc = config_read_secret("publisher.s3_secret_key_file", c->s3_secret_key_file, &key,
+                                errstr, esz);
+    if (key.data)
+        explicit_bzero(key.data, key.cap);
+    buf_free(&key);
     return rc;
 }
 

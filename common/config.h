@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "common/err.h"
+#include "common/util.h"
 
 typedef enum {
     MODE_ONE_PER_VOTER = 0, /* the first vote of a voter counts */
@@ -66,6 +67,14 @@ typedef struct {
     /* [publisher] */
     char *pub_dir;
     int pub_min_interval_ms;
+    char *pub_cache_control;   /* Cache-Control of results, over HTTP and on S3 */
+    char *s3_endpoint;         /* non-empty: mirror publisher.dir to S3 */
+    char *s3_bucket;
+    char *s3_region;
+    char *s3_prefix;
+    char *s3_access_key_file;
+    char *s3_secret_key_file;
+    int s3_path_style;         /* bucket in the path (1) or in the host name (0) */
     /* [kafka] */
     char *kafka_brokers;       /* non-empty selects the Kafka log */
     char *kafka_topic;
@@ -122,6 +131,18 @@ void config_free(tally_config_t *c);
 enum { CONFIG_DIR_LOG = 1, CONFIG_DIR_SNAPSHOT = 2 };
 tally_err_t config_check_dirs(const tally_config_t *c, unsigned writes, char *errstr,
                               size_t errstr_size);
+
+/* S3 publishing (publisher.s3_endpoint set): both key files are readable
+ * and hold a key. Reads files, so it is not part of config_load (whose
+ * string form touches no file); commands call it with config_check_dirs.
+ * TALLY_OK (also when S3 is off) or TALLY_ERR_CONFIG naming the key. */
+tally_err_t config_check_s3(const tally_config_t *c, char *errstr, size_t errstr_size);
+/* The secret in path for key (e.g. "publisher.s3_secret_key_file"): the
+ * file's first line without surrounding whitespace, at most 4 KiB, not
+ * empty. On success out holds it (the caller buf_free()s and should wipe
+ * it); TALLY_ERR_CONFIG with errstr naming the key and the path. */
+tally_err_t config_read_secret(const char *key, const char *path, buf_t *out,
+                               char *errstr, size_t errstr_size);
 
 /* server.listen: "HOST:PORT" or "[IPV6]:PORT", PORT 0-65535 (0: any free
  * port). Fills host (without brackets, NUL-terminated, host_size >=

@@ -23,8 +23,9 @@
 #define HNAME_CAP 32
 #define TE_CAP 64
 #define EXPECT_CAP 32
+#define IMS_CAP 64 /* an HTTP-date is 29 bytes (IMF-fixdate), 37 at most */
 
-typedef enum { H_OTHER, H_TE, H_EXPECT, H_XFF, H_HOST } hdr_kind_t;
+typedef enum { H_OTHER, H_TE, H_EXPECT, H_XFF, H_HOST, H_INM, H_IMS } hdr_kind_t;
 typedef enum { S_IDLE, S_HEADERS, S_BODY, S_DISPATCHED } req_state_t;
 
 struct http_conn_s {
@@ -54,6 +55,7 @@ struct http_conn_s {
     unsigned http10 : 1;
     unsigned value_started : 1;
     unsigned te_seen : 1, te_over : 1, xff_over : 1, xff_seen : 1, hname_over : 1;
+    unsigned inm_seen : 1, inm_over : 1, ims_seen : 1, ims_over : 1;
     unsigned host_count : 2;
     unsigned prev_cr : 1;    /* framing scan: the last framing byte was CR */
     unsigned after_data : 1; /* framing scan: a chunk's data just ended */
@@ -63,6 +65,7 @@ struct http_conn_s {
     size_t hdr_bytes;
     const char *scan_from; /* chunked: framing bytes not scanned yet */
 
+    size_t inm_len, ims_len;
     int err_status; /* set by a callback that failed the request */
     const char *err_code, *err_msg;
 
@@ -74,6 +77,8 @@ struct http_conn_s {
     size_t expect_len;
     char xff[HTTP_MAX_XFF];
     size_t xff_len;
+    char inm[HTTP_MAX_INM];
+    char ims[IMS_CAP];
     char url[HTTP_MAX_TARGET + 1];
     size_t url_len;
     char body[HTTP_MAX_BODY];
@@ -90,6 +95,7 @@ struct http_conn_s {
 
 static void conn_process(http_conn_t *c);
 static void conn_flush(http_conn_t *c);
+static void conn_pump(http_conn_t *c);
 static int conn_maybe_finish(http_conn_t *c);
 
 /* ---- replies ---- */
@@ -99,6 +105,7 @@ const char *http_reason(int status) {
     case 100: return "Continue";
     case 200: return "OK";
     case 202: return "Accepted";
+    case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 403: return "Forbidden";
     case 404: return "Not Found";
@@ -166,8 +173,7 @@ static void conn_answered(http_conn_t *c) {
     if (c->deferred) {
         c->deferred = 0;
         if (!c->in_process) { /* an answer from outside the read path */
-            conn_process(c);
-            conn_flush(c);
+            conn_pump(c);
             conn_maybe_finish(c);
         }
     }
@@ -186,8 +192,10 @@ static void put_head(http_conn_t *c, int status, const char *ctype, const char *
         out_str(c, "\r\nContent-Type: ");
         out_str(c, ctype);
     }
-    out_str(c, "\r\nContent-Length: ");
-    out_uint(c, len);
+    if (status != 304) { /* a 304 has no content, so no length to give */
+        out_str(c, "\r\nContent-Length: ");
+        out_uint(c, len);
+    }
     if (c->closing)
         out_str(c, "\r\nConnection: close");
     else if (c->http10)
@@ -201,6 +209,8 @@ static void put_head(http_conn_t *c, int status, const char *ctype, const char *
 void http_conn_reply(http_conn_t *c, int status, const char *content_type,
                      const char *extra_headers, const void *body, size_t len) {
     tally_assert(c->state != S_IDLE); /* one answer per request */
+    if (status == 304)
+        len = 0;
     put_head(c, status, content_type, extra_headers, len);
     if (!c->head && len)
         out_add(c, body, len);
@@ -301,6 +311,8 @@ static int on_message_begin(http_parser *p) {
     c->state = S_HEADERS;
     c->url_len = c->hname_len = c->te_len = c->expect_len = c->xff_len = c->body_len = 0;
     c->te_seen = c->te_over = c->xff_over = c->xff_seen = c->hname_over = 0;
+    c->inm_seen = c->inm_over = c->ims_seen = c->ims_over = 0;
+    c->inm_len = c->ims_len = 0;
     c->value_started = c->hdrs_paused = c->msg_done = c->head = 0;
     c->host_count = 0;
     c->prev_cr = c->after_data = 0;
@@ -373,6 +385,8 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
                    : name_is(c, "expect")          ? H_EXPECT
                    : name_is(c, "x-forwarded-for") ? H_XFF
                    : name_is(c, "host")            ? H_HOST
+                   : name_is(c, "if-none-match")   ? H_INM
+                   : name_is(c, "if-modified-since") ? H_IMS
                                                    : H_OTHER;
     }
     switch (c->hkind) {
@@ -393,6 +407,18 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
     case H_HOST:
         if (first && ++c->host_count > 1)
             return fail(c, 400, "bad_request", "more than one Host header");
+        break;
+    case H_INM: /* a list: repeated headers join with ", " */
+        c->inm_seen = 1;
+        if (!c->inm_over && append(c->inm, HTTP_MAX_INM, &c->inm_len, at, len, first) != 0)
+            c->inm_over = 1;
+        break;
+    case H_IMS: /* one date: a second header makes it invalid, so ignored */
+        if (first && c->ims_seen)
+            c->ims_over = 1;
+        c->ims_seen = 1;
+        if (!c->ims_over && append(c->ims, IMS_CAP, &c->ims_len, at, len, 0) != 0)
+            c->ims_over = 1;
         break;
     case H_OTHER: break;
     }
@@ -534,6 +560,14 @@ static void dispatch(http_conn_t *c) {
     if (c->xff_seen && !c->xff_over) {
         r.xff = c->xff;
         r.xff_len = c->xff_len;
+    }
+    if (c->inm_seen) { /* too long to keep: present, matching nothing */
+        r.if_none_match = c->inm_over ? "" : c->inm;
+        r.if_none_match_len = c->inm_over ? 0 : c->inm_len;
+    }
+    if (c->ims_seen && !c->ims_over) {
+        r.if_modified_since = c->ims;
+        r.if_modified_since_len = c->ims_len;
     }
     c->state = S_DISPATCHED;
     c->cfg->handler(c->cfg->arg, c, &r);
@@ -708,15 +742,25 @@ static void conn_flush(http_conn_t *c) {
     set_write_interest(c, 0);
 }
 
+/* Parses and answers buffered requests, and sends, for as long as that
+ * makes progress: parsing stops behind a file being sent, and a file that
+ * went out at once (sendfile did not block, so no write event will come)
+ * must let the pipelined requests behind it go on. */
+static void conn_pump(http_conn_t *c) {
+    do {
+        conn_process(c);
+        conn_flush(c);
+    } while (!c->wblocked && !c->broken && !c->closing && !c->deferred && !c->in_process &&
+             c->file_fd < 0 && c->ioff < c->ilen);
+}
+
 static void on_write(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     http_conn_t *c = arg;
     conn_flush(c);
-    if (!c->wblocked && !c->broken) {
-        conn_process(c); /* input that waited for the output to drain */
-        conn_flush(c);
-    }
+    if (!c->wblocked && !c->broken)
+        conn_pump(c); /* input that waited for the output to drain */
     conn_maybe_finish(c);
 }
 
@@ -748,10 +792,8 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
         event_del(c->rev);
         c->read_off = 1;
     }
-    if (!c->broken && !c->closing) {
-        conn_process(c);
-        conn_flush(c);
-    }
+    if (!c->broken && !c->closing)
+        conn_pump(c);
     conn_maybe_finish(c);
 }
 

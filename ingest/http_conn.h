@@ -37,6 +37,7 @@ struct event_base;
 #define HTTP_MAX_BODY 4096
 #define HTTP_MAX_TARGET 4096
 #define HTTP_MAX_XFF 512
+#define HTTP_MAX_INM 512 /* If-None-Match kept; a longer one matches nothing */
 
 typedef struct http_conn_s http_conn_t;
 
@@ -51,6 +52,13 @@ typedef struct {
     size_t body_len;
     const char *xff; /* X-Forwarded-For (all such headers joined), or NULL */
     size_t xff_len;
+    /* Conditionals, not NUL-terminated; NULL when absent. An If-None-Match
+     * over HTTP_MAX_INM is "" (present, matching nothing, so a full answer);
+     * two If-Modified-Since headers are absent (invalid, so ignored). */
+    const char *if_none_match;
+    size_t if_none_match_len;
+    const char *if_modified_since;
+    size_t if_modified_since_len;
 } http_req_t;
 
 /* What the owner plugs in; arg is passed back. handler must answer (reply,
@@ -90,7 +98,8 @@ int http_conn_closing(const http_conn_t *c);
 void http_conn_free(http_conn_t *c);
 
 /* Answers the current request. extra_headers is NULL or complete lines
- * ("Allow: GET\r\n"). body is copied; HEAD gets its Content-Length only. */
+ * ("Allow: GET\r\n"). body is copied; HEAD gets its Content-Length only.
+ * A 304 is sent with neither Content-Length nor body (RFC 9110 15.4.5). */
 void http_conn_reply(http_conn_t *c, int status, const char *content_type,
                      const char *extra_headers, const void *body, size_t len);
 /* {"error":code,"message":msg}; msg may hold any bytes, it is escaped so the

@@ -52,10 +52,24 @@ typedef struct {
 } ingest_stats_t;
 ingest_stats_t ingest_stats(const ingest_t *in);
 
-/* static.c: serves root/path (path as in the request, percent-encoded) for
- * GET/HEAD, refusing anything outside root and anything but a regular file.
- * Returns the HTTP status sent. */
-int static_serve(http_conn_t *c, const char *root, const char *path, size_t path_len);
+/* static.c: serves root/r->path (as in the request, percent-encoded) for
+ * GET/HEAD, refusing anything outside root and anything but a regular file,
+ * with ETag, Last-Modified and cache_control (a complete header value), and
+ * answers 304 when r's If-None-Match (or, without one, If-Modified-Since)
+ * says the client has this version. Returns the HTTP status sent. */
+int static_serve(http_conn_t *c, const http_req_t *r, const char *root, const char *cache_control);
+/* The conditional checks, pure functions (static.c). etag is the quoted
+ * opaque tag ("\"...\""). If-None-Match: 1 when the field value (a list
+ * of entity tags, or "*") matches etag by weak comparison (RFC 9110 8.8.3.2,
+ * 13.1.2); a malformed value matches nothing. */
+int http_etag_list_matches(const char *list, size_t len, const char *etag);
+/* An HTTP-date (IMF-fixdate, or the obsolete RFC 850 and asctime forms,
+ * RFC 9110 5.6.7) to *out, seconds since the epoch. 0, or -1 when it is
+ * not one. */
+int http_date_parse(const char *s, size_t len, int64_t *out);
+/* IMF-fixdate of t into out (at least HTTP_DATE_LEN + 1 bytes). */
+#define HTTP_DATE_LEN 29
+void http_date_format(int64_t t, char *out);
 /* Sends {"error":code,"message":msg} with status (msg is escaped). */
 void ingest_reply_error(http_conn_t *c, int status, const char *code, const char *msg);
 

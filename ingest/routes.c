@@ -141,7 +141,7 @@ static void handle_stats(worker_t *w, http_conn_t *c, const http_req_t *r, const
 static void handle_static(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
                           size_t alen) {
     (void)arg, (void)alen;
-    static_serve(c, w->in->static_dir, r->path, r->path_len);
+    static_serve(c, r, w->in->static_dir, w->in->conf->pub_cache_control);
 }
 
 static void handle_vote_route(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,

@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "publisher/s3.h"
+
 /* After a failed write: wait BACKOFF_MIN_MS, doubling to BACKOFF_MAX_MS,
  * until one succeeds. Failures are logged once, then at most every
  * FAIL_LOG_EVERY_MS with how many there were since. */
@@ -25,6 +27,7 @@ struct publisher_s {
     uint64_t *last_ms;       /* [npolls], monotonic ms of the last write */
     uint8_t *ever;           /* [npolls]: written at least once */
     _Atomic uint64_t writes;
+    s3_t *s3; /* NULL: S3 publishing is off */
     /* Publisher thread only (or the caller, before pub_start). */
     int index_done;          /* index.html (and polls/) written */
     int backoff_ms;          /* 0: the last write succeeded */
@@ -53,12 +56,18 @@ publisher_t *pub_new(const tally_config_t *c, engine_t *e) {
     p->ever = xcalloc((size_t)n, 1);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cond, NULL);
+    /* The key files were checked at start (config_check_s3): failing now
+     * means they changed since; results still go to publisher.dir. */
+    char err[512];
+    if (s3_new(c, &p->s3, err, sizeof err) != TALLY_OK)
+        log_error("publisher: S3 publishing is off: %s", err);
     return p;
 }
 
 void pub_free(publisher_t *p) {
     if (!p)
         return;
+    s3_free(p->s3); /* after the last publish: it sends what that handed over */
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cond);
     free(p->published_gen);
@@ -72,10 +81,13 @@ uint64_t pub_writes(const publisher_t *p) {
     return atomic_load(&p->writes);
 }
 
-static tally_err_t write_out(const char *dir, const char *name, const buf_t *b, char *errstr,
+/* Writes name (relative to publisher.dir) and hands it to the S3 uploader,
+ * which mirrors it (when on), whether or not the local write worked. */
+static tally_err_t write_out(publisher_t *p, const char *name, const buf_t *b, char *errstr,
                              size_t esz) {
     char path[4200];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    s3_put(p->s3, name, b->data, b->len);
+    snprintf(path, sizeof path, "%s/%s", p->dir, name);
     /* Not fsynced: published files are derived data, rebuilt from the log. */
     if (write_file_atomic(path, b->data, b->len, 0) != 0) {
         snprintf(errstr, esz, "%s: %s", path, strerror(errno));
@@ -124,7 +136,7 @@ static tally_err_t publish_index(publisher_t *p, char *errstr, size_t esz) {
     }
     buf_t idx = {0};
     pub_render_index(p->conf, now_ms(), &idx);
-    tally_err_t err = write_out(p->dir, "index.html", &idx, errstr, esz);
+    tally_err_t err = write_out(p, "index.html", &idx, errstr, esz);
     buf_free(&idx);
     if (err == TALLY_OK)
         p->index_done = 1;
@@ -179,10 +191,10 @@ static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz)
     tally_err_t rc = TALLY_OK;
     /* The HTML first: a reader that sees new JSON finds a page at least as new. */
     snprintf(name, sizeof name, "polls/%s.html", pc->id);
-    rc = write_out(p->dir, name, &html, errstr, esz);
+    rc = write_out(p, name, &html, errstr, esz);
     snprintf(name, sizeof name, "polls/%s.json", pc->id);
     if (rc == TALLY_OK)
-        rc = write_out(p->dir, name, &json, errstr, esz);
+        rc = write_out(p, name, &json, errstr, esz);
     buf_free(&json);
     buf_free(&html);
     free(counts);

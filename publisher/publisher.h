@@ -4,7 +4,10 @@
  *   polls/ID.html   the results page, refreshing itself
  *   index.html      the list of polls
  * A poll's files are rewritten only when its totals changed, and at most once
- * per publisher.min_interval_ms, so a burst of votes costs one write. */
+ * per publisher.min_interval_ms, so a burst of votes costs one write.
+ * With publisher.s3_endpoint set, every file written is also handed to the
+ * S3 uploader (s3.h), which mirrors publisher.dir into the bucket without
+ * ever making the publisher wait. */
 #ifndef TALLY_PUBLISHER_H
 #define TALLY_PUBLISHER_H
 

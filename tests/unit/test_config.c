@@ -1044,3 +1044,85 @@ Test(config, help_comes_from_the_tables) {
         cr_assert_not_null(strstr(text, needles[i]), "help lacks '%s':\n%s", needles[i], text);
     free(text);
 }
+
+/* S3 keys: checked without touching a file at load (config_load_string is
+ * the fuzzer's entry); the key files by config_check_s3, each error naming
+ * its key. */
+Test(config, s3_keys_are_checked_and_key_files_read_by_config_check_s3) {
+    struct {
+        const char *ini, *key; /* key NULL: loads */
+    } cases[] = {
+        {"[publisher]\n", NULL},
+        {"[publisher]\ns3_endpoint = http://h:9000\ns3_access_key_file = a\n"
+         "s3_secret_key_file = b\n", "publisher.s3_bucket"},
+        {"[publisher]\ns3_endpoint = http://h:9000\ns3_bucket = ok-bucket\n"
+         "s3_secret_key_file = b\n", "publisher.s3_access_key_file"},
+        {"[publisher]\ns3_endpoint = h:9000\ns3_bucket = b1b\ns3_access_key_file = a\n"
+         "s3_secret_key_file = b\n", "publisher.s3_endpoint"},
+        {"[publisher]\ns3_endpoint = http://\ns3_bucket = b1b\ns3_access_key_file = a\n"
+         "s3_secret_key_file = b\n", "publisher.s3_endpoint"},
+        {"[publisher]\ns3_endpoint = https://h\ns3_bucket = UPPER\ns3_access_key_file = a\n"
+         "s3_secret_key_file = b\n", "publisher.s3_bucket"},
+        {"[publisher]\ns3_endpoint = https://h\ns3_bucket = b1b\ns3_access_key_file = a\n"
+         "s3_secret_key_file = b\ns3_prefix = x/../y\n", "publisher.s3_prefix"},
+        {"[publisher]\ns3_endpoint = https://h\ns3_bucket = b1b\ns3_access_key_file = a\n"
+         "s3_secret_key_file = b\ns3_region = eu west\n", "publisher.s3_region"},
+        {"[publisher]\ns3_endpoint = https://h\ns3_bucket = b1b\ns3_access_key_file = a\n"
+         "s3_secret_key_file = b\ns3_prefix = live/\ns3_path_style = false\n", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tally_config_t *c = NULL;
+        tally_err_t rc = config_load_string("t.ini", cases[i].ini, strlen(cases[i].ini), NULL, 0,
+                                            &c, err, sizeof err);
+        if (!cases[i].key) {
+            cr_assert(rc == TALLY_OK, "case %zu: %s", i, err);
+            config_free(c);
+        } else {
+            cr_assert(rc == TALLY_ERR_CONFIG, "case %zu loaded", i);
+            cr_assert_not_null(strstr(err, cases[i].key), "case %zu: %s", i, err);
+        }
+    }
+    /* The files: missing, empty, a directory, then good ones (first line,
+     * trimmed). */
+    char *ak = path_join(dir, "ak"), *sk = path_join(dir, "sk"), *empty = path_join(dir, "e");
+    file_write_str(ak, "  AKID \nsecond line\n");
+    file_write_str(empty, "\n");
+    tally_config_t *c = config_new_defaults();
+    conf_set(c, "publisher", "s3_endpoint", "http://127.0.0.1:1");
+    conf_set(c, "publisher", "s3_bucket", "res");
+    conf_set(c, "publisher", "s3_access_key_file", ak);
+    conf_set(c, "publisher", "s3_secret_key_file", sk);
+    conf_finish(c);
+    cr_assert(config_check_s3(c, err, sizeof err) == TALLY_ERR_CONFIG);
+    cr_assert_not_null(strstr(err, "publisher.s3_secret_key_file"), "%s", err);
+    conf_set(c, "publisher", "s3_secret_key_file", empty);
+    cr_assert(config_check_s3(c, err, sizeof err) == TALLY_ERR_CONFIG);
+    cr_assert_not_null(strstr(err, "empty"), "%s", err);
+    conf_set(c, "publisher", "s3_secret_key_file", dir);
+    cr_assert(config_check_s3(c, err, sizeof err) == TALLY_ERR_CONFIG);
+    file_write_str(sk, "s3cr3t");
+    conf_set(c, "publisher", "s3_secret_key_file", sk);
+    cr_assert(config_check_s3(c, err, sizeof err) == TALLY_OK, "%s", err);
+    buf_t key = {0};
+    cr_assert(config_read_secret("k", ak, &key, err, sizeof err) == TALLY_OK);
+    cr_assert_eq(key.len, 4);
+    cr_assert(!memcmp(key.data, "AKID", 4));
+    buf_free(&key);
+    config_free(c);
+    free(ak);
+    free(sk);
+    free(empty);
+}
+
+Test(config, cache_control_goes_into_headers_so_no_control_characters) {
+    tally_config_t *c = NULL;
+    const char *ok = "[publisher]\ncache_control = public, max-age=10\n";
+    cr_assert(config_load_string("t.ini", ok, strlen(ok), NULL, 0, &c, err, sizeof err) ==
+              TALLY_OK, "%s", err);
+    cr_assert_str_eq(c->pub_cache_control, "public, max-age=10");
+    config_free(c);
+    const char *bad = "[publisher]\ncache_control = public\x01\n";
+    cr_assert(config_load_string("t.ini", bad, strlen(bad), NULL, 0, &c, err, sizeof err) ==
+              TALLY_ERR_CONFIG);
+    cr_assert_not_null(strstr(err, "publisher.cache_control"), "%s", err);
+}

@@ -46,6 +46,21 @@ int ingest_port(const ingest_t *in);
 /* The vlog ack callback. @locality the log's thread */
 void ingest_ack(void *opaque, vlog_err_t err);
 
+/* Server-Sent Events (GET /v1/polls/{id}/events): served once enabled (a
+ * process that publishes results). publish hands over poll's results JSON
+ * at version (copied): fanned out to every subscriber of every loop.
+ * @locality any thread (the publisher's) */
+void ingest_enable_sse(ingest_t *in);
+void ingest_sse_publish(void *in, int poll, uint64_t version, const char *json, size_t len);
+
+/* GET /readyz: ready returns 1 when ready, else 0 with why filled. Without
+ * it readiness is the log's health alone. */
+void ingest_set_ready(ingest_t *in, int (*ready)(void *arg, char *why, size_t wsz), void *arg);
+
+/* GET /metrics: the process's registry (common/metrics.h) as Prometheus
+ * text. A handler of its own so that an admin listener can route to it. */
+void ingest_reply_metrics(http_conn_t *c);
+
 /* Request outcome counters. */
 typedef struct {
     uint64_t accepted, rejected, unavailable;

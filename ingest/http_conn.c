@@ -270,6 +270,13 @@ void http_conn_stream_start(http_conn_t *c, const char *content_type, const char
     out_str(c, "\r\n");
     c->streaming = 1;
     c->deadline = 0;
+    /* Bound what the kernel buffers for a reader too (autotuning would let
+     * a stalled one hold megabytes, times every subscriber): past this the
+     * write blocks, and the write deadline drops the reader. */
+    if (c->fd >= 0) {
+        int sz = HTTP_STREAM_SNDBUF;
+        setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+    }
     c->ilen = c->ioff = 0; /* pipelined requests are dropped */
 }
 
@@ -297,6 +304,10 @@ int http_conn_stream_send(http_conn_t *c, http_chunk_t *k, int replace_unsent) {
 
 int http_conn_stream_pending(const http_conn_t *c) {
     return c->sqn;
+}
+
+int http_conn_write_blocked(const http_conn_t *c) {
+    return c->wblocked;
 }
 
 void http_conn_defer(http_conn_t *c) {

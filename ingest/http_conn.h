@@ -118,6 +118,7 @@ void http_conn_close(http_conn_t *c);
  * that stays blocked for body_timeout_ms closes the connection (a reader
  * that stopped reading is dropped, not buffered for). */
 #define HTTP_STREAM_QUEUE 4
+#define HTTP_STREAM_SNDBUF (64 * 1024) /* SO_SNDBUF of a stream's socket */
 
 typedef struct http_chunk_s {
     _Atomic long refs;
@@ -139,6 +140,9 @@ void http_conn_stream_start(http_conn_t *c, const char *content_type, const char
 int http_conn_stream_send(http_conn_t *c, http_chunk_t *k, int replace_unsent);
 /* Chunks queued and not completely sent. */
 int http_conn_stream_pending(const http_conn_t *c);
+/* Output waits for the socket to take it (e.g. in on_close: the peer
+ * stopped reading). */
+int http_conn_write_blocked(const http_conn_t *c);
 
 const struct sockaddr *http_conn_peer(const http_conn_t *c, socklen_t *len);
 /* Owner data (e.g. the client-IP table entry). */

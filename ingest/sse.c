@@ -150,6 +150,10 @@ void sse_unsubscribe(worker_t *w, conn_ctx_t *x) {
         return;
     sub_unlink(w, x);
     x->sse_on = 0;
+    /* Closed with output stuck in a full socket: the write deadline
+     * dropped a reader that stopped reading. */
+    if (http_conn_write_blocked(x->conn))
+        metric_inc(m_dropped);
     atomic_fetch_sub(&w->in->sse.nsubs, 1);
     metric_sub(m_subs, 1);
 }
@@ -159,8 +163,7 @@ static void sub_send(conn_ctx_t *x, http_chunk_t *k, uint64_t version) {
     if (version && x->sse_ver == version)
         return; /* it got this one when it subscribed */
     if (http_conn_stream_send(x->conn, k, version != 0 /*an event replaces an unsent one*/) != 0) {
-        metric_inc(m_dropped);
-        http_conn_close(x->conn);
+        http_conn_close(x->conn); /* counted as dropped by sse_unsubscribe */
         return;
     }
     if (version) {

@@ -255,6 +255,15 @@ class Metrics(TallyTestCase):
         self.assertIn("# TYPE tally_s3_upload_failures_total counter", text)
         self.assertIsNone(sample(text, "tally_s3_upload_failures_total"))
         self.assertIn("# TYPE tally_polls gauge", text)
+        # The dashboard in docs/ names only series that exist.
+        src = os.environ.get("TALLY_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "../.."))
+        with open(os.path.join(src, "docs", "grafana-tally.json")) as f:
+            dash = json.load(f)
+        exprs = [tg["expr"] for p in dash["panels"] for tg in p["targets"]]
+        names = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in re.findall(r"tally_[a-z0-9_]+", e)}
+        self.assertGreater(len(names), 10)
+        for n in names:
+            self.assertTrue(f"# TYPE {n} " in text, f"the dashboard uses {n}, which /metrics lacks")
         # Snapshots are written every 200 ms here: their age shows.
         wait_until(lambda: sample(scrape(t), "tally_snapshot_age_seconds", 'partition="0"') is not None, 10,
                    "a snapshot age")

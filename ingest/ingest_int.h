@@ -69,6 +69,8 @@ struct worker_s {
     /* SSE (sse.c), loop thread only */
     conn_ctx_t **sse_subs; /* [npolls]: subscriber lists */
     uint64_t *sse_sent;    /* [npolls]: the version last fanned out */
+    conn_ctx_t **sse_cursor;     /* [npolls]: next subscriber of a fan-out under way */
+    http_chunk_t **sse_sending;  /* [npolls]: the event of that fan-out */
     struct event *sse_ev;  /* a poll has a new version */
     struct event *sse_hb_ev;
     http_chunk_t *sse_hb;

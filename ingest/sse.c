@@ -28,6 +28,10 @@
 #include "ingest/ingest_int.h"
 
 #define SSE_RETRY_MS 2000 /* the browser's reconnect delay, sent once */
+/* Subscribers served per turn of the loop: a fan-out to thousands goes in
+ * slices, so the votes on the same loop are answered in between (one
+ * send() per subscriber is a few microseconds: a slice is about a ms). */
+#define SSE_SLICE 256
 
 static metric_t *m_subs, *m_dropped, *m_events;
 
@@ -136,6 +140,8 @@ static http_chunk_t *current(sse_hub_t *h, int poll, uint64_t *version) {
 }
 
 static void sub_unlink(worker_t *w, conn_ctx_t *x) {
+    if (w->sse_cursor[x->sse_poll] == x) /* a fan-out was to reach it next */
+        w->sse_cursor[x->sse_poll] = x->sse_next;
     if (x->sse_prev)
         x->sse_prev->sse_next = x->sse_next;
     else
@@ -160,8 +166,8 @@ void sse_unsubscribe(worker_t *w, conn_ctx_t *x) {
 
 /* Queues k on x; a subscriber that cannot take it is closed (x freed). */
 static void sub_send(conn_ctx_t *x, http_chunk_t *k, uint64_t version) {
-    if (version && x->sse_ver == version)
-        return; /* it got this one when it subscribed */
+    if (version && x->sse_ver >= version)
+        return; /* it has this one (or a newer) since it subscribed */
     if (http_conn_stream_send(x->conn, k, version != 0 /*an event replaces an unsent one*/) != 0) {
         http_conn_close(x->conn); /* counted as dropped by sse_unsubscribe */
         return;
@@ -172,25 +178,40 @@ static void sub_send(conn_ctx_t *x, http_chunk_t *k, uint64_t version) {
     }
 }
 
+/* Fans each poll's newest version out to this loop's subscribers, a slice
+ * at a time: a version is sent to everyone (from the cursor on) before the
+ * next one starts, and the slice's event is re-activated until done. */
 static void on_sse(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     worker_t *w = arg;
     sse_hub_t *h = &w->in->sse;
+    int budget = SSE_SLICE, more = 0;
     for (int i = 0; i < h->npolls; i++) {
-        uint64_t v;
-        if (!w->sse_subs[i])
-            continue;
-        http_chunk_t *k = current(h, i, &v);
-        if (k && v != w->sse_sent[i]) {
-            w->sse_sent[i] = v;
-            conn_ctx_t *next;
-            for (conn_ctx_t *x = w->sse_subs[i]; x; x = next) {
-                next = x->sse_next; /* x may be closed and freed */
-                sub_send(x, k, v);
+        if (!w->sse_cursor[i]) { /* no fan-out under way: a new version? */
+            uint64_t v;
+            if (!w->sse_subs[i])
+                continue;
+            http_chunk_t *k = current(h, i, &v);
+            if (!k || v == w->sse_sent[i]) {
+                http_chunk_unref(k);
+                continue;
             }
+            http_chunk_unref(w->sse_sending[i]);
+            w->sse_sending[i] = k;
+            w->sse_sent[i] = v;
+            w->sse_cursor[i] = w->sse_subs[i];
         }
-        http_chunk_unref(k);
+        while (w->sse_cursor[i] && budget > 0) {
+            conn_ctx_t *x = w->sse_cursor[i];
+            w->sse_cursor[i] = x->sse_next; /* before the send: x may be closed */
+            sub_send(x, w->sse_sending[i], w->sse_sent[i]);
+            budget--;
+        }
+        if (w->sse_cursor[i])
+            more = 1;
     }
+    if (more)
+        event_active(w->sse_ev, EV_READ, 0);
 }
 
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
@@ -211,6 +232,8 @@ int sse_worker_init(worker_t *w) {
     int n = in->sse.npolls ? in->sse.npolls : 1;
     w->sse_subs = xcalloc((size_t)n, sizeof *w->sse_subs);
     w->sse_sent = xcalloc((size_t)n, sizeof *w->sse_sent);
+    w->sse_cursor = xcalloc((size_t)n, sizeof *w->sse_cursor);
+    w->sse_sending = xcalloc((size_t)n, sizeof *w->sse_sending);
     static const char hb[] = ":\n\n";
     w->sse_hb = http_chunk_new(sizeof hb - 1);
     memcpy(w->sse_hb->data, hb, sizeof hb - 1);
@@ -229,6 +252,10 @@ void sse_worker_free(worker_t *w) {
     if (w->sse_hb_ev)
         event_free(w->sse_hb_ev);
     http_chunk_unref(w->sse_hb);
+    for (int i = 0; w->sse_sending && i < w->in->sse.npolls; i++)
+        http_chunk_unref(w->sse_sending[i]);
+    free(w->sse_sending);
+    free(w->sse_cursor);
     free(w->sse_subs);
     free(w->sse_sent);
 }

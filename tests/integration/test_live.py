@@ -141,8 +141,9 @@ class SSE(TallyTestCase):
         t.stop()
 
     def test_many_subscribers_on_every_thread_get_each_version_once(self):
-        t = self.make().start("-s", "server.threads=3", "-s", "server.sse_heartbeat_ms=200")
-        subs = [Events(t.port, "free") for _ in range(30)]
+        # 700 over 2 threads: each loop fans out in several slices of 256.
+        t = self.make().start("-s", "server.threads=2", "-s", "server.sse_heartbeat_ms=200")
+        subs = [Events(t.port, "free") for _ in range(700)]
         firsts = [s.next() for s in subs]
         self.assertTrue(all(firsts), "a subscriber got no first event")
         for n in range(1, 4):
@@ -165,7 +166,7 @@ class SSE(TallyTestCase):
         self.assertIsNone(s.next(timeout=0.3))
         self.assertGreater(s.comments, 0, "no heartbeat comment")
         m = scrape(t)
-        self.assertEqual(sample(m, "tally_sse_subscribers"), 30)
+        self.assertEqual(sample(m, "tally_sse_subscribers"), 700)
         for s in subs:
             s.close()
         wait_until(lambda: sample(scrape(t), "tally_sse_subscribers") == 0, 5, "subscribers to be counted off")

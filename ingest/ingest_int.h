@@ -71,7 +71,8 @@ struct worker_s {
     uint64_t *sse_sent;    /* [npolls]: the version last fanned out */
     conn_ctx_t **sse_cursor;     /* [npolls]: next subscriber of a fan-out under way */
     http_chunk_t **sse_sending;  /* [npolls]: the event of that fan-out */
-    struct event *sse_ev;  /* a poll has a new version */
+    struct event *sse_ev;      /* a poll has a new version */
+    struct event *sse_more_ev; /* the next slice of a fan-out */
     struct event *sse_hb_ev;
     http_chunk_t *sse_hb;
 };

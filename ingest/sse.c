@@ -180,7 +180,7 @@ static void sub_send(conn_ctx_t *x, http_chunk_t *k, uint64_t version) {
 
 /* Fans each poll's newest version out to this loop's subscribers, a slice
  * at a time: a version is sent to everyone (from the cursor on) before the
- * next one starts, and the slice's event is re-activated until done. */
+ * next one starts; the next slice is a turn of the loop later. */
 static void on_sse(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     worker_t *w = arg;
@@ -210,8 +210,14 @@ static void on_sse(evutil_socket_t fd, short what, void *arg) {
         if (w->sse_cursor[i])
             more = 1;
     }
-    if (more)
-        event_active(w->sse_ev, EV_READ, 0);
+    /* Not event_active: libevent runs events activated while it works its
+     * active queue in the same pass, before polling the sockets again, so
+     * the slices would run back to back. A zero timeout fires after the
+     * next poll, behind the sockets that became ready. */
+    if (more) {
+        struct timeval now = {0, 0};
+        evtimer_add(w->sse_more_ev, &now);
+    }
 }
 
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
@@ -238,10 +244,11 @@ int sse_worker_init(worker_t *w) {
     w->sse_hb = http_chunk_new(sizeof hb - 1);
     memcpy(w->sse_hb->data, hb, sizeof hb - 1);
     w->sse_ev = event_new(w->base, -1, 0, on_sse, w);
+    w->sse_more_ev = evtimer_new(w->base, on_sse, w);
     w->sse_hb_ev = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
     int ms = in->conf->server_sse_heartbeat_ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    if (!w->sse_ev || !w->sse_hb_ev || event_add(w->sse_hb_ev, &tv) != 0)
+    if (!w->sse_ev || !w->sse_more_ev || !w->sse_hb_ev || event_add(w->sse_hb_ev, &tv) != 0)
         return -1;
     return 0;
 }
@@ -251,6 +258,8 @@ void sse_worker_free(worker_t *w) {
         event_free(w->sse_ev);
     if (w->sse_hb_ev)
         event_free(w->sse_hb_ev);
+    if (w->sse_more_ev)
+        event_free(w->sse_more_ev);
     http_chunk_unref(w->sse_hb);
     for (int i = 0; w->sse_sending && i < w->in->sse.npolls; i++)
         http_chunk_unref(w->sse_sending[i]);

@@ -4,6 +4,9 @@
  *   POST /v1/polls/{poll}/votes   {"option":"..","voter":".."}  -> 202
  *   GET  /healthz                                              -> 200
  *   GET  /v1/stats   log ends, engine positions, counters       -> 200
+ *   GET  /readyz     the log takes votes, the engine keeps up    -> 200 | 503
+ *   GET  /metrics    Prometheus text (common/metrics.h)         -> 200
+ *   GET  /v1/polls/{poll}/events   Server-Sent Events (sse.c)  -> 200 stream
  *   GET  /, /polls/ID.html, ...   publisher.dir, read-only (tally run)
  *
  * Errors are JSON {"error":code,"message":text}. server.threads event loops,

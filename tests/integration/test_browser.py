@@ -101,7 +101,10 @@ class BrowserTest(TallyTestCase):
 
     def test_vote_by_clicking_and_see_it_accepted(self):
         d = self.driver
-        d.get(self.base + "/vote/demo.html")
+        # A newcomer starts at /: a poll's title leads to its vote page.
+        d.get(self.base + "/")
+        d.find_element(By.LINK_TEXT, "Which act should win <tonight>?").click()
+        wait_until(lambda: d.current_url.endswith("/vote/demo.html"), 10, "the vote page: " + d.current_url)
         self.assertIn("Which act should win <tonight>?", d.find_element(By.TAG_NAME, "h1").text)
         voter = d.find_element(By.ID, "voter").get_attribute("value")
         self.assertTrue(voter.startswith("web-"), voter)

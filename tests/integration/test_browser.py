@@ -132,6 +132,30 @@ class BrowserTest(TallyTestCase):
         self.assertIn("err", ans.get_attribute("class"))
         self.t.wait_counts({"demo": {"red": 0, "green": 1, "blue": 0}}, timeout=10)
 
+    def test_too_many_requests_and_retry_later_are_told_apart(self):
+        d = self.driver
+        d.get(self.base + "/vote/free.html")
+        ans = d.find_element(By.ID, "answer")
+        d.find_element(By.CSS_SELECTOR, 'button[value="clap"]').click()
+        wait_until(lambda: "is in" in ans.text, 10, "the first vote: " + ans.text)
+        # A second tally on the same dirs is impossible; restart this one
+        # with a rate limit of one vote per second and a burst of one.
+        self.t.stop()
+        self.t.start("-s", "limits.ip_rate=1", "-s", "limits.ip_burst=1")
+        d.find_element(By.CSS_SELECTOR, 'button[value="clap"]').click()
+        wait_until(lambda: "is in" in ans.text, 10, "the vote within the burst")
+        self.js("arguments[0].textContent = ''", ans)
+        d.find_element(By.CSS_SELECTOR, 'button[value="cheer"]').click()
+        wait_until(lambda: "Too many votes" in ans.text, 10, "the 429 message: " + ans.text)
+        self.assertIn("in 1 s", ans.text, "Retry-After is shown")
+        # The log vanishes: votes get 503, the page says to retry later.
+        os.unlink(os.path.join(self.t.dir, "log", "votes.log"))
+        wait_until(lambda: self.t.request("GET", "/healthz")[0] == 503, 10, "the log to fail")
+        time.sleep(1.1)  # a token again
+        d.find_element(By.CSS_SELECTOR, 'button[value="cheer"]').click()
+        wait_until(lambda: "retry in a moment" in ans.text, 10, "the 503 message: " + ans.text)
+        self.shot("vote-retry-later")
+
     def test_token_from_the_fragment_goes_in_the_authorization_header(self):
         d = self.driver
         d.get(self.base + "/vote/free.html#token=abc.def.ghi")

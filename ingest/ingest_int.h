@@ -74,6 +74,9 @@ struct worker_s {
     struct event *sse_ev;      /* a poll has a new version */
     struct event *sse_more_ev; /* the next slice of a fan-out */
     struct event *sse_hb_ev;
+    struct event *sse_hb_more_ev; /* the next slice of a heartbeat round */
+    int sse_hb_poll;              /* the round's poll; npolls: none under way */
+    conn_ctx_t *sse_hb_cursor;
     http_chunk_t *sse_hb;
 };
 

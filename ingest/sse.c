@@ -142,6 +142,8 @@ static http_chunk_t *current(sse_hub_t *h, int poll, uint64_t *version) {
 static void sub_unlink(worker_t *w, conn_ctx_t *x) {
     if (w->sse_cursor[x->sse_poll] == x) /* a fan-out was to reach it next */
         w->sse_cursor[x->sse_poll] = x->sse_next;
+    if (w->sse_hb_cursor == x) /* so was a heartbeat round */
+        w->sse_hb_cursor = x->sse_next;
     if (x->sse_prev)
         x->sse_prev->sse_next = x->sse_next;
     else
@@ -220,17 +222,38 @@ static void on_sse(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
-static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
+/* Heartbeats go out in slices too (a turn of the loop apart), walking the
+ * polls' lists from a cursor; a round that is still going when the next
+ * one is due simply goes on. */
+static void on_heartbeat_slice(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     worker_t *w = arg;
-    for (int i = 0; i < w->in->sse.npolls; i++) {
-        conn_ctx_t *next;
-        for (conn_ctx_t *x = w->sse_subs[i]; x; x = next) {
-            next = x->sse_next;
-            if (http_conn_stream_pending(x->conn) == 0)
-                sub_send(x, w->sse_hb, 0);
+    int budget = SSE_SLICE;
+    while (w->sse_hb_poll < w->in->sse.npolls && budget > 0) {
+        conn_ctx_t *x = w->sse_hb_cursor;
+        if (!x) {
+            if (++w->sse_hb_poll < w->in->sse.npolls)
+                w->sse_hb_cursor = w->sse_subs[w->sse_hb_poll];
+            continue;
         }
+        w->sse_hb_cursor = x->sse_next; /* before the send: x may be closed */
+        if (http_conn_stream_pending(x->conn) == 0)
+            sub_send(x, w->sse_hb, 0);
+        budget--;
     }
+    if (w->sse_hb_poll < w->in->sse.npolls) {
+        struct timeval now = {0, 0};
+        evtimer_add(w->sse_hb_more_ev, &now);
+    }
+}
+
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
+    worker_t *w = arg;
+    if (w->sse_hb_poll < w->in->sse.npolls)
+        return; /* the last round is still under way */
+    w->sse_hb_poll = 0;
+    w->sse_hb_cursor = w->in->sse.npolls ? w->sse_subs[0] : NULL;
+    on_heartbeat_slice(fd, what, arg);
 }
 
 int sse_worker_init(worker_t *w) {
@@ -246,9 +269,12 @@ int sse_worker_init(worker_t *w) {
     w->sse_ev = event_new(w->base, -1, 0, on_sse, w);
     w->sse_more_ev = evtimer_new(w->base, on_sse, w);
     w->sse_hb_ev = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
+    w->sse_hb_more_ev = evtimer_new(w->base, on_heartbeat_slice, w);
+    w->sse_hb_poll = in->sse.npolls; /* no round under way */
     int ms = in->conf->server_sse_heartbeat_ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    if (!w->sse_ev || !w->sse_more_ev || !w->sse_hb_ev || event_add(w->sse_hb_ev, &tv) != 0)
+    if (!w->sse_ev || !w->sse_more_ev || !w->sse_hb_ev || !w->sse_hb_more_ev ||
+        event_add(w->sse_hb_ev, &tv) != 0)
         return -1;
     return 0;
 }
@@ -260,6 +286,8 @@ void sse_worker_free(worker_t *w) {
         event_free(w->sse_hb_ev);
     if (w->sse_more_ev)
         event_free(w->sse_more_ev);
+    if (w->sse_hb_more_ev)
+        event_free(w->sse_hb_more_ev);
     http_chunk_unref(w->sse_hb);
     for (int i = 0; w->sse_sending && i < w->in->sse.npolls; i++)
         http_chunk_unref(w->sse_sending[i]);

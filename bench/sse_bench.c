@@ -73,7 +73,7 @@ typedef struct {
     _Atomic int reached;     /* subscribers that have it */
     _Atomic int stop;
     _Atomic int failed;
-    uint64_t *reach_ns; /* [n]: per subscriber, for the current probe */
+    _Atomic uint64_t *reach_ns; /* [n]: per subscriber, for the current probe */
 } fan_t;
 
 static uint64_t now_ns(void) {
@@ -126,8 +126,8 @@ static void sub_parse(fan_t *f, sub_t *s, int idx) {
                 atomic_store(&s->total, v);
             /* reach_ns is cleared by the main thread before it sets the
              * next target (seq_cst on target orders the two) */
-            if (target && v >= target && f->reach_ns[idx] == 0) {
-                f->reach_ns[idx] = now_ns();
+            if (target && v >= target && atomic_load(&f->reach_ns[idx]) == 0) {
+                atomic_store(&f->reach_ns[idx], now_ns());
                 atomic_fetch_add(&f->reached, 1);
             }
         }
@@ -332,7 +332,8 @@ int bench_sse_main(int argc, char **argv) {
     hist_init(&jh, 7, 60000000000ull);
     hist_init(&vote_h, 7, 60000000000ull);
     for (int k = 1; k <= probes; k++) {
-        memset(f.reach_ns, 0, sizeof *f.reach_ns * (size_t)nsubs);
+        for (int i = 0; i < nsubs; i++)
+            atomic_store(&f.reach_ns[i], 0);
         atomic_store(&f.reached, 0);
         atomic_store(&f.target, base + (uint64_t)k);
         uint64_t t0 = now_ns();
@@ -361,7 +362,7 @@ int bench_sse_main(int argc, char **argv) {
          * to a subscriber: counted as 0). */
         uint64_t *d = xmalloc(sizeof *d * (size_t)nsubs);
         for (int i = 0; i < nsubs; i++)
-            d[i] = f.reach_ns[i] > t202 ? f.reach_ns[i] - t202 : 0;
+            d[i] = atomic_load(&f.reach_ns[i]) > t202 ? atomic_load(&f.reach_ns[i]) - t202 : 0;
         uint64_t mx = 0;
         for (int i = 0; i < nsubs; i++)
             if (d[i] > mx)

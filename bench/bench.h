@@ -23,6 +23,7 @@ int bench_http_main(int argc, char **argv);
 int bench_engine_main(int argc, char **argv);
 int bench_replay_main(int argc, char **argv);
 int bench_restart_main(int argc, char **argv);
+int bench_sse_main(int argc, char **argv);
 
 /* "2000", "10k", "1M", "2.5M", "1e6": a non-negative count. 0 or -1. */
 /* getopt_long's error paths, the same for every subcommand: each prints

@@ -15,6 +15,8 @@ static const char *usage =
     "  engine   the counter engine in-process: votes/s per thread, state per voter\n"
     "  replay   `tally replay` over a generated log: records/s\n"
     "  restart  `tally run` on a state of N voters: time until it serves the totals\n"
+    "  sse      event-stream fan-out on a running tally: 202 -> event at the last of N\n"
+    "           subscribers, and -> visible in the JSON\n"
     "\n"
     "bench/compare runs them side by side with nginx and redis and writes\n"
     "bench/results/REPORT.md.\n";
@@ -38,6 +40,8 @@ int main(int argc, char **argv) {
         return bench_replay_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "restart"))
         return bench_restart_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "sse"))
+        return bench_sse_main(argc - 1, argv + 1);
     fprintf(stderr, "tally-bench: unknown command '%s'\n\n%s", cmd, usage);
     return BENCH_EXIT_USAGE;
 }

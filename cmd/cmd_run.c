@@ -12,6 +12,7 @@
 
 #include "cmd/cmd.h"
 #include "common/json.h"
+#include "cmd/watch.h"
 #include "common/util.h"
 #include "engine/engine.h"
 #include "ingest/ingest.h"
@@ -32,7 +33,10 @@ static const char *help_run =
     "  POST /v1/polls/{poll}/votes   {\"option\":\"ID\",\"voter\":\"ID\"}\n"
     "  GET  /healthz               200, or 503 with the reason while the log takes no votes\n"
     "  GET  /v1/stats              log ends, engine positions and lag, counters\n"
-    "  GET  /  /polls/{poll}.html  /polls/{poll}.json\n"
+    "  GET  /readyz                200 while the log takes votes and the engine keeps up\n"
+    "  GET  /metrics               Prometheus text exposition\n"
+    "  GET  /v1/polls/{poll}/events  the results as Server-Sent Events\n"
+    "  GET  /  /polls/{poll}.html  /polls/{poll}.json  /vote/{poll}.html\n"
     "\n"
     "Options:\n"
     "  -c, --config FILE   configuration (keys: tally --help-config)\n"
@@ -69,9 +73,17 @@ typedef struct {
     vlog_t *log;
     engine_t *engine;
     publisher_t *pub;
+    watch_t *watch;
 } run_ctx_t;
 
-static int engine_failed_tick(void *arg) { return arg && engine_failed(arg); }
+/* ingest's tick: samples the engine's lag; stops the server once the
+ * engine failed. */
+static int run_tick(void *arg) {
+    run_ctx_t *rc = arg;
+    if (rc->watch)
+        watch_tick(rc->watch);
+    return rc->engine && engine_failed(rc->engine);
+}
 
 /* GET /v1/stats: how far the engine is behind the log, and the counters.
  * Operators watch "lag"; tests wait for it to reach 0. */
@@ -159,6 +171,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     engine_t *e = NULL;
     publisher_t *pub = NULL;
     ingest_t *in = NULL;
+    watch_t *watch = NULL;
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
@@ -207,6 +220,10 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         if (!strcmp(vlog_name(log), "file") && cmd_check_snapshot_positions(e, log, err, sizeof err))
             goto out;
         pub = pub_new(c, e);
+        if (in) { /* live results: every rendering goes out as an event */
+            ingest_enable_sse(in);
+            pub_set_on_publish(pub, ingest_sse_publish, in);
+        }
         engine_run_opts_t ro = {
             .log = log,
             .snapshot_dir = c->snapshot_dir,
@@ -224,7 +241,10 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
             pub_start(pub, err, sizeof err) != TALLY_OK)
             goto out;
     }
-    run_ctx_t ctx = {log, e, pub};
+    watch = watch_new(c, log, e);
+    run_ctx_t ctx = {log, e, pub, watch};
+    watch_metrics_register(ctx.watch);
+    watch_tick(ctx.watch); /* /readyz knows the lag from the first request */
     log_info("tally %s: %d polls, %s log with %d partitions (log id %s)%s", cmd, c->npolls,
              vlog_name(log), vlog_partitions(log), vlog_id(log),
              e ? "" : ", no engine in this process");
@@ -233,7 +253,8 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
                  c->engine_threads, resumed);
     if (in) {
         ingest_set_log(in, log);
-        ingest_set_tick(in, engine_failed_tick, e);
+        ingest_set_tick(in, run_tick, &ctx);
+        ingest_set_ready(in, watch_ready, ctx.watch);
         ingest_set_stats(in, fill_stats, &ctx);
         log_info("tally %s: listening on http://%s (port %d)", cmd, c->listen, ingest_port(in));
         ingest_run(in);
@@ -269,6 +290,7 @@ out:
     }
     vlog_close(log);
     ingest_free(in);
+    watch_free(watch);
     pub_free(pub);
     engine_free(e);
 done:

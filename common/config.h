@@ -51,7 +51,9 @@ typedef struct {
     int server_keepalive_timeout_ms;
     int server_max_connections;
     int server_max_connections_per_ip; /* 0: no cap */
-    char *server_trusted_proxies;  /* CIDR list whose X-Forwarded-For is believed */
+    char *server_trusted_proxies;
+    int server_sse_max_subscribers; /* event streams over every thread */
+    int server_sse_heartbeat_ms;  /* CIDR list whose X-Forwarded-For is believed */
     /* [limits] */
     int limits_ip_rate;            /* votes per second per client; 0: off */
     int limits_ip_burst;
@@ -64,6 +66,7 @@ typedef struct {
     char *snapshot_dir;
     int snapshot_interval_ms;
     int engine_threads;
+    int engine_ready_lag_ms;   /* /readyz: 503 while the engine lags more */
     /* [publisher] */
     char *pub_dir;
     int pub_min_interval_ms;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <stdatomic.h>
 #include <sys/sendfile.h>
 #include <unistd.h>
 
@@ -24,8 +25,9 @@
 #define TE_CAP 64
 #define EXPECT_CAP 32
 #define IMS_CAP 64 /* an HTTP-date is 29 bytes (IMF-fixdate), 37 at most */
+#define LEID_CAP 64 /* Last-Event-ID: a version number, longer ones are ignored */
 
-typedef enum { H_OTHER, H_TE, H_EXPECT, H_XFF, H_HOST, H_INM, H_IMS } hdr_kind_t;
+typedef enum { H_OTHER, H_TE, H_EXPECT, H_XFF, H_HOST, H_INM, H_IMS, H_LEID } hdr_kind_t;
 typedef enum { S_IDLE, S_HEADERS, S_BODY, S_DISPATCHED } req_state_t;
 
 struct http_conn_s {
@@ -59,6 +61,8 @@ struct http_conn_s {
     unsigned host_count : 2;
     unsigned prev_cr : 1;    /* framing scan: the last framing byte was CR */
     unsigned after_data : 1; /* framing scan: a chunk's data just ended */
+    unsigned streaming : 1;  /* the answer is a stream (http_conn_stream_start) */
+    unsigned leid_over : 1;
     hdr_kind_t hkind;
     uint64_t deadline; /* mono ms; 0 none */
     uint64_t nreq;
@@ -91,6 +95,11 @@ struct http_conn_s {
     int file_fd;
     off_t file_off;
     uint64_t file_left;
+    http_chunk_t *sq[HTTP_STREAM_QUEUE]; /* stream chunks; sq[0] goes out first */
+    int sqn;
+    size_t sq_off; /* bytes of sq[0] sent */
+    char leid[LEID_CAP];
+    size_t leid_len;
 };
 
 static void conn_process(http_conn_t *c);
@@ -238,6 +247,79 @@ void http_conn_send_file(http_conn_t *c, const char *content_type, const char *e
     conn_answered(c);
 }
 
+/* ---- streams ---- */
+
+http_chunk_t *http_chunk_new(size_t len) {
+    http_chunk_t *k = xmalloc(sizeof *k + len);
+    atomic_init(&k->refs, 1);
+    k->len = len;
+    return k;
+}
+
+http_chunk_t *http_chunk_ref(http_chunk_t *k) {
+    atomic_fetch_add_explicit(&k->refs, 1, memory_order_relaxed);
+    return k;
+}
+
+/* The last reference frees: acq_rel so that every other holder's reads of
+ * the bytes happen before the free. */
+void http_chunk_unref(http_chunk_t *k) {
+    if (k && atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel) == 1)
+        free(k);
+}
+
+void http_conn_stream_start(http_conn_t *c, const char *content_type, const char *extra_headers) {
+    tally_assert(c->state == S_DISPATCHED && !c->streaming);
+    c->keep_alive = 0;
+    out_reserve(c, 160);
+    out_str(c, "HTTP/1.1 200 OK\r\nContent-Type: ");
+    out_str(c, content_type);
+    out_str(c, "\r\nConnection: close\r\n");
+    if (extra_headers)
+        out_str(c, extra_headers);
+    out_str(c, "\r\n");
+    c->streaming = 1;
+    c->deadline = 0;
+    /* Bound what the kernel buffers for a reader too (autotuning would let
+     * a stalled one hold megabytes, times every subscriber): past this the
+     * write blocks, and the write deadline drops the reader. */
+    if (c->fd >= 0) {
+        int sz = HTTP_STREAM_SNDBUF;
+        setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+    }
+    c->ilen = c->ioff = 0; /* pipelined requests are dropped */
+}
+
+int http_conn_stream_send(http_conn_t *c, http_chunk_t *k, int replace_unsent) {
+    tally_assert(c->streaming);
+    if (c->fd < 0) { /* detached: the bytes go to the output, for tests */
+        out_add(c, k->data, k->len);
+        return 0;
+    }
+    if (c->broken)
+        return -1;
+    int last = c->sqn - 1;
+    if (replace_unsent && last >= 0 && (last > 0 || c->sq_off == 0)) {
+        http_chunk_unref(c->sq[last]);
+        c->sq[last] = http_chunk_ref(k);
+    } else {
+        if (c->sqn == HTTP_STREAM_QUEUE)
+            return -1;
+        c->sq[c->sqn++] = http_chunk_ref(k);
+    }
+    if (!c->wblocked)
+        conn_flush(c);
+    return c->broken ? -1 : 0;
+}
+
+int http_conn_stream_pending(const http_conn_t *c) {
+    return c->sqn;
+}
+
+int http_conn_write_blocked(const http_conn_t *c) {
+    return c->wblocked;
+}
+
 void http_conn_defer(http_conn_t *c) {
     tally_assert(c->state == S_DISPATCHED && !c->deferred);
     c->deferred = 1;
@@ -313,6 +395,8 @@ static int on_message_begin(http_parser *p) {
     c->te_seen = c->te_over = c->xff_over = c->xff_seen = c->hname_over = 0;
     c->inm_seen = c->inm_over = c->ims_seen = c->ims_over = 0;
     c->inm_len = c->ims_len = 0;
+    c->leid_len = 0;
+    c->leid_over = 0;
     c->value_started = c->hdrs_paused = c->msg_done = c->head = 0;
     c->host_count = 0;
     c->prev_cr = c->after_data = 0;
@@ -387,6 +471,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
                    : name_is(c, "host")            ? H_HOST
                    : name_is(c, "if-none-match")   ? H_INM
                    : name_is(c, "if-modified-since") ? H_IMS
+                   : name_is(c, "last-event-id")   ? H_LEID
                                                    : H_OTHER;
     }
     switch (c->hkind) {
@@ -419,6 +504,10 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
         c->ims_seen = 1;
         if (!c->ims_over && append(c->ims, IMS_CAP, &c->ims_len, at, len, 0) != 0)
             c->ims_over = 1;
+        break;
+    case H_LEID:
+        if (!c->leid_over && append(c->leid, LEID_CAP, &c->leid_len, at, len, first) != 0)
+            c->leid_over = 1;
         break;
     case H_OTHER: break;
     }
@@ -569,6 +658,10 @@ static void dispatch(http_conn_t *c) {
         r.if_modified_since = c->ims;
         r.if_modified_since_len = c->ims_len;
     }
+    if (c->leid_len && !c->leid_over) {
+        r.last_event_id = c->leid;
+        r.last_event_id_len = c->leid_len;
+    }
     c->state = S_DISPATCHED;
     c->cfg->handler(c->cfg->arg, c, &r);
 }
@@ -578,7 +671,8 @@ static void conn_process(http_conn_t *c) {
     if (c->in_process)
         return;
     c->in_process = 1;
-    while (!c->closing && !c->deferred && !c->wblocked && c->file_fd < 0 && c->ioff < c->ilen) {
+    while (!c->closing && !c->deferred && !c->streaming && !c->wblocked && c->file_fd < 0 &&
+           c->ioff < c->ilen) {
         int in_hdr = c->state == S_IDLE || c->state == S_HEADERS;
         int chunked = !in_hdr && (c->parser.flags & F_CHUNKED);
         const char *from = c->in + c->ioff;
@@ -666,6 +760,8 @@ static void conn_destroy(http_conn_t *c, int notify) {
         close(c->fd);
     if (c->file_fd >= 0)
         close(c->file_fd);
+    for (int i = 0; i < c->sqn; i++)
+        http_chunk_unref(c->sq[i]);
     if (notify && c->cfg->on_close)
         c->cfg->on_close(c->cfg->arg, c);
     free(c->out);
@@ -676,7 +772,7 @@ static void conn_destroy(http_conn_t *c, int notify) {
 static int conn_maybe_finish(http_conn_t *c) {
     if (c->deferred || c->fd < 0)
         return 0;
-    int out_pending = !c->broken && (c->ooff < c->olen || c->file_fd >= 0);
+    int out_pending = !c->broken && (c->ooff < c->olen || c->file_fd >= 0 || c->sqn > 0);
     /* After EOF, whatever could be answered has been: the rest is a request
      * cut short. */
     if (c->broken || ((c->closing || c->peer_eof) && !out_pending)) {
@@ -697,6 +793,8 @@ static void set_write_interest(http_conn_t *c, int on) {
         c->wblocked = 0;
         if (c->state == S_IDLE)
             c->deadline = mono_ms() + (uint64_t)c->cfg->keepalive_timeout_ms;
+        else if (c->streaming)
+            c->deadline = 0; /* a stream has no deadline while it drains */
     }
 }
 
@@ -739,6 +837,28 @@ static void conn_flush(http_conn_t *c) {
         close(c->file_fd);
         c->file_fd = -1;
     }
+    while (c->sqn > 0) {
+        http_chunk_t *k = c->sq[0];
+        ssize_t n = send(c->fd, k->data + c->sq_off, k->len - c->sq_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->sq_off += (size_t)n;
+            if (c->sq_off < k->len)
+                continue;
+            http_chunk_unref(k);
+            memmove(c->sq, c->sq + 1, sizeof c->sq[0] * (size_t)(c->sqn - 1));
+            c->sqn--;
+            c->sq_off = 0;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            set_write_interest(c, 1);
+            return;
+        }
+        c->broken = 1;
+        return;
+    }
     set_write_interest(c, 0);
 }
 
@@ -780,6 +900,8 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
     ssize_t n = recv(fd, c->in + c->ilen, IN_CAP - c->ilen, 0);
     if (n > 0) {
         c->ilen += (size_t)n;
+        if (c->streaming) /* nothing after a stream's request is read */
+            c->ilen = c->ioff = 0;
     } else if (n == 0) {
         c->peer_eof = 1;
         event_del(c->rev);
@@ -807,6 +929,9 @@ static http_conn_t *conn_alloc(const http_conn_cfg_t *cfg) {
     c->out = NULL;
     c->olen = c->ocap = c->ooff = 0;
     c->ilen = c->ioff = 0;
+    c->sqn = 0;
+    c->sq_off = 0;
+    c->leid_len = 0;
     c->url_len = c->body_len = c->hname_len = c->te_len = c->expect_len = c->xff_len = 0;
     c->keep_alive = 1;
     http_parser_init(&c->parser, HTTP_REQUEST);
@@ -922,7 +1047,8 @@ void http_conns_close_idle(http_conns_t *set) {
     for (http_conn_t *c = set->head; c; c = next) {
         next = c->next;
         c->close_after = 1;
-        if (!c->deferred && c->state == S_IDLE && c->ooff == c->olen && c->file_fd < 0)
+        if (c->streaming ||
+            (!c->deferred && c->state == S_IDLE && c->ooff == c->olen && c->file_fd < 0))
             conn_destroy(c, 1);
     }
 }

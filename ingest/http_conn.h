@@ -59,6 +59,8 @@ typedef struct {
     size_t if_none_match_len;
     const char *if_modified_since;
     size_t if_modified_since_len;
+    const char *last_event_id; /* Last-Event-ID (SSE resume), or NULL */
+    size_t last_event_id_len;
 } http_req_t;
 
 /* What the owner plugs in; arg is passed back. handler must answer (reply,
@@ -115,6 +117,41 @@ void http_conn_defer(http_conn_t *c);
 void http_conn_close_after(http_conn_t *c);
 /* Closes now unless a deferred answer is outstanding (then after it). */
 void http_conn_close(http_conn_t *c);
+
+/* ---- streams (Server-Sent Events) ----
+ * A stream answer has no Content-Length: its body runs until the connection
+ * closes. Its bytes are chunks shared by every connection that sends them
+ * (one rendering fanned out to many subscribers): a connection holds a
+ * reference, never a copy, and at most HTTP_STREAM_QUEUE of them. While
+ * streaming, the keep-alive and request deadlines do not apply, but a write
+ * that stays blocked for body_timeout_ms closes the connection (a reader
+ * that stopped reading is dropped, not buffered for). */
+#define HTTP_STREAM_QUEUE 4
+#define HTTP_STREAM_SNDBUF (64 * 1024) /* SO_SNDBUF of a stream's socket */
+
+typedef struct http_chunk_s {
+    _Atomic long refs;
+    size_t len;
+    char data[];
+} http_chunk_t;
+/* One reference, len bytes of data to fill. */
+http_chunk_t *http_chunk_new(size_t len);
+http_chunk_t *http_chunk_ref(http_chunk_t *k);
+void http_chunk_unref(http_chunk_t *k);
+
+/* Answers the current request with a 200 stream head (extra_headers as in
+ * http_conn_reply). Pipelined requests after it are never read. */
+void http_conn_stream_start(http_conn_t *c, const char *content_type, const char *extra_headers);
+/* Queues k (takes a new reference). replace_unsent: if the newest queued
+ * chunk has not begun to go out, k takes its place (a newer version makes
+ * an unsent older one pointless). Returns 0, or -1 when the queue is full
+ * (the reader is too slow: the caller closes the connection). */
+int http_conn_stream_send(http_conn_t *c, http_chunk_t *k, int replace_unsent);
+/* Chunks queued and not completely sent. */
+int http_conn_stream_pending(const http_conn_t *c);
+/* Output waits for the socket to take it (e.g. in on_close: the peer
+ * stopped reading). */
+int http_conn_write_blocked(const http_conn_t *c);
 
 const struct sockaddr *http_conn_peer(const http_conn_t *c, socklen_t *len);
 /* Owner data (e.g. the client-IP table entry). */

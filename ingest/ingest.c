@@ -113,6 +113,7 @@ static void on_resume(evutil_socket_t fd, short what, void *arg) {
 static void on_conn_close(void *arg, http_conn_t *c) {
     worker_t *w = arg;
     conn_ctx_t *x = http_conn_owner(c);
+    sse_unsubscribe(w, x);
     limits_conn_del(w->in->clients, x->ip);
     free(x);
     atomic_fetch_sub(&w->in->nconns, 1);
@@ -315,7 +316,8 @@ static int worker_init(ingest_t *in, worker_t *w, int id, char *errstr, size_t e
     w->sweep_ev = event_new(w->base, -1, EV_PERSIST, on_sweep, w);
     struct timeval sweep = {0, SWEEP_MS * 1000};
     if (!w->accept_ev || !w->resume_ev || !w->done_ev || !w->stop_ev || !w->sweep_ev ||
-        event_add(w->accept_ev, NULL) != 0 || event_add(w->sweep_ev, &sweep) != 0) {
+        event_add(w->accept_ev, NULL) != 0 || event_add(w->sweep_ev, &sweep) != 0 ||
+        sse_worker_init(w) != 0) {
         snprintf(errstr, esz, "ingest: cannot set up event loop %d", id);
         return -1;
     }
@@ -347,6 +349,8 @@ ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errs
     }
     in->clients =
         limits_table_new(c->server_max_connections_per_ip, c->limits_ip_rate, c->limits_ip_burst);
+    routes_init();
+    sse_hub_init(in);
     in->nworkers = c->server_threads;
     in->workers = xcalloc((size_t)in->nworkers, sizeof *in->workers);
     for (int i = 0; i < in->nworkers; i++) {
@@ -378,6 +382,15 @@ void ingest_set_tick(ingest_t *in, int (*tick)(void *), void *arg) {
 void ingest_set_stats(ingest_t *in, void (*fill)(void *, ingest_t *, buf_t *), void *arg) {
     in->stats_fill = fill;
     in->stats_arg = arg;
+}
+
+void ingest_enable_sse(ingest_t *in) {
+    in->sse_on = 1;
+}
+
+void ingest_set_ready(ingest_t *in, int (*ready)(void *, char *, size_t), void *arg) {
+    in->ready = ready;
+    in->ready_arg = arg;
 }
 
 int ingest_port(const ingest_t *in) {
@@ -423,11 +436,13 @@ void ingest_free(ingest_t *in) {
                 event_free(evs[k]);
         if (w->listen_fd >= 0)
             close(w->listen_fd);
+        sse_worker_free(w);
         if (w->base)
             event_base_free(w->base);
         pthread_mutex_destroy(&w->mu);
     }
     free(in->workers);
+    sse_hub_free(in);
     limits_table_free(in->clients);
     free(in->trusted);
     free(in->static_dir);

@@ -4,6 +4,9 @@
  *   POST /v1/polls/{poll}/votes   {"option":"..","voter":".."}  -> 202
  *   GET  /healthz                                              -> 200
  *   GET  /v1/stats   log ends, engine positions, counters       -> 200
+ *   GET  /readyz     the log takes votes, the engine keeps up    -> 200 | 503
+ *   GET  /metrics    Prometheus text (common/metrics.h)         -> 200
+ *   GET  /v1/polls/{poll}/events   Server-Sent Events (sse.c)  -> 200 stream
  *   GET  /, /polls/ID.html, ...   publisher.dir, read-only (tally run)
  *
  * Errors are JSON {"error":code,"message":text}. server.threads event loops,
@@ -45,6 +48,21 @@ int ingest_port(const ingest_t *in);
 
 /* The vlog ack callback. @locality the log's thread */
 void ingest_ack(void *opaque, vlog_err_t err);
+
+/* Server-Sent Events (GET /v1/polls/{id}/events): served once enabled (a
+ * process that publishes results). publish hands over poll's results JSON
+ * at version (copied): fanned out to every subscriber of every loop.
+ * @locality any thread (the publisher's) */
+void ingest_enable_sse(ingest_t *in);
+void ingest_sse_publish(void *in, int poll, uint64_t version, const char *json, size_t len);
+
+/* GET /readyz: ready returns 1 when ready, else 0 with why filled. Without
+ * it readiness is the log's health alone. */
+void ingest_set_ready(ingest_t *in, int (*ready)(void *arg, char *why, size_t wsz), void *arg);
+
+/* GET /metrics: the process's registry (common/metrics.h) as Prometheus
+ * text. A handler of its own so that an admin listener can route to it. */
+void ingest_reply_metrics(http_conn_t *c);
 
 /* Request outcome counters. */
 typedef struct {

@@ -24,10 +24,25 @@ typedef struct conn_ctx_s {
     http_conn_t *conn;
     uint8_t ip[16]; /* the peer, counted in the limits table */
     vlog_err_t err;
+    uint64_t appended_ns; /* ack latency */
     struct conn_ctx_s *next_done;
     char poll[ID_MAX_LEN + 1];
     char option[ID_MAX_LEN + 1];
+    /* An SSE subscriber (sse.c): in its loop's list of the poll. */
+    int sse_on, sse_poll;
+    uint64_t sse_ver; /* the last version queued to it */
+    struct conn_ctx_s *sse_prev, *sse_next;
 } conn_ctx_t;
+
+/* The SSE hub (sse.c): each poll's current event, shared by every loop. */
+typedef struct {
+    pthread_mutex_t mu; /* guards cur and ver */
+    http_chunk_t **cur; /* [npolls]: the current event, NULL before the first */
+    uint64_t *ver;      /* [npolls] */
+    int npolls;
+    int max_subs;
+    _Atomic long nsubs; /* over every loop */
+} sse_hub_t;
 
 struct worker_s {
     ingest_t *in;
@@ -51,6 +66,18 @@ struct worker_s {
     uint64_t warn_suppressed;
     pthread_mutex_t mu; /* guards done */
     conn_ctx_t *done;
+    /* SSE (sse.c), loop thread only */
+    conn_ctx_t **sse_subs; /* [npolls]: subscriber lists */
+    uint64_t *sse_sent;    /* [npolls]: the version last fanned out */
+    conn_ctx_t **sse_cursor;     /* [npolls]: next subscriber of a fan-out under way */
+    http_chunk_t **sse_sending;  /* [npolls]: the event of that fan-out */
+    struct event *sse_ev;      /* a poll has a new version */
+    struct event *sse_more_ev; /* the next slice of a fan-out */
+    struct event *sse_hb_ev;
+    struct event *sse_hb_more_ev; /* the next slice of a heartbeat round */
+    int sse_hb_poll;              /* the round's poll; npolls: none under way */
+    conn_ctx_t *sse_hb_cursor;
+    http_chunk_t *sse_hb;
 };
 
 struct ingest_s {
@@ -71,12 +98,28 @@ struct ingest_s {
     int ntrusted;
     _Atomic long nconns;
     _Atomic uint64_t accepted, rejected, unavailable;
+    sse_hub_t sse;
+    int sse_on; /* results are published in this process: serve events */
+    int (*ready)(void *arg, char *why, size_t wsz);
+    void *ready_arg;
 };
 
+/* routes.c: registers the routes' metrics (once per process). */
+void routes_init(void);
 /* routes.c: the http_conn handler (arg is the worker). */
 void routes_handle(void *arg, http_conn_t *c, const http_req_t *req);
 /* routes.c: answers a vote the log has acknowledged (or failed).
  * c may be gone afterwards. @locality the worker's loop */
 void routes_answer_vote(conn_ctx_t *x);
+
+/* sse.c */
+void sse_hub_init(ingest_t *in);
+void sse_hub_free(ingest_t *in);
+int sse_worker_init(worker_t *w);
+void sse_worker_free(worker_t *w);
+/* Answers the request with poll's event stream. @locality the worker's loop */
+void sse_subscribe(worker_t *w, http_conn_t *c, const http_req_t *r, int poll);
+/* The connection is closing. @locality the worker's loop */
+void sse_unsubscribe(worker_t *w, conn_ctx_t *x);
 
 #endif

@@ -6,12 +6,55 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/metrics.h"
 #include "common/util.h"
 #include "ingest/ingest_int.h"
 #include "ingest/vote.h"
 #include "log/record.h"
 
 #define M(m) (1u << (m))
+
+/* ---- metrics ---- */
+
+/* Every reason a vote can be refused, registered up front so that each
+ * series exists (at 0) from the first scrape and the hot path looks one up
+ * without the registry's lock. */
+static const char *const reject_reasons[] = {
+    "unknown_poll",  "rate_limited",  "malformed_json", "invalid_body",
+    "missing_field", "invalid_field", "unknown_field",  "unknown_option",
+    "log_unavailable", "other",
+};
+#define NREASONS (sizeof reject_reasons / sizeof reject_reasons[0])
+static metric_t *m_accepted, *m_rejected[NREASONS], *m_ack_latency;
+
+static void route_metrics_init(void) {
+    metrics_t *m = metrics_default();
+    m_accepted = metrics_counter(m, "tally_votes_accepted_total",
+                                 "votes answered 202 (durable in the log)", NULL);
+    for (size_t i = 0; i < NREASONS; i++) {
+        char labels[64];
+        snprintf(labels, sizeof labels, "reason=\"%s\"", reject_reasons[i]);
+        m_rejected[i] = metrics_counter(m, "tally_votes_rejected_total",
+                                        "votes refused, by the error code of the answer", labels);
+    }
+    m_ack_latency = metrics_histogram(
+        m, "tally_ingest_ack_latency_seconds",
+        "from a vote's append to the log until its answer (the durable 202 or a 503)", NULL,
+        METRICS_LATENCY_NS, METRICS_LATENCY_NS_N, 1e9);
+}
+
+static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
+
+void routes_init(void) {
+    pthread_once(&metrics_once, route_metrics_init);
+}
+
+static void count_rejected(const char *code) {
+    size_t i = 0;
+    while (i < NREASONS - 1 && strcmp(reject_reasons[i], code) != 0)
+        i++;
+    metric_inc(m_rejected[i]);
+}
 
 /* ---- replies ---- */
 
@@ -21,6 +64,7 @@ void ingest_reply_error(http_conn_t *c, int status, const char *code, const char
 
 static void reply_unavailable(worker_t *w, http_conn_t *c, const char *why) {
     atomic_fetch_add(&w->in->unavailable, 1);
+    count_rejected("log_unavailable");
     http_conn_reply_error(c, 503, "log_unavailable", why, "Retry-After: 1\r\n");
 }
 
@@ -38,6 +82,13 @@ static void reject(worker_t *w, http_conn_t *c, int status, const char *code,
     http_conn_reply_error(c, status, code, msg, extra_headers);
 }
 
+/* A refused vote: counted by reason as well. */
+#define reject_vote(w, c, status, code, hdrs, ...)                                                 \
+    do {                                                                                           \
+        count_rejected(code);                                                                      \
+        reject(w, c, status, code, hdrs, __VA_ARGS__);                                             \
+    } while (0)
+
 /* ---- votes ---- */
 
 static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const char *poll_id,
@@ -46,7 +97,7 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
     conn_ctx_t *x = http_conn_owner(c);
     const poll_conf_t *poll = config_poll(in->conf, poll_id, poll_len);
     if (!poll) {
-        reject(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'",
+        reject_vote(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'",
                (int)(poll_len > ID_MAX_LEN ? ID_MAX_LEN : poll_len), poll_id);
         return;
     }
@@ -61,7 +112,7 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
         if (!limits_take(in->clients, client, mono_ms(), &retry)) {
             char hdr[48];
             snprintf(hdr, sizeof hdr, "Retry-After: %d\r\n", retry);
-            reject(w, c, 429, "rate_limited", hdr, "too many votes from this client");
+            reject_vote(w, c, 429, "rate_limited", hdr, "too many votes from this client");
             return;
         }
     }
@@ -69,7 +120,7 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
     char voter[VOTE_SCRATCH_MIN];
     vote_error_t e;
     if (vote_parse(poll, r->body, r->body_len, now_ms(), &v, voter, sizeof voter, &e) != 0) {
-        reject(w, c, e.status, e.code, NULL, "%s", e.message);
+        reject_vote(w, c, e.status, e.code, NULL, "%s", e.message);
         return;
     }
     uint8_t rec[RECORD_MAX_LEN];
@@ -86,6 +137,7 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
             w, c, err == VLOG_FULL ? "too many votes in flight, retry shortly" : vlog_err2str(err));
         return;
     }
+    x->appended_ns = metrics_now_ns();
     w->inflight++;
     http_conn_defer(c);
 }
@@ -93,11 +145,13 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
 void routes_answer_vote(conn_ctx_t *x) {
     worker_t *w = x->w;
     w->inflight--;
+    metric_observe(m_ack_latency, metrics_now_ns() - x->appended_ns);
     if (x->err != VLOG_OK) {
         reply_unavailable(w, x->conn, vlog_err2str(x->err));
         return;
     }
     atomic_fetch_add(&w->in->accepted, 1);
+    metric_inc(m_accepted);
     char body[64 + 2 * ID_MAX_LEN];
     size_t pl = strlen(x->poll), ol = strlen(x->option), n = 0;
     /* Ids are [A-Za-z0-9_-]: nothing to escape. */
@@ -127,6 +181,54 @@ static void handle_healthz(worker_t *w, http_conn_t *c, const http_req_t *r, con
         http_conn_reply_error(c, 503, "log_unavailable", why, "Retry-After: 1\r\n");
     else
         http_conn_reply(c, 200, "application/json", NULL, ok, sizeof ok - 1);
+}
+
+/* Readiness: the log takes votes and the engine is not too far behind
+ * (the owner's ready callback, engine.ready_lag_ms). 503 names why. */
+static void handle_readyz(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
+                          size_t alen) {
+    (void)r, (void)arg, (void)alen;
+    static const char ok[] = "{\"status\":\"ready\"}";
+    char why[512];
+    if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK) {
+        http_conn_reply_error(c, 503, "log_unavailable", why, "Retry-After: 1\r\n");
+        return;
+    }
+    if (w->in->ready && !w->in->ready(w->in->ready_arg, why, sizeof why)) {
+        http_conn_reply_error(c, 503, "engine_lagging", why, "Retry-After: 1\r\n");
+        return;
+    }
+    http_conn_reply(c, 200, "application/json", NULL, ok, sizeof ok - 1);
+}
+
+void ingest_reply_metrics(http_conn_t *c) {
+    buf_t b = {0};
+    metrics_render(metrics_default(), &b);
+    http_conn_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", "Cache-Control: no-store\r\n",
+                    b.data ? b.data : "", b.len);
+    buf_free(&b);
+}
+
+static void handle_metrics(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
+                           size_t alen) {
+    (void)w, (void)r, (void)arg, (void)alen;
+    ingest_reply_metrics(c);
+}
+
+static void handle_events(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
+                          size_t alen) {
+    const poll_conf_t *poll = config_poll(w->in->conf, arg, alen);
+    if (!poll) {
+        reject(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'",
+               (int)(alen > ID_MAX_LEN ? ID_MAX_LEN : alen), arg);
+        return;
+    }
+    if (w->draining) {
+        http_conn_reply_error(c, 503, "shutting_down", "server is shutting down",
+                              "Retry-After: 1\r\n");
+        return;
+    }
+    sse_subscribe(w, c, r, (int)(poll - w->in->conf->polls));
 }
 
 static void handle_stats(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
@@ -162,6 +264,30 @@ static int match_vote(const ingest_t *in, const char *p, size_t n, const char **
     return memchr(*arg, '/', *alen) == NULL;
 }
 
+static int match_events(const ingest_t *in, const char *p, size_t n, const char **arg,
+                        size_t *alen) {
+    static const char prefix[] = "/v1/polls/", suffix[] = "/events";
+    const size_t pl = sizeof prefix - 1, sl = sizeof suffix - 1;
+    if (!in->sse_on || n <= pl + sl || memcmp(p, prefix, pl) != 0 ||
+        memcmp(p + n - sl, suffix, sl) != 0)
+        return 0;
+    *arg = p + pl;
+    *alen = n - pl - sl;
+    return memchr(*arg, '/', *alen) == NULL;
+}
+
+static int match_readyz(const ingest_t *in, const char *p, size_t n, const char **arg,
+                        size_t *alen) {
+    (void)in, (void)arg, (void)alen;
+    return n == 7 && !memcmp(p, "/readyz", 7);
+}
+
+static int match_metrics(const ingest_t *in, const char *p, size_t n, const char **arg,
+                         size_t *alen) {
+    (void)in, (void)arg, (void)alen;
+    return n == 8 && !memcmp(p, "/metrics", 8);
+}
+
 static int match_healthz(const ingest_t *in, const char *p, size_t n, const char **arg,
                          size_t *alen) {
     (void)in, (void)arg, (void)alen;
@@ -191,7 +317,10 @@ typedef struct {
 /* First match wins. */
 static const route_t routes[] = {
     {match_vote, M(HTTP_POST), "Allow: POST\r\n", "use POST to cast a vote", handle_vote_route},
+    {match_events, M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n", "use GET", handle_events},
     {match_healthz, M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n", "use GET", handle_healthz},
+    {match_readyz, M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n", "use GET", handle_readyz},
+    {match_metrics, M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n", "use GET", handle_metrics},
     {match_stats, M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n", "use GET", handle_stats},
     {match_static, M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n", "the results are read-only",
      handle_static},

@@ -47,6 +47,7 @@
 #include <xxhash.h>
 
 #include "common/endian.h"
+#include "common/metrics.h"
 #include "common/util.h"
 #include "log/record.h"
 #include "log/vlog_int.h"
@@ -527,8 +528,23 @@ static void fail_repair(flog_t *l, int may_clear) {
     atomic_store(&l->failed, TALLY_OK);
 }
 
+/* Metrics of the group commit (common/metrics.h), registered once. */
+static metric_t *m_fsync_ns, *m_batch;
+static void flog_metrics_init(void) {
+    metrics_t *m = metrics_default();
+    m_fsync_ns = metrics_histogram(m, "tally_log_fsync_seconds",
+                                   "fdatasync of one group commit (file log)", NULL,
+                                   METRICS_LATENCY_NS, METRICS_LATENCY_NS_N, 1e9);
+    m_batch = metrics_histogram(m, "tally_log_group_commit_votes",
+                                "votes written and synced by one group commit (file log)", NULL,
+                                METRICS_BATCH_SIZES, METRICS_BATCH_SIZES_N, 1);
+}
+
 /* One group commit round of n appends in l->writing. */
 static vlog_err_t writer_round(flog_t *l, size_t n) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, flog_metrics_init);
+    metric_observe(m_batch, n);
     if (atomic_load(&l->failed)) {
         fail_repair(l, 1);
         if (atomic_load(&l->failed))
@@ -543,7 +559,11 @@ static vlog_err_t writer_round(flog_t *l, size_t n) {
     /* After a failed fdatasync what reached the disk is unknown: the round
      * is not acknowledged and is cut away, and the log stays failed until a
      * cut and a sync both work. */
-    if (l->fsync && fdatasync(l->fd) != 0) {
+    uint64_t t0 = metrics_now_ns();
+    int synced = l->fsync ? fdatasync(l->fd) : 0;
+    if (l->fsync)
+        metric_observe(m_fsync_ns, metrics_now_ns() - t0);
+    if (synced != 0) {
         fail_set(l, TALLY_ERR_IO, "%s: fdatasync failed: %s; %zu votes not acknowledged", l->path,
                  strerror(errno), n);
         fail_repair(l, 0);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "publisher/s3.h"
+#include "common/metrics.h"
 
 /* After a failed write: wait BACKOFF_MIN_MS, doubling to BACKOFF_MAX_MS,
  * until one succeeds. Failures are logged once, then at most every
@@ -26,6 +27,9 @@ struct publisher_s {
     uint64_t *published_gen; /* [npolls], publisher thread only */
     uint64_t *last_ms;       /* [npolls], monotonic ms of the last write */
     uint8_t *ever;           /* [npolls]: written at least once */
+    uint64_t *version;       /* [npolls]: the last version rendered */
+    void (*on_publish)(void *arg, int poll, uint64_t version, const char *json, size_t len);
+    void *on_publish_arg;
     _Atomic uint64_t writes;
     s3_t *s3; /* NULL: S3 publishing is off */
     /* Publisher thread only (or the caller, before pub_start). */
@@ -54,6 +58,7 @@ publisher_t *pub_new(const tally_config_t *c, engine_t *e) {
     p->published_gen = xcalloc((size_t)n, sizeof(uint64_t));
     p->last_ms = xcalloc((size_t)n, sizeof(uint64_t));
     p->ever = xcalloc((size_t)n, 1);
+    p->version = xcalloc((size_t)n, sizeof(uint64_t));
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cond, NULL);
     /* The key files were checked at start (config_check_s3): failing now
@@ -73,6 +78,7 @@ void pub_free(publisher_t *p) {
     free(p->published_gen);
     free(p->last_ms);
     free(p->ever);
+    free(p->version);
     free(p->dir);
     free(p);
 }
@@ -121,17 +127,31 @@ static void sweep_dir(const char *dir) {
     closedir(d);
 }
 
-/* mkdir publisher.dir/polls, write index.html; once, then only polls. */
+/* mkdir publisher.dir/polls and vote/, write index.html and the vote
+ * pages; once, then only polls. */
 static tally_err_t publish_index(publisher_t *p, char *errstr, size_t esz) {
-    char sub[4200];
+    char sub[4200], votes[4200];
     snprintf(sub, sizeof sub, "%s/polls", p->dir);
-    if (mkdir_p(sub) != 0) {
+    snprintf(votes, sizeof votes, "%s/vote", p->dir);
+    if (mkdir_p(sub) != 0 || mkdir_p(votes) != 0) {
         snprintf(errstr, esz, "publisher.dir %s: %s", p->dir, strerror(errno));
         return TALLY_ERR_IO;
+    }
+    /* Every poll takes votes until the lifecycle says which are open. */
+    for (int i = 0; i < p->conf->npolls; i++) {
+        buf_t page = {0};
+        char name[128];
+        pub_render_vote(&p->conf->polls[i], &page);
+        snprintf(name, sizeof name, "vote/%s.html", p->conf->polls[i].id);
+        tally_err_t err = write_out(p, name, &page, errstr, esz);
+        buf_free(&page);
+        if (err != TALLY_OK)
+            return err;
     }
     if (!p->stale_swept) {
         sweep_dir(p->dir);
         sweep_dir(sub);
+        sweep_dir(votes);
         p->stale_swept = 1;
     }
     buf_t idx = {0};
@@ -176,6 +196,42 @@ static void note_success(publisher_t *p) {
     p->retry_at = 0;
 }
 
+/* The version of poll i's next rendering: the one place that decides what
+ * a version is (results JSON "version", the SSE event id), until the poll
+ * lifecycle brings a version of its own. Milliseconds since the epoch,
+ * and at least one more than the last: increasing within a run, and across
+ * restarts too while the clock does not go back, so a page that saw a
+ * version before a restart takes the new ones. */
+static uint64_t next_version(publisher_t *p, int i) {
+    uint64_t v = now_ms();
+    if (v <= p->version[i])
+        v = p->version[i] + 1;
+    p->version[i] = v;
+    return v;
+}
+
+static metric_t *m_publishes, *m_publish_ns, *m_publish_fail;
+static void pub_metrics_init(void) {
+    metrics_t *m = metrics_default();
+    m_publishes = metrics_counter(m, "tally_publish_total",
+                                  "poll results rendered and written (one per version)", NULL);
+    m_publish_fail = metrics_counter(m, "tally_publish_failures_total",
+                                     "poll results that could not be written to publisher.dir",
+                                     NULL);
+    m_publish_ns =
+        metrics_histogram(m, "tally_publish_latency_seconds",
+                          "rendering and writing one poll's results (JSON and HTML)", NULL,
+                          METRICS_LATENCY_NS, METRICS_LATENCY_NS_N, 1e9);
+}
+
+void pub_set_on_publish(publisher_t *p,
+                        void (*fn)(void *arg, int poll, uint64_t version, const char *json,
+                                   size_t len),
+                        void *arg) {
+    p->on_publish = fn;
+    p->on_publish_arg = arg;
+}
+
 /* Reads generation before totals: a change after the read bumps the
  * generation again, so it is never missed. */
 static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz) {
@@ -183,10 +239,14 @@ static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz)
     uint64_t gen = engine_poll_generation(p->engine, i);
     uint64_t *counts = xmalloc(sizeof *counts * (size_t)pc->noptions);
     engine_poll_totals(p->engine, i, counts);
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, pub_metrics_init);
+    uint64_t t0 = metrics_now_ns();
     uint64_t now = now_ms();
+    uint64_t version = next_version(p, i);
     buf_t json = {0}, html = {0};
-    pub_render_json(pc, counts, now, &json);
-    pub_render_html(pc, counts, now, &html);
+    pub_render_json(pc, counts, now, version, &json);
+    pub_render_html(pc, counts, now, version, &html);
     char name[128];
     tally_err_t rc = TALLY_OK;
     /* The HTML first: a reader that sees new JSON finds a page at least as new. */
@@ -195,6 +255,12 @@ static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz)
     snprintf(name, sizeof name, "polls/%s.json", pc->id);
     if (rc == TALLY_OK)
         rc = write_out(p, name, &json, errstr, esz);
+    metric_observe(m_publish_ns, metrics_now_ns() - t0);
+    metric_inc(rc == TALLY_OK ? m_publishes : m_publish_fail);
+    /* Live subscribers get it even when publisher.dir refused it: the
+     * files are one copy of the results, the stream another. */
+    if (p->on_publish)
+        p->on_publish(p->on_publish_arg, i, version, json.data, json.len);
     buf_free(&json);
     buf_free(&html);
     free(counts);

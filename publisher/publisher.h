@@ -1,7 +1,8 @@
 /* The publisher: turns the engine's totals into static results files in
  * publisher.dir, each written atomically (temp file + rename):
  *   polls/ID.json   machine-readable totals
- *   polls/ID.html   the results page, refreshing itself
+ *   polls/ID.html   the results page, kept live by its script (SSE)
+ *   vote/ID.html    the page to vote from (written with index.html)
  *   index.html      the list of polls
  * A poll's files are rewritten only when its totals changed, and at most once
  * per publisher.min_interval_ms, so a burst of votes costs one write.
@@ -37,14 +38,24 @@ tally_err_t pub_start(publisher_t *p, char *errstr, size_t esz);
 void pub_notify(void *p);
 /* Stops the thread after a last round for anything still unpublished. */
 void pub_stop(publisher_t *p);
+/* Called by the publisher after each poll rendering with its results JSON
+ * (valid during the call) and version. Set before pub_publish_all.
+ * @locality the publisher's thread (or pub_publish_all's caller) */
+void pub_set_on_publish(publisher_t *p,
+                        void (*fn)(void *arg, int poll, uint64_t version, const char *json,
+                                   size_t len),
+                        void *arg);
 /* How many times poll files were written (for tests and stats). */
 uint64_t pub_writes(const publisher_t *p);
 
 /* Rendering, no I/O (render.c). counts has poll->noptions entries. */
+/* version: see "version" in the results JSON (publisher.c next_version). */
 void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
-                     buf_t *out);
+                     uint64_t version, buf_t *out);
 void pub_render_html(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
-                     buf_t *out);
+                     uint64_t version, buf_t *out);
+/* vote/ID.html: a button per option posting to the API. */
+void pub_render_vote(const poll_conf_t *poll, buf_t *out);
 void pub_render_index(const tally_config_t *c, uint64_t updated_ms, buf_t *out);
 void html_escape(buf_t *out, const char *s);
 

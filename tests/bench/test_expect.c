@@ -129,7 +129,7 @@ Test(verify, parses_what_the_publisher_renders) {
     poll_conf_t *p = make_poll("demo", "red,green,blue");
     uint64_t counts[3] = {7, 0, 9007199254740992ull /* 2^53: still exact */}, got[3];
     buf_t b = {0};
-    pub_render_json(p, counts, 1700000000000ull, &b);
+    pub_render_json(p, counts, 1700000000000ull, 0, &b);
     char err[256];
     cr_assert_eq(verify_parse_poll(b.data, b.len, p, got, err, sizeof err), 0, "%s", err);
     cr_assert_arr_eq(got, counts, sizeof counts);
@@ -157,7 +157,7 @@ Test(verify, waits_for_the_expected_totals_and_prints_a_diff) {
     snprintf(path, sizeof path, "%s/demo.json", sub);
     uint64_t counts[2] = {3, 4};
     buf_t b = {0};
-    pub_render_json(p, counts, 0, &b);
+    pub_render_json(p, counts, 0, 0, &b);
     cr_assert_eq(write_file_atomic(path, b.data, b.len, 0), 0);
     buf_free(&b);
 

@@ -2,6 +2,8 @@
  * fdatasync, ftruncate and rename fail on command, so tests can stage disk
  * faults while the real binary runs (tests/chaos).
  *
+ * (and pread, to be slowed down: delay_ms below).
+ *
  * Control: FAULTSHIM_CTL names a control file, re-read at most every 10 ms.
  * It holds one line of space-separated key=value pairs, or "off" (a missing
  * or empty file is off too):
@@ -15,6 +17,9 @@
  *   seed=S           seed of the probability draws
  *   partial=1        a failing write/pwrite first writes half its bytes
  *                    (data on disk, error reported: the worst case)
+ *   delay_ms=N       instead of failing, a matching call is made slow: it
+ *                    sleeps N ms, then does its work (a stalling disk; with
+ *                    ops=pread it holds up the log's readers, the engine)
  *
  * Every injected failure is reported on stderr ("faultshim: inject ..."),
  * so a test can count them and a failure can be read back in the log. */
@@ -38,6 +43,7 @@ enum {
     OP_FDATASYNC = 1 << 3,
     OP_FTRUNCATE = 1 << 4,
     OP_RENAME = 1 << 5,
+    OP_PREAD = 1 << 6,
 };
 
 static const struct {
@@ -46,6 +52,7 @@ static const struct {
 } shim_ops[] = {
     {"write", OP_WRITE},         {"pwrite", OP_PWRITE},       {"fsync", OP_FSYNC},
     {"fdatasync", OP_FDATASYNC}, {"ftruncate", OP_FTRUNCATE}, {"rename", OP_RENAME},
+    {"pread", OP_PREAD},
 };
 
 static const struct {
@@ -62,6 +69,7 @@ typedef struct {
     double prob;
     uint64_t rng;
     int partial;
+    long delay_ms; /* > 0: slow down instead of failing */
 } shim_state_t;
 
 static pthread_mutex_t shim_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -75,6 +83,7 @@ static int (*real_fsync)(int);
 static int (*real_fdatasync)(int);
 static int (*real_ftruncate)(int, off_t);
 static int (*real_rename)(const char *, const char *);
+static ssize_t (*real_pread)(int, void *, size_t, off_t);
 
 static void shim_resolve(void) {
     if (real_write)
@@ -84,6 +93,7 @@ static void shim_resolve(void) {
     real_fdatasync = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
     real_ftruncate = (int (*)(int, off_t))dlsym(RTLD_NEXT, "ftruncate");
     real_rename = (int (*)(const char *, const char *))dlsym(RTLD_NEXT, "rename");
+    real_pread = (ssize_t(*)(int, void *, size_t, off_t))dlsym(RTLD_NEXT, "pread");
     real_write = (ssize_t(*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
 }
 
@@ -144,6 +154,8 @@ static void shim_parse(char *text, shim_state_t *st) {
             st->rng = strtoull(v, NULL, 10);
         } else if (!strcmp(k, "partial")) {
             st->partial = atoi(v) != 0;
+        } else if (!strcmp(k, "delay_ms")) {
+            st->delay_ms = strtol(v, NULL, 10);
         } else {
             shim_say("faultshim: unknown control key %s\n", k);
         }
@@ -215,9 +227,13 @@ static int shim_decide(int op, int fd, const char *path, const char *what, int *
             (shim_st.prob >= 1.0 || shim_draw(&shim_st) < shim_st.prob)) {
             if (shim_st.count > 0)
                 shim_st.count--;
-            err = shim_st.err;
-            *partial = shim_st.partial;
-            shim_say("faultshim: inject %s(%s) -> %s\n", what, path, strerror(err));
+            if (shim_st.delay_ms > 0) {
+                *partial = -(int)shim_st.delay_ms; /* a delay, not a failure */
+            } else {
+                err = shim_st.err;
+                *partial = shim_st.partial;
+                shim_say("faultshim: inject %s(%s) -> %s\n", what, path, strerror(err));
+            }
         }
     }
     pthread_mutex_unlock(&shim_mu);
@@ -233,7 +249,24 @@ static int shim_fd_call(int op, int fd, const char *what, int *partial) {
     shim_busy = 1;
     int err = shim_decide(op, fd, NULL, what, partial);
     shim_busy = 0;
+    if (*partial < 0) { /* slowed down: sleep outside the lock, then go on */
+        struct timespec ts = {-*partial / 1000, (long)(-*partial % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+        *partial = 0;
+    }
     return err;
+}
+
+ssize_t pread(int fd, void *buf, size_t n, off_t off) {
+    int partial, err = shim_fd_call(OP_PREAD, fd, "pread", &partial);
+    if (!err)
+        return real_pread(fd, buf, n, off);
+    errno = err;
+    return -1;
+}
+
+ssize_t pread64(int fd, void *buf, size_t n, off_t off) {
+    return pread(fd, buf, n, off);
 }
 
 ssize_t write(int fd, const void *buf, size_t n) {

@@ -1,7 +1,7 @@
 /* libFuzzer harness for the HTTP connection's parser glue: arbitrary bytes
  * into a detached connection (no socket), fed in pieces whose sizes come
- * from the input itself, answered by a handler that echoes, defers or errors
- * depending on the path. Deterministic; allocates nothing that outlives a
+ * from the input itself, answered by a handler that echoes, defers, errors
+ * or starts an event stream depending on the path. Deterministic; allocates nothing that outlives a
  * run. */
 #include <stddef.h>
 #include <stdint.h>
@@ -18,6 +18,18 @@ static void handler(void *arg, http_conn_t *c, const http_req_t *r) {
     if (r->path_len > 1 && r->path[1] == 'd') {
         st->deferred = c;
         http_conn_defer(c);
+    } else if (r->path_len > 1 && r->path[1] == 's') {
+        /* An event stream: no more requests are read on it; the chunk
+         * echoes Last-Event-ID, which is absent or at most 64 bytes. */
+        if (r->last_event_id && (r->last_event_id_len == 0 || r->last_event_id_len > 64))
+            __builtin_trap();
+        http_conn_stream_start(c, "text/event-stream", NULL);
+        http_chunk_t *k = http_chunk_new(r->last_event_id_len + 1);
+        if (r->last_event_id_len)
+            memcpy(k->data, r->last_event_id, r->last_event_id_len);
+        k->data[r->last_event_id_len] = '\n';
+        http_conn_stream_send(c, k, 1);
+        http_chunk_unref(k);
     } else if (r->path_len > 1 && r->path[1] == 'e') {
         char msg[128];
         size_t n = r->body_len < sizeof msg - 1 ? r->body_len : sizeof msg - 1;

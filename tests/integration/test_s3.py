@@ -211,6 +211,13 @@ s3_secret_key_file = {secret_file or self.s3dir + '/credential'}
         self.assertIn("SignatureDoesNotMatch", s3["last_error"])
         self.assertGreater(s3["last_error_ms"], 0)
         self.assertFalse(os.path.exists(os.path.join(self.s3dir, "data", BUCKET, "bad")))
+        # The same count in the Prometheus exposition.
+        st, body = t.request("GET", "/metrics")
+        self.assertEqual(st, 200)
+        text = body.decode() if isinstance(body, bytes) else body
+        rows = [ln for ln in text.splitlines() if ln.startswith("tally_s3_upload_failures_total ")]
+        self.assertEqual(len(rows), 1, text[-2000:])
+        self.assertGreaterEqual(float(rows[0].split()[1]), 4)
         err = t.stderr()
         self.assertIn("s3: PUT", err)
         self.assertIn("403", err)

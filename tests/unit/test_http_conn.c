@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <http_parser.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "ingest/http_conn.h"
@@ -204,4 +205,53 @@ Test(http_conn, expect_100_continue_before_the_body) {
     run(req, strlen(req), 0, &s, out, sizeof out);
     cr_expect_str_eq(out, "HTTP/1.1 100 Continue\r\n\r\n");
     cr_expect_eq(s.calls, 0);
+}
+
+/* ---- streams ---- */
+
+static http_chunk_t *chunk_of(const char *s) {
+    http_chunk_t *k = http_chunk_new(strlen(s));
+    memcpy(k->data, s, strlen(s));
+    return k;
+}
+
+static void stream_handler(void *arg, http_conn_t *c, const http_req_t *r) {
+    seen_t *s = arg;
+    s->calls++;
+    snprintf(s->paths[0], sizeof s->paths[0], "%.*s", (int)r->last_event_id_len,
+             r->last_event_id ? r->last_event_id : "");
+    http_conn_stream_start(c, "text/event-stream", "Cache-Control: no-store\r\n");
+    http_chunk_t *k = chunk_of("id: 7\ndata: {}\n\n");
+    cr_assert_eq(http_conn_stream_send(c, k, 1), 0);
+    http_chunk_unref(k);
+}
+
+Test(http_conn, a_stream_has_no_length_sends_chunks_and_ignores_what_follows) {
+    seen_t s = {0};
+    http_conn_cfg_t cfg = cfg_for(&s);
+    cfg.handler = stream_handler;
+    http_conn_t *c = http_conn_new_detached(&cfg);
+    const char req[] = "GET /v1/polls/p/events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 42\r\n\r\n"
+                       "GET /other HTTP/1.1\r\nHost: x\r\n\r\n";
+    http_conn_feed(c, req, sizeof req - 1);
+    cr_assert_eq(s.calls, 1, "the pipelined request after a stream is not served");
+    cr_assert_str_eq(s.paths[0], "42", "Last-Event-ID reaches the handler");
+    size_t n;
+    const char *o = http_conn_output(c, &n);
+    char out[1024];
+    snprintf(out, sizeof out, "%.*s", (int)n, o);
+    cr_assert_str_eq(out, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: "
+                          "close\r\nCache-Control: no-store\r\n\r\nid: 7\ndata: {}\n\n");
+    cr_assert_null(strstr(out, "Content-Length"));
+    cr_assert_not(http_conn_closing(c));
+    http_conn_free(c);
+}
+
+Test(http_conn, chunks_are_shared_and_freed_with_the_last_reference) {
+    http_chunk_t *k = chunk_of("x");
+    cr_assert_eq(http_chunk_ref(k), k);
+    cr_assert_eq(atomic_load(&k->refs), 2);
+    http_chunk_unref(k);
+    cr_assert_eq(atomic_load(&k->refs), 1);
+    http_chunk_unref(k); /* freed: ASan would report a leak otherwise */
 }

@@ -41,7 +41,7 @@ TestSuite(render, .init = setup, .fini = teardown);
 /* Parses with jansson, which is strict: valid UTF-8, no trailing data, no
  * duplicate keys. */
 static json_t *render_json(const poll_conf_t *p, const uint64_t *counts, uint64_t ms, buf_t *b) {
-    pub_render_json(p, counts, ms, b);
+    pub_render_json(p, counts, ms, 0 /*version*/, b);
     cr_assert_not_null(b->data);
     cr_assert_eq(b->data[b->len - 1], '\n', "JSON ends with a newline");
     json_error_t e;
@@ -61,6 +61,25 @@ static const char *str(const json_t *o, const char *k) {
     const json_t *v = json_object_get(o, k);
     cr_assert(json_is_string(v), "%s is not a string", k);
     return json_string_value(v);
+}
+
+static int count_of(const char *h, const char *needle) {
+    int n = 0;
+    for (const char *s = h; (s = strstr(s, needle)); s++)
+        n++;
+    return n;
+}
+
+/* The page's own script is the only one: config text never opens or
+ * closes one. */
+static void assert_own_script_only(const char *h) {
+    cr_assert_eq(count_of(h, "<script"), 1, "a <script> besides the page's own:\n%s", h);
+    cr_assert_eq(count_of(h, "</script"), 1, "a </script> besides the page's own");
+    const char *open = strstr(h, "<script>"), *close = strstr(h, "</script>");
+    cr_assert(open && close && open < close);
+    /* ...and it comes after every piece of config text (the last is the
+     * footer's links). */
+    cr_assert(strstr(h, "all polls") < open);
 }
 
 static const poll_conf_t *poll_named(const char *id) {
@@ -93,17 +112,17 @@ Test(render, json_fields_and_values) {
         cr_assert_eq(json_object_size(o), 3, "option has exactly id, label, votes");
     }
     /* Exactly these fields, in this order. */
-    const char *fields[] = {"poll", "title", "mode", "total", "options", "updated_at"};
+    const char *fields[] = {"poll", "title", "mode", "version", "total", "options", "updated_at"};
     int k = 0;
     const char *key;
     const json_t *val;
     json_object_foreach(j, key, val) {
         (void)val;
-        cr_assert_lt(k, 6);
+        cr_assert_lt(k, 7);
         cr_assert_str_eq(key, fields[k]);
         k++;
     }
-    cr_assert_eq(k, 6);
+    cr_assert_eq(k, 7);
     json_decref(j);
     buf_free(&b);
 }
@@ -146,7 +165,7 @@ Test(render, json_counts_are_exact_beyond_2_53) {
     const poll_conf_t *p = &conf->polls[0];
     uint64_t counts[3] = {9007199254740993ull, 1, UINT64_MAX - 9007199254740994ull};
     buf_t b = {0};
-    pub_render_json(p, counts, 0, &b);
+    pub_render_json(p, counts, 0, 0, &b);
     cr_assert_not_null(strstr(b.data, "\"votes\":9007199254740993"), "%s", b.data);
     cr_assert_not_null(strstr(b.data, "\"total\":18446744073709551615"), "%s", b.data);
     json_error_t e;
@@ -160,7 +179,7 @@ Test(render, json_appends_to_buffer) {
     buf_t b = {0};
     buf_puts(&b, "prefix:");
     uint64_t counts[1] = {1};
-    pub_render_json(&conf->polls[2], counts, 0, &b);
+    pub_render_json(&conf->polls[2], counts, 0, 0, &b);
     cr_assert_eq(strncmp(b.data, "prefix:{", 8), 0);
     buf_free(&b);
 }
@@ -181,9 +200,9 @@ Test(render, html_escapes_title_and_labels) {
     const poll_conf_t *p = &conf->polls[1];
     uint64_t counts[2] = {1, 3};
     buf_t b = {0};
-    pub_render_html(p, counts, 1700000000123ull, &b);
+    pub_render_html(p, counts, 1700000000123ull, 0, &b);
     const char *h = b.data;
-    cr_assert_null(strstr(h, "<script"), "raw <script> in:\n%s", h);
+    assert_own_script_only(h);
     cr_assert_null(strstr(h, "<b>"), "raw <b> from the title");
     cr_assert_null(strstr(h, "<i>"), "raw <i> from a label");
     cr_assert_null(strstr(h, "Jerry's"), "raw quote from the title");
@@ -200,7 +219,7 @@ Test(render, html_counts_percentages_and_meta) {
     const poll_conf_t *p = &conf->polls[0];
     uint64_t counts[3] = {1, 0, 3};
     buf_t b = {0};
-    pub_render_html(p, counts, 1700000000123ull, &b);
+    pub_render_html(p, counts, 1700000000123ull, 0, &b);
     const char *h = b.data;
     cr_assert_eq(strncmp(h, "<!DOCTYPE html>", 15), 0);
     cr_assert_not_null(strstr(h, "</html>"));
@@ -208,7 +227,7 @@ Test(render, html_counts_percentages_and_meta) {
     cr_assert_not_null(strstr(h, "<span>0 (0.0%)</span>"));
     cr_assert_not_null(strstr(h, "<span>3 (75.0%)</span>"));
     cr_assert_not_null(strstr(h, "width:25.00%"));
-    cr_assert_not_null(strstr(h, "Total: <strong>4</strong>"));
+    cr_assert_not_null(strstr(h, "Total: <strong id=\"total\">4</strong>"));
     cr_assert_not_null(strstr(h, "mode: one-per-voter"));
     cr_assert_not_null(strstr(h, "2023-11-14T22:13:20.123Z"));
     cr_assert_not_null(strstr(h, "href=\"demo.json\""));
@@ -220,18 +239,21 @@ Test(render, html_counts_percentages_and_meta) {
     /* No external resources. */
     cr_assert_null(strstr(h, "http://"));
     cr_assert_null(strstr(h, "https://"));
-    cr_assert_null(strstr(h, "<script"));
+    cr_assert_null(strstr(h, " src="));
+    assert_own_script_only(h);
+    /* No meta refresh: the script updates the page in place. */
+    cr_assert_null(strstr(h, "http-equiv"));
     buf_free(&b);
 }
 
 Test(render, html_zero_total_has_no_nan) {
     uint64_t counts[3] = {0, 0, 0};
     buf_t b = {0};
-    pub_render_html(&conf->polls[0], counts, 0, &b);
+    pub_render_html(&conf->polls[0], counts, 0, 0, &b);
     cr_assert_null(strstr(b.data, "nan"));
     cr_assert_null(strstr(b.data, "inf"));
     cr_assert_not_null(strstr(b.data, "<span>0 (0.0%)</span>"));
-    cr_assert_not_null(strstr(b.data, "Total: <strong>0</strong>"));
+    cr_assert_not_null(strstr(b.data, "Total: <strong id=\"total\">0</strong>"));
     buf_free(&b);
 }
 
@@ -318,12 +340,11 @@ Test(render, html_hostile_titles_and_labels_are_safe) {
     const poll_conf_t *p = poll_named("evil");
     uint64_t counts[4] = {1, 2, 3, 4};
     buf_t b = {0};
-    pub_render_html(p, counts, 0, &b);
+    pub_render_html(p, counts, 0, 0, &b);
     const char *h = b.data;
     cr_assert(valid_utf8(h, b.len), "not UTF-8:\n%s", h);
     assert_no_controls(h, b.len, "\t\n\r", 1, "HTML");
-    cr_assert_null(strstr(h, "<script"), "%s", h);
-    cr_assert_null(strstr(h, "</script"), "%s", h);
+    assert_own_script_only(h);
     cr_assert_null(strstr(h, "' onmouseover"), "a quote from a label broke out");
     cr_assert_not_null(strstr(h, "&#39; onmouseover=&#39;x()&#39; &amp; &quot;"));
     cr_assert_not_null(strstr(h, "<title>q&quot;uote\\ &lt;/script&gt;&lt;script&gt;x()"
@@ -340,5 +361,58 @@ Test(render, html_hostile_titles_and_labels_are_safe) {
     cr_assert(valid_utf8(b.data, b.len), "index not UTF-8:\n%s", b.data);
     assert_no_controls(b.data, b.len, "\t\n\r", 1, "index");
     cr_assert_null(strstr(b.data, "<script"));
+    buf_free(&b);
+}
+
+/* ---- versions, the vote page ---- */
+
+Test(render, json_and_html_carry_the_version) {
+    const poll_conf_t *p = &conf->polls[0];
+    uint64_t counts[3] = {1, 0, 3};
+    buf_t b = {0};
+    pub_render_json(p, counts, 0, 9007199254740991ull, &b);
+    json_error_t e;
+    json_t *j = json_loadb(b.data, b.len, JSON_REJECT_DUPLICATES, &e);
+    cr_assert_not_null(j);
+    cr_assert_eq(json_integer_value(json_object_get(j, "version")), 9007199254740991ll);
+    json_decref(j);
+    buf_free(&b);
+    pub_render_html(p, counts, 0, 42, &b);
+    cr_assert_not_null(strstr(b.data, "data-version=\"42\""), "%s", b.data);
+    cr_assert_not_null(strstr(b.data, "data-poll=\"demo\""));
+    cr_assert_not_null(strstr(b.data, "href=\"../vote/demo.html\""));
+    buf_free(&b);
+}
+
+Test(render, vote_page_has_a_button_per_option_and_escapes) {
+    const poll_conf_t *p = poll_named("evil");
+    buf_t b = {0};
+    pub_render_vote(p, &b);
+    const char *h = b.data;
+    cr_assert(valid_utf8(h, b.len), "not UTF-8:\n%s", h);
+    assert_no_controls(h, b.len, "\t\n\r", 1, "vote page");
+    assert_own_script_only(h);
+    cr_assert_eq(count_of(h, "<button"), p->noptions);
+    for (int i = 0; i < p->noptions; i++) {
+        char v[128];
+        snprintf(v, sizeof v, "value=\"%s\"", p->options[i].id);
+        cr_assert_not_null(strstr(h, v), "no button for %s", p->options[i].id);
+    }
+    cr_assert_null(strstr(h, "' onmouseover"), "a quote from a label broke out");
+    cr_assert_not_null(strstr(h, "data-label=\"&#39; onmouseover=&#39;x()&#39; &amp; &quot;\""));
+    cr_assert_not_null(strstr(h, "/votes"), "the page posts to the API");
+    cr_assert_not_null(strstr(h, "href=\"../polls/evil.html\""));
+    cr_assert_null(strstr(h, "https://"));
+    buf_free(&b);
+}
+
+Test(render, index_links_results_and_vote_pages) {
+    buf_t b = {0};
+    pub_render_index(conf, 0, &b);
+    for (int i = 0; i < conf->npolls; i++) {
+        char link[128];
+        snprintf(link, sizeof link, "href=\"vote/%s.html\"", conf->polls[i].id);
+        cr_assert_not_null(strstr(b.data, link), "index lacks %s", link);
+    }
     buf_free(&b);
 }

@@ -1,0 +1,342 @@
+"""Live results and watching (tsan): Server-Sent Events (first event, a vote's
+event within a second, resume with Last-Event-ID, heartbeats, subscribers
+on every thread, the subscriber cap, slow readers dropped), GET /metrics
+(promtool check metrics, counters equal to the votes sent), and GET /readyz
+flipping on a vanished log and on engine lag (a staged slow disk)."""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import unittest
+
+from harness import SANITIZE, TIMEOUT_MULT, TallyTestCase, wait_until
+
+BUILD = os.environ.get("TALLY_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
+SHIM = os.path.join(BUILD, "tests", "faultshim", "libfaultshim.so")
+
+
+class Events:
+    """A raw-socket SSE client: the events as (id, data) pairs, comments
+    counted."""
+
+    def __init__(self, port, poll, last_id=None, timeout=10, rcvbuf=None):
+        self.s = socket.socket()
+        if rcvbuf:  # before connecting: the window is offered at the handshake
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.s.settimeout(timeout * TIMEOUT_MULT)
+        self.s.connect(("127.0.0.1", port))
+        extra = f"Last-Event-ID: {last_id}\r\n" if last_id is not None else ""
+        self.s.sendall(f"GET /v1/polls/{poll}/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+                       f"{extra}\r\n".encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise AssertionError("stream closed before its head: %r" % self.buf)
+            self.buf += chunk
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        self.status = int(lines[0].split()[1])
+        self.headers = {k.lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+        self.comments = 0
+        self.retry = None
+
+    def next(self, timeout=5):
+        """The next event (id, parsed data); None on timeout."""
+        deadline = time.monotonic() + timeout * TIMEOUT_MULT
+        while True:
+            while b"\n\n" in self.buf:
+                block, self.buf = self.buf.split(b"\n\n", 1)
+                ev_id, data = None, []
+                for line in block.decode().split("\n"):
+                    if line.startswith(":"):
+                        self.comments += 1
+                    elif line.startswith("id: "):
+                        ev_id = int(line[4:])
+                    elif line.startswith("data: "):
+                        data.append(line[6:])
+                    elif line.startswith("retry: "):
+                        self.retry = int(line[7:])
+                if data:
+                    return ev_id, json.loads("\n".join(data))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.s.settimeout(left)
+            try:
+                chunk = self.s.recv(65536)
+            except socket.timeout:
+                return None
+            if not chunk:
+                raise EOFError("stream closed")
+            self.buf += chunk
+
+    def close(self):
+        self.s.close()
+
+
+def scrape(t):
+    st, body = t.request("GET", "/metrics")
+    assert st == 200, st
+    assert t.last_headers["Content-Type"].startswith("text/plain; version=0.0.4"), t.last_headers
+    return body.decode()
+
+
+def sample(text, name, labels=""):
+    """The value of one series in an exposition, None when absent."""
+    m = re.search(r"^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)$",
+                  text, re.M)
+    return None if m is None else float(m.group(1))
+
+
+class SSE(TallyTestCase):
+    def test_first_event_then_a_votes_event_within_a_second_then_resume(self):
+        t = self.make().start("-s", "server.threads=2")
+        ev = Events(t.port, "one")
+        self.assertEqual(ev.status, 200)
+        self.assertEqual(ev.headers["content-type"], "text/event-stream")
+        first = ev.next()
+        self.assertIsNotNone(first, "no first event")
+        v0, d0 = first
+        self.assertEqual(d0["poll"], "one")
+        self.assertEqual(d0["version"], v0, "the event id is the results' version")
+        self.assertEqual(d0["total"], 0)
+        self.assertEqual(ev.retry, 2000)
+        sent = time.monotonic()
+        self.assertEqual(t.vote("one", "b", "v1")[0], 202)
+        got = ev.next(timeout=1)
+        self.assertIsNotNone(got, "no event within a second of the 202")
+        self.assertLess(time.monotonic() - sent, 1.0 * TIMEOUT_MULT)
+        v1, d1 = got
+        self.assertGreater(v1, v0)
+        self.assertEqual({o["id"]: o["votes"] for o in d1["options"]}, {"a": 0, "b": 1, "c": 0})
+        # The file says the same at that version.
+        wait_until(lambda: (t.published("one") or {}).get("version", 0) >= v1, 5, "the file")
+        ev.close()
+
+        # Resume: the same id gets nothing but heartbeats; an older one the
+        # current version at once.
+        same = Events(t.port, "one", last_id=v1)
+        self.assertIsNone(same.next(timeout=0.5), "an event although Last-Event-ID is current")
+        older = Events(t.port, "one", last_id=v0)
+        got = older.next(timeout=2)
+        self.assertIsNotNone(got)
+        self.assertEqual(got[0], v1)
+        # A new vote reaches both.
+        self.assertEqual(t.vote("one", "c", "v2")[0], 202)
+        a, b = same.next(timeout=2), older.next(timeout=2)
+        self.assertIsNotNone(a)
+        self.assertIsNotNone(b)
+        self.assertEqual(a[0], b[0])
+        self.assertEqual(a[1]["total"], 2)
+        same.close()
+        older.close()
+        # Unknown poll: 404 JSON.
+        st, body = t.request("GET", "/v1/polls/nope/events")
+        self.assertEqual(st, 404)
+        self.assertEqual(json.loads(body)["error"], "unknown_poll")
+        t.stop()
+
+    def test_many_subscribers_on_every_thread_get_each_version_once(self):
+        # 700 over 2 threads: each loop fans out in several slices of 256.
+        t = self.make().start("-s", "server.threads=2", "-s", "server.sse_heartbeat_ms=200")
+        subs = [Events(t.port, "free") for _ in range(700)]
+        firsts = [s.next() for s in subs]
+        self.assertTrue(all(firsts), "a subscriber got no first event")
+        for n in range(1, 4):
+            self.assertEqual(t.vote("free", "p")[0], 202)
+            # Each subscriber sees totals rise to n, versions strictly
+            # increasing (coalesced versions may be skipped, never repeated).
+            for s, f in zip(subs, firsts):
+                last = f[0]
+                while True:
+                    got = s.next(timeout=5)
+                    self.assertIsNotNone(got, "a subscriber missed a version")
+                    self.assertGreater(got[0], last)
+                    last = got[0]
+                    if got[1]["total"] == n:
+                        break
+                firsts[firsts.index(f)] = (last, None)
+        # Heartbeats arrive while nothing changes.
+        time.sleep(0.7)
+        s = subs[0]
+        self.assertIsNone(s.next(timeout=0.3))
+        self.assertGreater(s.comments, 0, "no heartbeat comment")
+        m = scrape(t)
+        self.assertEqual(sample(m, "tally_sse_subscribers"), 700)
+        for s in subs:
+            s.close()
+        wait_until(lambda: sample(scrape(t), "tally_sse_subscribers") == 0, 5, "subscribers to be counted off")
+        t.stop()
+
+    def test_subscriber_cap_and_a_reader_that_stops_reading_is_dropped(self):
+        # Events of some 60 KiB, so that a reader that stops reading fills
+        # its socket soon (a stream's SO_SNDBUF is 64 KiB).
+        opts = [f"o{i}" for i in range(600)]
+        polls = ("[poll.big]\ntitle = big\noptions = p, q,\n  " + ",\n  ".join(opts) + "\nmode = unlimited\n" +
+                 "".join(f"label.{o} = {'label of ' + o:<90}.\n" for o in opts))
+        t = self.make(polls=polls).start("-s", "server.sse_max_subscribers=2", "-s", "server.body_timeout_ms=300")
+        a, b = Events(t.port, "big"), Events(t.port, "big", rcvbuf=4096)
+        st, body = t.request("GET", "/v1/polls/big/events")
+        self.assertEqual(st, 503)
+        self.assertEqual(json.loads(body)["error"], "too_many_subscribers")
+        a.close()
+        wait_until(lambda: sample(scrape(t), "tally_sse_subscribers") == 1, 5, "a slot to free up")
+        # b never reads: its socket fills, and a write that stays blocked
+        # past body_timeout_ms drops it (nothing is buffered for it beyond
+        # the newest event: the server's memory does not grow).
+        conn = t.connect()
+        sent = 0
+        deadline = time.monotonic() + 20 * TIMEOUT_MULT
+        while sample(scrape(t), "tally_sse_dropped_total") < 1:
+            self.assertLess(time.monotonic(), deadline, "the slow reader was never dropped")
+            for _ in range(20):
+                self.assertEqual(t.vote("big", "q", conn=conn)[0], 202)
+                sent += 1
+            time.sleep(0.02)
+        wait_until(lambda: sample(scrape(t), "tally_sse_subscribers") == 0, 5, "it to be counted off")
+        c = Events(t.port, "big")  # its slot is free again
+        self.assertEqual(c.status, 200)
+        t.wait_counts({"big": dict({"p": 0, "q": sent}, **{o: 0 for o in opts})})
+        got = c.next()
+        while got[1]["total"] < sent:
+            got = c.next()
+        self.assertEqual(got[1]["total"], sent)
+        c.close()
+        b.close()
+        t.stop()
+
+
+class Metrics(TallyTestCase):
+    def test_promtool_accepts_it_and_counters_equal_the_votes_sent(self):
+        t = self.make().start()
+        accepted, rejected = 0, {}
+        plan = [("one", {"option": "a", "voter": "x1"}, 202, None),
+                ("one", {"option": "b", "voter": "x2"}, 202, None),
+                ("free", {"option": "p"}, 202, None),
+                ("nope", {"option": "a", "voter": "x"}, 404, "unknown_poll"),
+                ("one", {"option": "zz", "voter": "x"}, 422, "unknown_option"),
+                ("one", {"option": "a"}, 400, "missing_field"),
+                ("one", {"option": "a", "voter": "x", "extra": 1}, 400, "unknown_field"),
+                ("one", "{not json", 400, "malformed_json")]
+        for _ in range(3):
+            for poll, body, want, reason in plan:
+                raw = body if isinstance(body, str) else json.dumps(body)
+                st, data = t.request("POST", f"/v1/polls/{poll}/votes", raw, {"Content-Type": "application/json"})
+                self.assertEqual(st, want, data)
+                if reason:
+                    self.assertEqual(json.loads(data)["error"], reason)
+                    rejected[reason] = rejected.get(reason, 0) + 1
+                else:
+                    accepted += 1
+        t.wait_counts({"free": {"p": 3, "q": 0}})
+        text = scrape(t)
+        r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(sample(text, "tally_votes_accepted_total"), accepted)
+        for reason, n in rejected.items():
+            self.assertEqual(sample(text, "tally_votes_rejected_total", f'reason="{reason}"'), n, reason)
+        self.assertEqual(sample(text, "tally_votes_rejected_total", 'reason="rate_limited"'), 0)
+        # Every acknowledged vote went through one ack and one group commit.
+        self.assertEqual(sample(text, "tally_ingest_ack_latency_seconds_count"), accepted)
+        self.assertEqual(sample(text, "tally_log_group_commit_votes_sum"), accepted)
+        self.assertGreaterEqual(sample(text, "tally_log_fsync_seconds_count"), 1)
+        # In the one-per-voter poll x1 and x2 voted three times: 6 applied,
+        # one of each counted; every record is applied (none skipped).
+        self.assertEqual(sample(text, "tally_engine_records_applied_total"), accepted)
+        self.assertEqual(sample(text, "tally_engine_records_skipped_total"), 0)
+        self.assertGreaterEqual(sample(text, "tally_publish_total"), 3)
+        for p in range(4):
+            self.assertEqual(sample(text, "tally_engine_lag_positions", f'partition="{p}"'), 0)
+            self.assertEqual(sample(text, "tally_engine_lag_seconds", f'partition="{p}"'), 0)
+        # Families announced for later sources export no rows, not zeros.
+        self.assertIn("# TYPE tally_s3_upload_failures_total counter", text)
+        self.assertIsNone(sample(text, "tally_s3_upload_failures_total"))
+        self.assertIn("# TYPE tally_polls gauge", text)
+        # The dashboard in docs/ names only series that exist.
+        src = os.environ.get("TALLY_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "../.."))
+        with open(os.path.join(src, "docs", "grafana-tally.json")) as f:
+            dash = json.load(f)
+        exprs = [tg["expr"] for p in dash["panels"] for tg in p["targets"]]
+        names = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in re.findall(r"tally_[a-z0-9_]+", e)}
+        self.assertGreater(len(names), 10)
+        for n in names:
+            self.assertTrue(f"# TYPE {n} " in text, f"the dashboard uses {n}, which /metrics lacks")
+        # Snapshots are written every 200 ms here: their age shows.
+        wait_until(lambda: sample(scrape(t), "tally_snapshot_age_seconds", 'partition="0"') is not None, 10,
+                   "a snapshot age")
+        t.stop()
+
+
+class Readiness(TallyTestCase):
+    def test_readyz_turns_503_when_the_log_vanishes(self):
+        t = self.make().start()
+        st, body = t.request("GET", "/readyz")
+        self.assertEqual((st, json.loads(body)), (200, {"status": "ready"}))
+        os.unlink(os.path.join(t.dir, "log", "votes.log"))
+
+        def not_ready():
+            st, body = t.request("GET", "/readyz")
+            return st == 503 and json.loads(body)
+        j = wait_until(not_ready, 10, "/readyz to say 503")
+        self.assertEqual(j["error"], "log_unavailable")
+        self.assertIn("votes.log", j["message"])
+        # /healthz agrees (liveness reports the log too); votes get 503.
+        self.assertEqual(t.vote("free", "p")[0], 503)
+        self.assertEqual(sample(scrape(t), "tally_votes_rejected_total", 'reason="log_unavailable"'), 1)
+        t.stop()
+
+    @unittest.skipIf(SANITIZE or not os.path.exists(SHIM), "needs the fault shim (not under sanitizers)")
+    def test_readyz_turns_503_while_the_engine_lags_behind_a_slow_disk_and_back(self):
+        t = self.make()
+        ctl = os.path.join(t.dir, "shim.ctl")
+        with open(ctl, "w") as f:
+            f.write("off")
+        env_old = {k: os.environ.get(k) for k in ("LD_PRELOAD", "FAULTSHIM_CTL")}
+        os.environ["LD_PRELOAD"], os.environ["FAULTSHIM_CTL"] = SHIM, ctl
+        try:
+            t.start("-s", "engine.ready_lag_ms=600")
+        finally:
+            for k, v in env_old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self.assertEqual(t.request("GET", "/readyz")[0], 200)
+        # The disk turns slow for the log's readers (the engine): every
+        # read of votes.log takes 3 s. Votes are still taken (the writer
+        # does not read), so the engine falls behind.
+        with open(ctl, "w") as f:
+            f.write(f"gen=1 ops=pread prefix={t.dir}/log/votes.log delay_ms=3000 count=-1")
+        time.sleep(0.05)
+        sent = 0
+        deadline = time.monotonic() + 10 * TIMEOUT_MULT
+
+        def lagging():
+            nonlocal sent
+            self.assertEqual(t.vote("free", "p")[0], 202)
+            sent += 1
+            st, body = t.request("GET", "/readyz")
+            return st == 503 and json.loads(body)
+        j = wait_until(lagging, 10, "/readyz to report the lag", interval=0.1)
+        self.assertEqual(j["error"], "engine_lagging")
+        self.assertIn("engine.ready_lag_ms", j["message"])
+        text = scrape(t)
+        self.assertGreater(max(sample(text, "tally_engine_lag_seconds", f'partition="{p}"') for p in range(4)), 0.5)
+        self.assertGreater(sum(sample(text, "tally_engine_lag_positions", f'partition="{p}"') for p in range(4)), 0)
+        # /healthz stays 200: the process is alive and takes votes.
+        self.assertEqual(t.request("GET", "/healthz")[0], 200)
+        self.assertLess(time.monotonic(), deadline)
+        # The disk recovers: the engine catches up and readiness returns.
+        with open(ctl, "w") as f:
+            f.write("off")
+        wait_until(lambda: t.request("GET", "/readyz")[0] == 200, 15, "/readyz to recover")
+        t.wait_counts({"free": {"p": sent, "q": 0}})
+        t.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -72,6 +72,8 @@ static const key_def_t keys[] = {
      "partitions of the embedded log; fixed once the log exists"},
     {"log", "group_commit_us", T_INT, "200", 0, 100000, OFF(log_group_commit_us),
      "how long the log writer waits to gather more votes into one fsync"},
+    {"log", "group_commit_max_us", T_INT, "1000", 0, 100000, OFF(log_group_commit_max_us),
+     "while votes keep arriving, the writer goes on gathering up to this long"},
     {"log", "fsync", T_BOOL, "true", 0, 1, OFF(log_fsync),
      "fsync before acknowledging; false loses acknowledged votes on power loss"},
     {"engine", "snapshot_dir", T_STR, "run/snapshots", 0, 0, OFF(snapshot_dir),

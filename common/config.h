@@ -60,7 +60,8 @@ typedef struct {
     /* [log] */
     char *log_dir;
     int log_partitions;
-    int log_group_commit_us;   /* max wait to gather a group commit */
+    int log_group_commit_us;   /* first wait to gather a group commit */
+    int log_group_commit_max_us; /* ... extended while votes keep arriving */
     int log_fsync;             /* 0 only for benchmarks of the non-durable path */
     /* [engine] */
     char *snapshot_dir;

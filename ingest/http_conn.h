@@ -158,7 +158,9 @@ const struct sockaddr *http_conn_peer(const http_conn_t *c, socklen_t *len);
 void http_conn_set_owner(http_conn_t *c, void *owner);
 void *http_conn_owner(const http_conn_t *c);
 
-/* Closes connections whose deadline is past. now_ms is mono_ms(). */
+/* The clock of the deadlines: CLOCK_MONOTONIC_COARSE, in ms. */
+uint64_t http_now_ms(void);
+/* Closes connections whose deadline is past. now_ms is http_now_ms(). */
 void http_conns_sweep(http_conns_t *set, uint64_t now_ms);
 /* Closes every connection not waiting for a deferred answer (draining). */
 void http_conns_close_idle(http_conns_t *set);

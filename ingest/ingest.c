@@ -222,7 +222,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     worker_t *w = arg;
-    http_conns_sweep(&w->conns, mono_ms());
+    http_conns_sweep(&w->conns, http_now_ms());
     /* A log that never answers must not hold shutdown forever. */
     if (w->draining && mono_ms() - w->drain_started > DRAIN_TIMEOUT_MS) {
         log_error("ingest[%d]: %zu votes still unanswered after %d ms; exiting", w->id, w->inflight,

@@ -61,6 +61,11 @@
 #define CKPT_INTERVAL_MS 1000
 #define IDENT_INTERVAL_MS 500 /* an idle writer checks votes.log this often */
 #define FAIL_RETRY_MS 250     /* a failed log retries its repair this often */
+/* Readers (the engine's workers) are woken at most this often: under load a
+ * commit every millisecond or two would otherwise wake every worker for each
+ * (two context switches apiece on a busy core), for a freshness nobody sees
+ * (the publisher renders every publisher.min_interval_ms at most). */
+#define READER_WAKE_MS 5
 
 typedef struct {
     vlog_t base;
@@ -70,7 +75,8 @@ typedef struct {
     int lockfd;
     int flags;
     int fsync;
-    int group_us;
+    int group_us;     /* first gather step (log.group_commit_us) */
+    int group_max_us; /* gather while votes arrive, up to this (log.group_commit_max_us) */
     size_t max_pending;
     dev_t dev; /* votes.log's identity at open */
     ino_t ino;
@@ -100,7 +106,7 @@ typedef struct {
 
     pthread_mutex_t rmu; /* readers wait here for new durable data */
     pthread_cond_t rcond;
-    uint64_t rgen;
+    _Atomic uint64_t rgen; /* bumped (under rmu) when readers are woken */
 } flog_t;
 
 typedef struct {
@@ -577,19 +583,65 @@ static vlog_err_t writer_round(flog_t *l, size_t n) {
     return VLOG_OK;
 }
 
+/* Lets more votes join this round's fsync: waits group_us and, if votes
+ * came meanwhile, the rest of group_max_us in one more sleep (each sleep is
+ * a context switch). A lone vote waits group_us, as before; under load a
+ * round grows until one fdatasync (whose CPU cost is per round, not per
+ * vote) serves every connection that is waiting, instead of them splitting
+ * into cohorts that each pay one.
+ * @locks mu held on entry and on return (dropped while sleeping) */
+static void gather(flog_t *l) {
+    long first = (long)l->group_us * 1000, rest = (long)(l->group_max_us - l->group_us) * 1000;
+    size_t seen = l->nacks;
+    pthread_mutex_unlock(&l->mu);
+    nanosleep(&(struct timespec){0, first}, NULL);
+    pthread_mutex_lock(&l->mu);
+    /* Nothing came (no one else is waiting to join), or appends would soon
+     * be refused as FULL: go now. */
+    if (rest <= 0 || l->stopping || l->nacks == seen || l->inflight >= l->max_pending / 2 ||
+        l->pending.len > MAX_WRITE / 2)
+        return;
+    pthread_mutex_unlock(&l->mu);
+    nanosleep(&(struct timespec){rest / 1000000000, rest % 1000000000}, NULL);
+    pthread_mutex_lock(&l->mu);
+}
+
 static struct timespec deadline_in(int ms);
+
+/* Broadcast outside rmu: a woken reader would only block on it again. */
+static void wake_readers(flog_t *l) {
+    pthread_mutex_lock(&l->rmu);
+    atomic_fetch_add(&l->rgen, 1);
+    pthread_mutex_unlock(&l->rmu);
+    pthread_cond_broadcast(&l->rcond);
+}
 
 static void *writer_main(void *arg) {
     flog_t *l = arg;
-    uint64_t last_ckpt = mono_ms(), last_ident = mono_ms();
+    uint64_t last_ckpt = mono_ms(), last_ident = mono_ms(), woke_ms = 0;
+    int wake_owed = 0; /* durable data the readers have not been woken for */
     void **acks = NULL;
     size_t capacks = 0;
     pthread_mutex_lock(&l->mu);
     for (;;) {
         while (l->nacks == 0 && !l->stopping) {
             int failed = atomic_load(&l->failed) != TALLY_OK;
-            struct timespec ts = deadline_in(failed ? FAIL_RETRY_MS : IDENT_INTERVAL_MS);
-            pthread_cond_timedwait(&l->wake, &l->mu, &ts);
+            int wait_ms = failed ? FAIL_RETRY_MS : IDENT_INTERVAL_MS;
+            if (wake_owed) {
+                uint64_t since = mono_ms() - woke_ms;
+                wait_ms = since >= READER_WAKE_MS ? 0 : READER_WAKE_MS - (int)since;
+            }
+            struct timespec ts = deadline_in(wait_ms);
+            if (wait_ms > 0)
+                pthread_cond_timedwait(&l->wake, &l->mu, &ts);
+            if (wake_owed && mono_ms() - woke_ms >= READER_WAKE_MS) {
+                wake_owed = 0;
+                woke_ms = mono_ms();
+                pthread_mutex_unlock(&l->mu);
+                wake_readers(l);
+                pthread_mutex_lock(&l->mu);
+                continue;
+            }
             if (l->nacks == 0 && !l->stopping &&
                 (failed || mono_ms() - last_ident >= IDENT_INTERVAL_MS)) {
                 /* Idle: notice a vanished file, or repair a failed one,
@@ -603,15 +655,16 @@ static void *writer_main(void *arg) {
                 pthread_mutex_lock(&l->mu);
             }
         }
-        if (l->nacks == 0)
+        if (l->nacks == 0) {
+            if (wake_owed) {
+                pthread_mutex_unlock(&l->mu);
+                wake_readers(l);
+                pthread_mutex_lock(&l->mu);
+            }
             break; /* stopping and drained */
-        if (l->group_us > 0 && !l->stopping) {
-            /* Let a few more votes join this fsync. */
-            pthread_mutex_unlock(&l->mu);
-            struct timespec ts = {0, (long)l->group_us * 1000};
-            nanosleep(&ts, NULL);
-            pthread_mutex_lock(&l->mu);
         }
+        if (l->group_us > 0 && !l->stopping)
+            gather(l);
         /* Take the batch: swap the pending buffer and the ack list. */
         buf_t t = l->writing;
         t.len = 0;
@@ -631,17 +684,23 @@ static void *writer_main(void *arg) {
         if (err == VLOG_OK) {
             l->end += l->writing.len;
             atomic_store_explicit(&l->durable, l->end, memory_order_release);
-            pthread_mutex_lock(&l->rmu);
-            l->rgen++;
-            pthread_cond_broadcast(&l->rcond);
-            pthread_mutex_unlock(&l->rmu);
-            if (l->fsync && mono_ms() - last_ckpt >= CKPT_INTERVAL_MS) {
+        }
+        /* Answers first: a woken reader would run before them. */
+        for (size_t i = 0; i < n; i++)
+            l->base.ack(acks[i], err);
+        if (err == VLOG_OK) {
+            uint64_t now = mono_ms();
+            wake_owed = 1;
+            if (now - woke_ms >= READER_WAKE_MS) {
+                wake_owed = 0;
+                woke_ms = now;
+                wake_readers(l);
+            }
+            if (l->fsync && now - last_ckpt >= CKPT_INTERVAL_MS) {
                 ckpt_write(l);
                 last_ckpt = mono_ms();
             }
         }
-        for (size_t i = 0; i < n; i++)
-            l->base.ack(acks[i], err);
 
         pthread_mutex_lock(&l->mu);
         l->inflight -= n;
@@ -819,9 +878,9 @@ static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int m
                             char *errstr, size_t esz) {
     freader_t *r = (freader_t *)rb;
     flog_t *l = (flog_t *)rb->log;
-    pthread_mutex_lock(&l->rmu);
-    uint64_t gen = l->rgen;
-    pthread_mutex_unlock(&l->rmu);
+    /* Before durable: a commit after this load bumps rgen, so the wait
+     * below cannot miss it. */
+    uint64_t gen = atomic_load(&l->rgen);
 
     int delivered = 0;
     uint64_t end = atomic_load_explicit(&l->durable, memory_order_acquire);
@@ -881,7 +940,7 @@ static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int m
     if (delivered == 0 && timeout_ms > 0 && r->scan >= end) {
         struct timespec ts = deadline_in(timeout_ms);
         pthread_mutex_lock(&l->rmu);
-        while (l->rgen == gen)
+        while (atomic_load(&l->rgen) == gen)
             if (pthread_cond_timedwait(&l->rcond, &l->rmu, &ts) == ETIMEDOUT)
                 break;
         pthread_mutex_unlock(&l->rmu);
@@ -1047,6 +1106,7 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
     l->fd = l->lockfd = -1;
     l->fsync = c->log_fsync;
     l->group_us = c->log_group_commit_us;
+    l->group_max_us = c->log_group_commit_max_us;
     l->max_pending = (size_t)c->max_pending;
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->wake, NULL);

@@ -629,9 +629,10 @@ Test(config, help_lists_every_key) {
     config_print_help(f);
     fclose(f);
     const char *keys[] = {"[server]", "listen", "max_pending", "[log]", "partitions",
-                          "group_commit_us", "fsync", "[engine]", "snapshot_dir",
-                          "snapshot_interval_ms", "[publisher]", "min_interval_ms", "[kafka]",
-                          "brokers", "topic", "[poll.ID]", "label.OPTION", "one-per-voter"};
+                          "group_commit_us", "group_commit_max_us", "fsync", "[engine]",
+                          "snapshot_dir", "snapshot_interval_ms", "[publisher]",
+                          "min_interval_ms", "[kafka]", "brokers", "topic", "[poll.ID]",
+                          "label.OPTION", "one-per-voter"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         cr_assert_not_null(strstr(text, keys[i]), "help lacks %s", keys[i]);
     free(text);

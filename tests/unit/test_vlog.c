@@ -729,6 +729,108 @@ Test(vlog, one_fsync_per_group_commit_whatever_the_partitions) {
     vlog_close(l);
 }
 
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+Test(vlog, votes_that_keep_arriving_during_the_gather_share_one_fdatasync) {
+    /* The first step is 40 ms; votes come at 0, 20, 100 and 200 ms, all
+     * within group_commit_max_us: one round, one fdatasync. A fixed 40 ms
+     * window (the old writer) made three rounds of them. */
+    conf->log_fsync = 1;
+    conf->log_group_commit_us = 40000;
+    conf->log_group_commit_max_us = 400000;
+    vlog_t *l = open_rw();
+    atomic_store(&fdatasync_calls, 0);
+    append_n(l, 0, 0, 1);
+    sleep_ms(20);
+    append_n(l, 1, 0, 1);
+    sleep_ms(80);
+    append_n(l, 2, 0, 1);
+    sleep_ms(100);
+    append_n(l, 0, 1, 2);
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_ok), 4);
+    cr_assert_eq(atomic_load(&fdatasync_calls), 1, "%d fdatasyncs for votes of one gather",
+                 atomic_load(&fdatasync_calls));
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
+}
+
+Test(vlog, a_lone_vote_waits_only_the_first_gather_step) {
+    /* Nothing joins it: it is written after group_commit_us (20 ms), not
+     * after group_commit_max_us (20 s). */
+    conf->log_fsync = 1;
+    conf->log_group_commit_us = 20000;
+    conf->log_group_commit_max_us = 20000000;
+    vlog_t *l = open_rw();
+    uint64_t t0 = mono_ms();
+    append_n(l, 0, 0, 1);
+    flush_ok(l);
+    cr_assert_lt(mono_ms() - t0, 5000 * TMOUT_MULT, "a lone vote waited %llu ms",
+                 (unsigned long long)(mono_ms() - t0));
+    cr_assert_eq(atomic_load(&acks_ok), 1);
+    vlog_close(l);
+}
+
+typedef struct {
+    vlog_reader_t *r;
+    sink_t *s;
+    int got;
+    uint64_t at_ms; /* when the record was delivered */
+} waiter_t;
+
+/* Polls with a 20 s wait (a poll may return 0 after a wake) until a record
+ * comes, for 30 s at most. */
+static void *reader_waits(void *arg) {
+    waiter_t *w = arg;
+    char err[256];
+    uint64_t t0 = mono_ms();
+    while (w->got == 0 && mono_ms() - t0 < 30000) {
+        int n = vlog_reader_poll(w->r, sink_cb, w->s, 10, 20000, err, sizeof err);
+        if (n < 0)
+            break;
+        w->got += n;
+    }
+    w->at_ms = mono_ms();
+    return NULL;
+}
+
+Test(vlog, a_waiting_reader_is_woken_for_a_commit_with_none_after_it) {
+    /* Readers are woken at most every few ms: commit B, right after commit
+     * A woke them, only owes its wake. With no commit after B, the writer's
+     * idle wait must still deliver it to a reader waiting for B. */
+    vlog_t *l = open_rw();
+    append_n(l, 1, 0, 1);
+    flush_ok(l);
+    int parts[1] = {1};
+    sink_t s = {.decline_at = -1};
+    vlog_reader_t *r = reader_new(l, parts, NULL, 1, &s);
+    drain(r, &s, 1000);
+    waiter_t w = {r, &s, 0, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, reader_waits, &w);
+    sleep_ms(50);         /* the reader is waiting */
+    append_n(l, 0, 0, 1); /* A: nothing for this reader, which waits again */
+    flush_ok(l);
+    append_n(l, 1, 1, 2); /* B */
+    flush_ok(l);
+    uint64_t acked = mono_ms();
+    pthread_join(t, NULL);
+    cr_assert_eq(w.got, 1, "the reader got %d records", w.got);
+    cr_assert_lt(w.at_ms - acked, 3000 * TMOUT_MULT,
+                 "the reader slept through the commit (%llu ms after its ack)",
+                 (unsigned long long)(w.at_ms - acked));
+    expect_partition(&s, 1, 2);
+    sink_free(&s);
+    vlog_reader_free(r);
+    vlog_close(l);
+}
+
 Test(vlog, append_rejects_bad_arguments) {
     vlog_t *l = open_rw();
     static uint8_t big[MAX_PAYLOAD + 1];

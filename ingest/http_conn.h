@@ -37,6 +37,8 @@ struct event_base;
 #define HTTP_MAX_BODY 4096
 #define HTTP_MAX_TARGET 4096
 #define HTTP_MAX_XFF 512
+/* "Bearer " and a token of up to JWT_MAX_LEN (4096) bytes, with room. */
+#define HTTP_MAX_AUTHZ 4160
 
 typedef struct http_conn_s http_conn_t;
 
@@ -51,6 +53,9 @@ typedef struct {
     size_t body_len;
     const char *xff; /* X-Forwarded-For (all such headers joined), or NULL */
     size_t xff_len;
+    const char *authz; /* Authorization (repeats joined with ", "), or NULL */
+    size_t authz_len;
+    int authz_over; /* longer than HTTP_MAX_AUTHZ: authz holds a prefix */
 } http_req_t;
 
 /* What the owner plugs in; arg is passed back. handler must answer (reply,

@@ -63,12 +63,15 @@ static int usage_error(const char *fmt, const char *arg) {
 
 static int token_issue(int argc, char **argv) {
     enum { O_SUB = 256, O_POLL, O_TTL, O_ALG, O_KEY };
-    static const struct option longopts[] = {
-        {"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 's'},
-        {"help", no_argument, 0, 'h'},         {"sub", required_argument, 0, O_SUB},
-        {"poll", required_argument, 0, O_POLL}, {"ttl", required_argument, 0, O_TTL},
-        {"alg", required_argument, 0, O_ALG},  {"key", required_argument, 0, O_KEY},
-        {0, 0, 0, 0}};
+    static const struct option longopts[] = {{"config", required_argument, 0, 'c'},
+                                             {"set", required_argument, 0, 's'},
+                                             {"help", no_argument, 0, 'h'},
+                                             {"sub", required_argument, 0, O_SUB},
+                                             {"poll", required_argument, 0, O_POLL},
+                                             {"ttl", required_argument, 0, O_TTL},
+                                             {"alg", required_argument, 0, O_ALG},
+                                             {"key", required_argument, 0, O_KEY},
+                                             {0, 0, 0, 0}};
     const char *config = NULL, *sub = NULL, *poll = NULL, *key = NULL, *alg = "HS256";
     const char **overrides = xcalloc((size_t)argc + 1, sizeof *overrides);
     int noverrides = 0, rc = EXIT_USAGE;
@@ -161,9 +164,9 @@ static int token_issue(int argc, char **argv) {
     if (poll)
         json_object_set_new(j, "poll", json_string(poll));
     claims = json_dumps(j, JSON_COMPACT);
-    tally_err_t serr = es ? jwt_sign_es256((const char *)keybytes, keylen, claims, &tok, err,
-                                           sizeof err)
-                          : jwt_sign_hs256(keybytes, keylen, claims, &tok, err, sizeof err);
+    tally_err_t serr =
+        es ? jwt_sign_es256((const char *)keybytes, keylen, claims, &tok, err, sizeof err)
+           : jwt_sign_hs256(keybytes, keylen, claims, &tok, err, sizeof err);
     if (serr != TALLY_OK) {
         fprintf(stderr, "tally token issue: %s: %s\n", path, err);
         rc = serr == TALLY_ERR_CONFIG ? EXIT_USAGE : 1;

@@ -64,22 +64,17 @@ static const char b64_alphabet[] =
 /* 0-63 for the alphabet, X (0xff) for every other byte ('=' included). */
 #define X 0xff
 static const uint8_t b64_value[256] = {
-    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
-    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
-    X, X, X, X, X, X, X, X, X, X, X, X, X, 62, X, X,
-    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, X, X, X, X, X, X,
-    X, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
-    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, X, X, X, X, 63,
-    X, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
-    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, X, X, X, X, X,
-    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
-    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
-    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
-    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
-    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
-    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
-    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
-    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,
+    X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  62, X,  X,
+    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, X,  X,  X,  X,  X,  X,  X,  0,  1,  2,  3,  4,  5,  6,
+    7,  8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, X,  X,  X,  X,  63,
+    X,  26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
+    49, 50, 51, X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,
+    X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,
+    X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,
+    X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,
+    X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,
+    X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,  X,
 };
 #undef X
 
@@ -269,8 +264,8 @@ tally_err_t jwt_keys_load(const tally_config_t *c, jwt_keys_t **out, char *errst
     size_t hlen = 0, plen = 0;
     tally_err_t rc = TALLY_OK;
     if (hs && *hs)
-        rc = jwt_read_key_file("auth.jwt_hs256_key_file", hs, KEY_FILE_MAX, &hk, &hlen, errstr,
-                               esz);
+        rc =
+            jwt_read_key_file("auth.jwt_hs256_key_file", hs, KEY_FILE_MAX, &hk, &hlen, errstr, esz);
     if (rc == TALLY_OK && es && *es)
         rc = jwt_read_key_file("auth.jwt_es256_public_key_file", es, KEY_FILE_MAX, &pem, &plen,
                                errstr, esz);
@@ -549,8 +544,9 @@ tally_err_t jwt_sign_es256(const char *pem, size_t pem_len, const char *claims, 
     size_t dlen = sizeof der;
     ECDSA_SIG *sig = NULL;
     if (!pk || !is_p256(pk)) {
-        seterr(errstr, esz, "not a PEM private key of curve P-256 (openssl ecparam -genkey "
-                            "-name prime256v1 -noout)");
+        seterr(errstr, esz,
+               "not a PEM private key of curve P-256 (openssl ecparam -genkey "
+               "-name prime256v1 -noout)");
         goto out;
     }
     signing_input("ES256", claims, &tok);

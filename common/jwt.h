@@ -103,8 +103,8 @@ jwt_err_t jwt_verify(const jwt_keys_t *k, const char *tok, size_t len, int64_t n
  * claims_json is the payload object, compact JSON. Appends the token to out.
  * HS256 with key[0..key_len); ES256 with a PEM private key (P-256).
  * TALLY_OK or TALLY_ERR_CONFIG (a key that is not one) with errstr. */
-tally_err_t jwt_sign_hs256(const uint8_t *key, size_t key_len, const char *claims_json,
-                           char **out, char *errstr, size_t esz);
+tally_err_t jwt_sign_hs256(const uint8_t *key, size_t key_len, const char *claims_json, char **out,
+                           char *errstr, size_t esz);
 tally_err_t jwt_sign_es256(const char *pem, size_t pem_len, const char *claims_json, char **out,
                            char *errstr, size_t esz);
 

@@ -148,9 +148,9 @@ static const char *claims(const char *fmt, ...) {
 Test(jwt, valid_hs256_token_yields_its_claims) {
     jwt_keys_t *k = keys_hs(NULL, NULL);
     jwt_claims_t cl;
-    cr_assert_eq(verify(k, hs(claims("{\"sub\":\"alice\",\"exp\":%lld,\"poll\":\"final\"}", NOW + 60)),
-                        &cl),
-                 JWT_OK);
+    cr_assert_eq(
+        verify(k, hs(claims("{\"sub\":\"alice\",\"exp\":%lld,\"poll\":\"final\"}", NOW + 60)), &cl),
+        JWT_OK);
     cr_assert_str_eq(cl.sub, "alice");
     cr_assert_eq(cl.sub_len, 5);
     cr_assert(cl.poll_set);
@@ -162,9 +162,9 @@ Test(jwt, valid_hs256_token_yields_its_claims) {
 Test(jwt, valid_es256_token_verifies_with_the_public_key) {
     jwt_keys_t *k = keys_es(0);
     jwt_claims_t cl;
-    const char *t = es_token("{\"alg\":\"ES256\"}",
-                             claims("{\"sub\":\"bob\",\"exp\":%lld,\"iat\":%lld}", NOW + 60, NOW),
-                             ec_key());
+    const char *t =
+        es_token("{\"alg\":\"ES256\"}",
+                 claims("{\"sub\":\"bob\",\"exp\":%lld,\"iat\":%lld}", NOW + 60, NOW), ec_key());
     cr_assert_eq(verify(k, t, &cl), JWT_OK);
     cr_assert_str_eq(cl.sub, "bob");
     cr_assert(!cl.poll_set);
@@ -206,15 +206,15 @@ Test(jwt, nbf_and_iat_in_the_future_beyond_the_leeway_fail) {
     jwt_keys_t *k = keys_hs(NULL, NULL);
     jwt_claims_t cl;
     long long exp = NOW + 3600;
-    cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,\"nbf\":%lld}", exp, NOW + 30)),
-                        &cl),
-                 JWT_OK);
-    cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,\"nbf\":%lld}", exp, NOW + 31)),
-                        &cl),
-                 JWT_ERR_NOT_YET_VALID);
-    cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,\"iat\":%lld}", exp, NOW + 31)),
-                        &cl),
-                 JWT_ERR_NOT_YET_VALID);
+    cr_assert_eq(
+        verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,\"nbf\":%lld}", exp, NOW + 30)), &cl),
+        JWT_OK);
+    cr_assert_eq(
+        verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,\"nbf\":%lld}", exp, NOW + 31)), &cl),
+        JWT_ERR_NOT_YET_VALID);
+    cr_assert_eq(
+        verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,\"iat\":%lld}", exp, NOW + 31)), &cl),
+        JWT_ERR_NOT_YET_VALID);
     cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,\"nbf\":\"soon\"}", exp)), &cl),
                  JWT_ERR_CLAIMS);
     jwt_keys_free(k);
@@ -223,8 +223,9 @@ Test(jwt, nbf_and_iat_in_the_future_beyond_the_leeway_fail) {
 Test(jwt, a_token_signed_with_another_secret_fails) {
     jwt_keys_t *k = keys_hs(NULL, NULL);
     jwt_claims_t cl;
-    const char *t = hs_token("{\"alg\":\"HS256\"}", claims("{\"sub\":\"a\",\"exp\":%lld}", NOW + 60),
-                             other_key, sizeof other_key);
+    const char *t =
+        hs_token("{\"alg\":\"HS256\"}", claims("{\"sub\":\"a\",\"exp\":%lld}", NOW + 60), other_key,
+                 sizeof other_key);
     cr_assert_eq(verify(k, t, &cl), JWT_ERR_SIGNATURE);
     jwt_keys_free(k);
 }
@@ -233,10 +234,10 @@ Test(jwt, only_configured_algorithms_are_accepted) {
     jwt_keys_t *k = keys_hs(NULL, NULL);
     jwt_claims_t cl;
     const char *p = claims("{\"sub\":\"a\",\"exp\":%lld}", NOW + 60);
-    static const char *const headers[] = {
-        "{\"alg\":\"HS384\"}", "{\"alg\":\"hs256\"}", "{\"alg\":\"RS256\"}",
-        "{\"alg\":\"ES256\"}", "{\"typ\":\"JWT\"}",   "{\"alg\":[\"HS256\"]}",
-        "{\"alg\":\"HS256 \"}"};
+    static const char *const headers[] = {"{\"alg\":\"HS384\"}", "{\"alg\":\"hs256\"}",
+                                          "{\"alg\":\"RS256\"}", "{\"alg\":\"ES256\"}",
+                                          "{\"typ\":\"JWT\"}",   "{\"alg\":[\"HS256\"]}",
+                                          "{\"alg\":\"HS256 \"}"};
     for (size_t i = 0; i < sizeof headers / sizeof *headers; i++)
         cr_assert_eq(verify(k, hs_token(headers[i], p, hs_key, sizeof hs_key), &cl), JWT_ERR_ALG,
                      "%s", headers[i]);
@@ -263,9 +264,9 @@ Test(jwt, hs256_signed_with_the_es256_public_key_is_not_accepted) {
     jwt_claims_t cl;
     /* Only ES256 configured: HS256 is not an algorithm of this server. */
     jwt_keys_t *es_only = keys_es(0);
-    cr_assert_eq(verify(es_only,
-                        hs_token("{\"alg\":\"HS256\"}", p, (const uint8_t *)pem, strlen(pem)), &cl),
-                 JWT_ERR_ALG);
+    cr_assert_eq(
+        verify(es_only, hs_token("{\"alg\":\"HS256\"}", p, (const uint8_t *)pem, strlen(pem)), &cl),
+        JWT_ERR_ALG);
     /* Both configured: HS256 is checked with the shared secret only. */
     jwt_keys_t *both = keys_es(1);
     cr_assert_eq(
@@ -314,8 +315,7 @@ Test(jwt, oversized_tokens_fail_before_parsing) {
     cr_assert_lt(strlen(t), JWT_MAX_LEN);
     cr_assert_eq(verify(k, t, &cl), JWT_OK);
     char big[4096];
-    snprintf(big, sizeof big, "{\"sub\":\"a\",\"exp\":%lld,\"x\":\"%.*s\"}", NOW + 60, 3100,
-             pad);
+    snprintf(big, sizeof big, "{\"sub\":\"a\",\"exp\":%lld,\"x\":\"%.*s\"}", NOW + 60, 3100, pad);
     t = hs(big);
     cr_assert_gt(strlen(t), JWT_MAX_LEN);
     cr_assert_eq(verify(k, t, &cl), JWT_ERR_TOO_LARGE);
@@ -384,8 +384,7 @@ Test(jwt, claims_rules) {
     cr_assert_eq(verify(k, hs(claims("{\"sub\":7,\"exp\":%lld}", e)), &cl), JWT_ERR_CLAIMS);
     cr_assert_eq(verify(k, hs(claims("{\"sub\":\"\",\"exp\":%lld}", e)), &cl), JWT_ERR_CLAIMS);
     cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\\nb\",\"exp\":%lld}", e)), &cl), JWT_ERR_CLAIMS);
-    cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\",\"exp\":\"%lld\"}", e)), &cl),
-                 JWT_ERR_CLAIMS);
+    cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\",\"exp\":\"%lld\"}", e)), &cl), JWT_ERR_CLAIMS);
     cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\",\"sub\":\"b\",\"exp\":%lld}", e)), &cl),
                  JWT_ERR_MALFORMED, "duplicate claim");
     cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\\u0000b\",\"exp\":%lld}", e)), &cl),
@@ -404,9 +403,9 @@ Test(jwt, claims_rules) {
                         &cl),
                  JWT_ERR_MALFORMED, "crit");
     /* A poll claim too long to be an id names no poll of ours. */
-    cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,\"poll\":\"%0100d\"}", e, 0)),
-                        &cl),
-                 JWT_OK);
+    cr_assert_eq(
+        verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,\"poll\":\"%0100d\"}", e, 0)), &cl),
+        JWT_OK);
     cr_assert(cl.poll_set && cl.poll_long);
     jwt_keys_free(k);
 }
@@ -416,9 +415,9 @@ Test(jwt, issuer_and_audience_are_checked_when_configured) {
     jwt_claims_t cl;
     long long e = NOW + 60;
     const char *iss = "\"iss\":\"https://login.example\"";
-    cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,%s,\"aud\":\"tally\"}", e, iss)),
-                        &cl),
-                 JWT_OK);
+    cr_assert_eq(
+        verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,%s,\"aud\":\"tally\"}", e, iss)), &cl),
+        JWT_OK);
     cr_assert_eq(
         verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,%s,\"aud\":[\"x\",\"tally\"]}", e, iss)),
                &cl),
@@ -426,16 +425,17 @@ Test(jwt, issuer_and_audience_are_checked_when_configured) {
     cr_assert_eq(
         verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,%s,\"aud\":[\"x\",\"y\"]}", e, iss)), &cl),
         JWT_ERR_AUDIENCE);
-    cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,%s,\"aud\":\"tally2\"}", e, iss)),
-                        &cl),
-                 JWT_ERR_AUDIENCE);
+    cr_assert_eq(
+        verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,%s,\"aud\":\"tally2\"}", e, iss)), &cl),
+        JWT_ERR_AUDIENCE);
     cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,%s}", e, iss)), &cl),
                  JWT_ERR_AUDIENCE, "aud missing");
     cr_assert_eq(verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,\"aud\":\"tally\"}", e)), &cl),
                  JWT_ERR_ISSUER, "iss missing");
     cr_assert_eq(
-        verify(k, hs(claims("{\"sub\":\"a\",\"exp\":%lld,\"iss\":\"https://evil\",\"aud\":\"tally\"}",
-                            e)),
+        verify(k,
+               hs(claims("{\"sub\":\"a\",\"exp\":%lld,\"iss\":\"https://evil\",\"aud\":\"tally\"}",
+                         e)),
                &cl),
         JWT_ERR_ISSUER);
     jwt_keys_free(k);

@@ -13,8 +13,14 @@
  *   loosens nothing else): checked as "accepted by HS-only implies alg HS256";
  * - base64url: a successful decode re-encodes to exactly the input
  *   (one encoding per value), and every decode writes at most len*3/4.
+ * Signature first means random bytes rarely reach the claims: so an input
+ * with exactly one '.' is also taken as "header.payload" and signed here
+ * (OpenSSL's HMAC(), not the module), and the signed token must obey the
+ * same properties, and fail its signature only when its header says ES256.
  * The seeds (corpus/jwt/) hold tokens signed with the harness's HS256 key:
  * valid, expired, alg none, bad signature, padded, ES256-headed. */
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <string.h>
 
 #include "common/jwt.h"
@@ -89,5 +95,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     e = jwt_verify(dual, (const char *)data, size, NOW, &cl, why, sizeof why);
     check(dual, data, size, e, &cl, why);
     check_b64(data, size);
+    /* "H.P" signed with the right key: the claims path. */
+    int dots = 0;
+    for (size_t i = 0; i < size; i++)
+        dots += data[i] == '.';
+    if (dots == 1 && size < 3000 && !memchr(data, 0, size)) { /* the token is a C string here */
+        unsigned char mac[32];
+        unsigned int mlen = 0;
+        FUZZ_CHECK(HMAC(EVP_sha256(), hs_key, 32, data, size, mac, &mlen) && mlen == 32);
+        char *tok = malloc(size + 2);
+        FUZZ_CHECK(tok);
+        memcpy(tok, data, size);
+        tok[size] = '.';
+        tok[size + 1] = '\0';
+        jwt_b64url_encode(mac, 32, &tok);
+        size_t tl = strlen(tok);
+        why[0] = '\0';
+        e = jwt_verify(dual, tok, tl, NOW, &cl, why, sizeof why);
+        check(dual, (const uint8_t *)tok, tl, e, &cl, why);
+        FUZZ_CHECK(e != JWT_ERR_SIGNATURE || cl.alg == JWT_ALG_ES256); /* an HMAC is no ECDSA */
+        free(tok);
+    }
     return 0;
 }

@@ -11,6 +11,7 @@ import hmac
 import json
 import os
 import subprocess
+import threading
 import time
 import unittest
 
@@ -50,6 +51,10 @@ voter_auth = jwt
 [poll.open]
 options = a, b
 mode = changeable
+
+[poll.flood]
+options = a
+mode = unlimited
 """
 
 
@@ -153,6 +158,32 @@ class Auth(TallyTestCase):
         t.wait_counts(exp)
         t.stop()
         self.assertIn("replayed 5 records", self.records(t))
+
+    def test_one_voters_bucket_is_shared_by_every_http_thread(self):
+        t = self.make_auth(extra="[server]\nthreads = 2\n[limits]\nvoter_rate = 1\nvoter_burst = 3\n").start()
+        codes, lock = [], threading.Lock()
+
+        def hammer():
+            conn = t.connect()
+            mine = [t.vote("flood", "a", "one-voter", conn=conn)[0] for _ in range(5)]
+            conn.close()
+            with lock:
+                codes.extend(mine)
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        elapsed = time.monotonic() - t0
+        ok = codes.count(202)
+        self.assertEqual(ok + codes.count(429), 20, codes)
+        # The burst, plus one per second the run took (refills), no more.
+        self.assertGreaterEqual(ok, 3)
+        self.assertLessEqual(ok, 3 + int(elapsed) + 1, (ok, elapsed))
+        t.wait_counts({"flood": {"a": ok}})
+        t.stop()
+        self.assertIn(f"replayed {ok} records", self.records(t))
 
     def test_hashed_voter_ids_leave_no_id_in_the_log(self):
         t = self.make_auth()

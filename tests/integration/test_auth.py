@@ -1,4 +1,4 @@
-# Vote integrity over real sockets: voter tokens (JWT), per-voter rate limits, hashed voter ids.
+# tsan: vote integrity over real sockets; two HTTP threads share voter buckets.
 """A voter_auth = jwt poll refuses missing and bad tokens with 401 and counts
 by the token's sub; 403 for a body voter or poll claim that disagrees; 429
 with Retry-After from the per-voter bucket; a log written with

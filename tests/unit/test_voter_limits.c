@@ -1,4 +1,4 @@
-/* Token-bucket arithmetic (ingest/limits.c, shared by the client and voter
+/* tsan: threads share a voter's bucket. Token-bucket arithmetic (ingest/limits.c, shared by the client and voter
  * tables), the fixed-size per-voter table, and keyed voter hashing
  * (common/voter_hmac.c, checked against OpenSSL's one-shot HMAC()). */
 #include <criterion/criterion.h>
@@ -9,6 +9,7 @@
 
 #include "common/voter_hmac.h"
 #include "ingest/limits.h"
+#include "unit_helpers.h" /* Criterion under TSan */
 
 Test(voter_limits, a_bucket_gives_its_burst_then_refills_at_the_rate) {
     limits_bucket_t b;

@@ -227,6 +227,29 @@ class Auth(TallyTestCase):
         self.assertEqual(replayed, live)
         self.assertEqual(replayed, exp)
 
+    def test_bench_signs_tokens_and_verifies_exact_totals(self):
+        bench = os.path.join(os.environ.get("TALLY_BUILD_DIR", os.path.dirname(TALLY_BIN)), "tally-bench")
+        if not os.path.exists(bench):
+            self.skipTest("no tally-bench next to tally")
+        t = self.make_auth().start()
+        key = os.path.join(t.dir, "hs.key")
+
+        def run(*extra):
+            return subprocess.run([bench, "http", "-q", "--url", f"http://127.0.0.1:{t.port}", "--config",
+                                   t.config, "--poll", "sec,secfree", "--votes", "1500", "--connections", "8",
+                                   "--voters", "300", "--verify", os.path.join(t.dir, "public"), *extra],
+                                  capture_output=True, text=True, timeout=120)
+        r = run("--jwt-key-file", key)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("202: 1500", r.stdout)
+        self.assertIn("verify: OK", r.stdout + r.stderr)
+        # Without tokens every vote is refused, and the totals stay put.
+        r = run()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("401: 1500", r.stdout)
+        self.assertIn("verify: OK", r.stdout + r.stderr)
+        t.stop()
+
     def test_short_voter_id_key_is_a_usage_error(self):
         t = self.make_auth()
         key = os.path.join(t.dir, "voter.key")

@@ -35,6 +35,7 @@
 #include "bench/hist.h"
 #include "bench/rate.h"
 #include "bench/verify.h"
+#include "common/jwt.h"
 #include "common/util.h"
 
 #define NSTATUS 600
@@ -69,6 +70,9 @@ static const char *help =
     "      --repeat-ratio R     share of votes repeating the voter's last vote (0.1)\n"
     "      --change-ratio R     share of votes changing the voter's option (0.1)\n"
     "      --seed N             generator seed (default: from the clock)\n"
+    "      --jwt-key-file F     sign an HS256 voter token per voter with the secret in F\n"
+    "                           (auth.jwt_hs256_key_file) and send it as Authorization:\n"
+    "                           Bearer; sub is the voter id the body names\n"
     "Checks:\n"
     "      --verify DIR         after the run, wait until DIR/polls/*.json (publisher.dir)\n"
     "                           show exactly the totals the 202s imply; exit 3 if not.\n"
@@ -118,6 +122,7 @@ typedef struct {
     const char *json_path;
     int quiet;
     int nthreads;
+    const char *jwt_key_file;
 } bh_opts_t;
 
 struct bh_s {
@@ -169,6 +174,13 @@ struct bh_s {
     hist_t fresh;
     uint64_t fresh_timeouts;
     struct event *probe_ev, *watch_ev;
+
+    /* voter tokens (--jwt-key-file): the key is thread 0's, shared read-only */
+    uint8_t *jwt_key;
+    size_t jwt_key_len;
+    char **jwt_tokens; /* [njwt_tokens] by voter number, signed on first use */
+    uint64_t njwt_tokens;
+    uint64_t jwt_signed;
 };
 
 static uint64_t sec_ns(double s) {
@@ -184,6 +196,75 @@ static int inflight(const bh_t *b) {
     return b->o.nconns - b->nfree;
 }
 
+/* ---- voter tokens (--jwt-key-file) ---- */
+
+/* Tokens are cached per voter up to this many voters per thread; past it
+ * each vote signs its own (the run then measures the generator too). */
+#define JWT_CACHE_MAX (1u << 20)
+/* Valid for the longest run we would make, with the server's leeway aside. */
+#define JWT_TTL_S (24 * 3600)
+
+static int jwt_setup(bh_t *b, char *err, size_t esz) {
+    if (!b->o.jwt_key_file)
+        return 0;
+    if (jwt_read_key_file("--jwt-key-file", b->o.jwt_key_file, 65536, &b->jwt_key, &b->jwt_key_len,
+                          err, esz) != TALLY_OK)
+        return -1;
+    if (b->jwt_key_len < JWT_HS256_MIN_KEY) {
+        snprintf(err, esz, "--jwt-key-file %s: %zu bytes, an HS256 secret has at least %d",
+                 b->o.jwt_key_file, b->jwt_key_len, JWT_HS256_MIN_KEY);
+        return -1;
+    }
+    return 0;
+}
+
+static void jwt_worker_init(bh_t *w, const bh_t *b) {
+    if (!b->jwt_key)
+        return;
+    w->jwt_key = b->jwt_key;
+    w->jwt_key_len = b->jwt_key_len;
+    w->njwt_tokens = w->o.voters < JWT_CACHE_MAX ? w->o.voters : 0;
+    w->jwt_tokens = w->njwt_tokens ? xcalloc(w->njwt_tokens, sizeof *w->jwt_tokens) : NULL;
+}
+
+static void jwt_worker_free(bh_t *w) {
+    for (uint64_t i = 0; i < w->njwt_tokens; i++)
+        free(w->jwt_tokens[i]);
+    free(w->jwt_tokens);
+    w->jwt_tokens = NULL;
+}
+
+/* The Authorization value for voter_id (voter number n of kind ""), or
+ * NULL without --jwt-key-file. *own: the caller frees the result. */
+static char *jwt_bearer(bh_t *b, const char *voter_id, const char *kind, uint64_t n, int *own) {
+    *own = 0;
+    if (!b->jwt_key)
+        return NULL;
+    int cached = !kind[0] && n < b->njwt_tokens;
+    if (cached && b->jwt_tokens[n])
+        return b->jwt_tokens[n];
+    json_t *c = json_object();
+    json_object_set_new(c, "sub", json_string(voter_id));
+    json_object_set_new(c, "exp", json_integer((json_int_t)(now_ms() / 1000) + JWT_TTL_S));
+    char *claims = json_dumps(c, JSON_COMPACT);
+    json_decref(c);
+    char *tok = NULL, err[256];
+    tally_assert(jwt_sign_hs256(b->jwt_key, b->jwt_key_len, claims, &tok, err, sizeof err) ==
+                 TALLY_OK);
+    free(claims);
+    b->jwt_signed++;
+    size_t tl = strlen(tok);
+    char *v = xmalloc(tl + 8);
+    memcpy(v, "Bearer ", 7);
+    memcpy(v + 7, tok, tl + 1);
+    free(tok);
+    if (cached)
+        b->jwt_tokens[n] = v;
+    else
+        *own = 1;
+    return v;
+}
+
 /* POSTs {"option":option,"voter":"RUNID-<kind><voter>"}; c answers in
  * on_response. Voter ids carry the run id so runs never share voters. */
 static int send_post(bh_t *b, conn_t *c, const char *path, const char *option, const char *kind,
@@ -192,9 +273,16 @@ static int send_post(bh_t *b, conn_t *c, const char *path, const char *option, c
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Host", b->hostport);
     evhttp_add_header(h, "Content-Type", "application/json");
-    char body[512];
-    int n = snprintf(body, sizeof body, "{\"option\":\"%s\",\"voter\":\"%s-%s%llu\"}", option,
-                     b->runid, kind, (unsigned long long)voter);
+    char body[512], id[128];
+    snprintf(id, sizeof id, "%s-%s%llu", b->runid, kind, (unsigned long long)voter);
+    int n = snprintf(body, sizeof body, "{\"option\":\"%s\",\"voter\":\"%s\"}", option, id);
+    int own;
+    char *bearer = jwt_bearer(b, id, kind, voter, &own);
+    if (bearer) {
+        evhttp_add_header(h, "Authorization", bearer);
+        if (own)
+            free(bearer);
+    }
     evbuffer_add(evhttp_request_get_output_buffer(req), body, (size_t)n);
     /* On failure libevent has freed req and will not call back. */
     return evhttp_make_request(c->evcon, req, EVHTTP_REQ_POST, path);
@@ -491,6 +579,7 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
         O_FINT,
         O_PUBLIC,
         O_JSON,
+        O_JWT,
     };
     static const struct option longopts[] = {{"url", required_argument, 0, 'u'},
                                              {"connections", required_argument, 0, 'c'},
@@ -514,6 +603,7 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
                                              {"fresh-interval", required_argument, 0, O_FINT},
                                              {"public", required_argument, 0, O_PUBLIC},
                                              {"json", required_argument, 0, O_JSON},
+                                             {"jwt-key-file", required_argument, 0, O_JWT},
                                              {"threads", required_argument, 0, 't'},
                                              {"quiet", no_argument, 0, 'q'},
                                              {"help", no_argument, 0, 'h'},
@@ -614,6 +704,7 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
             break;
         case O_PUBLIC: o->public_dir = optarg; break;
         case O_JSON: o->json_path = optarg; break;
+        case O_JWT: o->jwt_key_file = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': fputs(help, stdout); exit(0);
         default: return bench_opt_fail("http", ch, argv);
@@ -1078,6 +1169,7 @@ static void worker_free(bh_t *w) {
     hist_free(&w->lat);
     hist_free(&w->lat_sec);
     hist_free(&w->fresh);
+    jwt_worker_free(w);
     free(w->conns);
     free(w->freel);
 }
@@ -1114,7 +1206,8 @@ int bench_http_main(int argc, char **argv) {
             config_validate(b->conf, err, sizeof err) != 0)
             goto out;
     }
-    if (choose_polls(b, err, sizeof err) != 0 || parse_url(b, err, sizeof err) != 0)
+    if (choose_polls(b, err, sizeof err) != 0 || parse_url(b, err, sizeof err) != 0 ||
+        jwt_setup(b, err, sizeof err) != 0)
         goto out;
     rc = BENCH_EXIT_FAIL;
     if (!b->o.seed_set)
@@ -1178,6 +1271,7 @@ int bench_http_main(int argc, char **argv) {
         if (all.max_votes)
             w->o.max_votes = share(all.max_votes, nt, t);
         w->o.rate = all.rate / nt;
+        jwt_worker_init(w, b);
         if (worker_init(w, ecfg, err, sizeof err) != 0)
             goto out;
     }
@@ -1239,6 +1333,7 @@ out:
     free(b->probe_path);
     free(b->polls);
     config_free(b->conf);
+    free(b->jwt_key);
 out_nofree:
     free(b);
     return rc;

@@ -7,7 +7,8 @@
 #include "cmd/cmd.h"
 #include "common/util.h"
 
-int cmd_log(int argc, char **argv); /* cmd_log.c */
+int cmd_log(int argc, char **argv);   /* cmd_log.c */
+int cmd_token(int argc, char **argv); /* cmd_token.c */
 
 static const char *usage =
     "usage: tally COMMAND -c FILE [-s section.key=value ...]\n"
@@ -114,6 +115,8 @@ int main(int argc, char **argv) {
         return cmd_replay(argc - 1, argv + 1);
     if (!strcmp(cmd, "log"))
         return cmd_log(argc - 1, argv + 1);
+    if (!strcmp(cmd, "token"))
+        return cmd_token(argc - 1, argv + 1);
     fprintf(stderr, "tally: unknown command '%s'\n\n%s", cmd, usage);
     return EXIT_USAGE;
 }

@@ -66,6 +66,22 @@ static const key_def_t keys[] = {
      "votes per second per client address, then 429 (0: off)"},
     {"limits", "ip_burst", T_INT, "100", 1, 10000000, OFF(limits_ip_burst),
      "votes a client may send at once before limits.ip_rate applies"},
+    {"limits", "voter_rate", T_INT, "0", 0, 1000000, OFF(limits_voter_rate),
+     "votes per second per (poll, voter) at each ingest, then 429 (0: off)"},
+    {"limits", "voter_burst", T_INT, "5", 1, 1000000, OFF(limits_voter_burst),
+     "votes a voter may send at once before limits.voter_rate applies"},
+    {"auth", "jwt_hs256_key_file", T_STR, "", 0, 0, OFF(auth_jwt_hs256_key_file),
+     "shared secret (raw bytes, >= 32) verifying HS256 voter tokens"},
+    {"auth", "jwt_es256_public_key_file", T_STR, "", 0, 0, OFF(auth_jwt_es256_public_key_file),
+     "PEM public key (P-256) verifying ES256 voter tokens"},
+    {"auth", "jwt_issuer", T_STR, "", 0, 0, OFF(auth_jwt_issuer),
+     "when set, a token's iss must equal it"},
+    {"auth", "jwt_audience", T_STR, "", 0, 0, OFF(auth_jwt_audience),
+     "when set, a token's aud (string or array) must name it"},
+    {"auth", "jwt_leeway_s", T_INT, "30", 0, 3600, OFF(auth_jwt_leeway_s),
+     "clock skew allowed on exp, nbf and iat"},
+    {"auth", "voter_id_key_file", T_STR, "", 0, 0, OFF(auth_voter_id_key_file),
+     "key (raw bytes, >= 16) of the HMAC the log holds instead of voter ids"},
     {"log", "dir", T_STR, "run/log", 0, 0, OFF(log_dir),
      "directory of the embedded vote log (used when kafka.brokers is empty)"},
     {"log", "partitions", T_INT, "4", 1, 1024, OFF(log_partitions),
@@ -125,9 +141,15 @@ static const enum_def_t modes[] = {
     {NULL, 0, NULL},
 };
 
+static const enum_def_t auths[] = {
+    {"none", POLL_AUTH_NONE, "the body's voter is believed"},
+    {"jwt", POLL_AUTH_JWT, "Authorization: Bearer token; the voter is its sub ([auth])"},
+    {NULL, 0, NULL},
+};
+
 /* The keys of a [poll.ID] section, as keys[] is for the others: parsing,
  * the duplicate check and `--help-config` read it. */
-typedef enum { PK_TITLE, PK_OPTIONS, PK_LABEL, PK_MODE, NPOLL_KEYS } poll_key_t;
+typedef enum { PK_TITLE, PK_OPTIONS, PK_LABEL, PK_MODE, PK_VOTER_AUTH, NPOLL_KEYS } poll_key_t;
 typedef struct {
     const char *key; /* ending in '.': a prefix, the rest names an option */
     const char *shown;
@@ -146,6 +168,8 @@ static const poll_key_def_t poll_keys[NPOLL_KEYS] = {
                   "display text of an option"},
     [PK_MODE] = {"mode", "mode", T_ENUM, modes, offsetof(poll_conf_t, mode), "one-per-voter",
                  "how a voter's votes count"},
+    [PK_VOTER_AUTH] = {"voter_auth", "voter_auth", T_ENUM, auths,
+                       offsetof(poll_conf_t, voter_auth), "none", "who vouches for the voter id"},
 };
 
 static const enum_def_t *enum_find(const enum_def_t *v, const char *name) {
@@ -167,6 +191,21 @@ tally_err_t poll_mode_parse(const char *name, poll_mode_t *out) {
         return TALLY_ERR_CONFIG;
     *out = (poll_mode_t)v->value;
     return TALLY_OK;
+}
+
+tally_err_t poll_auth_parse(const char *name, poll_auth_t *out) {
+    const enum_def_t *v = enum_find(auths, name);
+    if (!v)
+        return TALLY_ERR_CONFIG;
+    *out = (poll_auth_t)v->value;
+    return TALLY_OK;
+}
+
+const char *poll_auth_name(poll_auth_t a) {
+    for (const enum_def_t *v = auths; v->name; v++)
+        if (v->value == (int)a)
+            return v->name;
+    return "?";
 }
 
 const char *poll_mode_name(poll_mode_t m) {
@@ -448,7 +487,11 @@ static tally_err_t poll_set(poll_conf_t *p, const poll_key_def_t *k, const char 
             buf_free(&names);
             return TALLY_ERR_CONFIG;
         }
-        *(poll_mode_t *)field = (poll_mode_t)v->value;
+        /* Each enum key names its own type. */
+        if (k->values == auths)
+            *(poll_auth_t *)field = (poll_auth_t)v->value;
+        else
+            *(poll_mode_t *)field = (poll_mode_t)v->value;
         return TALLY_OK;
     }
     case T_OPTIONS: return poll_set_options(p, value, errstr, esz);
@@ -876,6 +919,14 @@ static tally_err_t validate(tally_config_t *c, const parse_ctx_t *ctx, const cha
             else
                 seterr(errstr, esz, "%s%spoll.%s: 'options' is required", where ? where : "",
                        where ? ": " : "", p->id);
+            return TALLY_ERR_CONFIG;
+        }
+        if (p->voter_auth == POLL_AUTH_JWT && !c->auth_jwt_hs256_key_file[0] &&
+            !c->auth_jwt_es256_public_key_file[0]) {
+            seterr(errstr, esz,
+                   "%s%spoll.%s: voter_auth = jwt needs auth.jwt_hs256_key_file or "
+                   "auth.jwt_es256_public_key_file",
+                   where ? where : "", where ? ": " : "", p->id);
             return TALLY_ERR_CONFIG;
         }
         if (!p->title)

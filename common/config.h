@@ -28,10 +28,20 @@ typedef struct {
     char *label; /* defaults to the id */
 } poll_option_t;
 
+/* Who may vote in a poll. */
+typedef enum {
+    POLL_AUTH_NONE = 0, /* the body's "voter" is believed */
+    POLL_AUTH_JWT = 1,  /* the voter is the "sub" of a signed token (common/jwt.h) */
+} poll_auth_t;
+
+const char *poll_auth_name(poll_auth_t a);
+tally_err_t poll_auth_parse(const char *name, poll_auth_t *out);
+
 typedef struct {
     char *id;
     char *title;
     poll_mode_t mode;
+    poll_auth_t voter_auth;
     poll_option_t *options;
     int noptions;
 } poll_conf_t;
@@ -57,6 +67,15 @@ typedef struct {
     /* [limits] */
     int limits_ip_rate;            /* votes per second per client; 0: off */
     int limits_ip_burst;
+    int limits_voter_rate;         /* votes per second per (poll, voter); 0: off */
+    int limits_voter_burst;
+    /* [auth] */
+    char *auth_jwt_hs256_key_file;        /* shared secret, raw bytes */
+    char *auth_jwt_es256_public_key_file; /* PEM */
+    char *auth_jwt_issuer;                /* "": iss unchecked */
+    char *auth_jwt_audience;              /* "": aud unchecked */
+    int auth_jwt_leeway_s;
+    char *auth_voter_id_key_file;         /* "": voter ids logged as sent */
     /* [log] */
     char *log_dir;
     int log_partitions;

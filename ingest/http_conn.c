@@ -37,7 +37,7 @@ uint64_t http_now_ms(void) {
 #define IMS_CAP 64 /* an HTTP-date is 29 bytes (IMF-fixdate), 37 at most */
 #define LEID_CAP 64 /* Last-Event-ID: a version number, longer ones are ignored */
 
-typedef enum { H_OTHER, H_TE, H_EXPECT, H_XFF, H_HOST, H_INM, H_IMS, H_LEID } hdr_kind_t;
+typedef enum { H_OTHER, H_TE, H_EXPECT, H_XFF, H_HOST, H_INM, H_IMS, H_LEID, H_AUTHZ } hdr_kind_t;
 typedef enum { S_IDLE, S_HEADERS, S_BODY, S_DISPATCHED } req_state_t;
 
 struct http_conn_s {
@@ -68,6 +68,7 @@ struct http_conn_s {
     unsigned value_started : 1;
     unsigned te_seen : 1, te_over : 1, xff_over : 1, xff_seen : 1, hname_over : 1;
     unsigned inm_seen : 1, inm_over : 1, ims_seen : 1, ims_over : 1;
+    unsigned authz_seen : 1, authz_over : 1;
     unsigned host_count : 2;
     unsigned prev_cr : 1;    /* framing scan: the last framing byte was CR */
     unsigned after_data : 1; /* framing scan: a chunk's data just ended */
@@ -93,6 +94,8 @@ struct http_conn_s {
     size_t xff_len;
     char inm[HTTP_MAX_INM];
     char ims[IMS_CAP];
+    char authz[HTTP_MAX_AUTHZ];
+    size_t authz_len;
     char url[HTTP_MAX_TARGET + 1];
     size_t url_len;
     char body[HTTP_MAX_BODY];
@@ -407,6 +410,8 @@ static int on_message_begin(http_parser *p) {
     c->inm_len = c->ims_len = 0;
     c->leid_len = 0;
     c->leid_over = 0;
+    c->authz_seen = c->authz_over = 0;
+    c->authz_len = 0;
     c->value_started = c->hdrs_paused = c->msg_done = c->head = 0;
     c->host_count = 0;
     c->prev_cr = c->after_data = 0;
@@ -482,6 +487,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
                    : name_is(c, "if-none-match")   ? H_INM
                    : name_is(c, "if-modified-since") ? H_IMS
                    : name_is(c, "last-event-id")   ? H_LEID
+                   : name_is(c, "authorization")   ? H_AUTHZ
                                                    : H_OTHER;
     }
     switch (c->hkind) {
@@ -498,6 +504,11 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
         c->xff_seen = 1;
         if (!c->xff_over && append(c->xff, HTTP_MAX_XFF, &c->xff_len, at, len, first) != 0)
             c->xff_over = 1;
+        break;
+    case H_AUTHZ:
+        c->authz_seen = 1;
+        if (!c->authz_over && append(c->authz, HTTP_MAX_AUTHZ, &c->authz_len, at, len, first) != 0)
+            c->authz_over = 1;
         break;
     case H_HOST:
         if (first && ++c->host_count > 1)
@@ -671,6 +682,11 @@ static void dispatch(http_conn_t *c) {
     if (c->leid_len && !c->leid_over) {
         r.last_event_id = c->leid;
         r.last_event_id_len = c->leid_len;
+    }
+    if (c->authz_seen) {
+        r.authz = c->authz;
+        r.authz_len = c->authz_len;
+        r.authz_over = c->authz_over;
     }
     c->state = S_DISPATCHED;
     c->cfg->handler(c->cfg->arg, c, &r);
@@ -943,6 +959,7 @@ static http_conn_t *conn_alloc(const http_conn_cfg_t *cfg) {
     c->sq_off = 0;
     c->leid_len = 0;
     c->url_len = c->body_len = c->hname_len = c->te_len = c->expect_len = c->xff_len = 0;
+    c->authz_len = 0;
     c->keep_alive = 1;
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;

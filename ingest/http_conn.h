@@ -38,6 +38,8 @@ struct event_base;
 #define HTTP_MAX_TARGET 4096
 #define HTTP_MAX_XFF 512
 #define HTTP_MAX_INM 512 /* If-None-Match kept; a longer one matches nothing */
+/* "Bearer " and a token of up to JWT_MAX_LEN (4096) bytes, with room. */
+#define HTTP_MAX_AUTHZ 4160
 
 typedef struct http_conn_s http_conn_t;
 
@@ -61,6 +63,9 @@ typedef struct {
     size_t if_modified_since_len;
     const char *last_event_id; /* Last-Event-ID (SSE resume), or NULL */
     size_t last_event_id_len;
+    const char *authz; /* Authorization (repeats joined with ", "), or NULL */
+    size_t authz_len;
+    int authz_over; /* longer than HTTP_MAX_AUTHZ: authz holds a prefix */
 } http_req_t;
 
 /* What the owner plugs in; arg is passed back. handler must answer (reply,

@@ -324,11 +324,33 @@ static int worker_init(ingest_t *in, worker_t *w, int id, char *errstr, size_t e
     return 0;
 }
 
+/* The [auth] key files: read and checked once here, so that a missing or
+ * short key is a usage error before anything is bound. */
+static int auth_load(const tally_config_t *c, jwt_keys_t **jwt, voter_hmac_t **vk, char *errstr,
+                     size_t esz) {
+    *jwt = NULL;
+    *vk = NULL;
+    if (jwt_keys_load(c, jwt, errstr, esz) != TALLY_OK)
+        return -1;
+    if (voter_hmac_load(c->auth_voter_id_key_file, vk, errstr, esz) != TALLY_OK) {
+        jwt_keys_free(*jwt);
+        *jwt = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 int ingest_check_config(const tally_config_t *c, char *errstr, size_t esz) {
     limits_cidr_t *v = NULL;
     int n = 0;
     int rc = limits_cidrs_parse(c->server_trusted_proxies, &v, &n, errstr, esz);
     free(v);
+    jwt_keys_t *jwt;
+    voter_hmac_t *vk;
+    if (rc == 0 && (rc = auth_load(c, &jwt, &vk, errstr, esz)) == 0) {
+        jwt_keys_free(jwt);
+        voter_hmac_free(vk);
+    }
     return rc;
 }
 
@@ -351,6 +373,12 @@ ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errs
         limits_table_new(c->server_max_connections_per_ip, c->limits_ip_rate, c->limits_ip_burst);
     routes_init();
     sse_hub_init(in);
+    if (auth_load(c, &in->jwt, &in->voter_key, errstr, esz) != 0) {
+        ingest_free(in);
+        return NULL;
+    }
+    if (c->limits_voter_rate > 0)
+        in->voters = limits_voters_new(c->limits_voter_rate, c->limits_voter_burst, 0);
     in->nworkers = c->server_threads;
     in->workers = xcalloc((size_t)in->nworkers, sizeof *in->workers);
     for (int i = 0; i < in->nworkers; i++) {
@@ -444,6 +472,9 @@ void ingest_free(ingest_t *in) {
     free(in->workers);
     sse_hub_free(in);
     limits_table_free(in->clients);
+    limits_voters_free(in->voters);
+    jwt_keys_free(in->jwt);
+    voter_hmac_free(in->voter_key);
     free(in->trusted);
     free(in->static_dir);
     free(in);

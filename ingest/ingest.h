@@ -25,7 +25,8 @@
 
 typedef struct ingest_s ingest_t;
 
-/* Checks the keys only ingest understands (server.trusted_proxies): 0, or
+/* Checks the keys only ingest understands (server.trusted_proxies, the
+ * [auth] key files, read here): 0, or
  * -1 with errstr naming the key (a usage error). */
 int ingest_check_config(const tally_config_t *c, char *errstr, size_t esz);
 /* Binds server.listen. static_dir (may be NULL) is served read-only. */

@@ -8,6 +8,8 @@
 #include <stdatomic.h>
 
 #include "common/ids.h"
+#include "common/jwt.h"
+#include "common/voter_hmac.h"
 #include "ingest/http_conn.h"
 #include "ingest/ingest.h"
 #include "ingest/limits.h"
@@ -96,6 +98,9 @@ struct ingest_s {
     uint64_t swept_ms;
     limits_cidr_t *trusted;
     int ntrusted;
+    jwt_keys_t *jwt;         /* NULL: no [auth] key, no jwt poll */
+    voter_hmac_t *voter_key; /* NULL: voter ids logged as sent */
+    limits_voters_t *voters; /* NULL: limits.voter_rate is 0 */
     _Atomic long nconns;
     _Atomic uint64_t accepted, rejected, unavailable;
     sse_hub_t sse;

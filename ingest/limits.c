@@ -10,6 +10,7 @@
 #include <xxhash.h>
 
 #include "common/util.h"
+#include "log/record.h"
 
 #define NBUCKETS 65536
 #define NSTRIPES 64
@@ -142,11 +143,48 @@ void limits_client_addr(const limits_cidr_t *trusted, int ntrusted, const uint8_
 
 /* ---- the client table ---- */
 
+/* ---- token buckets ---- */
+
+void limits_bucket_init(limits_bucket_t *b, int burst) {
+    b->tokens_milli = (int64_t)burst * 1000;
+    b->refilled_ms = 0;
+}
+
+/* Refills b up to now: rate requests per second = rate milli-tokens per ms.
+ * A bucket never taken from (refilled_ms 0) starts full at its first take. */
+static int64_t bucket_level(const limits_bucket_t *b, int rate, int burst, uint64_t now) {
+    int64_t cap = (int64_t)burst * 1000, t = b->tokens_milli;
+    if (b->refilled_ms && now > b->refilled_ms) {
+        int64_t add = (int64_t)(now - b->refilled_ms) * rate;
+        t = t + add > cap ? cap : t + add;
+    }
+    return t;
+}
+
+int limits_bucket_take(limits_bucket_t *b, int rate, int burst, uint64_t now,
+                       int *retry_after_s) {
+    b->tokens_milli = bucket_level(b, rate, burst, now);
+    b->refilled_ms = now;
+    if (b->tokens_milli >= 1000) {
+        b->tokens_milli -= 1000;
+        return 1;
+    }
+    int64_t need_ms = (1000 - b->tokens_milli + rate - 1) / rate;
+    *retry_after_s = (int)((need_ms + 999) / 1000); /* rounded up */
+    if (*retry_after_s < 1)
+        *retry_after_s = 1;
+    return 0;
+}
+
+int limits_bucket_full(const limits_bucket_t *b, int rate, int burst, uint64_t now) {
+    return rate <= 0 || b->refilled_ms == 0 ||
+           (now > b->refilled_ms && bucket_level(b, rate, burst, now) >= (int64_t)burst * 1000);
+}
+
 typedef struct entry_s {
     uint8_t addr[16];
     int conns;
-    int64_t tokens_milli; /* 1000 per request */
-    uint64_t refilled_ms;
+    limits_bucket_t bucket;
     struct entry_s *next;
 } entry_t;
 
@@ -184,8 +222,7 @@ static entry_t *lookup(limits_table_t *t, size_t b, const uint8_t a[16], int cre
         return NULL;
     entry_t *e = xcalloc(1, sizeof *e);
     memcpy(e->addr, a, 16);
-    e->tokens_milli = (int64_t)t->burst * 1000;
-    e->refilled_ms = 0;
+    limits_bucket_init(&e->bucket, t->burst);
     e->next = t->buckets[b];
     t->buckets[b] = e;
     atomic_fetch_add(&t->nentries, 1);
@@ -194,7 +231,7 @@ static entry_t *lookup(limits_table_t *t, size_t b, const uint8_t a[16], int cre
 
 /* @locks the stripe of b. Drops e once it holds nothing worth keeping. */
 static void maybe_drop(limits_table_t *t, size_t b, entry_t *e) {
-    if (e->conns > 0 || e->tokens_milli < (int64_t)t->burst * 1000)
+    if (e->conns > 0 || e->bucket.tokens_milli < (int64_t)t->burst * 1000)
         return;
     for (entry_t **pp = &t->buckets[b]; *pp; pp = &(*pp)->next)
         if (*pp == e) {
@@ -243,39 +280,19 @@ int limits_take(limits_table_t *t, const uint8_t a[16], uint64_t now, int *retry
     int ok = 1;
     pthread_mutex_lock(mu);
     entry_t *e = lookup(t, b, a, 1);
-    if (e) {
-        int64_t cap = (int64_t)t->burst * 1000;
-        if (e->refilled_ms && now > e->refilled_ms) {
-            /* rate requests per second = rate milli-tokens per ms */
-            int64_t add = (int64_t)(now - e->refilled_ms) * t->rate;
-            e->tokens_milli = e->tokens_milli + add > cap ? cap : e->tokens_milli + add;
-        }
-        e->refilled_ms = now;
-        if (e->tokens_milli >= 1000) {
-            e->tokens_milli -= 1000;
-        } else {
-            ok = 0;
-            int64_t need_ms = (1000 - e->tokens_milli + t->rate - 1) / t->rate;
-            *retry_after_s = (int)((need_ms + 999) / 1000);
-            if (*retry_after_s < 1)
-                *retry_after_s = 1;
-        }
-    }
+    if (e)
+        ok = limits_bucket_take(&e->bucket, t->rate, t->burst, now, retry_after_s);
     pthread_mutex_unlock(mu);
     return ok;
 }
 
 void limits_sweep(limits_table_t *t, uint64_t now) {
-    int64_t cap = (int64_t)t->burst * 1000;
     for (size_t b = 0; b < NBUCKETS; b++) {
         pthread_mutex_t *mu = &t->mu[b % NSTRIPES];
         pthread_mutex_lock(mu);
         for (entry_t **pp = &t->buckets[b]; *pp;) {
             entry_t *e = *pp;
-            int full = t->rate <= 0 ||
-                       (now > e->refilled_ms &&
-                        e->tokens_milli + (int64_t)(now - e->refilled_ms) * t->rate >= cap);
-            if (e->conns == 0 && full) {
+            if (e->conns == 0 && limits_bucket_full(&e->bucket, t->rate, t->burst, now)) {
                 *pp = e->next;
                 free(e);
                 atomic_fetch_sub(&t->nentries, 1);
@@ -304,5 +321,85 @@ void limits_table_free(limits_table_t *t) {
     }
     for (int i = 0; i < NSTRIPES; i++)
         pthread_mutex_destroy(&t->mu[i]);
+    free(t);
+}
+
+/* ---- per-voter buckets ---- */
+
+typedef struct {
+    uint64_t lo, hi; /* (0, 0): free */
+    limits_bucket_t bucket;
+} voter_entry_t;
+
+typedef struct {
+    atomic_flag lock;
+    voter_entry_t way[LIMITS_VOTER_WAYS];
+} voter_set_t;
+
+struct limits_voters_s {
+    int rate, burst;
+    size_t nsets; /* a power of two */
+    _Atomic uint64_t evicted;
+    voter_set_t *sets;
+};
+
+limits_voters_t *limits_voters_new(int rate, int burst, size_t entries) {
+    if (!entries)
+        entries = LIMITS_VOTER_ENTRIES;
+    tally_assert(entries >= LIMITS_VOTER_WAYS && (entries & (entries - 1)) == 0);
+    limits_voters_t *t = xcalloc(1, sizeof *t);
+    t->rate = rate;
+    t->burst = burst > 0 ? burst : 1;
+    t->nsets = entries / LIMITS_VOTER_WAYS;
+    /* calloc: zero pages are free until a voter lands on them, and a zeroed
+     * atomic_flag is clear on every platform we build for. */
+    t->sets = xcalloc(t->nsets, sizeof *t->sets);
+    return t;
+}
+
+int limits_voter_take(limits_voters_t *t, const char *poll, size_t poll_len, const char *voter,
+                      size_t voter_len, uint64_t now, int *retry_after_s) {
+    voter_key_t k = record_voter_key(poll, poll_len, voter, voter_len);
+    if (!k.lo && !k.hi)
+        k.lo = 1; /* (0, 0) marks a free way */
+    voter_set_t *s = &t->sets[k.hi & (t->nsets - 1)];
+    while (atomic_flag_test_and_set_explicit(&s->lock, memory_order_acquire))
+        ; /* held for a handful of compares */
+    voter_entry_t *e = NULL, *victim = NULL;
+    int victim_idle = 0;
+    for (int i = 0; i < LIMITS_VOTER_WAYS; i++) {
+        voter_entry_t *w = &s->way[i];
+        if (w->lo == k.lo && w->hi == k.hi) {
+            e = w;
+            break;
+        }
+        int idle = (!w->lo && !w->hi) || limits_bucket_full(&w->bucket, t->rate, t->burst, now);
+        if (!victim || (idle && !victim_idle) ||
+            (idle == victim_idle && w->bucket.refilled_ms < victim->bucket.refilled_ms)) {
+            victim = w;
+            victim_idle = idle;
+        }
+    }
+    if (!e) {
+        if (!victim_idle)
+            atomic_fetch_add_explicit(&t->evicted, 1, memory_order_relaxed);
+        e = victim;
+        e->lo = k.lo;
+        e->hi = k.hi;
+        limits_bucket_init(&e->bucket, t->burst);
+    }
+    int ok = limits_bucket_take(&e->bucket, t->rate, t->burst, now, retry_after_s);
+    atomic_flag_clear_explicit(&s->lock, memory_order_release);
+    return ok;
+}
+
+uint64_t limits_voters_evicted(const limits_voters_t *t) {
+    return atomic_load_explicit(&((limits_voters_t *)t)->evicted, memory_order_relaxed);
+}
+
+void limits_voters_free(limits_voters_t *t) {
+    if (!t)
+        return;
+    free(t->sets);
     free(t);
 }

@@ -30,6 +30,21 @@ void limits_client_addr(const limits_cidr_t *trusted, int ntrusted, const uint8_
 /* Text for logs: "1.2.3.4" or "::1". */
 void limits_addr_str(const uint8_t a[16], char *buf, size_t cap);
 
+/* A token bucket in thousandths of a request, so integer rates refill
+ * smoothly. Used by the client table and the voter table below. */
+typedef struct {
+    int64_t tokens_milli;
+    uint64_t refilled_ms; /* 0: never taken from (full) */
+} limits_bucket_t;
+
+void limits_bucket_init(limits_bucket_t *b, int burst);
+/* Refills b to now (rate per second, at most burst), then takes one request:
+ * 1, or 0 with *retry_after_s the whole seconds (rounded up, >= 1) until one
+ * request's worth has refilled. now is monotonic ms, never decreasing. */
+int limits_bucket_take(limits_bucket_t *b, int rate, int burst, uint64_t now, int *retry_after_s);
+/* 1 when b would be full at now: forgetting it changes nothing. */
+int limits_bucket_full(const limits_bucket_t *b, int rate, int burst, uint64_t now);
+
 /* The shared table of clients. @locality any thread (striped locks). */
 typedef struct limits_table_s limits_table_t;
 /* max_per_ip 0: no connection cap; rate 0: no token bucket. */
@@ -45,5 +60,29 @@ int limits_rate_on(const limits_table_t *t);
 void limits_sweep(limits_table_t *t, uint64_t now_ms);
 long limits_entries(const limits_table_t *t);
 void limits_table_free(limits_table_t *t);
+
+/* Per-voter buckets (limits.voter_rate / voter_burst): one per (poll,
+ * voter), per ingest process. A fixed table of LIMITS_VOTER_ENTRIES entries
+ * (32 bytes each: 32 MiB of address space, touched as voters arrive), in
+ * sets of LIMITS_VOTER_WAYS chosen by a 128-bit hash of (poll, voter). A new
+ * voter takes a free or idle way of its set (a bucket that has refilled
+ * holds nothing worth keeping); when all are busy, the way used longest ago
+ * is evicted and its voter starts again from a full bucket: memory stays
+ * fixed, and the limit then fails open for that voter (counted in
+ * limits_voters_evicted). Each set has its own spinlock held for a few
+ * dozen instructions: threads meet only on the same set.
+ * @locality any thread */
+#define LIMITS_VOTER_ENTRIES (1u << 20)
+#define LIMITS_VOTER_WAYS 4
+typedef struct limits_voters_s limits_voters_t;
+/* entries: a power of two >= LIMITS_VOTER_WAYS, or 0 for
+ * LIMITS_VOTER_ENTRIES. */
+limits_voters_t *limits_voters_new(int rate, int burst, size_t entries);
+/* As limits_take, for the voter of a poll. */
+int limits_voter_take(limits_voters_t *t, const char *poll, size_t poll_len, const char *voter,
+                      size_t voter_len, uint64_t now_ms, int *retry_after_s);
+/* Busy buckets evicted to make room so far. */
+uint64_t limits_voters_evicted(const limits_voters_t *t);
+void limits_voters_free(limits_voters_t *t);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/metrics.h"
 #include "common/util.h"
@@ -22,7 +23,7 @@
 static const char *const reject_reasons[] = {
     "unknown_poll",  "rate_limited",  "malformed_json", "invalid_body",
     "missing_field", "invalid_field", "unknown_field",  "unknown_option",
-    "log_unavailable", "other",
+    "log_unavailable", "unauthorized", "forbidden", "other",
 };
 #define NREASONS (sizeof reject_reasons / sizeof reject_reasons[0])
 static metric_t *m_accepted, *m_rejected[NREASONS], *m_ack_latency;
@@ -88,6 +89,94 @@ static void reject(worker_t *w, http_conn_t *c, int status, const char *code,
         count_rejected(code);                                                                      \
         reject(w, c, status, code, hdrs, __VA_ARGS__);                                             \
     } while (0)
+/* ---- vote integrity: tokens, per-voter limits, hashed voter ids ----
+ * Each step answers (401/403/429) and returns -1, or returns 0; none
+ * touches the log, so a refused vote never reaches it. */
+
+/* 401 unauthorized. RFC 6750 sec. 3: no error attribute when no token was
+ * sent, invalid_token with a description otherwise. */
+static void reply_unauthorized(worker_t *w, http_conn_t *c, const char *why, int had_token) {
+    char hdr[256];
+    if (had_token)
+        snprintf(hdr, sizeof hdr,
+                 "WWW-Authenticate: Bearer realm=\"tally\", error=\"invalid_token\", "
+                 "error_description=\"%s\"\r\n",
+                 why);
+    else
+        snprintf(hdr, sizeof hdr, "WWW-Authenticate: Bearer realm=\"tally\"\r\n");
+    reject_vote(w, c, 401, "unauthorized", hdr, "%s", why);
+}
+
+/* voter_auth = jwt: "Authorization: Bearer <token>", verified. */
+static int vote_authenticate(worker_t *w, http_conn_t *c, const http_req_t *r, jwt_claims_t *cl) {
+    if (!r->authz) {
+        reply_unauthorized(w, c, "this poll needs Authorization: Bearer <token>", 0);
+        return -1;
+    }
+    const char *a = r->authz;
+    size_t n = r->authz_len;
+    if (n < 7 || strncasecmp(a, "Bearer ", 7) != 0) {
+        reply_unauthorized(w, c, "the Authorization scheme must be Bearer", 1);
+        return -1;
+    }
+    a += 7, n -= 7;
+    while (n && (*a == ' ' || *a == '\t'))
+        a++, n--;
+    while (n && (a[n - 1] == ' ' || a[n - 1] == '\t'))
+        n--;
+    char why[128];
+    jwt_err_t e = r->authz_over ? JWT_ERR_TOO_LARGE
+                                : jwt_verify(w->in->jwt, a, n, (int64_t)(now_ms() / 1000), cl, why,
+                                             sizeof why);
+    if (e == JWT_ERR_TOO_LARGE)
+        snprintf(why, sizeof why, "the token is larger than %d bytes", JWT_MAX_LEN);
+    if (e != JWT_OK) {
+        reply_unauthorized(w, c, why, 1);
+        return -1;
+    }
+    return 0;
+}
+
+/* The token's sub is the voter; a body voter must be the same, and a poll
+ * claim must name this poll. */
+static int vote_bind_voter(worker_t *w, http_conn_t *c, const poll_conf_t *poll,
+                           const jwt_claims_t *cl, vote_record_t *v) {
+    if (cl->poll_set && (cl->poll_long || strcmp(cl->poll, poll->id) != 0)) {
+        reject_vote(w, c, 403, "forbidden", NULL, "the token is for another poll");
+        return -1;
+    }
+    if (v->voter && (v->voter_len != cl->sub_len || memcmp(v->voter, cl->sub, cl->sub_len))) {
+        reject_vote(w, c, 403, "forbidden", NULL, "'voter' is not the token's subject");
+        return -1;
+    }
+    v->voter = cl->sub;
+    v->voter_len = cl->sub_len;
+    return 0;
+}
+
+/* limits.voter_rate, on the id as sent (before any hashing). */
+static int vote_voter_limited(worker_t *w, http_conn_t *c, const vote_record_t *v) {
+    int retry = 1;
+    if (!v->voter ||
+        limits_voter_take(w->in->voters, v->poll, v->poll_len, v->voter, v->voter_len, mono_ms(),
+                          &retry))
+        return 0;
+    char hdr[48];
+    snprintf(hdr, sizeof hdr, "Retry-After: %d\r\n", retry);
+    reject_vote(w, c, 429, "rate_limited", hdr, "too many votes from this voter");
+    return -1;
+}
+
+/* auth.voter_id_key_file: the log gets the keyed hash, never the id. */
+static void vote_hash_voter(const ingest_t *in, vote_record_t *v,
+                            uint8_t tag[RECORD_VOTER_HMAC_LEN]) {
+    if (!v->voter)
+        return;
+    voter_hmac(in->voter_key, v->voter, v->voter_len, tag);
+    v->voter = (const char *)tag;
+    v->voter_len = RECORD_VOTER_HMAC_LEN;
+    v->flags |= RECORD_F_VOTER_HMAC;
+}
 
 /* ---- votes ---- */
 
@@ -116,6 +205,9 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
             return;
         }
     }
+    jwt_claims_t claims;
+    if (poll->voter_auth == POLL_AUTH_JWT && vote_authenticate(w, c, r, &claims) != 0)
+        return;
     vote_record_t v;
     char voter[VOTE_SCRATCH_MIN];
     vote_error_t e;
@@ -123,6 +215,13 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
         reject_vote(w, c, e.status, e.code, NULL, "%s", e.message);
         return;
     }
+    if (poll->voter_auth == POLL_AUTH_JWT && vote_bind_voter(w, c, poll, &claims, &v) != 0)
+        return;
+    if (in->voters && vote_voter_limited(w, c, &v) != 0)
+        return;
+    uint8_t voter_tag[RECORD_VOTER_HMAC_LEN];
+    if (in->voter_key)
+        vote_hash_voter(in, &v, voter_tag);
     uint8_t rec[RECORD_MAX_LEN];
     size_t rlen = record_encode(&v, rec);
     tally_assert(rlen > 0); /* every field was validated */

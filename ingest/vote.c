@@ -103,7 +103,8 @@ static int check_body(const poll_conf_t *p, json_t *root, uint64_t ts_ms, vote_r
         if (!voter_valid(vs, vlen))
             return fail(err, 400, "invalid_field",
                         "'voter' must be 1-%d bytes without control characters", VOTER_MAX_LEN);
-    } else if (p->mode != MODE_UNLIMITED) {
+    } else if (p->mode != MODE_UNLIMITED && p->voter_auth != POLL_AUTH_JWT) {
+        /* On a jwt poll the token's sub is the voter: the route fills it. */
         return fail(err, 400, "missing_field", "'voter' is required in %s mode",
                     poll_mode_name(p->mode));
     }

@@ -15,7 +15,8 @@
  *   (common/ids.h) naming an option of the poll;
  * - "voter": a string of 1-256 bytes without control characters. Required
  *   unless the poll is in unlimited mode, where a missing or null voter is
- *   an anonymous vote;
+ *   an anonymous vote, or has voter_auth = jwt, where the route takes the
+ *   voter from the token (rec->voter NULL: none was sent);
  * - any other field is rejected (400 unknown_field): a misspelt "votr" must
  *   not turn into an anonymous vote, nor extra data pass unseen.
  * Bodies over VOTE_BODY_MAX are refused before parsing.

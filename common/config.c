@@ -57,6 +57,8 @@ static const key_def_t keys[] = {
      OFF(server_max_connections_per_ip), "open connections per client address (0: no cap)"},
     {"server", "trusted_proxies", T_STR, "", 0, 0, OFF(server_trusted_proxies),
      "CIDR list (IPv4/IPv6) of proxies whose X-Forwarded-For names the client"},
+    {"ingest", "idempotency_window_s", T_INT, "600", 1, 604800, OFF(ingest_idempotency_window_s),
+     "a vote retried with the same Idempotency-Key within this many seconds counts once"},
     {"limits", "ip_rate", T_INT, "0", 0, 10000000, OFF(limits_ip_rate),
      "votes per second per client address, then 429 (0: off)"},
     {"limits", "ip_burst", T_INT, "100", 1, 10000000, OFF(limits_ip_burst),

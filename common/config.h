@@ -51,6 +51,8 @@ typedef struct {
     int server_max_connections;
     int server_max_connections_per_ip; /* 0: no cap */
     char *server_trusted_proxies;  /* CIDR list whose X-Forwarded-For is believed */
+    /* [ingest] */
+    int ingest_idempotency_window_s; /* a retried Idempotency-Key counts once within this */
     /* [limits] */
     int limits_ip_rate;            /* votes per second per client; 0: off */
     int limits_ip_burst;

@@ -232,7 +232,10 @@ static void partition_reset(engine_t *e, int p) {
             atomic_store(&pt->polls[i].counts[o], 0);
         voters_free(&pt->polls[i].voters);
         voters_init(&pt->polls[i].voters);
+        series_free(&pt->polls[i].series);
     }
+    idem_free(&pt->idem);
+    atomic_store(&pt->retried, 0);
     pt->position = 0;
 }
 

@@ -186,6 +186,10 @@ size_t idem_bytes(const idem_t *d) {
 
 /* ---- snapshots ---- */
 
+size_t idem_snapshot_size(const idem_t *d) {
+    return 16 + 24 * d->live;
+}
+
 void idem_snapshot_write(const idem_t *d, idem_emit_fn emit, void *arg) {
     enum { CHUNK = 1024 };
     uint8_t buf[CHUNK * 24];

@@ -78,6 +78,7 @@ size_t idem_bytes(const idem_t *d);
  * with errstr (truncated, trailing bytes, a malformed entry), d then
  * empty. */
 typedef void (*idem_emit_fn)(void *arg, const void *p, size_t n);
+size_t idem_snapshot_size(const idem_t *d); /* bytes write will emit */
 void idem_snapshot_write(const idem_t *d, idem_emit_fn emit, void *arg);
 int idem_snapshot_read(idem_t *d, const uint8_t *p, size_t len, char *errstr, size_t esz);
 

@@ -204,6 +204,17 @@ static int row_changed(_Atomic uint64_t *cells, int nopt, uint64_t x) {
     return 0;
 }
 
+size_t series_snapshot_size(const series_t *s) {
+    _Atomic uint64_t *cells =
+        atomic_load_explicit((_Atomic uint64_t *_Atomic *)&s->cells, memory_order_relaxed);
+    uint64_t newest = atomic_load_explicit(&s->newest, memory_order_relaxed);
+    uint64_t oldest = atomic_load_explicit(&s->oldest, memory_order_relaxed);
+    size_t n = 0;
+    for (uint64_t x = oldest; cells && x <= newest; x++)
+        n += (size_t)row_changed(cells, s->noptions, x);
+    return 24 + n * (8 + 8 * (size_t)s->noptions);
+}
+
 void series_snapshot_write(const series_t *s, series_emit_fn emit, void *arg) {
     _Atomic uint64_t *cells =
         atomic_load_explicit((_Atomic uint64_t *_Atomic *)&s->cells, memory_order_relaxed);

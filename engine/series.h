@@ -71,6 +71,7 @@ void series_view_finish(series_view_t *v);
  * set): 0, or -1 with errstr (malformed: wrong length, a minute outside the ring, out of order), s
  * then empty. */
 typedef void (*series_emit_fn)(void *arg, const void *p, size_t n);
+size_t series_snapshot_size(const series_t *s); /* bytes write will emit */
 void series_snapshot_write(const series_t *s, series_emit_fn emit, void *arg);
 int series_snapshot_read(series_t *s, const uint8_t *p, size_t len, char *errstr, size_t esz);
 

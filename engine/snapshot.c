@@ -9,7 +9,20 @@
  *   u32 npolls, then per poll:
  *     u8 idlen id u8 mode u32 noptions, per option: u8 idlen id u64 count
  *     u64 nvoters, then nvoters 16-byte voter slots
+ *   [sections, since idempotency keys and series]
+ *     "SECT" u32 nsections, per section: 4-byte tag, u64 len, len bytes:
+ *     "IDEM" the partition's idempotency keys (idem_snapshot_write)
+ *     "SERS" u32 npolls, per poll: u8 idlen id, u64 len, the poll's series
+ *            (series_snapshot_write)
  *   u64 XXH3-64 of everything before it
+ *
+ * A section body is written and read by its own module, so state can be
+ * added without touching the rest of the layout. An unknown tag refuses the
+ * snapshot (its state would be lost: the partition is recounted). A
+ * snapshot without sections (an older tally's) loads with no keys held and
+ * each poll's loaded totals in the series bucket of the snapshot's
+ * created_ms (the minutes of the votes before it are not in it). An older
+ * tally refuses a snapshot with sections as malformed and recounts.
  *
  * A snapshot is used only if it was taken from the very log being read
  * (its log id, see vlog_id: a position means nothing in another byte
@@ -76,6 +89,8 @@ static void sw_u64(swriter_t *w, uint64_t v) {
     le_put64(b, v);
     sw(w, b, 8);
 }
+static void sw_emit(void *arg, const void *p, size_t n) { sw(arg, p, n); }
+
 static void sw_str(swriter_t *w, const char *s) {
     size_t n = strlen(s);
     sw_u8(w, (uint8_t)n);
@@ -162,6 +177,22 @@ tally_err_t engine_snapshot_save(engine_t *e, int p, const char *dir, char *errs
         }
         sw_u64(&w, pp->voters.count);
         sw_slots(&w, &pp->voters);
+    }
+    sw(&w, "SECT", 4);
+    sw_u32(&w, 2);
+    sw(&w, "IDEM", 4);
+    sw_u64(&w, idem_snapshot_size(&pt->idem));
+    idem_snapshot_write(&pt->idem, sw_emit, &w);
+    uint64_t slen = 4;
+    for (int i = 0; i < e->npolls; i++)
+        slen += 1 + strlen(e->conf->polls[i].id) + 8 + series_snapshot_size(&pt->polls[i].series);
+    sw(&w, "SERS", 4);
+    sw_u64(&w, slen);
+    sw_u32(&w, (uint32_t)e->npolls);
+    for (int i = 0; i < e->npolls; i++) {
+        sw_str(&w, e->conf->polls[i].id);
+        sw_u64(&w, series_snapshot_size(&pt->polls[i].series));
+        series_snapshot_write(&pt->polls[i].series, sw_emit, &w);
     }
     uint64_t sum = XXH3_64bits_digest(w.h);
     XXH3_freeState(w.h);
@@ -284,6 +315,78 @@ static tally_err_t refuse(tally_err_t err, const char *why, char *errstr, size_t
     return err;
 }
 
+/* The "SERS" section: every poll's series. */
+static tally_err_t load_series(engine_t *e, int p, sreader_t *r, char *errstr, size_t esz) {
+    partition_t *pt = &e->parts[p];
+    if (sr_u32(r) != (uint32_t)e->npolls)
+        return refuse(TALLY_ERR_CORRUPT, "series of another set of polls", errstr, esz);
+    for (int k = 0; k < e->npolls && !r->bad; k++) {
+        uint8_t idlen = sr_u8(r);
+        const char *id = (const char *)sr(r, idlen);
+        int i = id ? engine_poll_index(e, id, idlen) : -1;
+        uint64_t len = sr_u64(r);
+        if (r->bad || len > (uint64_t)(r->end - r->p))
+            return refuse(TALLY_ERR_CORRUPT, "truncated series", errstr, esz);
+        if (i < 0)
+            return refuse(TALLY_ERR_CORRUPT, "series of an unknown poll", errstr, esz);
+        char why[160];
+        if (series_snapshot_read(&pt->polls[i].series, sr(r, (size_t)len), (size_t)len, why,
+                                 sizeof why) != 0)
+            return refuse(TALLY_ERR_CORRUPT, why, errstr, esz);
+    }
+    return r->bad ? refuse(TALLY_ERR_CORRUPT, "truncated series", errstr, esz) : TALLY_OK;
+}
+
+/* The sections after the polls (see the layout above). */
+static tally_err_t load_sections(engine_t *e, int p, sreader_t *r, char *errstr, size_t esz) {
+    const uint8_t *m = sr(r, 4);
+    if (!m || memcmp(m, "SECT", 4) != 0)
+        return refuse(TALLY_ERR_CORRUPT, "malformed", errstr, esz);
+    uint32_t n = sr_u32(r);
+    int have_series = 0;
+    for (uint32_t k = 0; k < n && !r->bad; k++) {
+        const uint8_t *tag = sr(r, 4);
+        uint64_t len = sr_u64(r);
+        if (r->bad || len > (uint64_t)(r->end - r->p))
+            return refuse(TALLY_ERR_CORRUPT, "truncated section", errstr, esz);
+        sreader_t body = {r->p, r->p + len, 0};
+        r->p += len;
+        char why[160];
+        tally_err_t err = TALLY_OK;
+        if (!memcmp(tag, "IDEM", 4)) {
+            if (idem_snapshot_read(&e->parts[p].idem, body.p, (size_t)len, why, sizeof why) != 0)
+                err = refuse(TALLY_ERR_CORRUPT, why, errstr, esz);
+        } else if (!memcmp(tag, "SERS", 4)) {
+            err = load_series(e, p, &body, errstr, esz);
+            if (err == TALLY_OK && body.p != body.end)
+                err = refuse(TALLY_ERR_CORRUPT, "malformed series", errstr, esz);
+            have_series = 1;
+        } else {
+            err = refuse(TALLY_ERR_STATE, "a section this tally does not know (a newer one's)",
+                         errstr, esz);
+        }
+        if (err != TALLY_OK)
+            return err;
+    }
+    if (r->bad || r->p != r->end)
+        return refuse(TALLY_ERR_CORRUPT, "malformed", errstr, esz);
+    if (!have_series)
+        return refuse(TALLY_ERR_CORRUPT, "no series section", errstr, esz);
+    return TALLY_OK;
+}
+
+/* A snapshot of an older tally has no series: its totals go into the
+ * minute it was taken, so the buckets still sum to the totals. */
+static void series_from_totals(engine_t *e, int p, uint64_t created_ms) {
+    partition_t *pt = &e->parts[p];
+    for (int i = 0; i < e->npolls; i++)
+        for (int o = 0; o < e->conf->polls[i].noptions; o++) {
+            uint64_t c = atomic_load(&pt->polls[i].counts[o]);
+            if (c)
+                series_add(&pt->polls[i].series, created_ms, o, (int64_t)c);
+        }
+}
+
 /* The snapshot's body after the header, into partition p. */
 static tally_err_t load_polls(engine_t *e, int p, sreader_t *r, char *errstr, size_t esz) {
     partition_t *pt = &e->parts[p];
@@ -320,7 +423,7 @@ static tally_err_t load_polls(engine_t *e, int p, sreader_t *r, char *errstr, si
         if (voters_insert_slots(&pt->polls[i].voters, q, (size_t)nv, pc->noptions) != nv)
             return refuse(TALLY_ERR_CORRUPT, "a voter slot is malformed", errstr, esz);
     }
-    if (r->bad || r->p != r->end)
+    if (r->bad)
         return refuse(TALLY_ERR_CORRUPT, "malformed", errstr, esz);
     return TALLY_OK;
 }
@@ -503,6 +606,10 @@ tally_err_t engine_snapshot_load_file(engine_t *e, int p, const char *path, char
         goto out;
     }
     if ((err = load_polls(e, p, &r, errstr, esz)) != TALLY_OK)
+        goto out;
+    if (r.p == r.end)
+        series_from_totals(e, p, h.created_ms);
+    else if ((err = load_sections(e, p, &r, errstr, esz)) != TALLY_OK)
         goto out;
     partition_t *pt = &e->parts[p];
     pt->position = position;

@@ -24,7 +24,7 @@
 #define TE_CAP 64
 #define EXPECT_CAP 32
 
-typedef enum { H_OTHER, H_TE, H_EXPECT, H_XFF, H_HOST } hdr_kind_t;
+typedef enum { H_OTHER, H_TE, H_EXPECT, H_XFF, H_HOST, H_IDEM } hdr_kind_t;
 typedef enum { S_IDLE, S_HEADERS, S_BODY, S_DISPATCHED } req_state_t;
 
 struct http_conn_s {
@@ -54,6 +54,7 @@ struct http_conn_s {
     unsigned http10 : 1;
     unsigned value_started : 1;
     unsigned te_seen : 1, te_over : 1, xff_over : 1, xff_seen : 1, hname_over : 1;
+    unsigned idem_seen : 1, idem_over : 1;
     unsigned host_count : 2;
     unsigned prev_cr : 1;    /* framing scan: the last framing byte was CR */
     unsigned after_data : 1; /* framing scan: a chunk's data just ended */
@@ -74,6 +75,8 @@ struct http_conn_s {
     size_t expect_len;
     char xff[HTTP_MAX_XFF];
     size_t xff_len;
+    char idem[HTTP_MAX_IDEM];
+    size_t idem_len;
     char url[HTTP_MAX_TARGET + 1];
     size_t url_len;
     char body[HTTP_MAX_BODY];
@@ -301,6 +304,8 @@ static int on_message_begin(http_parser *p) {
     c->state = S_HEADERS;
     c->url_len = c->hname_len = c->te_len = c->expect_len = c->xff_len = c->body_len = 0;
     c->te_seen = c->te_over = c->xff_over = c->xff_seen = c->hname_over = 0;
+    c->idem_seen = c->idem_over = 0;
+    c->idem_len = 0;
     c->value_started = c->hdrs_paused = c->msg_done = c->head = 0;
     c->host_count = 0;
     c->prev_cr = c->after_data = 0;
@@ -373,6 +378,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
                    : name_is(c, "expect")          ? H_EXPECT
                    : name_is(c, "x-forwarded-for") ? H_XFF
                    : name_is(c, "host")            ? H_HOST
+                   : name_is(c, "idempotency-key") ? H_IDEM
                                                    : H_OTHER;
     }
     switch (c->hkind) {
@@ -393,6 +399,12 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
     case H_HOST:
         if (first && ++c->host_count > 1)
             return fail(c, 400, "bad_request", "more than one Host header");
+        break;
+    case H_IDEM:
+        /* Repeated: joined with ", ", which no valid key holds. */
+        c->idem_seen = 1;
+        if (!c->idem_over && append(c->idem, HTTP_MAX_IDEM, &c->idem_len, at, len, first) != 0)
+            c->idem_over = 1;
         break;
     case H_OTHER: break;
     }
@@ -534,6 +546,10 @@ static void dispatch(http_conn_t *c) {
     if (c->xff_seen && !c->xff_over) {
         r.xff = c->xff;
         r.xff_len = c->xff_len;
+    }
+    if (c->idem_seen) {
+        r.idem_key = c->idem;
+        r.idem_key_len = c->idem_over ? HTTP_MAX_IDEM + 1 : c->idem_len;
     }
     c->state = S_DISPATCHED;
     c->cfg->handler(c->cfg->arg, c, &r);

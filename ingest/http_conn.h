@@ -37,6 +37,8 @@ struct event_base;
 #define HTTP_MAX_BODY 4096
 #define HTTP_MAX_TARGET 4096
 #define HTTP_MAX_XFF 512
+/* Idempotency-Key bytes kept; a longer value is reported as over. */
+#define HTTP_MAX_IDEM 80
 
 typedef struct http_conn_s http_conn_t;
 
@@ -51,6 +53,11 @@ typedef struct {
     size_t body_len;
     const char *xff; /* X-Forwarded-For (all such headers joined), or NULL */
     size_t xff_len;
+    /* Idempotency-Key (repeats joined with ", "), or NULL; a value over
+     * HTTP_MAX_IDEM bytes has idem_key_len HTTP_MAX_IDEM + 1 (its bytes
+     * are then not all there). */
+    const char *idem_key;
+    size_t idem_key_len;
 } http_req_t;
 
 /* What the owner plugs in; arg is passed back. handler must answer (reply,

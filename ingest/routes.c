@@ -68,7 +68,8 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
     vote_record_t v;
     char voter[VOTE_SCRATCH_MIN];
     vote_error_t e;
-    if (vote_parse(poll, r->body, r->body_len, now_ms(), &v, voter, sizeof voter, &e) != 0) {
+    if (vote_parse(poll, r->body, r->body_len, now_ms(), &v, voter, sizeof voter, &e) != 0 ||
+        vote_parse_idem_key(r->idem_key, r->idem_key_len, &v, &e) != 0) {
         reject(w, c, e.status, e.code, NULL, "%s", e.message);
         return;
     }

@@ -134,8 +134,12 @@ static void prune(idem_t *d) {
         popped = 1;
     }
     size_t cap = ring_cap(d);
-    if (popped && cap > RING_MIN && (d->tail - d->head) * SHRINK_BELOW < cap)
-        resize(d, cap / 2);
+    if (popped && cap > RING_MIN && (d->tail - d->head) * SHRINK_BELOW < cap) {
+        size_t to = RING_MIN;
+        while (to < (d->tail - d->head) * 2)
+            to *= 2;
+        resize(d, to);
+    }
 }
 
 void idem_observe(idem_t *d, uint64_t ts_ms) {

@@ -622,6 +622,12 @@ tally_err_t engine_snapshot_load_file(engine_t *e, int p, const char *path, char
     }
     atomic_store(&pt->voters_pub, voters);
     atomic_store(&pt->bytes_pub, bytes);
+    uint64_t sbytes = 0;
+    for (int i = 0; i < e->npolls; i++)
+        sbytes += series_bytes(&pt->polls[i].series);
+    atomic_store(&pt->idem_pub, idem_count(&pt->idem));
+    atomic_store(&pt->idem_bytes_pub, idem_bytes(&pt->idem));
+    atomic_store(&pt->series_bytes_pub, sbytes);
 out:
     if (err != TALLY_OK)
         partition_reset(e, p);

@@ -1,6 +1,6 @@
 /* The publisher: turns the engine's totals into static results files in
  * publisher.dir, each written atomically (temp file + rename):
- *   polls/ID.json   machine-readable totals
+ *   polls/ID.json   machine-readable totals and the per-minute series
  *   polls/ID.html   the results page, refreshing itself
  *   index.html      the list of polls
  * A poll's files are rewritten only when its totals changed, and at most once
@@ -40,6 +40,10 @@ uint64_t pub_writes(const publisher_t *p);
 /* Rendering, no I/O (render.c). counts has poll->noptions entries. */
 void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
                      buf_t *out);
+/* The same with the per-minute series (series NULL: no "series" field);
+ * series has poll->noptions deltas a row, as engine_poll_read gives it. */
+void pub_render_json_series(const poll_conf_t *poll, const uint64_t *counts,
+                            const series_view_t *series, uint64_t updated_ms, buf_t *out);
 void pub_render_html(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
                      buf_t *out);
 void pub_render_index(const tally_config_t *c, uint64_t updated_ms, buf_t *out);

@@ -361,9 +361,12 @@ static inline void apply_one(engine_t *e, partition_t *pt, const vlog_msg_t *m, 
 
 /* Pass 2 of a chunk: ask for the cache line of every vote's voter slot. */
 static void prefetch_chunk(partition_t *pt, const prep_t *prep, int m) {
-    for (int i = 0; i < m; i++)
+    for (int i = 0; i < m; i++) {
         if (prep[i].what == PREP_VOTE && prep[i].voter)
             voters_prefetch(&pt->polls[prep[i].pi].voters, prep[i].key);
+        if (prep[i].what == PREP_VOTE && prep[i].keyed)
+            idem_prefetch(&pt->idem, prep[i].ikey);
+    }
 }
 
 /* Applies msgs[0..n) of one partition in order, CHUNK records at a time in

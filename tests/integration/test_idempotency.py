@@ -1,4 +1,4 @@
-"""Idempotency-Key over real sockets: a vote retried with the same key is
+"""tsan: Idempotency-Key over real sockets: a vote retried with the same key is
 answered 202 every time and counted once, in one-per-voter, changeable and
 unlimited (anonymous) polls; also when tally run is killed -9 between the
 first send and the retry (state from snapshots + log), and in tally replay.

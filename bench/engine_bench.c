@@ -43,6 +43,8 @@ static const char *help =
     "      --zipf-s S           zipf exponent (default 1.0)\n"
     "      --runs N             timed runs over the same records (default 1)\n"
     "      --seed N             generator seed (default 1)\n"
+    "      --keys               every vote carries its own Idempotency-Key (the cost of\n"
+    "                           the engine's idempotency table; none is a retry)\n"
     "      --json FILE          the results as JSON too ('-' for stdout)\n"
     "  -q, --quiet              no progress on stderr\n";
 
@@ -57,6 +59,7 @@ typedef struct {
     uint64_t seed;
     const char *json_path;
     int quiet;
+    int keys;
 } eo_t;
 
 typedef struct eb_s eb_t;
@@ -131,6 +134,7 @@ static void gen_thread(ew_t *w) {
     buf_reserve(&w->recs, (size_t)n * 32);
     uint64_t ts = now_ms();
     uint8_t rec[RECORD_MAX_LEN];
+    char key[32];
     for (uint64_t j = 0; j < n; j++) {
         int i = (int)(j % (uint64_t)P);
         if (w->nlist[i] == 0)
@@ -151,6 +155,10 @@ static void gen_thread(ew_t *w) {
             .voter = vid,
             .voter_len = vlen,
         };
+        if (eb->o.keys) {
+            r.key = key;
+            r.key_len = (size_t)snprintf(key, sizeof key, "t%dk%llu", w->id, (unsigned long long)j);
+        }
         size_t len = record_encode(&r, rec);
         tally_assert(len > 0);
         uint16_t l16 = (uint16_t)len;
@@ -249,7 +257,18 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 static int parse_opts(int argc, char **argv, eo_t *o) {
-    enum { O_VOTERS = 256, O_MODE, O_OPTIONS, O_CONFIG, O_DIST, O_ZIPF, O_RUNS, O_SEED, O_JSON };
+    enum {
+        O_VOTERS = 256,
+        O_MODE,
+        O_OPTIONS,
+        O_CONFIG,
+        O_DIST,
+        O_ZIPF,
+        O_RUNS,
+        O_SEED,
+        O_JSON,
+        O_KEYS
+    };
     static const struct option longopts[] = {{"threads", required_argument, 0, 't'},
                                              {"votes", required_argument, 0, 'n'},
                                              {"voters", required_argument, 0, O_VOTERS},
@@ -259,6 +278,7 @@ static int parse_opts(int argc, char **argv, eo_t *o) {
                                              {"dist", required_argument, 0, O_DIST},
                                              {"zipf-s", required_argument, 0, O_ZIPF},
                                              {"runs", required_argument, 0, O_RUNS},
+                                             {"keys", no_argument, 0, O_KEYS},
                                              {"seed", required_argument, 0, O_SEED},
                                              {"json", required_argument, 0, O_JSON},
                                              {"quiet", no_argument, 0, 'q'},
@@ -324,6 +344,7 @@ static int parse_opts(int argc, char **argv, eo_t *o) {
                 bad = "--seed: a non-negative integer";
             break;
         case O_JSON: o->json_path = optarg; break;
+        case O_KEYS: o->keys = 1; break;
         case 'q': o->quiet = 1; break;
         case 'h': fputs(help, stdout); exit(0);
         default:

@@ -73,6 +73,10 @@ static const char *help =
     "      --jwt-key-file F     sign an HS256 voter token per voter with the secret in F\n"
     "                           (auth.jwt_hs256_key_file) and send it as Authorization:\n"
     "                           Bearer; sub is the voter id the body names\n"
+    "      --idempotency        send an Idempotency-Key with every vote (unique per vote)\n"
+    "      --retry-ratio R      resend this share of votes once, the same request with\n"
+    "                           the same key, on another connection, after its answer\n"
+    "                           (implies --idempotency); --verify counts each once\n"
     "Checks:\n"
     "      --verify DIR         after the run, wait until DIR/polls/*.json (publisher.dir)\n"
     "                           show exactly the totals the 202s imply; exit 3 if not.\n"
@@ -95,9 +99,13 @@ typedef struct bh_s bh_t;
 typedef struct {
     bh_t *b;
     struct evhttp_connection *evcon;
+    struct evhttp_connection *retry_evcon; /* --retry-ratio: the retries' own connection */
     int is_probe;
     gen_vote_t vote;
     uint64_t intended_ns;
+    uint64_t key;   /* --idempotency: the vote's key number */
+    int in_retry;   /* the retry of vote is in flight */
+    int first_code; /* the first attempt's answer (0: none) */
 } conn_t;
 
 typedef struct {
@@ -114,6 +122,8 @@ typedef struct {
     double zipf_s, repeat, change;
     uint64_t seed;
     int seed_set;
+    int idempotency;
+    double retry_ratio;
     const char *verify_dir;
     double verify_timeout_s;
     const char *fresh_poll;
@@ -157,6 +167,10 @@ struct bh_s {
     uint64_t sent, done, gen_blocked;
     uint64_t status[NSTATUS];
     uint64_t no_response; /* errors and timeouts: outcome unknown */
+    uint64_t unknown;     /* votes whose outcome is unknown (a retry may settle it) */
+    uint64_t key_seq;     /* --idempotency keys handed out */
+    uint64_t retries, retries_202, retries_settled;
+    rng_t retry_rng;
     hist_t lat, lat_sec;
     struct event *send_ev, *progress_ev, *deadline_ev, *drain_ev, *sigint_ev;
     uint64_t prev_done;
@@ -265,14 +279,20 @@ static char *jwt_bearer(bh_t *b, const char *voter_id, const char *kind, uint64_
     return v;
 }
 
-/* POSTs {"option":option,"voter":"RUNID-<kind><voter>"}; c answers in
- * on_response. Voter ids carry the run id so runs never share voters. */
-static int send_post(bh_t *b, conn_t *c, const char *path, const char *option, const char *kind,
-                     uint64_t voter) {
+/* POSTs {"option":option,"voter":"RUNID-<kind><voter>"} on evcon; c
+ * answers in on_response. Voter ids carry the run id so runs never share
+ * voters; so do idempotency keys (key: "RUNID-<key>", 0: none). */
+static int send_post(bh_t *b, conn_t *c, struct evhttp_connection *evcon, const char *path,
+                     const char *option, const char *kind, uint64_t voter, uint64_t key) {
     struct evhttp_request *req = evhttp_request_new(on_response, c);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Host", b->hostport);
     evhttp_add_header(h, "Content-Type", "application/json");
+    if (key) {
+        char k[64];
+        snprintf(k, sizeof k, "%s-%llu", b->runid, (unsigned long long)key);
+        evhttp_add_header(h, "Idempotency-Key", k);
+    }
     char body[512], id[128];
     snprintf(id, sizeof id, "%s-%s%llu", b->runid, kind, (unsigned long long)voter);
     int n = snprintf(body, sizeof body, "{\"option\":\"%s\",\"voter\":\"%s\"}", option, id);
@@ -285,7 +305,7 @@ static int send_post(bh_t *b, conn_t *c, const char *path, const char *option, c
     }
     evbuffer_add(evhttp_request_get_output_buffer(req), body, (size_t)n);
     /* On failure libevent has freed req and will not call back. */
-    return evhttp_make_request(c->evcon, req, EVHTTP_REQ_POST, path);
+    return evhttp_make_request(evcon, req, EVHTTP_REQ_POST, path);
 }
 
 static struct timeval ns_tv(uint64_t ns) {
@@ -347,7 +367,9 @@ static void pump(bh_t *b) {
         b->sent++;
         if (b->open_loop)
             b->next_k++;
-        if (send_post(b, c, b->paths[v.poll], p->options[v.option].id, "", v.voter) != 0) {
+        c->key = b->o.idempotency ? ++b->key_seq : 0;
+        if (send_post(b, c, c->evcon, b->paths[v.poll], p->options[v.option].id, "", v.voter,
+                      c->key) != 0) {
             /* Never reached the wire: no outcome to account for. */
             b->status[0]++;
             b->done++;
@@ -428,8 +450,8 @@ static void probe_send(bh_t *b) {
     b->probe_busy = 1;
     b->probe.intended_ns = mono_ns();
     b->probe_sent++;
-    if (send_post(b, &b->probe, b->probe_path, b->probe_poll->options[0].id, "p", b->probe_sent) !=
-        0) {
+    if (send_post(b, &b->probe, b->probe.evcon, b->probe_path, b->probe_poll->options[0].id, "p",
+                  b->probe_sent, 0) != 0) {
         b->probe_failed++;
         b->probe_busy = 0;
     }
@@ -473,6 +495,29 @@ static void on_response(struct evhttp_request *req, void *arg) {
         probe_response(b, code);
         return;
     }
+    if (c->in_retry) {
+        /* The vote is settled by its two answers: counted once if either
+         * was a 202 (the engine drops the other as a retry), unknown if
+         * neither was and one got no answer. */
+        c->in_retry = 0;
+        if (code == 202)
+            b->retries_202++;
+        int first = c->first_code;
+        if (first != 202 && code == 202 && first == 0)
+            b->retries_settled++;
+        if (first == 202 || code == 202) {
+            if (b->expect)
+                expect_poll_accept(&b->expect[c->vote.poll], c->vote.voter, c->vote.option);
+            if (first == 0)
+                b->unknown--; /* counted as unknown after the first answer */
+        } else if (code == 0 && first != 0) {
+            b->unknown++;
+        }
+        gen_done(&b->gen, &c->vote);
+        b->freel[b->nfree++] = c;
+        pump(b);
+        return;
+    }
     b->done++;
     b->last_done_ns = now;
     if (code == 0) {
@@ -482,6 +527,22 @@ static void on_response(struct evhttp_request *req, void *arg) {
         uint64_t lat = rate_latency_ns(c->intended_ns, now);
         hist_record(&b->lat, lat);
         hist_record(&b->lat_sec, lat);
+    }
+    if (code == 0)
+        b->unknown++;
+    if (b->o.retry_ratio > 0 && !b->stop_sending && rng_unit(&b->retry_rng) < b->o.retry_ratio) {
+        /* The same request again, as a client that lost the answer would
+         * send it: another connection, the same key. The voter stays busy,
+         * so nothing of theirs comes between. */
+        const poll_conf_t *p = b->polls[c->vote.poll];
+        c->first_code = code;
+        c->in_retry = 1;
+        b->retries++;
+        if (send_post(b, c, c->retry_evcon, b->paths[c->vote.poll], p->options[c->vote.option].id,
+                      "", c->vote.voter, c->key) == 0)
+            return;
+        c->in_retry = 0; /* never sent: the first answer decides */
+        b->retries--;
     }
     if (code == 202 && b->expect)
         expect_poll_accept(&b->expect[c->vote.poll], c->vote.voter, c->vote.option);
@@ -573,6 +634,8 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
         O_REPEAT,
         O_CHANGE,
         O_SEED,
+        O_IDEM,
+        O_RETRY,
         O_VERIFY,
         O_VTIMEOUT,
         O_FPOLL,
@@ -597,6 +660,8 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
                                              {"repeat-ratio", required_argument, 0, O_REPEAT},
                                              {"change-ratio", required_argument, 0, O_CHANGE},
                                              {"seed", required_argument, 0, O_SEED},
+                                             {"idempotency", no_argument, 0, O_IDEM},
+                                             {"retry-ratio", required_argument, 0, O_RETRY},
                                              {"verify", required_argument, 0, O_VERIFY},
                                              {"verify-timeout", required_argument, 0, O_VTIMEOUT},
                                              {"fresh-poll", required_argument, 0, O_FPOLL},
@@ -686,6 +751,13 @@ static int parse_opts(int argc, char **argv, bh_opts_t *o) {
         case O_CHANGE:
             if (bench_parse_double(optarg, &o->change) || o->change < 0 || o->change > 1)
                 bad = "--change-ratio: 0..1";
+            break;
+        case O_IDEM: o->idempotency = 1; break;
+        case O_RETRY:
+            if (bench_parse_double(optarg, &o->retry_ratio) || o->retry_ratio < 0 ||
+                o->retry_ratio > 1)
+                bad = "--retry-ratio: 0..1";
+            o->idempotency = 1;
             break;
         case O_SEED:
             if (bench_parse_count(optarg, &o->seed))
@@ -851,6 +923,12 @@ static void print_report(bh_t *b, double secs) {
     fprintf(out, " of %llu, %d poll%s, up to %llu voters each (%s)\n", (unsigned long long)nk,
             b->npolls, b->npolls == 1 ? "" : "s", (unsigned long long)b->o.voters,
             b->o.dist == DIST_ZIPF ? "zipf" : "uniform");
+    if (b->retries)
+        fprintf(out,
+                "  %-13s %llu votes sent twice (same Idempotency-Key, another connection), "
+                "%llu retries got 202, %llu settled a vote left without an answer\n",
+                "retries", (unsigned long long)b->retries, (unsigned long long)b->retries_202,
+                (unsigned long long)b->retries_settled);
     bench_print_latency(out, "latency ms", &b->lat);
     if (b->open_loop && b->max_backlog > (uint64_t)b->o.nconns)
         fprintf(out,
@@ -897,6 +975,12 @@ static json_t *json_report(bh_t *b, double secs) {
     for (int k = 0; k < VOTE_KINDS; k++)
         bench_json_set_num(mix, vote_kind_name((vote_kind_t)k), (double)b->gen.kinds[k]);
     bench_json_set(r, "latency_ms", bench_json_latency(&b->lat));
+    if (b->o.idempotency) {
+        json_t *rt = bench_json_set(r, "retries", json_object());
+        bench_json_set_num(rt, "sent", (double)b->retries);
+        bench_json_set_num(rt, "accepted", (double)b->retries_202);
+        bench_json_set_num(rt, "settled", (double)b->retries_settled);
+    }
     if (b->open_loop) {
         bench_json_set_num(r, "max_overdue", (double)b->max_backlog);
         bench_json_set_num(r, "unsent_due", (double)b->unsent_due);
@@ -974,7 +1058,8 @@ static int read_baselines(bh_t *b, uint64_t ***base_out, char *err, size_t esz) 
 
 static int do_verify(bh_t *b, uint64_t **base, json_t *json) {
     int n = b->conf->npolls;
-    uint64_t unknown = b->no_response + b->probe_no_response;
+    /* A vote without an answer whose retry got a 202 is known. */
+    uint64_t unknown = b->unknown + b->probe_no_response;
     json_t *v = json ? bench_json_set(json, "verify", json_object()) : NULL;
     if (unknown) {
         fprintf(stderr,
@@ -1036,6 +1121,7 @@ static uint64_t share(uint64_t n, int nthreads, int t) {
 static int worker_init(bh_t *w, const struct event_config *ecfg, char *err, size_t esz) {
     gen_init(&w->gen, w->polls, w->npolls, (uint32_t)w->o.voters, w->o.dist, w->o.zipf_s,
              w->o.repeat, w->o.change, w->o.seed);
+    rng_seed(&w->retry_rng, w->o.seed ^ 0x7e7241ull);
     if (w->o.verify_dir) {
         w->expect = xcalloc((size_t)w->npolls, sizeof *w->expect);
         for (int i = 0; i < w->npolls; i++)
@@ -1063,6 +1149,16 @@ static int worker_init(bh_t *w, const struct event_config *ecfg, char *err, size
         }
         evhttp_connection_set_timeout(c->evcon, w->o.timeout_s);
         evhttp_connection_set_retries(c->evcon, 0); /* a retried POST could count twice */
+        if (w->o.retry_ratio > 0) {
+            c->retry_evcon =
+                evhttp_connection_base_new(w->base, NULL, w->host, (unsigned short)w->port);
+            if (!c->retry_evcon) {
+                snprintf(err, esz, "cannot create a connection to %s", w->hostport);
+                return -1;
+            }
+            evhttp_connection_set_timeout(c->retry_evcon, w->o.timeout_s);
+            evhttp_connection_set_retries(c->retry_evcon, 0);
+        }
         w->freel[w->nfree++] = c;
     }
     /* Free list as a stack, first connection on top. */
@@ -1117,6 +1213,7 @@ static void *worker_run(void *arg) {
     event_base_dispatch(w->base);
     /* Left without an answer (drain timeout, second ^C): outcome unknown. */
     w->no_response += (uint64_t)inflight(w);
+    w->unknown += (uint64_t)inflight(w);
     w->done += (uint64_t)inflight(w);
     if (w->probe_busy && !w->probe_watching)
         w->probe_no_response++;
@@ -1129,6 +1226,10 @@ static void worker_merge(bh_t *b, const bh_t *w) {
     b->done += w->done;
     b->gen_blocked += w->gen_blocked;
     b->no_response += w->no_response;
+    b->unknown += w->unknown;
+    b->retries += w->retries;
+    b->retries_202 += w->retries_202;
+    b->retries_settled += w->retries_settled;
     for (int s = 0; s < NSTATUS; s++)
         b->status[s] += w->status[s];
     for (int k = 0; k < VOTE_KINDS; k++)
@@ -1147,9 +1248,12 @@ static void worker_merge(bh_t *b, const bh_t *w) {
 
 /* Frees what worker_init made (not what the threads share). */
 static void worker_free(bh_t *w) {
-    for (int i = 0; w->conns && i < w->nconns_alloc; i++)
+    for (int i = 0; w->conns && i < w->nconns_alloc; i++) {
         if (w->conns[i].evcon)
             evhttp_connection_free(w->conns[i].evcon);
+        if (w->conns[i].retry_evcon)
+            evhttp_connection_free(w->conns[i].retry_evcon);
+    }
     if (w->probe.evcon)
         evhttp_connection_free(w->probe.evcon);
     struct event *evs[] = {w->send_ev,   w->progress_ev, w->deadline_ev, w->drain_ev,

@@ -148,6 +148,9 @@ int cmd_replay(int argc, char **argv) {
     if (s.skipped)
         printf("skipped %llu records (unreadable, or for polls/options not in the config)\n",
                (unsigned long long)s.skipped);
+    if (s.retried)
+        printf("retried %llu votes (an Idempotency-Key already counted: not counted again)\n",
+               (unsigned long long)s.retried);
     for (int i = 0; i < engine_npolls(e); i++) {
         const poll_conf_t *pc = engine_poll(e, i);
         uint64_t *counts = xmalloc(sizeof *counts * (size_t)pc->noptions);

@@ -111,9 +111,13 @@ static void fill_stats(void *arg, ingest_t *in, buf_t *b) {
             buf_printf(b, "%s%llu", p ? "," : "", (unsigned long long)pos);
         }
         engine_stats_t es = engine_stats(rc->engine);
-        buf_printf(b, "],\"lag\":%lld,\"applied\":%llu,\"skipped\":%llu},\"publisher\":{\"writes\":%llu}",
+        buf_printf(b, "],\"lag\":%lld,\"applied\":%llu,\"skipped\":%llu",
                    have_ends ? (long long)lag : -1LL, (unsigned long long)es.applied,
-                   (unsigned long long)es.skipped, (unsigned long long)pub_writes(rc->pub));
+                   (unsigned long long)es.skipped);
+        buf_printf(b, ",\"retried\":%llu,\"idempotency_keys\":%llu,\"idempotency_bytes\":%llu}",
+                   (unsigned long long)es.retried, (unsigned long long)es.idem_keys,
+                   (unsigned long long)es.idem_bytes);
+        buf_printf(b, ",\"publisher\":{\"writes\":%llu}", (unsigned long long)pub_writes(rc->pub));
     }
     s3_stats_t s3;
     s3_stats(&s3);

@@ -62,6 +62,8 @@ static const key_def_t keys[] = {
      "open Server-Sent Events streams (over every thread), then 503; each is a connection too"},
     {"server", "sse_heartbeat_ms", T_INT, "15000", 100, 3600000, OFF(server_sse_heartbeat_ms),
      "an idle event stream gets a comment line this often (keeps proxies from closing it)"},
+    {"ingest", "idempotency_window_s", T_INT, "600", 1, 604800, OFF(ingest_idempotency_window_s),
+     "a vote retried with the same Idempotency-Key within this many seconds counts once"},
     {"limits", "ip_rate", T_INT, "0", 0, 10000000, OFF(limits_ip_rate),
      "votes per second per client address, then 429 (0: off)"},
     {"limits", "ip_burst", T_INT, "100", 1, 10000000, OFF(limits_ip_burst),

@@ -61,9 +61,11 @@ typedef struct {
     int server_keepalive_timeout_ms;
     int server_max_connections;
     int server_max_connections_per_ip; /* 0: no cap */
-    char *server_trusted_proxies;
+    char *server_trusted_proxies;  /* CIDR list whose X-Forwarded-For is believed */
     int server_sse_max_subscribers; /* event streams over every thread */
-    int server_sse_heartbeat_ms;  /* CIDR list whose X-Forwarded-For is believed */
+    int server_sse_heartbeat_ms;
+    /* [ingest] */
+    int ingest_idempotency_window_s; /* a retried Idempotency-Key counts once within this */
     /* [limits] */
     int limits_ip_rate;            /* votes per second per client; 0: off */
     int limits_ip_burst;

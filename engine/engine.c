@@ -117,7 +117,9 @@ engine_t *engine_new(const tally_config_t *c, int npartitions) {
         for (int i = 0; i < c->npolls; i++) {
             pt->polls[i].counts = xcalloc((size_t)c->polls[i].noptions, sizeof(uint64_t));
             voters_init(&pt->polls[i].voters);
+            series_init(&pt->polls[i].series, c->polls[i].noptions);
         }
+        idem_init(&pt->idem);
     }
     pthread_mutex_init(&e->err_mu, NULL);
     return e;
@@ -130,7 +132,9 @@ void engine_free(engine_t *e) {
         for (int i = 0; i < e->npolls; i++) {
             free(e->parts[p].polls[i].counts);
             voters_free(&e->parts[p].polls[i].voters);
+            series_free(&e->parts[p].polls[i].series);
         }
+        idem_free(&e->parts[p].idem);
         free(e->parts[p].polls);
         free(e->parts[p].touched);
     }
@@ -169,13 +173,17 @@ void engine_batch_end(engine_t *e, int partition) {
     uint64_t s = atomic_load_explicit(&pt->seq, memory_order_relaxed);
     atomic_store_explicit(&pt->seq, s + 1, memory_order_release);
     atomic_store_explicit(&pt->pos_pub, pt->position, memory_order_release);
-    uint64_t voters = 0, bytes = 0;
+    uint64_t voters = 0, bytes = 0, sbytes = 0;
     for (int i = 0; i < e->npolls; i++) {
         voters += pt->polls[i].voters.count;
         bytes += voters_bytes(&pt->polls[i].voters);
+        sbytes += series_bytes(&pt->polls[i].series);
     }
     atomic_store_explicit(&pt->voters_pub, voters, memory_order_relaxed);
     atomic_store_explicit(&pt->bytes_pub, bytes, memory_order_relaxed);
+    atomic_store_explicit(&pt->idem_pub, idem_count(&pt->idem), memory_order_relaxed);
+    atomic_store_explicit(&pt->idem_bytes_pub, idem_bytes(&pt->idem), memory_order_relaxed);
+    atomic_store_explicit(&pt->series_bytes_pub, sbytes, memory_order_relaxed);
     for (int i = 0; i < e->npolls; i++) {
         if (pt->touched[i]) {
             pt->touched[i] = 0;
@@ -207,8 +215,18 @@ typedef struct {
     int what; /* PREP_* */
     int pi, oi;
     int voter; /* the poll keeps voters: key is set */
-    voter_key_t key;
+    int has_ts; /* a vote was decoded: ts is its timestamp */
+    int keyed;  /* it carries an Idempotency-Key: ikey is set */
+    uint64_t ts;
+    voter_key_t key, ikey;
 } prep_t;
+
+/* The idempotency window of poll pi, in ms. The one place it is read: the
+ * poll's definition will hold it (catalog), the config holds it today. */
+static inline uint64_t idem_window_ms(const engine_t *e, int pi) {
+    (void)pi;
+    return (uint64_t)e->conf->ingest_idempotency_window_s * 1000;
+}
 
 /* The last poll seen in a batch: votes come in runs of one poll (a live
  * poll's burst), so most records skip the poll map. Local to one call of
@@ -235,20 +253,27 @@ static inline int find_poll(const engine_t *e, poll_cache_t *pc, const char *id,
  * no partition state, so it may run ahead of the counting. */
 static inline void prepare(const engine_t *e, int partition, poll_cache_t *cache,
                            const vlog_msg_t *m, prep_t *q) {
+    q->has_ts = 0;
+    q->keyed = 0;
     if (!m->rec) {
         q->what = PREP_PROGRESS;
         return;
     }
     vote_record_t v;
     int pi, oi;
-    if (record_decode(m->rec, m->len, &v) != 0 ||
-        (pi = find_poll(e, cache, v.poll, v.poll_len)) < 0 ||
+    int decoded = record_decode(m->rec, m->len, &v) == 0;
+    if (decoded) {
+        /* Every vote read raises the partition's idempotency clock. */
+        q->has_ts = 1;
+        q->ts = m->ts_ms >= 0 ? (uint64_t)m->ts_ms : v.ts_ms;
+    }
+    if (!decoded || (pi = find_poll(e, cache, v.poll, v.poll_len)) < 0 ||
         (oi = idmap_find(&e->opt_maps[pi], v.option, v.option_len)) < 0) {
         note_skipped(partition, m->next_pos, m->rec, m->len);
         q->what = PREP_SKIP;
         return;
     }
-    uint64_t ts = m->ts_ms >= 0 ? (uint64_t)m->ts_ms : v.ts_ms;
+    uint64_t ts = q->ts;
     if (e->until_ms && ts > e->until_ms) {
         q->what = PREP_CUTOFF;
         return;
@@ -257,6 +282,10 @@ static inline void prepare(const engine_t *e, int partition, poll_cache_t *cache
     q->pi = pi;
     q->oi = oi;
     q->voter = 0;
+    if (v.key_len) {
+        q->keyed = 1;
+        q->ikey = idem_key(e->poll_seeds[pi], v.voter, v.voter_len, v.key, v.key_len);
+    }
     if (pc->mode == MODE_UNLIMITED) {
         q->what = PREP_VOTE;
         return;
@@ -273,8 +302,14 @@ static inline void prepare(const engine_t *e, int partition, poll_cache_t *cache
 }
 
 typedef struct {
-    uint64_t applied, skipped, after_cutoff;
+    uint64_t applied, skipped, after_cutoff, retried;
 } run_counts_t;
+
+/* A change of one option's total, and of its minute in the series. */
+static inline void count_change(ppoll_t *pp, uint64_t ts, int oi, int64_t d) {
+    count_add(&pp->counts[oi], d);
+    series_add(&pp->series, ts, oi, d);
+}
 
 /* Pass 3 of a record: count it, in log order. */
 static inline void apply_one(engine_t *e, partition_t *pt, const vlog_msg_t *m, const prep_t *q,
@@ -287,6 +322,8 @@ static inline void apply_one(engine_t *e, partition_t *pt, const vlog_msg_t *m, 
         return;
     }
     pt->position = m->next_pos;
+    if (q->has_ts)
+        idem_observe(&pt->idem, q->ts);
     if (q->what == PREP_SKIP) {
         rc->skipped++;
         return;
@@ -297,21 +334,26 @@ static inline void apply_one(engine_t *e, partition_t *pt, const vlog_msg_t *m, 
     }
     rc->applied++;
     int pi = q->pi, oi = q->oi;
+    /* Before any mode: a retry changes nothing, in every mode. */
+    if (q->keyed && idem_check(&pt->idem, q->ikey, q->ts, idem_window_ms(e, pi))) {
+        rc->retried++;
+        return;
+    }
     ppoll_t *pp = &pt->polls[pi];
     poll_mode_t mode = e->conf->polls[pi].mode;
     if (mode == MODE_UNLIMITED) {
-        count_add(&pp->counts[oi], 1);
+        count_change(pp, q->ts, oi, 1);
         pt->touched[pi] = 1;
         return;
     }
     voter_slot_t *slot;
     int prev = voters_get_or_insert(&pp->voters, q->key, oi, &slot);
     if (prev < 0) {
-        count_add(&pp->counts[oi], 1);
+        count_change(pp, q->ts, oi, 1);
         pt->touched[pi] = 1;
     } else if (mode == MODE_CHANGEABLE && prev != oi) {
-        count_add(&pp->counts[prev], -1);
-        count_add(&pp->counts[oi], 1);
+        count_change(pp, q->ts, prev, -1);
+        count_change(pp, q->ts, oi, 1);
         voters_set_option(slot, oi);
         pt->touched[pi] = 1;
     }
@@ -319,9 +361,12 @@ static inline void apply_one(engine_t *e, partition_t *pt, const vlog_msg_t *m, 
 
 /* Pass 2 of a chunk: ask for the cache line of every vote's voter slot. */
 static void prefetch_chunk(partition_t *pt, const prep_t *prep, int m) {
-    for (int i = 0; i < m; i++)
+    for (int i = 0; i < m; i++) {
         if (prep[i].what == PREP_VOTE && prep[i].voter)
             voters_prefetch(&pt->polls[prep[i].pi].voters, prep[i].key);
+        if (prep[i].what == PREP_VOTE && prep[i].keyed)
+            idem_prefetch(&pt->idem, prep[i].ikey);
+    }
 }
 
 /* Applies msgs[0..n) of one partition in order, CHUNK records at a time in
@@ -338,7 +383,7 @@ static int apply_run(engine_t *e, int partition, const vlog_msg_t *msgs, int n, 
     partition_t *pt = &e->parts[partition];
     prep_t prep[CHUNK];
     poll_cache_t cache = {-1, NULL, 0, 0};
-    run_counts_t rc = {0, 0, 0};
+    run_counts_t rc = {0, 0, 0, 0};
     int last_pi = -1;
     for (int b = 0; b < n; b += CHUNK) {
         int m = n - b < CHUNK ? n - b : CHUNK;
@@ -358,6 +403,8 @@ static int apply_run(engine_t *e, int partition, const vlog_msg_t *msgs, int n, 
         count_add((_Atomic uint64_t *)&pt->skipped, (int64_t)rc.skipped);
     if (rc.after_cutoff)
         count_add((_Atomic uint64_t *)&pt->after_cutoff, (int64_t)rc.after_cutoff);
+    if (rc.retried)
+        count_add(&pt->retried, (int64_t)rc.retried);
     if (pi_out)
         *pi_out = last_pi;
     return (int)rc.applied;
@@ -388,6 +435,10 @@ uint64_t engine_poll_generation(const engine_t *e, int i) {
 }
 
 void engine_poll_totals(const engine_t *e, int i, uint64_t *counts) {
+    engine_poll_read(e, i, counts, NULL);
+}
+
+void engine_poll_read(const engine_t *e, int i, uint64_t *counts, series_view_t *series) {
     int n = e->conf->polls[i].noptions;
     uint64_t stack[64], *tmp = n <= 64 ? stack : xmalloc(sizeof *tmp * (size_t)n);
     memset(counts, 0, sizeof *counts * (size_t)n);
@@ -401,16 +452,23 @@ void engine_poll_totals(const engine_t *e, int i, uint64_t *counts) {
                 continue;
             }
             /* Acquire loads keep the re-check of seq after them. */
+            size_t rows = series ? series->n : 0;
             for (int k = 0; k < n; k++)
                 tmp[k] = atomic_load_explicit(&src[k], memory_order_acquire);
+            if (series)
+                series_read_into(&pt->polls[i].series, series);
             if (atomic_load_explicit(&pt->seq, memory_order_relaxed) == s1)
                 break;
+            if (series)
+                series->n = rows; /* torn: read the partition again */
         }
         for (int k = 0; k < n; k++)
             counts[k] += tmp[k];
     }
     if (tmp != stack)
         free(tmp);
+    if (series)
+        series_view_finish(series);
 }
 
 uint64_t engine_position(const engine_t *e, int partition) {
@@ -426,6 +484,10 @@ engine_stats_t engine_stats(const engine_t *e) {
         s.after_cutoff += atomic_load_explicit(&pt->after_cutoff, memory_order_relaxed);
         s.voters += atomic_load_explicit(&pt->voters_pub, memory_order_relaxed);
         s.state_bytes += atomic_load_explicit(&pt->bytes_pub, memory_order_relaxed);
+        s.retried += atomic_load_explicit(&pt->retried, memory_order_relaxed);
+        s.idem_keys += atomic_load_explicit(&pt->idem_pub, memory_order_relaxed);
+        s.idem_bytes += atomic_load_explicit(&pt->idem_bytes_pub, memory_order_relaxed);
+        s.series_bytes += atomic_load_explicit(&pt->series_bytes_pub, memory_order_relaxed);
     }
     return s;
 }

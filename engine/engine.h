@@ -14,6 +14,7 @@
 
 #include "common/config.h"
 #include "common/err.h"
+#include "engine/series.h"
 #include "log/vlog.h"
 
 typedef struct engine_s engine_t;
@@ -24,6 +25,10 @@ typedef struct {
     uint64_t after_cutoff; /* replay --until: records newer than the cut-off */
     uint64_t voters;       /* distinct (poll, voter) pairs held */
     uint64_t state_bytes;  /* bytes of voter tables */
+    uint64_t retried;      /* keyed votes found to be retries: not counted again */
+    uint64_t idem_keys;    /* idempotency keys held (engine/idem.h) */
+    uint64_t idem_bytes;   /* bytes of their tables */
+    uint64_t series_bytes; /* bytes of the per-minute series */
 } engine_stats_t;
 
 /* The engine keeps a pointer to c: it must outlive the engine. */
@@ -59,6 +64,12 @@ int engine_poll_index(const engine_t *e, const char *id, size_t len);
 uint64_t engine_poll_generation(const engine_t *e, int i);
 /* counts must hold engine_poll(e,i)->noptions entries. */
 void engine_poll_totals(const engine_t *e, int i, uint64_t *counts);
+/* The totals and, when series is not NULL (series_view_init'ed with the
+ * poll's option count), the per-minute series (engine/series.h), read
+ * together: each partition as of one whole batch, so the series' buckets
+ * sum to the counts exactly. series comes back finished (in order, only
+ * minutes with a change); the caller frees it. */
+void engine_poll_read(const engine_t *e, int i, uint64_t *counts, series_view_t *series);
 uint64_t engine_position(const engine_t *e, int partition);
 engine_stats_t engine_stats(const engine_t *e);
 

@@ -6,6 +6,8 @@
 #include <stdatomic.h>
 
 #include "engine/engine.h"
+#include "engine/idem.h"
+#include "engine/series.h"
 #include "engine/voters.h"
 
 /* String id -> index, open addressing; built once from the config. Ids
@@ -27,6 +29,7 @@ typedef struct {
 typedef struct {
     _Atomic uint64_t *counts; /* [noptions], written by the partition's worker */
     voters_t voters;          /* empty in unlimited mode */
+    series_t series;          /* per-minute changes of counts */
 } ppoll_t;
 
 typedef struct {
@@ -36,8 +39,10 @@ typedef struct {
     ppoll_t *polls;             /* [npolls] */
     uint8_t *touched;           /* [npolls]: changed in the current batch */
     uint64_t snap_position;     /* position of the last snapshot written */
-    _Atomic uint64_t applied, skipped, after_cutoff;
+    _Atomic uint64_t applied, skipped, after_cutoff, retried;
     _Atomic uint64_t voters_pub, bytes_pub; /* voter tables, as of the last batch */
+    idem_t idem;                            /* idempotency keys held */
+    _Atomic uint64_t idem_pub, idem_bytes_pub, series_bytes_pub; /* as of the last batch */
 } partition_t;
 
 typedef struct {

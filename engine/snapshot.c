@@ -9,7 +9,22 @@
  *   u32 npolls, then per poll:
  *     u8 idlen id u8 mode u32 noptions, per option: u8 idlen id u64 count
  *     u64 nvoters, then nvoters 16-byte voter slots
+ *   [sections, since idempotency keys and series]
+ *     each: u32 tag u64 len, then len bytes; tag 0 (len 0) ends them:
+ *     1 IDEM    the partition's idempotency keys (idem_snapshot_write)
+ *     2 SERIES  u32 npolls, per poll: u8 idlen id, u64 len, the poll's series
+ *               (series_snapshot_write)
  *   u64 XXH3-64 of everything before it
+ *
+ * A section body is written and read by its own module, so state can be
+ * added without touching the rest of the layout (the same tags and framing
+ * as the poll lifecycle's TLYSNAP4 sections, so they move there as they
+ * are). An unknown tag refuses the snapshot (its state would be lost: the
+ * partition is recounted). A snapshot without sections (an older tally's)
+ * loads with no keys held and each poll's loaded totals in the series
+ * bucket of the snapshot's created_ms (the minutes of the votes before it
+ * are not in it). An older tally refuses a snapshot with sections as
+ * malformed and recounts.
  *
  * A snapshot is used only if it was taken from the very log being read
  * (its log id, see vlog_id: a position means nothing in another byte
@@ -45,6 +60,8 @@
 #define SNAP_MAGIC_V2 "TLYSNAP2"
 /* 3: the log id after the header. */
 #define SNAP_MAGIC "TLYSNAP3"
+/* Section tags after the polls. */
+typedef enum { SNAP_TAG_END = 0, SNAP_TAG_IDEM = 1, SNAP_TAG_SERIES = 2 } snap_tag_t;
 #define SNAP_KEEP 2
 /* magic, partition, npartitions, position, created_ms, idlen */
 #define SNAP_HDR_FIXED (8 + 4 + 4 + 8 + 8)
@@ -76,6 +93,8 @@ static void sw_u64(swriter_t *w, uint64_t v) {
     le_put64(b, v);
     sw(w, b, 8);
 }
+static void sw_emit(void *arg, const void *p, size_t n) { sw(arg, p, n); }
+
 static void sw_str(swriter_t *w, const char *s) {
     size_t n = strlen(s);
     sw_u8(w, (uint8_t)n);
@@ -127,6 +146,27 @@ static void sw_slots(swriter_t *w, const voters_t *v) {
     sw(w, buf, n * 16);
 }
 
+/* The tagged sections after the polls; the last one is SNAP_TAG_END. */
+static void save_sections(engine_t *e, int p, swriter_t *w) {
+    partition_t *pt = &e->parts[p];
+    sw_u32(w, SNAP_TAG_IDEM);
+    sw_u64(w, idem_snapshot_size(&pt->idem));
+    idem_snapshot_write(&pt->idem, sw_emit, w);
+    uint64_t slen = 4;
+    for (int i = 0; i < e->npolls; i++)
+        slen += 1 + strlen(e->conf->polls[i].id) + 8 + series_snapshot_size(&pt->polls[i].series);
+    sw_u32(w, SNAP_TAG_SERIES);
+    sw_u64(w, slen);
+    sw_u32(w, (uint32_t)e->npolls);
+    for (int i = 0; i < e->npolls; i++) {
+        sw_str(w, e->conf->polls[i].id);
+        sw_u64(w, series_snapshot_size(&pt->polls[i].series));
+        series_snapshot_write(&pt->polls[i].series, sw_emit, w);
+    }
+    sw_u32(w, SNAP_TAG_END);
+    sw_u64(w, 0);
+}
+
 tally_err_t engine_snapshot_save(engine_t *e, int p, const char *dir, char *errstr, size_t esz) {
     partition_t *pt = &e->parts[p];
     char path[4200], tmp[4300];
@@ -163,6 +203,7 @@ tally_err_t engine_snapshot_save(engine_t *e, int p, const char *dir, char *errs
         sw_u64(&w, pp->voters.count);
         sw_slots(&w, &pp->voters);
     }
+    save_sections(e, p, &w);
     uint64_t sum = XXH3_64bits_digest(w.h);
     XXH3_freeState(w.h);
     uint8_t b[8];
@@ -232,7 +273,10 @@ static void partition_reset(engine_t *e, int p) {
             atomic_store(&pt->polls[i].counts[o], 0);
         voters_free(&pt->polls[i].voters);
         voters_init(&pt->polls[i].voters);
+        series_free(&pt->polls[i].series);
     }
+    idem_free(&pt->idem);
+    atomic_store(&pt->retried, 0);
     pt->position = 0;
 }
 
@@ -281,6 +325,81 @@ static tally_err_t refuse(tally_err_t err, const char *why, char *errstr, size_t
     return err;
 }
 
+/* The "SERS" section: every poll's series. */
+static tally_err_t load_series(engine_t *e, int p, sreader_t *r, char *errstr, size_t esz) {
+    partition_t *pt = &e->parts[p];
+    if (sr_u32(r) != (uint32_t)e->npolls)
+        return refuse(TALLY_ERR_CORRUPT, "series of another set of polls", errstr, esz);
+    for (int k = 0; k < e->npolls && !r->bad; k++) {
+        uint8_t idlen = sr_u8(r);
+        const char *id = (const char *)sr(r, idlen);
+        int i = id ? engine_poll_index(e, id, idlen) : -1;
+        uint64_t len = sr_u64(r);
+        if (r->bad || len > (uint64_t)(r->end - r->p))
+            return refuse(TALLY_ERR_CORRUPT, "truncated series", errstr, esz);
+        if (i < 0)
+            return refuse(TALLY_ERR_CORRUPT, "series of an unknown poll", errstr, esz);
+        char why[160];
+        if (series_snapshot_read(&pt->polls[i].series, sr(r, (size_t)len), (size_t)len, why,
+                                 sizeof why) != 0)
+            return refuse(TALLY_ERR_CORRUPT, why, errstr, esz);
+    }
+    return r->bad ? refuse(TALLY_ERR_CORRUPT, "truncated series", errstr, esz) : TALLY_OK;
+}
+
+/* One tagged section of partition p's snapshot. */
+static tally_err_t load_section(engine_t *e, int p, uint32_t tag, const uint8_t *data,
+                                uint64_t len, char *errstr, size_t esz) {
+    char why[160];
+    if (tag == SNAP_TAG_IDEM) {
+        if (idem_snapshot_read(&e->parts[p].idem, data, (size_t)len, why, sizeof why) != 0)
+            return refuse(TALLY_ERR_CORRUPT, why, errstr, esz);
+        return TALLY_OK;
+    }
+    if (tag == SNAP_TAG_SERIES) {
+        sreader_t body = {data, data + len, 0};
+        tally_err_t err = load_series(e, p, &body, errstr, esz);
+        if (err == TALLY_OK && body.p != body.end)
+            err = refuse(TALLY_ERR_CORRUPT, "malformed series", errstr, esz);
+        return err;
+    }
+    snprintf(errstr, esz, "section %u unknown to this tally (a newer one wrote it)", tag);
+    return TALLY_ERR_STATE;
+}
+
+/* The sections after the polls, up to SNAP_TAG_END. */
+static tally_err_t load_sections(engine_t *e, int p, sreader_t *r, int *have_series, char *errstr,
+                                 size_t esz) {
+    for (;;) {
+        uint32_t tag = sr_u32(r);
+        uint64_t len = sr_u64(r);
+        if (r->bad || len > (uint64_t)(r->end - r->p))
+            break;
+        const uint8_t *data = sr(r, (size_t)len);
+        if (tag == SNAP_TAG_END)
+            break;
+        tally_err_t err = load_section(e, p, tag, data, len, errstr, esz);
+        if (err != TALLY_OK)
+            return err;
+        *have_series |= tag == SNAP_TAG_SERIES;
+    }
+    if (r->bad || r->p != r->end)
+        return refuse(TALLY_ERR_CORRUPT, "malformed", errstr, esz);
+    return TALLY_OK;
+}
+
+/* A snapshot of an older tally has no series: its totals go into the
+ * minute it was taken, so the buckets still sum to the totals. */
+static void series_from_totals(engine_t *e, int p, uint64_t created_ms) {
+    partition_t *pt = &e->parts[p];
+    for (int i = 0; i < e->npolls; i++)
+        for (int o = 0; o < e->conf->polls[i].noptions; o++) {
+            uint64_t c = atomic_load(&pt->polls[i].counts[o]);
+            if (c)
+                series_add(&pt->polls[i].series, created_ms, o, (int64_t)c);
+        }
+}
+
 /* The snapshot's body after the header, into partition p. */
 static tally_err_t load_polls(engine_t *e, int p, sreader_t *r, char *errstr, size_t esz) {
     partition_t *pt = &e->parts[p];
@@ -317,7 +436,7 @@ static tally_err_t load_polls(engine_t *e, int p, sreader_t *r, char *errstr, si
         if (voters_insert_slots(&pt->polls[i].voters, q, (size_t)nv, pc->noptions) != nv)
             return refuse(TALLY_ERR_CORRUPT, "a voter slot is malformed", errstr, esz);
     }
-    if (r->bad || r->p != r->end)
+    if (r->bad)
         return refuse(TALLY_ERR_CORRUPT, "malformed", errstr, esz);
     return TALLY_OK;
 }
@@ -501,6 +620,11 @@ tally_err_t engine_snapshot_load_file(engine_t *e, int p, const char *path, char
     }
     if ((err = load_polls(e, p, &r, errstr, esz)) != TALLY_OK)
         goto out;
+    int have_series = 0;
+    if (r.p != r.end && (err = load_sections(e, p, &r, &have_series, errstr, esz)) != TALLY_OK)
+        goto out;
+    if (!have_series)
+        series_from_totals(e, p, h.created_ms);
     partition_t *pt = &e->parts[p];
     pt->position = position;
     pt->snap_position = position;
@@ -512,6 +636,12 @@ tally_err_t engine_snapshot_load_file(engine_t *e, int p, const char *path, char
     }
     atomic_store(&pt->voters_pub, voters);
     atomic_store(&pt->bytes_pub, bytes);
+    uint64_t sbytes = 0;
+    for (int i = 0; i < e->npolls; i++)
+        sbytes += series_bytes(&pt->polls[i].series);
+    atomic_store(&pt->idem_pub, idem_count(&pt->idem));
+    atomic_store(&pt->idem_bytes_pub, idem_bytes(&pt->idem));
+    atomic_store(&pt->series_bytes_pub, sbytes);
 out:
     if (err != TALLY_OK)
         partition_reset(e, p);

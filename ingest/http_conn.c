@@ -37,7 +37,7 @@ uint64_t http_now_ms(void) {
 #define IMS_CAP 64 /* an HTTP-date is 29 bytes (IMF-fixdate), 37 at most */
 #define LEID_CAP 64 /* Last-Event-ID: a version number, longer ones are ignored */
 
-typedef enum { H_OTHER, H_TE, H_EXPECT, H_XFF, H_HOST, H_INM, H_IMS, H_LEID, H_AUTHZ } hdr_kind_t;
+typedef enum { H_OTHER, H_TE, H_EXPECT, H_XFF, H_HOST, H_INM, H_IMS, H_LEID, H_AUTHZ, H_IDEM } hdr_kind_t;
 typedef enum { S_IDLE, S_HEADERS, S_BODY, S_DISPATCHED } req_state_t;
 
 struct http_conn_s {
@@ -69,6 +69,7 @@ struct http_conn_s {
     unsigned te_seen : 1, te_over : 1, xff_over : 1, xff_seen : 1, hname_over : 1;
     unsigned inm_seen : 1, inm_over : 1, ims_seen : 1, ims_over : 1;
     unsigned authz_seen : 1, authz_over : 1;
+    unsigned idem_seen : 1, idem_over : 1;
     unsigned host_count : 2;
     unsigned prev_cr : 1;    /* framing scan: the last framing byte was CR */
     unsigned after_data : 1; /* framing scan: a chunk's data just ended */
@@ -96,6 +97,8 @@ struct http_conn_s {
     char ims[IMS_CAP];
     char authz[HTTP_MAX_AUTHZ];
     size_t authz_len;
+    char idem[HTTP_MAX_IDEM];
+    size_t idem_len;
     char url[HTTP_MAX_TARGET + 1];
     size_t url_len;
     char body[HTTP_MAX_BODY];
@@ -412,6 +415,8 @@ static int on_message_begin(http_parser *p) {
     c->leid_over = 0;
     c->authz_seen = c->authz_over = 0;
     c->authz_len = 0;
+    c->idem_seen = c->idem_over = 0;
+    c->idem_len = 0;
     c->value_started = c->hdrs_paused = c->msg_done = c->head = 0;
     c->host_count = 0;
     c->prev_cr = c->after_data = 0;
@@ -488,6 +493,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
                    : name_is(c, "if-modified-since") ? H_IMS
                    : name_is(c, "last-event-id")   ? H_LEID
                    : name_is(c, "authorization")   ? H_AUTHZ
+                   : name_is(c, "idempotency-key") ? H_IDEM
                                                    : H_OTHER;
     }
     switch (c->hkind) {
@@ -529,6 +535,12 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
     case H_LEID:
         if (!c->leid_over && append(c->leid, LEID_CAP, &c->leid_len, at, len, first) != 0)
             c->leid_over = 1;
+        break;
+    case H_IDEM:
+        /* Repeated: joined with ", ", which no valid key holds. */
+        c->idem_seen = 1;
+        if (!c->idem_over && append(c->idem, HTTP_MAX_IDEM, &c->idem_len, at, len, first) != 0)
+            c->idem_over = 1;
         break;
     case H_OTHER: break;
     }
@@ -687,6 +699,10 @@ static void dispatch(http_conn_t *c) {
         r.authz = c->authz;
         r.authz_len = c->authz_len;
         r.authz_over = c->authz_over;
+    }
+    if (c->idem_seen) {
+        r.idem_key = c->idem;
+        r.idem_key_len = c->idem_over ? HTTP_MAX_IDEM + 1 : c->idem_len;
     }
     c->state = S_DISPATCHED;
     c->cfg->handler(c->cfg->arg, c, &r);

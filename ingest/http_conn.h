@@ -40,6 +40,8 @@ struct event_base;
 #define HTTP_MAX_INM 512 /* If-None-Match kept; a longer one matches nothing */
 /* "Bearer " and a token of up to JWT_MAX_LEN (4096) bytes, with room. */
 #define HTTP_MAX_AUTHZ 4160
+/* Idempotency-Key bytes kept; a longer value is reported as over. */
+#define HTTP_MAX_IDEM 80
 
 typedef struct http_conn_s http_conn_t;
 
@@ -66,6 +68,11 @@ typedef struct {
     const char *authz; /* Authorization (repeats joined with ", "), or NULL */
     size_t authz_len;
     int authz_over; /* longer than HTTP_MAX_AUTHZ: authz holds a prefix */
+    /* Idempotency-Key (repeats joined with ", "), or NULL; a value over
+     * HTTP_MAX_IDEM bytes has idem_key_len HTTP_MAX_IDEM + 1 (its bytes
+     * are then not all there). */
+    const char *idem_key;
+    size_t idem_key_len;
 } http_req_t;
 
 /* What the owner plugs in; arg is passed back. handler must answer (reply,

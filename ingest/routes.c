@@ -23,7 +23,7 @@
 static const char *const reject_reasons[] = {
     "unknown_poll",  "rate_limited",  "malformed_json", "invalid_body",
     "missing_field", "invalid_field", "unknown_field",  "unknown_option",
-    "log_unavailable", "unauthorized", "forbidden", "other",
+    "log_unavailable", "unauthorized", "forbidden", "invalid_header", "other",
 };
 #define NREASONS (sizeof reject_reasons / sizeof reject_reasons[0])
 static metric_t *m_accepted, *m_rejected[NREASONS], *m_ack_latency;
@@ -211,7 +211,8 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
     vote_record_t v;
     char voter[VOTE_SCRATCH_MIN];
     vote_error_t e;
-    if (vote_parse(poll, r->body, r->body_len, now_ms(), &v, voter, sizeof voter, &e) != 0) {
+    if (vote_parse(poll, r->body, r->body_len, now_ms(), &v, voter, sizeof voter, &e) != 0 ||
+        vote_parse_idem_key(r->idem_key, r->idem_key_len, &v, &e) != 0) {
         reject_vote(w, c, e.status, e.code, NULL, "%s", e.message);
         return;
     }

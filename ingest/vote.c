@@ -125,6 +125,29 @@ static int check_body(const poll_conf_t *p, json_t *root, uint64_t ts_ms, vote_r
     return 0;
 }
 
+int vote_parse_idem_key(const char *s, size_t len, vote_record_t *rec, vote_error_t *err) {
+    if (!s)
+        return 0;
+    while (len && (*s == ' ' || *s == '\t'))
+        s++, len--;
+    while (len && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+        len--;
+    if (len == 0 || len > RECORD_MAX_KEY)
+        return fail(err, 400, "invalid_header", "Idempotency-Key must be 1-%d characters of "
+                    "[A-Za-z0-9._-] (one header)", RECORD_MAX_KEY);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return fail(err, 400, "invalid_header",
+                        "Idempotency-Key holds a character outside [A-Za-z0-9._-] (at %zu)", i);
+    }
+    rec->key = s;
+    rec->key_len = len;
+    rec->flags |= RECORD_F_IDEM;
+    return 0;
+}
+
 int vote_parse(const poll_conf_t *p, const char *body, size_t len, uint64_t ts_ms,
                vote_record_t *rec, char *scratch, size_t scratch_size, vote_error_t *err) {
     tally_assert(scratch_size >= VOTE_SCRATCH_MIN);

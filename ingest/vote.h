@@ -44,6 +44,7 @@
  *   400 unknown_field    a field other than "option" and "voter"
  *   413 body_too_large   over VOTE_BODY_MAX bytes
  *   422 unknown_option   a well-formed option id the poll does not have
+ *   400 invalid_header   a malformed Idempotency-Key (vote_parse_idem_key)
  * message is for people: printable ASCII, names the problem and where (byte
  * offset), and never repeats request bytes except an id already checked to
  * be [A-Za-z0-9_-]. It is text, not JSON: escape it (common/json.h). */
@@ -64,5 +65,12 @@ typedef struct {
  * 2 us of CPU for a typical body (tests/unit/test_vote.c measures it). */
 int vote_parse(const poll_conf_t *p, const char *body, size_t len, uint64_t ts_ms,
                vote_record_t *rec, char *scratch, size_t scratch_size, vote_error_t *err);
+
+/* The Idempotency-Key header's value (s[0..len), NULL: no header) onto a
+ * parsed vote: 1-64 characters of [A-Za-z0-9._-], surrounding spaces and
+ * tabs ignored. Sets rec->key/key_len (pointing into s) and returns 0; no
+ * header leaves rec without a key. Anything else returns -1 with err (400
+ * invalid_header, naming the header). @locality any thread */
+int vote_parse_idem_key(const char *s, size_t len, vote_record_t *rec, vote_error_t *err);
 
 #endif

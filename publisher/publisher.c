@@ -238,14 +238,18 @@ static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz)
     const poll_conf_t *pc = engine_poll(p->engine, i);
     uint64_t gen = engine_poll_generation(p->engine, i);
     uint64_t *counts = xmalloc(sizeof *counts * (size_t)pc->noptions);
-    engine_poll_totals(p->engine, i, counts);
+    series_view_t series;
+    series_view_init(&series, pc->noptions);
+    /* One read: the series sums to these counts. */
+    engine_poll_read(p->engine, i, counts, &series);
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, pub_metrics_init);
     uint64_t t0 = metrics_now_ns();
     uint64_t now = now_ms();
     uint64_t version = next_version(p, i);
     buf_t json = {0}, html = {0};
-    pub_render_json(pc, counts, now, version, &json);
+    pub_render_json_series(pc, counts, &series, now, version, &json);
+    series_view_free(&series);
     pub_render_html(pc, counts, now, version, &html);
     char name[128];
     tally_err_t rc = TALLY_OK;

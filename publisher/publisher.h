@@ -1,6 +1,6 @@
 /* The publisher: turns the engine's totals into static results files in
  * publisher.dir, each written atomically (temp file + rename):
- *   polls/ID.json   machine-readable totals
+ *   polls/ID.json   machine-readable totals and the per-minute series
  *   polls/ID.html   the results page, kept live by its script (SSE)
  *   vote/ID.html    the page to vote from (written with index.html)
  *   index.html      the list of polls
@@ -52,6 +52,11 @@ uint64_t pub_writes(const publisher_t *p);
 /* version: see "version" in the results JSON (publisher.c next_version). */
 void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
                      uint64_t version, buf_t *out);
+/* The same with the per-minute series (series NULL: no "series" field);
+ * series has poll->noptions deltas a row, as engine_poll_read gives it. */
+void pub_render_json_series(const poll_conf_t *poll, const uint64_t *counts,
+                            const series_view_t *series, uint64_t updated_ms, uint64_t version,
+                            buf_t *out);
 void pub_render_html(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
                      uint64_t version, buf_t *out);
 /* vote/ID.html: a button per option posting to the API. */

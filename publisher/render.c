@@ -29,8 +29,29 @@ static uint64_t poll_total(const poll_conf_t *poll, const uint64_t *counts) {
     return total;
 }
 
+/* "series":{"bucket_ms":60000,"buckets":[{"t":ms,"counts":[d,...]},...]}
+ * with a leading comma: the minutes with a net change, oldest first. */
+static void put_series(buf_t *out, const series_view_t *s) {
+    buf_printf(out, ",\"series\":{\"bucket_ms\":%d,\"buckets\":[", SERIES_BUCKET_MS);
+    for (size_t r = 0; r < s->n; r++) {
+        buf_printf(out, "%s{\"t\":%llu,\"counts\":[", r ? "," : "",
+                   (unsigned long long)s->t_ms[r]);
+        for (int o = 0; o < s->noptions; o++)
+            buf_printf(out, "%s%lld", o ? "," : "",
+                       (long long)s->counts[r * (size_t)s->noptions + (size_t)o]);
+        buf_puts(out, "]}");
+    }
+    buf_puts(out, "]}");
+}
+
 void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
                      uint64_t version, buf_t *out) {
+    pub_render_json_series(poll, counts, NULL, updated_ms, version, out);
+}
+
+void pub_render_json_series(const poll_conf_t *poll, const uint64_t *counts,
+                            const series_view_t *series, uint64_t updated_ms, uint64_t version,
+                            buf_t *out) {
     char ts[40];
     fmt_rfc3339(updated_ms, ts, sizeof ts);
     buf_puts(out, "{\"poll\":");
@@ -48,7 +69,10 @@ void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t u
         json_put_str(out, poll->options[i].label);
         buf_printf(out, ",\"votes\":%llu}", (unsigned long long)counts[i]);
     }
-    buf_puts(out, "],\"updated_at\":");
+    buf_puts(out, "]");
+    if (series)
+        put_series(out, series);
+    buf_puts(out, ",\"updated_at\":");
     json_put_str(out, ts);
     buf_puts(out, "}\n");
 }

@@ -214,6 +214,32 @@ class HttpVerify(unittest.TestCase):
         self.assertIn("expected", p.stderr, msg)
         self.assertIn("<--", p.stderr, msg)
 
+    def stats(self):
+        with urllib.request.urlopen(self.url + "/v1/stats", timeout=5) as r:
+            return json.load(r)
+
+    def test_6_retries_with_the_same_key_count_once(self):
+        """--retry-ratio: a share of votes sent twice with one Idempotency-Key
+        on another connection; --verify expects each once, and the server's
+        engine found exactly that many retries."""
+        before = self.stats()["engine"]["retried"]
+        p, msg, out = self.bench("--votes", "1500", "--connections", "8", "--threads", "2",
+                                 "--retry-ratio", "0.3", "--repeat-ratio", "0.2",
+                                 "--change-ratio", "0.3", "--voters", "400",
+                                 "--verify", self.server.pub,
+                                 "--verify-timeout", str(30 * TMOUT))
+        self.assertEqual(p.returncode, 0, msg)
+        self.assertIn("verify: OK", p.stdout, msg)
+        with open(out) as f:
+            r = json.load(f)
+        sent = r["retries"]["sent"]
+        self.assertGreater(sent, 300, msg)
+        self.assertEqual(r["retries"]["accepted"], sent, msg)
+        deadline = time.monotonic() + 20 * TMOUT
+        while self.stats()["engine"]["retried"] - before != sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.stats()["engine"]["retried"] - before, sent)
+
 
 if __name__ == "__main__":
     unittest.main(argv=[sys.argv[0]] + [a for a in sys.argv[1:] if a == "-v"], verbosity=2)

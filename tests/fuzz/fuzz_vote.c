@@ -13,7 +13,10 @@
  * - the modes agree: a body is accepted in one-per-voter mode exactly when
  *   in changeable mode, and then also in unlimited mode;
  * - json_put_strn() of any bytes is one JSON string jansson reads, equal to
- *   the input whenever the input is valid UTF-8.
+ *   the input whenever the input is valid UTF-8;
+ * - vote_parse_idem_key() of the same bytes (as a header value) accepts
+ *   exactly 1-64 characters of [A-Za-z0-9._-] between spaces and tabs, sets
+ *   the key and its flag, and otherwise refuses with 400 invalid_header.
  * Deterministic (jansson's hash seed is fixed); nothing outlives a run but
  * the config. */
 #include <jansson.h>
@@ -54,7 +57,7 @@ static int known_code(const vote_error_t *e) {
         const char *code;
     } codes[] = {{400, "malformed_json"}, {400, "invalid_body"},  {400, "missing_field"},
                  {400, "invalid_field"},  {400, "unknown_field"}, {413, "body_too_large"},
-                 {422, "unknown_option"}};
+                 {422, "unknown_option"}, {400, "invalid_header"}};
     for (size_t i = 0; i < sizeof codes / sizeof *codes; i++)
         if (e->status == codes[i].status && e->code && !strcmp(e->code, codes[i].code))
             return 1;
@@ -132,6 +135,35 @@ static void check_escape(const uint8_t *data, size_t size) {
     buf_free(&b);
 }
 
+static int key_char(unsigned char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+}
+
+static void check_idem_key(const uint8_t *data, size_t size) {
+    /* The oracle: trim, then every byte a key character, 1..64 of them. */
+    size_t b = 0, e = size;
+    while (b < e && (data[b] == ' ' || data[b] == '\t'))
+        b++;
+    while (e > b && (data[e - 1] == ' ' || data[e - 1] == '\t'))
+        e--;
+    int want = e > b && e - b <= RECORD_MAX_KEY;
+    for (size_t i = b; want && i < e; i++)
+        want = key_char(data[i]);
+    vote_record_t rec = {0};
+    vote_error_t err;
+    int rc = vote_parse_idem_key((const char *)data, size, &rec, &err);
+    FUZZ_CHECK(rc == (want ? 0 : -1));
+    if (rc == 0) {
+        FUZZ_CHECK(rec.key == (const char *)data + b && rec.key_len == e - b);
+        FUZZ_CHECK(rec.flags & RECORD_F_IDEM);
+    } else {
+        FUZZ_CHECK(err.status == 400 && !strcmp(err.code, "invalid_header"));
+        check_refusal(&err);
+        FUZZ_CHECK(strstr(err.message, "Idempotency-Key") != NULL);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!conf)
         setup();
@@ -152,5 +184,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(ok[0] == ok[1]);
     FUZZ_CHECK(!ok[0] || ok[2]);
     check_escape(data, size);
+    check_idem_key(data, size);
     return 0;
 }

@@ -416,3 +416,36 @@ Test(render, index_links_results_and_vote_pages) {
     }
     buf_free(&b);
 }
+
+Test(render, json_series_field) {
+    const poll_conf_t *p = &conf->polls[0];
+    uint64_t counts[3] = {2, 0, 1};
+    series_view_t s;
+    series_view_init(&s, 3);
+    uint64_t t[2] = {1700000040000ull, 1700000100000ull};
+    int64_t c[6] = {3, 0, 0, -1, 0, 1};
+    s.n = s.cap = 2;
+    s.t_ms = t;
+    s.counts = c;
+    buf_t b = {0};
+    pub_render_json_series(p, counts, &s, 1700000000123ull, 1, &b);
+    json_error_t e;
+    json_t *j = json_loadb(b.data, b.len, JSON_REJECT_DUPLICATES, &e);
+    cr_assert_not_null(j, "%s: %s", e.text, b.data);
+    json_t *ser = json_object_get(j, "series");
+    cr_assert_eq(num(ser, "bucket_ms"), 60000);
+    json_t *bk = json_object_get(ser, "buckets");
+    cr_assert_eq(json_array_size(bk), 2);
+    cr_assert_eq(num(json_array_get(bk, 0), "t"), 1700000040000.0);
+    json_t *c1 = json_object_get(json_array_get(bk, 1), "counts");
+    cr_assert_eq(json_array_size(c1), 3);
+    cr_assert_eq(json_integer_value(json_array_get(c1, 0)), -1);
+    cr_assert_eq(json_integer_value(json_array_get(c1, 2)), 1);
+    json_decref(j);
+    buf_free(&b);
+    /* Without a series: no field (the old rendering). */
+    b = (buf_t){0};
+    pub_render_json(p, counts, 1700000000123ull, 1, &b);
+    cr_assert_null(strstr(b.data, "series"));
+    buf_free(&b);
+}

@@ -697,9 +697,12 @@ Test(snapshot, voter_slot_with_an_unknown_option_is_refused) {
     char *f = snap_path(0, pos);
     size_t len;
     uint8_t *d = (uint8_t *)file_read(f, &len);
-    /* The file ends with poll "unl" (no voters: 37 bytes) and the checksum;
-     * before them, alice's slot, whose second word starts with the option. */
-    size_t opt_at = len - 8 - 37 - 8;
+    /* The polls end with "unl" (unlimited, 2 options, no voters), then come
+     * the sections and the checksum; just before "unl", alice's slot, whose
+     * second word starts with the option. */
+    const uint8_t *unl = memmem(d, len, "\x03unl\x02\x02\x00\x00\x00", 9);
+    cr_assert_not_null(unl);
+    size_t opt_at = (size_t)(unl - d) - 8;
     cr_assert_eq(le_get16(d + opt_at), 1, "layout: y is option 1");
     le_put16(d + opt_at, 1000);
     le_put64(d + len - 8, XXH3_64bits(d, len - 8));

@@ -161,9 +161,9 @@ int cmd_replay(int argc, char **argv) {
         for (int k = 0; k < pc->noptions; k++)
             total += counts[k];
         engine_poll_status_t st = engine_poll_status(e, i, NULL);
-        printf("poll %s (%s, %s): total %llu", pc->id, poll_mode_name(pc->mode),
-               poll_state_name(poll_def_state_at(pc, st.final, now_ms())),
-               (unsigned long long)total);
+        printf("poll %s (%s): total %llu, %s", pc->id, poll_mode_name(pc->mode),
+               (unsigned long long)total,
+               poll_state_name(poll_def_state_at(pc, st.final, now_ms())));
         if (st.late || st.early)
             printf(", late %llu, early %llu", (unsigned long long)st.late,
                    (unsigned long long)st.early);

@@ -11,6 +11,8 @@
 #include <time.h>
 
 #include "cmd/cmd.h"
+#include "cmd/lifecycle.h"
+#include "common/catalog.h"
 #include "common/util.h"
 #include "engine/engine.h"
 #include "ingest/ingest.h"
@@ -147,6 +149,9 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     engine_t *e = NULL;
     publisher_t *pub = NULL;
     ingest_t *in = NULL;
+    catalog_live_t *live = NULL;
+    history_t *hist = NULL;
+    lifecycle_sched_t *sched = NULL;
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
@@ -173,8 +178,11 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         if (!in)
             goto out;
     }
-    log = vlog_open(c, ((roles & ROLE_INGEST) ? VLOG_F_WRITE : 0) | ((roles & ROLE_ENGINE) ? VLOG_F_READ : 0),
-                    ingest_ack, &terr, err, sizeof err);
+    /* The engine writes too: the poll history's control records. Their
+     * acks go to the history writer, the votes' to ingest. */
+    history_ack_init(in ? ingest_ack : NULL);
+    log = vlog_open(c, VLOG_F_WRITE | ((roles & ROLE_ENGINE) ? VLOG_F_READ : 0), history_log_ack,
+                    &terr, err, sizeof err);
     if (!log) {
         rc = tally_err_exit(terr);
         goto out;
@@ -211,6 +219,21 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         if (engine_start(e, &ro, err, sizeof err) != TALLY_OK ||
             pub_start(pub, err, sizeof err) != TALLY_OK)
             goto out;
+        /* The whole history before any vote: each partition to the log's
+         * end as of now (ingest does not listen meanwhile). */
+        if ((lerr = lifecycle_catch_up(e, log, err, sizeof err)) != TALLY_OK) {
+            rc = tally_err_exit(lerr);
+            goto out;
+        }
+        live = catalog_live_new(catalog_dup(engine_catalog(e)));
+        hist = history_new(log, live, 10000);
+        if ((lerr = lifecycle_repair(e, hist, catalog_live_get(live), err, sizeof err)) !=
+                TALLY_OK ||
+            (lerr = lifecycle_config_polls(c, hist, live, err, sizeof err)) != TALLY_OK) {
+            rc = tally_err_exit(lerr);
+            goto out;
+        }
+        sched = lifecycle_sched_start(hist, live, (uint64_t)c->admin_final_grace_ms);
     }
     run_ctx_t ctx = {log, e, pub};
     log_info("tally %s: %d polls, %s log with %d partitions (log id %s)%s", cmd, c->npolls,
@@ -230,6 +253,8 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     } else {
         wait_for_signal(e, &sigs);
     }
+    lifecycle_sched_stop(sched);
+    sched = NULL;
     if (e) {
         engine_stop(e);
         if (engine_join(e, err, sizeof err) != 0)
@@ -249,6 +274,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
 out:
     if (rc != 0)
         fprintf(stderr, "tally %s: %s\n", cmd, err);
+    lifecycle_sched_stop(sched);
     if (pub)
         pub_stop(pub);
     if (e && rc != 0) {
@@ -256,6 +282,8 @@ out:
         engine_join(e, err, sizeof err);
     }
     vlog_close(log);
+    history_free(hist);
+    catalog_live_free(live);
     ingest_free(in);
     pub_free(pub);
     engine_free(e);

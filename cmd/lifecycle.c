@@ -47,8 +47,7 @@ tally_err_t lifecycle_catch_up(engine_t *e, vlog_t *log, char *errstr, size_t es
         }
         sleep_ms(10);
     }
-    log_info("starting: caught up with the log in %llu ms",
-             (unsigned long long)(mono_ms() - t0));
+    log_info("starting: caught up with the log in %llu ms", (unsigned long long)(mono_ms() - t0));
 out:
     free(ends);
     return rc;
@@ -157,8 +156,10 @@ tally_err_t lifecycle_config_polls(const tally_config_t *c, history_t *h, catalo
                 for (int k = 0; k < pc->noptions && !field; k++)
                     if (strcmp(pc->options[k].id, d->options[k].id)) {
                         field = "options";
-                        snprintf(why, sizeof why, "option %d is '%s' in the history, '%s' in the "
-                                 "config", k + 1, d->options[k].id, pc->options[k].id);
+                        snprintf(why, sizeof why,
+                                 "option %d is '%s' in the history, '%s' in the "
+                                 "config",
+                                 k + 1, d->options[k].id, pc->options[k].id);
                     }
             }
             if (field) {
@@ -169,8 +170,7 @@ tally_err_t lifecycle_config_polls(const tally_config_t *c, history_t *h, catalo
                 return TALLY_ERR_CONFIG;
             }
             int differs = strcmp(d->title, pc->title) != 0 || d->opens_at != pc->opens_at ||
-                          d->closes_at != pc->closes_at ||
-                          (int)d->visibility != pc->visibility;
+                          d->closes_at != pc->closes_at || (int)d->visibility != pc->visibility;
             for (int k = 0; k < pc->noptions && !differs; k++)
                 differs = strcmp(d->options[k].label, pc->options[k].label) != 0;
             if (differs)

@@ -244,6 +244,8 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
                  c->engine_threads, resumed);
     if (in) {
         ingest_set_log(in, log);
+        if (live)
+            ingest_set_catalog(in, live);
         ingest_set_tick(in, engine_failed_tick, e);
         ingest_set_stats(in, fill_stats, &ctx);
         log_info("tally %s: listening on http://%s (port %d)", cmd, c->listen, ingest_port(in));

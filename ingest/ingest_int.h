@@ -56,6 +56,7 @@ struct worker_s {
 struct ingest_s {
     const tally_config_t *conf;
     vlog_t *log;
+    catalog_live_t *catalog; /* NULL: the config's polls */
     char *static_dir;
     int port;
     int nworkers;

@@ -44,7 +44,24 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
                         size_t poll_len) {
     ingest_t *in = w->in;
     conn_ctx_t *x = http_conn_owner(c);
-    const poll_conf_t *poll = config_poll(in->conf, poll_id, poll_len);
+    const poll_conf_t *poll = NULL;
+    poll_conf_t view;
+    if (in->catalog) {
+        /* The definition is used within this call only: well inside the
+         * catalog's grace period. */
+        const catalog_entry_t *en =
+            catalog_find(catalog_live_get(in->catalog), poll_id, poll_len);
+        if (en) {
+            view = (poll_conf_t){.id = en->def->id,
+                                 .title = en->def->title,
+                                 .mode = en->def->mode,
+                                 .options = en->def->options,
+                                 .noptions = en->def->noptions};
+            poll = &view;
+        }
+    } else {
+        poll = config_poll(in->conf, poll_id, poll_len);
+    }
     if (!poll) {
         reject(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'",
                (int)(poll_len > ID_MAX_LEN ? ID_MAX_LEN : poll_len), poll_id);

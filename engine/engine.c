@@ -192,9 +192,8 @@ static void ppoll_free(ppoll_t *pp) {
     memset(pp, 0, sizeof *pp);
 }
 
-/* Empties partition p (a failed snapshot load). @locality the writer, or
- * before any worker runs */
-void engine_partition_reset_int(engine_t *e, int p) {
+/* Frees all of partition p's polls. */
+static void partition_clear(engine_t *e, int p) {
     partition_t *pt = &e->parts[p];
     for (int c = 0; c < POLL_CHUNKS; c++) {
         ppoll_t *chunk = atomic_load(&pt->chunks[c]);
@@ -213,6 +212,12 @@ void engine_partition_reset_int(engine_t *e, int p) {
     pt->nknown = 0;
     pt->position = 0;
     atomic_store(&pt->applied_seq, 0);
+}
+
+/* Empties partition p (a failed snapshot load). @locality the writer, or
+ * before any worker runs */
+void engine_partition_reset_int(engine_t *e, int p) {
+    partition_clear(e, p);
     /* The config's polls are always present: v1 votes count against them. */
     for (int i = 0; i < e->conf->npolls; i++)
         ppoll_add(e, p, i);
@@ -283,16 +288,10 @@ void engine_free(engine_t *e) {
         return;
     for (int p = 0; p < e->npartitions; p++) {
         partition_t *pt = &e->parts[p];
-        engine_partition_reset_int(e, p);
-        for (int c = 0; c < POLL_CHUNKS; c++) {
-            ppoll_t *chunk = atomic_load(&pt->chunks[c]);
-            for (int i = 0; chunk && i < POLL_CHUNK; i++)
-                if (chunk[i].present)
-                    ppoll_free(&chunk[i]);
-            free(chunk);
-        }
+        partition_clear(e, p);
+        for (int c = 0; c < POLL_CHUNKS; c++)
+            free(atomic_load(&pt->chunks[c]));
         free(pt->known);
-        free(pt->pmap.slots);
     }
     int n = atomic_load(&e->npolls);
     for (int i = 0; i < n; i++)

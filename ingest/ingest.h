@@ -33,6 +33,9 @@ ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errs
  * exists), the config's polls. The admin branch adds the state checks
  * (poll_not_open, poll_closed). */
 void ingest_set_catalog(ingest_t *in, catalog_live_t *live);
+/* While starting, votes and /healthz get 503 "starting" (Retry-After: 1):
+ * the engine is catching up with the log's history. @locality any thread */
+void ingest_set_starting(ingest_t *in, int starting);
 /* The log to append to; its ack callback must be ingest_ack (or
  * history_log_ack, which passes votes' acks on to it). */
 void ingest_set_log(ingest_t *in, vlog_t *log);

@@ -46,11 +46,18 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
     conn_ctx_t *x = http_conn_owner(c);
     const poll_conf_t *poll = NULL;
     poll_conf_t view;
-    if (in->catalog) {
+    if (atomic_load_explicit(&in->starting, memory_order_acquire)) {
+        atomic_fetch_add(&in->unavailable, 1);
+        http_conn_reply_error(c, 503, "starting",
+                              "the engine is catching up with the log; retry shortly",
+                              "Retry-After: 1\r\n");
+        return;
+    }
+    catalog_live_t *live = atomic_load_explicit(&in->catalog, memory_order_acquire);
+    if (live) {
         /* The definition is used within this call only: well inside the
          * catalog's grace period. */
-        const catalog_entry_t *en =
-            catalog_find(catalog_live_get(in->catalog), poll_id, poll_len);
+        const catalog_entry_t *en = catalog_find(catalog_live_get(live), poll_id, poll_len);
         if (en) {
             view = (poll_conf_t){.id = en->def->id,
                                  .title = en->def->title,
@@ -140,7 +147,10 @@ static void handle_healthz(worker_t *w, http_conn_t *c, const http_req_t *r, con
     (void)r, (void)arg, (void)alen;
     static const char ok[] = "{\"status\":\"ok\"}";
     char why[512];
-    if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK)
+    if (atomic_load_explicit(&w->in->starting, memory_order_acquire))
+        http_conn_reply_error(c, 503, "starting", "the engine is catching up with the log",
+                              "Retry-After: 1\r\n");
+    else if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK)
         http_conn_reply_error(c, 503, "log_unavailable", why, "Retry-After: 1\r\n");
     else
         http_conn_reply(c, 200, "application/json", NULL, ok, sizeof ok - 1);

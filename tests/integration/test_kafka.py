@@ -18,6 +18,9 @@ import threading
 import time
 import unittest
 
+import sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from chaos_lib import logreader  # noqa: E402
 from harness import (DEFAULT_SHAPE, SHAPE, TIMEOUT_MULT, Load, Tally, TallyTestCase,
                      expected_totals, wait_until)
 
@@ -33,8 +36,9 @@ def kafka_local(*args, timeout=300):
 
 
 def topic_records(bootstrap, topic):
-    """Every record of a topic, read with kcat and decoded here (record format
-    v1, log/record.h), not by tally: [(partition, offset, poll, option, voter)]."""
+    """Every vote of a topic, read with kcat and decoded by the checker's own
+    reader (chaos_lib/logreader.py, log/record.h's v1 and v2), not by tally:
+    [(partition, offset, poll, option, voter)]; control records are left out."""
     r = subprocess.run(["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q",
                         "-f", "%p %o %S %s"], capture_output=True, timeout=120)
     if r.returncode != 0:
@@ -49,18 +53,14 @@ def topic_records(bootstrap, topic):
         part, off, size = fields
         val = out[pos:pos + size]
         pos += size
-        if len(val) < 14 or val[0] != 1:
-            raise AssertionError(f"{topic}[{part}]@{off}: not a v1 vote record: {val!r}")
-        i = 10
-        poll = val[i + 1:i + 1 + val[i]]
-        i += 1 + val[i]
-        opt = val[i + 1:i + 1 + val[i]]
-        i += 1 + val[i]
-        (vlen,) = struct.unpack_from("<H", val, i)
-        voter = val[i + 2:i + 2 + vlen]
-        if i + 2 + vlen != len(val):
-            raise AssertionError(f"{topic}[{part}]@{off}: bad record lengths: {val!r}")
-        recs.append((part, off, poll.decode(), opt.decode(), voter.decode()))
+        try:
+            rec = logreader.decode_any(val)
+        except ValueError as e:
+            raise AssertionError(f"{topic}[{part}]@{off}: not a tally record ({e}): {val!r}")
+        if rec[0] == "control":
+            continue  # the poll history (DEFINE/FINAL), not a vote
+        poll, opt, voter = rec[3], rec[4], rec[5] or ""
+        recs.append((part, off, poll, opt, voter))
     return recs
 
 

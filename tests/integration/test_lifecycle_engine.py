@@ -140,6 +140,47 @@ class LifecycleEngine(TallyTestCase):
         for k in ("options", "state", "final_positions", "closes_at", "total"):
             self.assertEqual(replayed[k], live[k], k)
 
+    def test_a_scheduled_embargoed_config_poll_opens_closes_and_is_final_on_time(self):
+        def rfc(ms):
+            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + "Z"
+        now = int(time.time()) * 1000
+        opens = now + int(3000 * TIMEOUT_MULT)
+        closes = opens + int(3000 * TIMEOUT_MULT)
+        t = self.make(polls=f"""
+[poll.secret]
+options = a, b
+mode = unlimited
+visibility = on_close
+opens_at = {rfc(opens)}
+closes_at = {rfc(closes)}
+""", extra="[admin]\nfinal_grace_ms = 2000\n")
+        t.start()
+        j = self.wait_json(t, "secret", lambda j: True, "published")
+        early = 0
+        if time.time() * 1000 < opens - 200:
+            self.assertEqual(j["state"], "scheduled")
+            self.assertEqual(t.vote("secret", "a")[0], 202)  # stamped before the opening
+            early = 1
+        self.assertEqual(j["opens_at"], rfc(opens).replace("Z", ".000Z"))
+        self.wait_json(t, "secret", lambda j: j["state"] == "open", "opened on time")
+        for opt in ("a", "a", "b"):
+            self.assertEqual(t.vote("secret", opt)[0], 202)
+        time.sleep(0.3)
+        j = t.published("secret")
+        self.assertNotIn("total", j, "embargoed until final")
+        self.assertTrue(all("votes" not in o for o in j["options"]))
+        j = self.wait_json(t, "secret", lambda j: j["state"] == "final", "final on time",
+                           timeout=30)
+        self.assertEqual({o["id"]: o["votes"] for o in j["options"]}, {"a": 2, "b": 1})
+        self.assertEqual(j["total"], 3)
+        t.stop()
+        r = subprocess.run([TALLY_BIN, "replay", "-c", t.config, "-q", "-s",
+                            f"publisher.dir={t.dir}/public2", "-s", f"engine.snapshot_dir={t.dir}/s2"],
+                           capture_output=True, text=True, timeout=60 * TIMEOUT_MULT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"poll secret (unlimited): total 3, final, late 0, early {early}"
+                      if early else "poll secret (unlimited): total 3, final", r.stdout)
+
     def test_a_broadcast_cut_short_is_completed_at_start(self):
         t = self.make(polls=POLLS)
         t.start()

@@ -143,9 +143,11 @@ static void ppoll_grow(partition_t *pt, ppoll_t *pp, uint32_t n) {
 /* The options and mode a partition judges votes of pp by: its view, else
  * the config's. */
 static void ppoll_set_eff(partition_t *pt, ppoll_t *pp) {
-    const poll_def_t *d = pp->view ? pp->view->def : pp->conf ? pp->conf->def : NULL;
+    const catalog_entry_t *en = pp->view ? pp->view : pp->conf;
+    const poll_def_t *d = en ? en->def : NULL;
     if (d == pp->eff)
         return;
+    pp->seed = en ? en->seed : 0;
     free(pp->opts.slots);
     pp->opts = (idmap_t){0};
     pp->eff = d;
@@ -462,7 +464,7 @@ static inline void prepare(const engine_t *e, int partition, poll_cache_t *cache
     }
     q->what = PREP_VOTE;
     q->voter = 1;
-    q->key = record_poll_voter_key(record_poll_seed(d->id, strlen(d->id)), v.voter, v.voter_len);
+    q->key = record_poll_voter_key(pp->seed, v.voter, v.voter_len);
 }
 
 typedef struct {

@@ -5,14 +5,17 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "cmd/cmd.h"
-#include "common/json.h"
+#include "cmd/lifecycle.h"
 #include "cmd/watch.h"
+#include "common/catalog.h"
+#include "common/json.h"
 #include "common/util.h"
 #include "engine/engine.h"
 #include "ingest/ingest.h"
@@ -74,15 +77,61 @@ typedef struct {
     engine_t *engine;
     publisher_t *pub;
     watch_t *watch;
+    const _Atomic int *startup_failed; /* the engine side's start-up (NULL: none) */
 } run_ctx_t;
 
+/* Start-up of the engine side (tally run, tally engine): the whole poll
+ * history read before any vote is taken (each partition to the log's end
+ * as of now), broadcasts a crash cut short completed, the config's polls
+ * put in the history, then the live catalog handed to ingest and the FINAL
+ * scheduler started. With ingest in the process it runs in its own thread
+ * while ingest answers 503 "starting". */
+typedef struct {
+    const tally_config_t *c;
+    engine_t *e;
+    vlog_t *log;
+    ingest_t *in;
+    catalog_live_t *live;
+    history_t *hist;
+    lifecycle_sched_t *sched;
+    pthread_t th;
+    int threaded;
+    _Atomic int failed;
+    tally_err_t err;
+    char msg[1024];
+} startup_t;
+
+static void *startup_main(void *arg) {
+    startup_t *s = arg;
+    s->err = lifecycle_catch_up(s->e, s->log, s->msg, sizeof s->msg);
+    if (s->err == TALLY_OK) {
+        s->live = catalog_live_new(catalog_dup(engine_catalog(s->e)));
+        s->hist = history_new(s->log, s->live, 10000);
+        s->err = lifecycle_repair(s->e, s->hist, catalog_live_get(s->live), s->msg, sizeof s->msg);
+    }
+    if (s->err == TALLY_OK)
+        s->err = lifecycle_config_polls(s->c, s->hist, s->live, s->msg, sizeof s->msg);
+    if (s->err != TALLY_OK) {
+        atomic_store(&s->failed, 1); /* the tick stops ingest */
+        return NULL;
+    }
+    s->sched = lifecycle_sched_start(s->hist, s->live, (uint64_t)s->c->admin_final_grace_ms);
+    if (s->in) {
+        ingest_set_catalog(s->in, s->live);
+        ingest_set_starting(s->in, 0);
+        log_info("ready: taking votes for %d polls", catalog_npolls(catalog_live_get(s->live)));
+    }
+    return NULL;
+}
+
 /* ingest's tick: samples the engine's lag; stops the server once the
- * engine failed. */
+ * engine or its start-up failed. */
 static int run_tick(void *arg) {
     run_ctx_t *rc = arg;
     if (rc->watch)
         watch_tick(rc->watch);
-    return rc->engine && engine_failed(rc->engine);
+    return (rc->engine && engine_failed(rc->engine)) ||
+           (rc->startup_failed && atomic_load(rc->startup_failed));
 }
 
 /* GET /v1/stats: how far the engine is behind the log, and the counters.
@@ -114,6 +163,8 @@ static void fill_stats(void *arg, ingest_t *in, buf_t *b) {
         buf_printf(b, "],\"lag\":%lld,\"applied\":%llu,\"skipped\":%llu",
                    have_ends ? (long long)lag : -1LL, (unsigned long long)es.applied,
                    (unsigned long long)es.skipped);
+        buf_printf(b, ",\"late\":%llu,\"early\":%llu", (unsigned long long)es.late,
+                   (unsigned long long)es.early);
         buf_printf(b, ",\"retried\":%llu,\"idempotency_keys\":%llu,\"idempotency_bytes\":%llu}",
                    (unsigned long long)es.retried, (unsigned long long)es.idem_keys,
                    (unsigned long long)es.idem_bytes);
@@ -176,6 +227,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     publisher_t *pub = NULL;
     ingest_t *in = NULL;
     watch_t *watch = NULL;
+    startup_t su = {.err = TALLY_OK};
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
@@ -202,8 +254,11 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         if (!in)
             goto out;
     }
-    log = vlog_open(c, ((roles & ROLE_INGEST) ? VLOG_F_WRITE : 0) | ((roles & ROLE_ENGINE) ? VLOG_F_READ : 0),
-                    ingest_ack, &terr, err, sizeof err);
+    /* The engine writes too: the poll history's control records. Their
+     * acks go to the history writer, the votes' to ingest. */
+    history_ack_init(in ? ingest_ack : NULL);
+    log = vlog_open(c, VLOG_F_WRITE | ((roles & ROLE_ENGINE) ? VLOG_F_READ : 0), history_log_ack,
+                    &terr, err, sizeof err);
     if (!log) {
         rc = tally_err_exit(terr);
         goto out;
@@ -244,9 +299,30 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         if (engine_start(e, &ro, err, sizeof err) != TALLY_OK ||
             pub_start(pub, err, sizeof err) != TALLY_OK)
             goto out;
+        su.c = c;
+        su.e = e;
+        su.log = log;
+        su.in = in;
+        if (in) {
+            /* Votes and /healthz get 503 "starting" until the history is
+             * read: ingest serves while the engine catches up. */
+            ingest_set_starting(in, 1);
+            if (pthread_create(&su.th, NULL, startup_main, &su) != 0) {
+                snprintf(err, sizeof err, "cannot start the start-up thread");
+                goto out;
+            }
+            su.threaded = 1;
+        } else {
+            startup_main(&su);
+            if (su.err != TALLY_OK) {
+                snprintf(err, sizeof err, "%s", su.msg);
+                rc = tally_err_exit(su.err);
+                goto out;
+            }
+        }
     }
     watch = watch_new(c, log, e);
-    run_ctx_t ctx = {log, e, pub, watch};
+    run_ctx_t ctx = {log, e, pub, watch, e ? &su.failed : NULL};
     watch_metrics_register(ctx.watch);
     watch_tick(ctx.watch); /* /readyz knows the lag from the first request */
     log_info("tally %s: %d polls, %s log with %d partitions (log id %s)%s", cmd, c->npolls,
@@ -262,11 +338,22 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         ingest_set_stats(in, fill_stats, &ctx);
         log_info("tally %s: listening on http://%s (port %d)", cmd, c->listen, ingest_port(in));
         ingest_run(in);
+        if (su.threaded) {
+            pthread_join(su.th, NULL);
+            su.threaded = 0;
+            if (su.err != TALLY_OK) {
+                snprintf(err, sizeof err, "%s", su.msg);
+                rc = tally_err_exit(su.err);
+                goto out;
+            }
+        }
         if (vlog_flush(log, 10000) != 0)
             log_error("the log did not answer every vote in time");
     } else {
         wait_for_signal(e, &sigs);
     }
+    lifecycle_sched_stop(su.sched);
+    su.sched = NULL;
     if (e) {
         engine_stop(e);
         if (engine_join(e, err, sizeof err) != 0)
@@ -286,6 +373,9 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
 out:
     if (rc != 0)
         fprintf(stderr, "tally %s: %s\n", cmd, err);
+    if (su.threaded)
+        pthread_join(su.th, NULL);
+    lifecycle_sched_stop(su.sched);
     if (pub)
         pub_stop(pub);
     if (e && rc != 0) {
@@ -293,6 +383,8 @@ out:
         engine_join(e, err, sizeof err);
     }
     vlog_close(log);
+    history_free(su.hist);
+    catalog_live_free(su.live);
     ingest_free(in);
     watch_free(watch);
     pub_free(pub);

@@ -173,13 +173,32 @@ static void collect_snapshot_age(void *arg, metrics_emit_t *e) {
     free(newest);
 }
 
-/* Families whose numbers other parts of tally will provide. They are
- * registered now so that dashboards and alerts can name them; until their
- * source exists they export no rows (never a made-up 0 per state):
- *  - tally_polls{state}: polls per lifecycle state (scheduled, open,
- *    closed, final) once polls have states. */
+/* Without an engine (tally ingest) the engine's families have no rows. */
 static void collect_none(void *arg, metrics_emit_t *e) {
     (void)arg, (void)e;
+}
+
+/* tally_polls{state}: the engine's catalog, each poll in its state now
+ * (as the publisher would render it); a row per state, 0 included. */
+static void collect_polls(void *arg, metrics_emit_t *e) {
+    watch_t *w = arg;
+    uint64_t n[4] = {0}, now = now_ms();
+    int np = engine_npolls(w->engine);
+    for (int i = 0; i < np; i++) {
+        const catalog_entry_t *en = engine_poll_entry(w->engine, i);
+        if (!en)
+            continue; /* an unreadable DEFINE */
+        engine_poll_status_t st = engine_poll_status(w->engine, i, NULL);
+        poll_state_t s = poll_def_state_at(en->def, st.final, now);
+        if ((int)s >= 0 && (int)s < 4)
+            n[s]++;
+    }
+    static const poll_state_t states[] = {POLL_SCHEDULED, POLL_OPEN, POLL_CLOSED, POLL_FINAL};
+    char labels[32];
+    for (size_t k = 0; k < sizeof states / sizeof states[0]; k++) {
+        snprintf(labels, sizeof labels, "state=\"%s\"", poll_state_name(states[k]));
+        metrics_emit(e, labels, (double)n[states[k]]);
+    }
 }
 
 /* The S3 uploader's counters (s3_stats); no row while S3 is off. */
@@ -210,7 +229,7 @@ static const struct {
      collect_snapshot_age},
     {"tally_s3_upload_failures_total", "results objects the S3 publisher failed to upload",
      METRIC_COUNTER, collect_s3_failures},
-    {"tally_polls", "polls by lifecycle state", METRIC_GAUGE, collect_none},
+    {"tally_polls", "polls by lifecycle state", METRIC_GAUGE, collect_polls},
 };
 #define NCOLLECTORS (sizeof collectors / sizeof collectors[0])
 

@@ -15,7 +15,7 @@
 #include "common/util.h"
 
 /* Value types of the key tables. T_OPTIONS and T_LABEL are poll keys. */
-typedef enum { T_STR, T_INT, T_BOOL, T_HOSTPORT, T_ENUM, T_OPTIONS, T_LABEL } key_type_t;
+typedef enum { T_STR, T_INT, T_BOOL, T_HOSTPORT, T_ENUM, T_OPTIONS, T_LABEL, T_TIME } key_type_t;
 
 /* A named value of an enum-like key. */
 typedef struct {
@@ -123,6 +123,10 @@ static const key_def_t keys[] = {
      "file holding the secret access key (first line)"},
     {"publisher", "s3_path_style", T_BOOL, "true", 0, 1, OFF(s3_path_style),
      "true: ENDPOINT/BUCKET/KEY; false: virtual-hosted BUCKET.HOST/KEY"},
+    {"admin", "close_delay_ms", T_INT, "3000", 0, 3600000, OFF(admin_close_delay_ms),
+     "a \"close now\" takes effect this much later, once every ingest has learned it"},
+    {"admin", "final_grace_ms", T_INT, "5000", 2000, 3600000, OFF(admin_final_grace_ms),
+     "a poll is made final (frozen) this long after its close"},
     {"kafka", "brokers", T_STR, "", 0, 0, OFF(kafka_brokers),
      "bootstrap brokers; non-empty switches the vote log to Kafka"},
     {"kafka", "topic", T_STR, "tally.votes", 0, 0, OFF(kafka_topic), "topic of the vote log"},
@@ -140,6 +144,13 @@ static const enum_def_t modes[] = {
     {"one-per-voter", MODE_ONE_PER_VOTER, "the first vote of a voter counts"},
     {"changeable", MODE_CHANGEABLE, "the voter's latest vote counts"},
     {"unlimited", MODE_UNLIMITED, "every vote counts"},
+    {"capped", MODE_CAPPED, "a voter's first max_votes votes count"},
+    {NULL, 0, NULL},
+};
+
+static const enum_def_t visibilities[] = {
+    {"live", 0, "results are published as votes count"},
+    {"on_close", 1, "no counts are published until the poll is final"},
     {NULL, 0, NULL},
 };
 
@@ -151,7 +162,18 @@ static const enum_def_t auths[] = {
 
 /* The keys of a [poll.ID] section, as keys[] is for the others: parsing,
  * the duplicate check and `--help-config` read it. */
-typedef enum { PK_TITLE, PK_OPTIONS, PK_LABEL, PK_MODE, PK_VOTER_AUTH, NPOLL_KEYS } poll_key_t;
+typedef enum {
+    PK_TITLE,
+    PK_OPTIONS,
+    PK_LABEL,
+    PK_MODE,
+    PK_VOTER_AUTH,
+    PK_MAX_VOTES,
+    PK_VISIBILITY,
+    PK_OPENS_AT,
+    PK_CLOSES_AT,
+    NPOLL_KEYS
+} poll_key_t;
 typedef struct {
     const char *key; /* ending in '.': a prefix, the rest names an option */
     const char *shown;
@@ -172,6 +194,14 @@ static const poll_key_def_t poll_keys[NPOLL_KEYS] = {
                  "how a voter's votes count"},
     [PK_VOTER_AUTH] = {"voter_auth", "voter_auth", T_ENUM, auths,
                        offsetof(poll_conf_t, voter_auth), "none", "who vouches for the voter id"},
+    [PK_MAX_VOTES] = {"max_votes", "max_votes", T_INT, NULL, offsetof(poll_conf_t, max_votes),
+                      "none", "mode capped: how many of a voter's votes count (1-65535)"},
+    [PK_VISIBILITY] = {"visibility", "visibility", T_ENUM, visibilities,
+                       offsetof(poll_conf_t, visibility), "live", "when counts are published"},
+    [PK_OPENS_AT] = {"opens_at", "opens_at", T_TIME, NULL, offsetof(poll_conf_t, opens_at),
+                     "open from start", "RFC3339 time the poll opens"},
+    [PK_CLOSES_AT] = {"closes_at", "closes_at", T_TIME, NULL, offsetof(poll_conf_t, closes_at),
+                      "never", "RFC3339 time the poll closes"},
 };
 
 static const enum_def_t *enum_find(const enum_def_t *v, const char *name) {
@@ -360,6 +390,7 @@ static tally_err_t set_typed(tally_config_t *c, const key_def_t *k, const char *
     }
     case T_ENUM:
     case T_OPTIONS:
+    case T_TIME:
     case T_LABEL: break; /* poll keys only */
     }
     return TALLY_ERR_INTERNAL;
@@ -492,8 +523,31 @@ static tally_err_t poll_set(poll_conf_t *p, const poll_key_def_t *k, const char 
         /* Each enum key names its own type. */
         if (k->values == auths)
             *(poll_auth_t *)field = (poll_auth_t)v->value;
-        else
+        else if (k->values == modes)
             *(poll_mode_t *)field = (poll_mode_t)v->value;
+        else
+            *(int *)field = v->value;
+        return TALLY_OK;
+    }
+    case T_INT: {
+        char *end;
+        errno = 0;
+        long n = strtol(value, &end, 10);
+        if (errno || end == value || *end || n < 1 || n > 65535) {
+            seterr(errstr, esz, "poll.%s.%s: '%s' is not an integer in 1..65535", p->id, key,
+                   value);
+            return TALLY_ERR_CONFIG;
+        }
+        *(uint32_t *)field = (uint32_t)n;
+        return TALLY_OK;
+    }
+    case T_TIME: {
+        uint64_t ms;
+        if (parse_rfc3339(value, &ms) != 0 || ms == 0) {
+            seterr(errstr, esz, "poll.%s.%s: '%s' is not an RFC3339 time", p->id, key, value);
+            return TALLY_ERR_CONFIG;
+        }
+        *(uint64_t *)field = ms;
         return TALLY_OK;
     }
     case T_OPTIONS: return poll_set_options(p, value, errstr, esz);
@@ -511,7 +565,6 @@ static tally_err_t poll_set(poll_conf_t *p, const poll_key_def_t *k, const char 
         *option_out = i;
         return TALLY_OK;
     }
-    case T_INT:
     case T_BOOL:
     case T_HOSTPORT: break; /* not poll keys */
     }
@@ -929,6 +982,18 @@ static tally_err_t validate(tally_config_t *c, const parse_ctx_t *ctx, const cha
                    "%s%spoll.%s: voter_auth = jwt needs auth.jwt_hs256_key_file or "
                    "auth.jwt_es256_public_key_file",
                    where ? where : "", where ? ": " : "", p->id);
+            return TALLY_ERR_CONFIG;
+        }
+        const char *bad = NULL;
+        if (p->mode == MODE_CAPPED && !p->max_votes)
+            bad = "'max_votes' is required in mode capped";
+        else if (p->mode != MODE_CAPPED && p->max_votes)
+            bad = "'max_votes' is only for mode capped";
+        else if (p->opens_at && p->closes_at && p->closes_at <= p->opens_at)
+            bad = "'closes_at' must be after 'opens_at'";
+        if (bad) {
+            seterr(errstr, esz, "%s%spoll.%s: %s", where ? where : "", where ? ": " : "", p->id,
+                   bad);
             return TALLY_ERR_CONFIG;
         }
         if (!p->title)

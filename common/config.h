@@ -16,6 +16,7 @@ typedef enum {
     MODE_ONE_PER_VOTER = 0, /* the first vote of a voter counts */
     MODE_CHANGEABLE = 1,    /* the voter's latest vote counts */
     MODE_UNLIMITED = 2,     /* every vote counts */
+    MODE_CAPPED = 3,        /* a voter's first max_votes votes count */
 } poll_mode_t;
 
 const char *poll_mode_name(poll_mode_t m);
@@ -44,6 +45,9 @@ typedef struct {
     poll_auth_t voter_auth;
     poll_option_t *options;
     int noptions;
+    uint32_t max_votes;           /* mode capped: 1..65535 */
+    int visibility;               /* 0 live, 1 on_close (catalog.h poll_visibility_t) */
+    uint64_t opens_at, closes_at; /* ms since the epoch, 0: unset */
 } poll_conf_t;
 
 typedef struct {
@@ -100,6 +104,9 @@ typedef struct {
     char *s3_access_key_file;
     char *s3_secret_key_file;
     int s3_path_style;         /* bucket in the path (1) or in the host name (0) */
+    /* [admin] */
+    int admin_close_delay_ms;  /* "close now" takes effect this much later */
+    int admin_final_grace_ms;  /* CONTROL_FINAL this long after closes_at */
     /* [kafka] */
     char *kafka_brokers;       /* non-empty selects the Kafka log */
     char *kafka_topic;

@@ -8,19 +8,31 @@
 #include "common/util.h"
 
 void series_init(series_t *s, int noptions) {
-    atomic_init(&s->cells, NULL);
+    atomic_init(&s->ring, NULL);
     atomic_init(&s->newest, 0);
     atomic_init(&s->oldest, 0);
     s->noptions = noptions;
+    s->retired = NULL;
+    s->nretired = 0;
 }
 
 void series_free(series_t *s) {
-    free((void *)atomic_load_explicit(&s->cells, memory_order_relaxed));
+    free(atomic_load_explicit(&s->ring, memory_order_relaxed));
+    for (int i = 0; i < s->nretired; i++)
+        free(s->retired[i]);
+    free(s->retired);
     series_init(s, s->noptions);
 }
 
-static inline _Atomic uint64_t *cell(_Atomic uint64_t *cells, int nopt, uint64_t minute, int o) {
-    return &cells[(size_t)(minute % SERIES_MINUTES) * (size_t)nopt + (size_t)o];
+static series_ring_t *ring_new(uint32_t stride) {
+    series_ring_t *r =
+        xcalloc(1, sizeof *r + (size_t)SERIES_MINUTES * (stride ? stride : 1) * sizeof(uint64_t));
+    r->stride = stride;
+    return r;
+}
+
+static inline _Atomic uint64_t *cell(series_ring_t *r, uint64_t minute, int o) {
+    return &r->c[(size_t)(minute % SERIES_MINUTES) * r->stride + (size_t)o];
 }
 
 /* Single writer: plain load and release store, as the engine's counts. */
@@ -33,22 +45,46 @@ static inline uint64_t ring_low(uint64_t newest) {
     return newest >= SERIES_MINUTES - 1 ? newest - (SERIES_MINUTES - 1) : 0;
 }
 
+void series_grow(series_t *s, int n) {
+    if (n <= s->noptions)
+        return;
+    s->noptions = n;
+    series_ring_t *old = atomic_load_explicit(&s->ring, memory_order_relaxed);
+    if (!old || old->stride >= (uint32_t)n)
+        return; /* the new options' cells are zero already */
+    uint32_t stride = old->stride + old->stride / 2;
+    if (stride < (uint32_t)n)
+        stride = (uint32_t)n;
+    series_ring_t *r = ring_new(stride);
+    uint64_t newest = atomic_load_explicit(&s->newest, memory_order_relaxed);
+    uint64_t oldest = atomic_load_explicit(&s->oldest, memory_order_relaxed);
+    /* Only the minutes held have non-zero cells. */
+    for (uint64_t x = oldest; x <= newest; x++)
+        for (uint32_t o = 0; o < old->stride; o++)
+            atomic_init(cell(r, x, (int)o),
+                        atomic_load_explicit(cell(old, x, (int)o), memory_order_relaxed));
+    /* A reader that loads the new pointer sees its cells. */
+    atomic_store_explicit(&s->ring, r, memory_order_release);
+    s->retired = xrealloc(s->retired, sizeof *s->retired * (size_t)(s->nretired + 1));
+    s->retired[s->nretired++] = old;
+}
+
 /* Moves the ring's newest minute on to m: the minutes that drop out are
  * added into the new oldest one. Slots outside [oldest, newest] are zero,
  * and the slots of the minutes (newest, m] are exactly those of the minutes
  * that drop out, so they end up zero too. */
-static void advance(series_t *s, _Atomic uint64_t *cells, uint64_t m) {
+static void advance(series_t *s, series_ring_t *r, uint64_t m) {
     int nopt = s->noptions;
     uint64_t newest = atomic_load_explicit(&s->newest, memory_order_relaxed);
     uint64_t oldest = atomic_load_explicit(&s->oldest, memory_order_relaxed);
     uint64_t new_low = ring_low(m);
     if (new_low > oldest) {
-        int64_t *acc = xcalloc((size_t)nopt, sizeof *acc);
+        int64_t *acc = xcalloc((size_t)(nopt ? nopt : 1), sizeof *acc);
         int any = 0;
         uint64_t end = new_low - 1 < newest ? new_low - 1 : newest;
         for (uint64_t x = oldest; x <= end; x++)
             for (int o = 0; o < nopt; o++) {
-                _Atomic uint64_t *c = cell(cells, nopt, x, o);
+                _Atomic uint64_t *c = cell(r, x, o);
                 int64_t v = (int64_t)atomic_load_explicit(c, memory_order_relaxed);
                 if (v) {
                     acc[o] += v;
@@ -58,7 +94,7 @@ static void advance(series_t *s, _Atomic uint64_t *cells, uint64_t m) {
             }
         for (int o = 0; any && o < nopt; o++)
             if (acc[o])
-                cell_add(cell(cells, nopt, new_low, o), acc[o]);
+                cell_add(cell(r, new_low, o), acc[o]);
         free(acc);
         atomic_store_explicit(&s->oldest, new_low, memory_order_release);
     }
@@ -66,30 +102,36 @@ static void advance(series_t *s, _Atomic uint64_t *cells, uint64_t m) {
 }
 
 void series_add(series_t *s, uint64_t ts_ms, int option, int64_t delta) {
+    tally_assert(option >= 0 && option < s->noptions);
     uint64_t m = ts_ms / SERIES_BUCKET_MS;
-    _Atomic uint64_t *cells = atomic_load_explicit(&s->cells, memory_order_relaxed);
-    if (!cells) {
-        cells = xcalloc((size_t)SERIES_MINUTES * (size_t)s->noptions, sizeof *cells);
+    series_ring_t *r = atomic_load_explicit(&s->ring, memory_order_relaxed);
+    if (!r) {
+        r = ring_new((uint32_t)s->noptions);
         atomic_store_explicit(&s->newest, m, memory_order_relaxed);
         atomic_store_explicit(&s->oldest, m, memory_order_relaxed);
         /* Readers that see the pointer see the zeroed ring and the bounds. */
-        atomic_store_explicit(&s->cells, cells, memory_order_release);
+        atomic_store_explicit(&s->ring, r, memory_order_release);
     }
     uint64_t newest = atomic_load_explicit(&s->newest, memory_order_relaxed);
     if (m > newest)
-        advance(s, cells, m);
+        advance(s, r, m);
     uint64_t low = ring_low(atomic_load_explicit(&s->newest, memory_order_relaxed));
     if (m < low)
         m = low; /* older than the ring: into its oldest minute */
     if (m < atomic_load_explicit(&s->oldest, memory_order_relaxed))
         atomic_store_explicit(&s->oldest, m, memory_order_release);
-    cell_add(cell(cells, s->noptions, m, option), delta);
+    cell_add(cell(r, m, option), delta);
+}
+
+static size_t ring_bytes(const series_ring_t *r) {
+    return r ? sizeof *r + (size_t)SERIES_MINUTES * r->stride * sizeof(uint64_t) : 0;
 }
 
 size_t series_bytes(const series_t *s) {
-    return atomic_load_explicit(&s->cells, memory_order_relaxed)
-               ? (size_t)SERIES_MINUTES * (size_t)s->noptions * sizeof(uint64_t)
-               : 0;
+    size_t n = ring_bytes(atomic_load_explicit(&((series_t *)s)->ring, memory_order_relaxed));
+    for (int i = 0; i < s->nretired; i++)
+        n += ring_bytes(s->retired[i]);
+    return n;
 }
 
 /* ---- reading ---- */
@@ -116,11 +158,12 @@ static int64_t *view_row(series_view_t *v, uint64_t t_ms) {
 }
 
 void series_read_into(const series_t *s, series_view_t *v) {
-    tally_assert(v->noptions == s->noptions);
-    _Atomic uint64_t *cells =
-        atomic_load_explicit((_Atomic uint64_t *_Atomic *)&s->cells, memory_order_acquire);
-    if (!cells)
+    /* The ring, not s->noptions (the writer's), says how many options a
+     * row holds: a ring replaced meanwhile stays allocated. */
+    series_ring_t *r = atomic_load_explicit(&((series_t *)s)->ring, memory_order_acquire);
+    if (!r)
         return;
+    int have = (int)r->stride < v->noptions ? (int)r->stride : v->noptions;
     uint64_t newest = atomic_load_explicit(&s->newest, memory_order_acquire);
     uint64_t oldest = atomic_load_explicit(&s->oldest, memory_order_acquire);
     /* A torn pair (a batch in progress) is caught by the caller's seq
@@ -129,9 +172,10 @@ void series_read_into(const series_t *s, series_view_t *v) {
         oldest = newest;
     for (uint64_t x = oldest; x <= newest; x++) {
         int64_t *row = view_row(v, x * SERIES_BUCKET_MS);
-        for (int o = 0; o < s->noptions; o++)
-            row[o] =
-                (int64_t)atomic_load_explicit(cell(cells, s->noptions, x, o), memory_order_acquire);
+        for (int o = 0; o < have; o++)
+            row[o] = (int64_t)atomic_load_explicit(cell(r, x, o), memory_order_acquire);
+        for (int o = have; o < v->noptions; o++)
+            row[o] = 0;
     }
 }
 
@@ -197,41 +241,39 @@ void series_view_finish(series_view_t *v) {
 
 /* ---- snapshots ---- */
 
-static int row_changed(_Atomic uint64_t *cells, int nopt, uint64_t x) {
+static int row_changed(series_ring_t *r, int nopt, uint64_t x) {
     for (int o = 0; o < nopt; o++)
-        if (atomic_load_explicit(cell(cells, nopt, x, o), memory_order_relaxed))
+        if (atomic_load_explicit(cell(r, x, o), memory_order_relaxed))
             return 1;
     return 0;
 }
 
 size_t series_snapshot_size(const series_t *s) {
-    _Atomic uint64_t *cells =
-        atomic_load_explicit((_Atomic uint64_t *_Atomic *)&s->cells, memory_order_relaxed);
+    series_ring_t *r = atomic_load_explicit(&((series_t *)s)->ring, memory_order_relaxed);
     uint64_t newest = atomic_load_explicit(&s->newest, memory_order_relaxed);
     uint64_t oldest = atomic_load_explicit(&s->oldest, memory_order_relaxed);
     size_t n = 0;
-    for (uint64_t x = oldest; cells && x <= newest; x++)
-        n += (size_t)row_changed(cells, s->noptions, x);
+    for (uint64_t x = oldest; r && x <= newest; x++)
+        n += (size_t)row_changed(r, s->noptions, x);
     return 24 + n * (8 + 8 * (size_t)s->noptions);
 }
 
 void series_snapshot_write(const series_t *s, series_emit_fn emit, void *arg) {
-    _Atomic uint64_t *cells =
-        atomic_load_explicit((_Atomic uint64_t *_Atomic *)&s->cells, memory_order_relaxed);
+    series_ring_t *r = atomic_load_explicit(&((series_t *)s)->ring, memory_order_relaxed);
     uint64_t newest = atomic_load_explicit(&s->newest, memory_order_relaxed);
     uint64_t oldest = atomic_load_explicit(&s->oldest, memory_order_relaxed);
     int nopt = s->noptions;
     uint64_t n = 0;
-    for (uint64_t x = oldest; cells && x <= newest; x++)
-        n += (uint64_t)row_changed(cells, nopt, x);
+    for (uint64_t x = oldest; r && x <= newest; x++)
+        n += (uint64_t)row_changed(r, nopt, x);
     uint8_t hdr[24];
-    le_put64(hdr, cells ? newest + 1 : 0);
-    le_put64(hdr + 8, cells ? oldest : 0);
+    le_put64(hdr, r ? newest + 1 : 0);
+    le_put64(hdr + 8, r ? oldest : 0);
     le_put64(hdr + 16, n);
     emit(arg, hdr, 24);
     uint8_t row[8 + 8 * 256];
-    for (uint64_t x = oldest; cells && x <= newest; x++) {
-        if (!row_changed(cells, nopt, x))
+    for (uint64_t x = oldest; r && x <= newest; x++) {
+        if (!row_changed(r, nopt, x))
             continue;
         le_put64(row, x);
         emit(arg, row, 8);
@@ -239,16 +281,21 @@ void series_snapshot_write(const series_t *s, series_emit_fn emit, void *arg) {
             int k = nopt - o < 256 ? nopt - o : 256;
             for (int j = 0; j < k; j++)
                 le_put64(row + 8 * (size_t)j,
-                         atomic_load_explicit(cell(cells, nopt, x, o + j), memory_order_relaxed));
+                         atomic_load_explicit(cell(r, x, o + j), memory_order_relaxed));
             emit(arg, row, 8 * (size_t)k);
         }
     }
 }
 
-int series_snapshot_read(series_t *s, const uint8_t *p, size_t len, char *errstr, size_t esz) {
+int series_snapshot_read(series_t *s, int width, const uint8_t *p, size_t len, char *errstr,
+                         size_t esz) {
     series_free(s);
     int nopt = s->noptions;
-    size_t rowlen = 8 + 8 * (size_t)nopt;
+    size_t rowlen = 8 + 8 * (size_t)(width > 0 ? width : 0);
+    if (width < 0 || width > nopt) {
+        snprintf(errstr, esz, "series: %d options, the poll has %d", width, nopt);
+        return -1;
+    }
     if (len < 24) {
         snprintf(errstr, esz, "series: truncated");
         return -1;
@@ -263,7 +310,7 @@ int series_snapshot_read(series_t *s, const uint8_t *p, size_t len, char *errstr
     }
     if (!has)
         return 0;
-    _Atomic uint64_t *cells = xcalloc((size_t)SERIES_MINUTES * (size_t)nopt, sizeof *cells);
+    series_ring_t *r = ring_new((uint32_t)nopt);
     p += 24;
     uint64_t prev = 0;
     for (uint64_t k = 0; k < n; k++, p += rowlen) {
@@ -271,15 +318,15 @@ int series_snapshot_read(series_t *s, const uint8_t *p, size_t len, char *errstr
         if (x > newest || x < oldest || (k > 0 && x <= prev)) {
             snprintf(errstr, esz, "series: row %llu is out of order or outside the ring",
                      (unsigned long long)k);
-            free((void *)cells);
+            free(r);
             return -1;
         }
         prev = x;
-        for (int o = 0; o < nopt; o++)
-            atomic_init(cell(cells, nopt, x, o), le_get64(p + 8 + 8 * (size_t)o));
+        for (int o = 0; o < width; o++)
+            atomic_init(cell(r, x, o), le_get64(p + 8 + 8 * (size_t)o));
     }
     atomic_init(&s->newest, newest);
     atomic_init(&s->oldest, oldest);
-    atomic_init(&s->cells, cells);
+    atomic_init(&s->ring, r);
     return 0;
 }

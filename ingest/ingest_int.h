@@ -85,6 +85,8 @@ struct worker_s {
 struct ingest_s {
     const tally_config_t *conf;
     vlog_t *log;
+    _Atomic(catalog_live_t *) catalog; /* NULL: the config's polls */
+    _Atomic int starting;              /* 503 "starting" to votes and /healthz */
     char *static_dir;
     int port;
     int nworkers;

@@ -184,7 +184,36 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
                         size_t poll_len) {
     ingest_t *in = w->in;
     conn_ctx_t *x = http_conn_owner(c);
-    const poll_conf_t *poll = config_poll(in->conf, poll_id, poll_len);
+    const poll_conf_t *poll = NULL;
+    poll_conf_t view;
+    if (atomic_load_explicit(&in->starting, memory_order_acquire)) {
+        atomic_fetch_add(&in->unavailable, 1);
+        http_conn_reply_error(c, 503, "starting",
+                              "the engine is catching up with the log; retry shortly",
+                              "Retry-After: 1\r\n");
+        return;
+    }
+    catalog_live_t *live = atomic_load_explicit(&in->catalog, memory_order_acquire);
+    if (live) {
+        /* The definition is used within this call only: well inside the
+         * catalog's grace period. */
+        const catalog_entry_t *en = catalog_find(catalog_live_get(live), poll_id, poll_len);
+        if (en) {
+            /* Who may vote is the definition's (the config's voter_auth
+             * became the config poll's definition). */
+            view = (poll_conf_t){.id = en->def->id,
+                                 .title = en->def->title,
+                                 .mode = en->def->mode,
+                                 .voter_auth = en->def->voter_auth == VOTER_AUTH_JWT
+                                                   ? POLL_AUTH_JWT
+                                                   : POLL_AUTH_NONE,
+                                 .options = en->def->options,
+                                 .noptions = en->def->noptions};
+            poll = &view;
+        }
+    } else {
+        poll = config_poll(in->conf, poll_id, poll_len);
+    }
     if (!poll) {
         reject_vote(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'",
                (int)(poll_len > ID_MAX_LEN ? ID_MAX_LEN : poll_len), poll_id);
@@ -277,7 +306,10 @@ static void handle_healthz(worker_t *w, http_conn_t *c, const http_req_t *r, con
     (void)r, (void)arg, (void)alen;
     static const char ok[] = "{\"status\":\"ok\"}";
     char why[512];
-    if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK)
+    if (atomic_load_explicit(&w->in->starting, memory_order_acquire))
+        http_conn_reply_error(c, 503, "starting", "the engine is catching up with the log",
+                              "Retry-After: 1\r\n");
+    else if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK)
         http_conn_reply_error(c, 503, "log_unavailable", why, "Retry-After: 1\r\n");
     else
         http_conn_reply(c, 200, "application/json", NULL, ok, sizeof ok - 1);
@@ -290,6 +322,11 @@ static void handle_readyz(worker_t *w, http_conn_t *c, const http_req_t *r, cons
     (void)r, (void)arg, (void)alen;
     static const char ok[] = "{\"status\":\"ready\"}";
     char why[512];
+    if (atomic_load_explicit(&w->in->starting, memory_order_acquire)) {
+        http_conn_reply_error(c, 503, "starting", "the engine is catching up with the log",
+                              "Retry-After: 1\r\n");
+        return;
+    }
     if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK) {
         http_conn_reply_error(c, 503, "log_unavailable", why, "Retry-After: 1\r\n");
         return;

@@ -18,6 +18,7 @@
  * version. Heartbeats are comment lines every server.sse_heartbeat_ms, sent
  * only to subscribers with nothing queued. */
 #include <event2/event.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,14 +46,34 @@ static void sse_metrics_init(void) {
                         "events queued to SSE subscribers (one per subscriber and version)", NULL);
 }
 
-/* Embargoed polls (visibility = on_close, with the poll lifecycle) stream
- * their state only, never a count, until they are final. Until the
- * lifecycle exists no poll is embargoed. Hook: return 1 for an embargoed
- * poll that is not final yet, and ingest_sse_publish streams
- * {"poll","version","state"} instead of the results. */
-static int sse_state_only(const poll_conf_t *poll) {
-    (void)poll;
-    return 0;
+/* Embargoed polls (visibility = on_close) stream their state only, never a
+ * count, until they are final: 1 for such a poll, with *state (static
+ * storage) the state its results JSON says. The visibility is the live
+ * catalog's definition (it may change at run time), the config's before
+ * the catalog is handed over; the state is the publisher's, which renders
+ * the JSON (an embargoed rendering has no counts either: this keeps the
+ * stream to the state even if one did). */
+static int sse_state_only(const ingest_t *in, const poll_conf_t *pc, const char *json,
+                          size_t len, const char **state) {
+    int on_close = pc->visibility == VIS_ON_CLOSE;
+    catalog_live_t *live = atomic_load_explicit(&((ingest_t *)in)->catalog, memory_order_acquire);
+    if (live) {
+        /* Used within this call only: well inside the catalog's grace. */
+        const catalog_entry_t *en = catalog_find(catalog_live_get(live), pc->id, strlen(pc->id));
+        if (en)
+            on_close = en->def->visibility == VIS_ON_CLOSE;
+    }
+    if (!on_close)
+        return 0;
+    static const char *const names[] = {"scheduled", "open", "closed", "final"};
+    *state = "open";
+    json_t *j = json_loadb(json, len, 0, NULL);
+    const char *st = j ? json_string_value(json_object_get(j, "state")) : NULL;
+    for (size_t i = 0; st && i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(st, names[i]))
+            *state = names[i];
+    json_decref(j);
+    return strcmp(*state, "final") != 0;
 }
 
 void sse_hub_init(ingest_t *in) {
@@ -109,11 +130,13 @@ void ingest_sse_publish(void *arg, int poll, uint64_t version, const char *json,
         return;
     const poll_conf_t *pc = &in->conf->polls[poll];
     http_chunk_t *k;
-    if (sse_state_only(pc)) {
+    const char *state;
+    if (sse_state_only(in, pc, json, len, &state)) {
         buf_t b = {0};
         buf_puts(&b, "{\"poll\":");
         json_put_str(&b, pc->id);
-        buf_printf(&b, ",\"version\":%llu,\"state\":\"open\"}", (unsigned long long)version);
+        buf_printf(&b, ",\"version\":%llu,\"state\":\"%s\"}", (unsigned long long)version,
+                   state);
         k = make_event(version, b.data, b.len);
         buf_free(&b);
     } else {

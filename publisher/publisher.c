@@ -9,8 +9,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "publisher/s3.h"
+#include <jansson.h>
+
 #include "common/metrics.h"
+#include "publisher/s3.h"
 
 /* After a failed write: wait BACKOFF_MIN_MS, doubling to BACKOFF_MAX_MS,
  * until one succeeds. Failures are logged once, then at most every
@@ -24,10 +26,18 @@ struct publisher_s {
     engine_t *engine;
     char *dir;
     int min_interval_ms;
-    uint64_t *published_gen; /* [npolls], publisher thread only */
-    uint64_t *last_ms;       /* [npolls], monotonic ms of the last write */
-    uint8_t *ever;           /* [npolls]: written at least once */
-    uint64_t *version;       /* [npolls]: the last version rendered */
+    /* Per poll (engine index), publisher thread only; grown with the
+     * engine's polls. */
+    int cap;
+    uint64_t *published_gen;
+    uint64_t *last_ms;       /* monotonic ms of the last write */
+    uint8_t *ever;           /* written at least once */
+    uint8_t *state;          /* poll_state_t of the last write */
+    uint8_t *frozen;         /* final and written (here or by an earlier run) */
+    uint8_t *checked;        /* the existing file was looked at */
+    uint64_t *version;       /* the last version rendered */
+    int index_npolls;        /* index.html lists this many polls... */
+    uint64_t index_states;   /* ...in these states, with these options (a hash) */
     void (*on_publish)(void *arg, int poll, uint64_t version, const char *json, size_t len);
     void *on_publish_arg;
     _Atomic uint64_t writes;
@@ -54,11 +64,6 @@ publisher_t *pub_new(const tally_config_t *c, engine_t *e) {
     p->engine = e;
     p->dir = xstrdup(c->pub_dir);
     p->min_interval_ms = c->pub_min_interval_ms;
-    int n = c->npolls ? c->npolls : 1;
-    p->published_gen = xcalloc((size_t)n, sizeof(uint64_t));
-    p->last_ms = xcalloc((size_t)n, sizeof(uint64_t));
-    p->ever = xcalloc((size_t)n, 1);
-    p->version = xcalloc((size_t)n, sizeof(uint64_t));
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cond, NULL);
     /* The key files were checked at start (config_check_s3): failing now
@@ -78,9 +83,87 @@ void pub_free(publisher_t *p) {
     free(p->published_gen);
     free(p->last_ms);
     free(p->ever);
+    free(p->state);
+    free(p->frozen);
+    free(p->checked);
     free(p->version);
     free(p->dir);
     free(p);
+}
+
+/* Room for the engine's polls, which grow at run time. */
+static void ensure_cap(publisher_t *p, int n) {
+    if (n <= p->cap)
+        return;
+    int cap = p->cap ? p->cap : 16;
+    while (cap < n)
+        cap *= 2;
+#define GROW(f, sz)                                                                                \
+    do {                                                                                           \
+        p->f = xrealloc(p->f, (size_t)cap * (sz));                                                 \
+        memset((char *)p->f + (size_t)p->cap * (sz), 0, (size_t)(cap - p->cap) * (sz));             \
+    } while (0)
+    GROW(published_gen, sizeof(uint64_t));
+    GROW(last_ms, sizeof(uint64_t));
+    GROW(ever, 1);
+    GROW(state, 1);
+    GROW(frozen, 1);
+    GROW(checked, 1);
+    GROW(version, sizeof(uint64_t));
+#undef GROW
+    p->cap = cap;
+}
+
+/* The version of poll i's next rendering: the one place that decides what
+ * a version is (results JSON "version", the SSE event id). Milliseconds
+ * since the epoch, and at least one more than the last: strictly
+ * increasing with every rendering (a state that changes with time alone,
+ * open -> closed, is a new version too, which a sum of log positions would
+ * not be), and across restarts too while the clock does not go back, so a
+ * page that saw a version before a restart takes the new ones. */
+static uint64_t next_version(publisher_t *p, int i) {
+    uint64_t v = now_ms();
+    if (v <= p->version[i])
+        v = p->version[i] + 1;
+    p->version[i] = v;
+    return v;
+}
+
+static metric_t *m_publishes, *m_publish_ns, *m_publish_fail;
+static void pub_metrics_init(void) {
+    metrics_t *m = metrics_default();
+    m_publishes = metrics_counter(m, "tally_publish_total",
+                                  "poll results rendered and written (one per version)", NULL);
+    m_publish_fail = metrics_counter(m, "tally_publish_failures_total",
+                                     "poll results that could not be written to publisher.dir",
+                                     NULL);
+    m_publish_ns =
+        metrics_histogram(m, "tally_publish_latency_seconds",
+                          "rendering and writing one poll's results (JSON and HTML)", NULL,
+                          METRICS_LATENCY_NS, METRICS_LATENCY_NS_N, 1e9);
+}
+
+void pub_set_on_publish(publisher_t *p,
+                        void (*fn)(void *arg, int poll, uint64_t version, const char *json,
+                                   size_t len),
+                        void *arg) {
+    p->on_publish = fn;
+    p->on_publish_arg = arg;
+}
+
+/* Whether polls/ID.json already says the poll is final: then it was
+ * frozen by an earlier run (or replay) and is never rewritten. */
+static int file_is_final(const char *dir, const char *id) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/polls/%s.json", dir, id);
+    json_error_t jerr;
+    json_t *j = json_load_file(path, 0, &jerr);
+    if (!j)
+        return 0;
+    const char *st = json_string_value(json_object_get(j, "state"));
+    int fin = st && !strcmp(st, "final");
+    json_decref(j);
+    return fin;
 }
 
 uint64_t pub_writes(const publisher_t *p) {
@@ -127,8 +210,23 @@ static void sweep_dir(const char *dir) {
     closedir(d);
 }
 
+/* What index.html and the vote pages show of poll i (its state and
+ * options), folded into h; 0 when the index does not list it. */
+static uint64_t index_hash(publisher_t *p, int i, uint64_t now, const catalog_entry_t **out,
+                           poll_state_t *state) {
+    const catalog_entry_t *en = engine_poll_entry(p->engine, i);
+    *out = en;
+    if (!en)
+        return 0;
+    engine_poll_status_t st = engine_poll_status(p->engine, i, NULL);
+    *state = poll_def_state_at(en->def, st.final, now);
+    /* Options appended (or labels changed) rewrite the vote page. */
+    return ((uint64_t)*state + 1) * 0x9E3779B97F4A7C15ull + (uint64_t)en->def_seq * 131 +
+           (uint64_t)en->def->noptions;
+}
+
 /* mkdir publisher.dir/polls and vote/, write index.html and the vote
- * pages; once, then only polls. */
+ * pages; again whenever a poll is added or changes state or options. */
 static tally_err_t publish_index(publisher_t *p, char *errstr, size_t esz) {
     char sub[4200], votes[4200];
     snprintf(sub, sizeof sub, "%s/polls", p->dir);
@@ -137,17 +235,6 @@ static tally_err_t publish_index(publisher_t *p, char *errstr, size_t esz) {
         snprintf(errstr, esz, "publisher.dir %s: %s", p->dir, strerror(errno));
         return TALLY_ERR_IO;
     }
-    /* Every poll takes votes until the lifecycle says which are open. */
-    for (int i = 0; i < p->conf->npolls; i++) {
-        buf_t page = {0};
-        char name[128];
-        pub_render_vote(&p->conf->polls[i], &page);
-        snprintf(name, sizeof name, "vote/%s.html", p->conf->polls[i].id);
-        tally_err_t err = write_out(p, name, &page, errstr, esz);
-        buf_free(&page);
-        if (err != TALLY_OK)
-            return err;
-    }
     if (!p->stale_swept) {
         sweep_dir(p->dir);
         sweep_dir(sub);
@@ -155,8 +242,40 @@ static tally_err_t publish_index(publisher_t *p, char *errstr, size_t esz) {
         p->stale_swept = 1;
     }
     buf_t idx = {0};
-    pub_render_index(p->conf, now_ms(), &idx);
-    tally_err_t err = write_out(p, "index.html", &idx, errstr, esz);
+    int n = engine_npolls(p->engine);
+    pub_poll_t *v = xcalloc((size_t)(n ? n : 1), sizeof *v);
+    int k = 0;
+    uint64_t now = now_ms(), states = 0;
+    tally_err_t err = TALLY_OK;
+    for (int i = 0; i < n; i++) {
+        const catalog_entry_t *en;
+        poll_state_t state = POLL_OPEN;
+        uint64_t h = index_hash(p, i, now, &en, &state);
+        if (!en)
+            continue;
+        states = states * 31 + h;
+        v[k].def = en->def;
+        v[k].state = state;
+        k++;
+        /* Every poll gets its vote page; the page answers what a closed
+         * or scheduled poll says to a vote (409). */
+        buf_t page = {0};
+        char name[128];
+        pub_render_poll_vote(en->def, &page);
+        snprintf(name, sizeof name, "vote/%s.html", en->def->id);
+        if (err == TALLY_OK)
+            err = write_out(p, name, &page, errstr, esz);
+        buf_free(&page);
+    }
+    if (err != TALLY_OK) {
+        free(v);
+        return err;
+    }
+    pub_render_index_polls(v, k, now, &idx);
+    free(v);
+    p->index_npolls = n;
+    p->index_states = states;
+    err = write_out(p, "index.html", &idx, errstr, esz);
     buf_free(&idx);
     if (err == TALLY_OK)
         p->index_done = 1;
@@ -196,61 +315,84 @@ static void note_success(publisher_t *p) {
     p->retry_at = 0;
 }
 
-/* The version of poll i's next rendering: the one place that decides what
- * a version is (results JSON "version", the SSE event id), until the poll
- * lifecycle brings a version of its own. Milliseconds since the epoch,
- * and at least one more than the last: increasing within a run, and across
- * restarts too while the clock does not go back, so a page that saw a
- * version before a restart takes the new ones. */
-static uint64_t next_version(publisher_t *p, int i) {
-    uint64_t v = now_ms();
-    if (v <= p->version[i])
-        v = p->version[i] + 1;
-    p->version[i] = v;
-    return v;
+/* Whether index.html lists other polls or states than it would now. */
+static int index_stale(publisher_t *p) {
+    int n = engine_npolls(p->engine);
+    if (n != p->index_npolls)
+        return 1;
+    uint64_t now = now_ms(), states = 0;
+    for (int i = 0; i < n; i++) {
+        const catalog_entry_t *en;
+        poll_state_t state;
+        uint64_t h = index_hash(p, i, now, &en, &state);
+        if (en)
+            states = states * 31 + h;
+    }
+    return states != p->index_states;
 }
 
-static metric_t *m_publishes, *m_publish_ns, *m_publish_fail;
-static void pub_metrics_init(void) {
-    metrics_t *m = metrics_default();
-    m_publishes = metrics_counter(m, "tally_publish_total",
-                                  "poll results rendered and written (one per version)", NULL);
-    m_publish_fail = metrics_counter(m, "tally_publish_failures_total",
-                                     "poll results that could not be written to publisher.dir",
-                                     NULL);
-    m_publish_ns =
-        metrics_histogram(m, "tally_publish_latency_seconds",
-                          "rendering and writing one poll's results (JSON and HTML)", NULL,
-                          METRICS_LATENCY_NS, METRICS_LATENCY_NS_N, 1e9);
-}
-
-void pub_set_on_publish(publisher_t *p,
-                        void (*fn)(void *arg, int poll, uint64_t version, const char *json,
-                                   size_t len),
-                        void *arg) {
-    p->on_publish = fn;
-    p->on_publish_arg = arg;
+/* The state poll i would be published in now, or -1 for none. */
+static int poll_state_now(publisher_t *p, int i) {
+    const catalog_entry_t *en = engine_poll_entry(p->engine, i);
+    if (!en)
+        return -1;
+    engine_poll_status_t st = engine_poll_status(p->engine, i, NULL);
+    return (int)poll_def_state_at(en->def, st.final, now_ms());
 }
 
 /* Reads generation before totals: a change after the read bumps the
- * generation again, so it is never missed. */
+ * generation again, so it is never missed. A final poll is written once
+ * and never again (nor when an earlier run left it final). */
 static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz) {
-    const poll_conf_t *pc = engine_poll(p->engine, i);
-    uint64_t gen = engine_poll_generation(p->engine, i);
-    uint64_t *counts = xmalloc(sizeof *counts * (size_t)pc->noptions);
-    series_view_t series;
-    series_view_init(&series, pc->noptions);
-    /* One read: the series sums to these counts. */
-    engine_poll_read(p->engine, i, counts, &series);
+    ensure_cap(p, i + 1);
+    if (p->frozen[i])
+        return TALLY_OK;
+    const catalog_entry_t *en = engine_poll_entry(p->engine, i);
+    if (!en)
+        return TALLY_OK; /* an unreadable DEFINE: nothing to show */
+    const poll_def_t *pc = en->def;
+    if (!p->checked[i]) {
+        p->checked[i] = 1;
+        if (file_is_final(p->dir, pc->id)) {
+            p->frozen[i] = 1;
+            p->ever[i] = 1;
+            p->state[i] = POLL_FINAL;
+            return TALLY_OK;
+        }
+    }
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, pub_metrics_init);
     uint64_t t0 = metrics_now_ns();
+    int np = engine_npartitions(p->engine);
+    uint64_t gen = engine_poll_generation(p->engine, i);
+    uint64_t *finals = xcalloc((size_t)np, sizeof *finals);
+    engine_poll_status_t st = engine_poll_status(p->engine, i, finals);
+    uint64_t *counts = xmalloc(sizeof *counts * (size_t)(pc->noptions ? pc->noptions : 1));
+    series_view_t series;
+    series_view_init(&series, pc->noptions);
+    /* One read: the series sums to these counts. */
+    engine_poll_read(p->engine, i, counts, pc->noptions, &series);
     uint64_t now = now_ms();
-    uint64_t version = next_version(p, i);
+    pub_poll_t v = {
+        .def = pc,
+        .counts = counts,
+        .series = &series,
+        .state = poll_def_state_at(pc, st.final, now),
+        .version = next_version(p, i),
+        .late = st.late,
+        .final_positions = st.final ? finals : NULL,
+        .npartitions = np,
+    };
+    if (pc->visibility == VIS_ON_CLOSE && !st.final) {
+        /* Embargoed: the poll and its state; no counts, no series (the
+         * buckets would tell the counts), in the files and the stream. */
+        v.counts = NULL;
+        v.series = NULL;
+    }
     buf_t json = {0}, html = {0};
-    pub_render_json_series(pc, counts, &series, now, version, &json);
+    pub_render_poll_json(&v, now, &json);
+    pub_render_poll_html(&v, now, &html);
     series_view_free(&series);
-    pub_render_html(pc, counts, now, version, &html);
     char name[128];
     tally_err_t rc = TALLY_OK;
     /* The HTML first: a reader that sees new JSON finds a page at least as new. */
@@ -264,14 +406,18 @@ static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz)
     /* Live subscribers get it even when publisher.dir refused it: the
      * files are one copy of the results, the stream another. */
     if (p->on_publish)
-        p->on_publish(p->on_publish_arg, i, version, json.data, json.len);
+        p->on_publish(p->on_publish_arg, i, v.version, json.data, json.len);
     buf_free(&json);
     buf_free(&html);
     free(counts);
+    free(finals);
     if (rc == TALLY_OK) {
         p->published_gen[i] = gen;
         p->last_ms[i] = mono_ms();
         p->ever[i] = 1;
+        p->state[i] = (uint8_t)v.state;
+        if (st.final)
+            p->frozen[i] = 1;
         atomic_fetch_add(&p->writes, 1);
     }
     return rc;
@@ -299,12 +445,18 @@ static int publish_round(publisher_t *p, int force) {
     char err[512];
     if (!force && p->retry_at > now)
         return (int)(p->retry_at - now);
-    if (!p->index_done && publish_index(p, err, sizeof err) != TALLY_OK) {
+    if ((!p->index_done || index_stale(p)) && publish_index(p, err, sizeof err) != TALLY_OK) {
         note_failure(p, err, 0);
         return p->backoff_ms;
     }
-    for (int i = 0; i < engine_npolls(p->engine); i++) {
-        if (p->ever[i] && engine_poll_generation(p->engine, i) == p->published_gen[i])
+    int npolls = engine_npolls(p->engine);
+    ensure_cap(p, npolls);
+    for (int i = 0; i < npolls; i++) {
+        if (p->frozen[i])
+            continue;
+        /* Time moves states too (scheduled -> open -> closed): republish. */
+        if (p->ever[i] && engine_poll_generation(p->engine, i) == p->published_gen[i] &&
+            poll_state_now(p, i) == p->state[i])
             continue;
         uint64_t due = p->last_ms[i] + (uint64_t)p->min_interval_ms;
         if (!force && p->ever[i] && now < due) {

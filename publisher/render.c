@@ -3,17 +3,19 @@
  * as integers, exact over all of uint64 (jansson's integers stop at 2^63).
  * HTML is escaped text in a fixed template with inline CSS and script only
  * (no external resources, so the pages work from any static host). Titles
- * and labels come from the config and may hold any bytes: every output is
- * valid UTF-8 whatever they hold. The scripts are constant: what varies
- * reaches them through escaped data-* attributes and the results JSON,
- * never pasted into script text.
+ * and labels come from the config or the admin API and may hold any bytes:
+ * every output is valid UTF-8 whatever they hold. The scripts are constant:
+ * what varies reaches them through escaped data-* attributes and the
+ * results JSON, never pasted into script text.
  *
  * The results page is complete without script (the totals as of its
  * rendering); its script then keeps it current from the event stream
  * (/v1/polls/ID/events), falling back to fetching polls/ID.json with
  * If-None-Match where streams fail (a static host, a proxy), and never
- * shows a version older than one it has shown. The vote page posts to the
- * API and says what became of the vote. */
+ * shows a version older than one it has shown; a final page stays as it
+ * is. An embargoed poll (visibility on_close, not final) shows its options
+ * and state, never a count. The vote page posts to the API and says what
+ * became of the vote. */
 #include <stdio.h>
 #include <string.h>
 
@@ -22,11 +24,39 @@
 #include "common/utf8.h"
 #include "publisher/publisher.h"
 
-static uint64_t poll_total(const poll_conf_t *poll, const uint64_t *counts) {
+static uint64_t poll_total(const poll_def_t *poll, const uint64_t *counts) {
     uint64_t total = 0;
-    for (int i = 0; i < poll->noptions; i++)
+    for (int i = 0; counts && i < poll->noptions; i++)
         total += counts[i];
     return total;
+}
+
+/* A config poll as a definition, sharing its strings (no allocation). */
+static poll_def_t conf_as_def(const poll_conf_t *pc) {
+    poll_def_t d = {0};
+    d.id = pc->id;
+    d.title = pc->title;
+    d.mode = pc->mode;
+    d.max_votes = pc->max_votes;
+    d.options = pc->options;
+    d.noptions = pc->noptions;
+    d.visibility = pc->visibility ? VIS_ON_CLOSE : VIS_LIVE;
+    d.voter_auth = pc->voter_auth == POLL_AUTH_JWT ? VOTER_AUTH_JWT : VOTER_AUTH_NONE;
+    d.opens_at = pc->opens_at;
+    d.closes_at = pc->closes_at;
+    d.source = POLL_SRC_CONFIG;
+    return d;
+}
+
+static void put_time(buf_t *out, const char *key, uint64_t ms) {
+    char ts[40];
+    buf_printf(out, ",\"%s\":", key);
+    if (!ms) {
+        buf_puts(out, "null");
+        return;
+    }
+    fmt_rfc3339(ms, ts, sizeof ts);
+    json_put_str(out, ts);
 }
 
 /* "series":{"bucket_ms":60000,"buckets":[{"t":ms,"counts":[d,...]},...]}
@@ -44,14 +74,8 @@ static void put_series(buf_t *out, const series_view_t *s) {
     buf_puts(out, "]}");
 }
 
-void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
-                     uint64_t version, buf_t *out) {
-    pub_render_json_series(poll, counts, NULL, updated_ms, version, out);
-}
-
-void pub_render_json_series(const poll_conf_t *poll, const uint64_t *counts,
-                            const series_view_t *series, uint64_t updated_ms, uint64_t version,
-                            buf_t *out) {
+void pub_render_poll_json(const pub_poll_t *v, uint64_t updated_ms, buf_t *out) {
+    const poll_def_t *poll = v->def;
     char ts[40];
     fmt_rfc3339(updated_ms, ts, sizeof ts);
     buf_puts(out, "{\"poll\":");
@@ -60,21 +84,55 @@ void pub_render_json_series(const poll_conf_t *poll, const uint64_t *counts,
     json_put_str(out, poll->title);
     buf_puts(out, ",\"mode\":");
     json_put_str(out, poll_mode_name(poll->mode));
-    buf_printf(out, ",\"version\":%llu", (unsigned long long)version);
-    buf_printf(out, ",\"total\":%llu,\"options\":[", (unsigned long long)poll_total(poll, counts));
+    if (poll->mode == MODE_CAPPED)
+        buf_printf(out, ",\"max_votes\":%u", poll->max_votes);
+    buf_puts(out, ",\"state\":");
+    json_put_str(out, poll_state_name(v->state));
+    buf_puts(out, ",\"visibility\":");
+    json_put_str(out, poll_visibility_name(poll->visibility));
+    buf_printf(out, ",\"version\":%llu", (unsigned long long)v->version);
+    put_time(out, "opens_at", poll->opens_at);
+    put_time(out, "closes_at", poll->closes_at);
+    if (v->counts)
+        buf_printf(out, ",\"total\":%llu,\"late\":%llu",
+                   (unsigned long long)poll_total(poll, v->counts), (unsigned long long)v->late);
+    buf_puts(out, ",\"options\":[");
     for (int i = 0; i < poll->noptions; i++) {
         buf_puts(out, i ? ",{\"id\":" : "{\"id\":");
         json_put_str(out, poll->options[i].id);
         buf_puts(out, ",\"label\":");
         json_put_str(out, poll->options[i].label);
-        buf_printf(out, ",\"votes\":%llu}", (unsigned long long)counts[i]);
+        if (v->counts)
+            buf_printf(out, ",\"votes\":%llu", (unsigned long long)v->counts[i]);
+        buf_puts(out, "}");
     }
     buf_puts(out, "]");
-    if (series)
-        put_series(out, series);
+    /* The series would tell the counts: withheld with them. */
+    if (v->counts && v->series)
+        put_series(out, v->series);
+    if (v->final_positions) {
+        buf_puts(out, ",\"final_positions\":[");
+        for (int p = 0; p < v->npartitions; p++)
+            buf_printf(out, "%s%llu", p ? "," : "", (unsigned long long)v->final_positions[p]);
+        buf_puts(out, "]");
+    }
     buf_puts(out, ",\"updated_at\":");
     json_put_str(out, ts);
     buf_puts(out, "}\n");
+}
+
+void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
+                     uint64_t version, buf_t *out) {
+    pub_render_json_series(poll, counts, NULL, updated_ms, version, out);
+}
+
+void pub_render_json_series(const poll_conf_t *pc, const uint64_t *counts,
+                            const series_view_t *series, uint64_t updated_ms, uint64_t version,
+                            buf_t *out) {
+    poll_def_t d = conf_as_def(pc);
+    pub_poll_t v = {
+        .def = &d, .counts = counts, .series = series, .state = POLL_OPEN, .version = version};
+    pub_render_poll_json(&v, updated_ms, out);
 }
 
 /* Text for an HTML element or a quoted attribute: the five specials as
@@ -203,10 +261,15 @@ static const char results_js[] =
     "  }\n"
     "  /* Never an older version than the one shown: events and fetches race. */\n"
     "  function apply(d) {\n"
-    "    if (!d || d.poll !== poll || typeof d.version !== 'number' || !d.options) return false;\n"
+    "    if (!d || d.poll !== poll || typeof d.version !== 'number') return false;\n"
     "    if (d.version < shown || (d.version === shown && drawn)) return false;\n"
     "    shown = d.version; drawn = true;\n"
     "    body.setAttribute('data-version', String(shown));\n"
+    "    var st = document.getElementById('state'); if (st && d.state) st.textContent = d.state;\n"
+    "    if (d.state) body.setAttribute('data-state', d.state);\n"
+    "    /* An embargoed poll (visibility on_close) has no counts until final,\n"
+    "     * and its stream carries the state alone. */\n"
+    "    if (!d.options || typeof d.total !== 'number') return true;\n"
     "    bars(d); chart(d);\n"
     "    return true;\n"
     "  }\n"
@@ -237,6 +300,8 @@ static const char results_js[] =
     "     * an event arrives again the JSON is fetched instead. */\n"
     "    es.onerror = function () { fallback(); };\n"
     "  }\n"
+    "  /* A final poll's results never change again. */\n"
+    "  if (body.getAttribute('data-state') === 'final') { status('final'); return; }\n"
     "  fetchJson();\n"
     "  live();\n"
     "})();\n";
@@ -303,8 +368,8 @@ static const char vote_js[] =
 
 /* <head> up to and including <body ...>: data-* carry what the script
  * needs (escaped like any attribute). */
-static void page_head(buf_t *out, const poll_conf_t *poll, const char *what, const char *json_url,
-                      uint64_t version) {
+static void page_head(buf_t *out, const poll_def_t *poll, const char *what, const char *json_url,
+                      uint64_t version, const char *state) {
     buf_puts(out, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                   "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>");
     html_escape(out, poll->title);
@@ -312,20 +377,29 @@ static void page_head(buf_t *out, const poll_conf_t *poll, const char *what, con
     html_escape(out, poll->id);
     buf_puts(out, "\" data-json=\"");
     html_escape(out, json_url);
-    buf_printf(out, "\" data-version=\"%llu\">\n<h1>", (unsigned long long)version);
+    buf_printf(out, "\" data-version=\"%llu\"", (unsigned long long)version);
+    if (state)
+        buf_printf(out, " data-state=\"%s\"", state);
+    buf_puts(out, ">\n<h1>");
     html_escape(out, poll->title);
     buf_puts(out, "</h1>\n");
 }
 
-static void put_bars(buf_t *out, const poll_conf_t *poll, const uint64_t *counts) {
+/* The options with their counts, or (counts NULL: embargoed) their labels
+ * only. */
+static void put_bars(buf_t *out, const poll_def_t *poll, const uint64_t *counts) {
     uint64_t total = poll_total(poll, counts);
     buf_puts(out, "<div id=\"bars\">\n");
     for (int i = 0; i < poll->noptions; i++) {
-        double pct = total ? 100.0 * (double)counts[i] / (double)total : 0.0;
         buf_puts(out, "<div class=\"opt\" data-opt=\"");
         html_escape(out, poll->options[i].id);
         buf_puts(out, "\"><div class=\"lbl\"><span>");
         html_escape(out, poll->options[i].label);
+        if (!counts) {
+            buf_puts(out, "</span></div></div>\n");
+            continue;
+        }
+        double pct = total ? 100.0 * (double)counts[i] / (double)total : 0.0;
         buf_printf(out,
                    "</span><span>%llu (%.1f%%)</span></div><div class=\"bar\"><div "
                    "class=\"fill\" style=\"width:%.2f%%\"></div></div></div>\n",
@@ -334,29 +408,43 @@ static void put_bars(buf_t *out, const poll_conf_t *poll, const uint64_t *counts
     buf_puts(out, "</div>\n");
 }
 
-void pub_render_html(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
-                     uint64_t version, buf_t *out) {
+void pub_render_poll_html(const pub_poll_t *v, uint64_t updated_ms, buf_t *out) {
+    const poll_def_t *poll = v->def;
     char ts[40], json_url[ID_MAX_LEN + 8];
     fmt_rfc3339(updated_ms, ts, sizeof ts);
     snprintf(json_url, sizeof json_url, "%s.json", poll->id);
-    page_head(out, poll, "results", json_url, version);
-    put_bars(out, poll, counts);
-    buf_puts(out, "<svg id=\"chart\" viewBox=\"0 0 600 180\" role=\"img\" "
-                  "aria-label=\"votes per minute\"></svg>\n");
+    const char *state = poll_state_name(v->state);
+    page_head(out, poll, "results", json_url, v->version, state);
+    buf_printf(out, "<p class=\"state\">state: <span id=\"state\">%s</span></p>\n", state);
+    put_bars(out, poll, v->counts);
+    if (v->counts) {
+        buf_puts(out, "<svg id=\"chart\" viewBox=\"0 0 600 180\" role=\"img\" "
+                      "aria-label=\"votes per minute\"></svg>\n");
+        buf_printf(out, "<p class=\"meta\">Total: <strong id=\"total\">%llu</strong> votes &middot; ",
+                   (unsigned long long)poll_total(poll, v->counts));
+    } else {
+        buf_puts(out, "<p class=\"meta\">Results are published once the poll is final "
+                      "&middot; ");
+    }
     buf_printf(out,
-               "<p class=\"meta\">Total: <strong id=\"total\">%llu</strong> votes &middot; mode: "
-               "%s &middot; as of <time id=\"updated\" datetime=\"%s\">%s</time> &middot; "
+               "mode: %s &middot; as of <time id=\"updated\" datetime=\"%s\">%s</time> &middot; "
                "<span id=\"live\">static</span> &middot; <a href=\"%s.json\">JSON</a> &middot; "
                "<a href=\"../vote/%s.html\">vote</a> &middot; <a href=\"../index.html\">all "
                "polls</a></p>\n<script>%s</script>\n</body></html>\n",
-               (unsigned long long)poll_total(poll, counts), poll_mode_name(poll->mode), ts, ts,
-               poll->id, poll->id, results_js);
+               poll_mode_name(poll->mode), ts, ts, poll->id, poll->id, results_js);
 }
 
-void pub_render_vote(const poll_conf_t *poll, buf_t *out) {
+void pub_render_html(const poll_conf_t *pc, const uint64_t *counts, uint64_t updated_ms,
+                     uint64_t version, buf_t *out) {
+    poll_def_t d = conf_as_def(pc);
+    pub_poll_t v = {.def = &d, .counts = counts, .state = POLL_OPEN, .version = version};
+    pub_render_poll_html(&v, updated_ms, out);
+}
+
+void pub_render_poll_vote(const poll_def_t *poll, buf_t *out) {
     char json_url[ID_MAX_LEN + 16];
     snprintf(json_url, sizeof json_url, "../polls/%s.json", poll->id);
-    page_head(out, poll, "vote", json_url, 0);
+    page_head(out, poll, "vote", json_url, 0, NULL);
     buf_puts(out, "<form id=\"vote\"><div class=\"choices\">\n");
     for (int i = 0; i < poll->noptions; i++) {
         buf_puts(out, "<button class=\"choice\" type=\"submit\" name=\"option\" value=\"");
@@ -380,7 +468,12 @@ void pub_render_vote(const poll_conf_t *poll, buf_t *out) {
                poll_mode_name(poll->mode), poll->id, vote_js);
 }
 
-void pub_render_index(const tally_config_t *c, uint64_t updated_ms, buf_t *out) {
+void pub_render_vote(const poll_conf_t *pc, buf_t *out) {
+    poll_def_t d = conf_as_def(pc);
+    pub_render_poll_vote(&d, out);
+}
+
+void pub_render_index_polls(const pub_poll_t *polls, int n, uint64_t updated_ms, buf_t *out) {
     char ts[40];
     fmt_rfc3339(updated_ms, ts, sizeof ts);
     buf_printf(out,
@@ -391,13 +484,35 @@ void pub_render_index(const tally_config_t *c, uint64_t updated_ms, buf_t *out) 
                "to watch them move.</p>\n"
                "<ul>\n",
                css);
-    /* The title leads to the vote page: what a newcomer came for. */
-    for (int i = 0; i < c->npolls; i++) {
-        buf_printf(out, "<li><a class=\"vote\" href=\"vote/%s.html\">",
-                   c->polls[i].id);
-        html_escape(out, c->polls[i].title);
-        buf_printf(out, "</a> &middot; <a href=\"polls/%s.html\">live results</a></li>\n",
-                   c->polls[i].id);
+    for (int i = 0; i < n; i++) {
+        const poll_def_t *d = polls[i].def;
+        const char *st = poll_state_name(polls[i].state);
+        /* An open poll's title leads to its vote page (what a newcomer came
+         * for); the others' to their results. */
+        if (polls[i].state == POLL_OPEN) {
+            buf_printf(out, "<li><a class=\"vote\" href=\"vote/%s.html\">", d->id);
+            html_escape(out, d->title);
+            buf_printf(out,
+                       "</a> <span class=\"state\">%s</span> &middot; <a "
+                       "href=\"polls/%s.html\">live results</a></li>\n",
+                       st, d->id);
+        } else {
+            buf_printf(out, "<li><a href=\"polls/%s.html\">", d->id);
+            html_escape(out, d->title);
+            buf_printf(out, "</a> <span class=\"state\">%s</span></li>\n", st);
+        }
     }
     buf_printf(out, "</ul>\n<p class=\"meta\">as of %s</p>\n</body></html>\n", ts);
+}
+
+void pub_render_index(const tally_config_t *c, uint64_t updated_ms, buf_t *out) {
+    pub_poll_t *v = xcalloc((size_t)(c->npolls ? c->npolls : 1), sizeof *v);
+    poll_def_t *d = xcalloc((size_t)(c->npolls ? c->npolls : 1), sizeof *d);
+    for (int i = 0; i < c->npolls; i++) {
+        d[i] = conf_as_def(&c->polls[i]);
+        v[i] = (pub_poll_t){.def = &d[i], .state = POLL_OPEN};
+    }
+    pub_render_index_polls(v, c->npolls, updated_ms, out);
+    free(v);
+    free(d);
 }

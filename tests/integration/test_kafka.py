@@ -37,9 +37,9 @@ def kafka_local(*args, timeout=300):
 
 
 def topic_records(bootstrap, topic):
-    """Every vote of a topic, read with kcat and decoded by the test's own
-    reader (tests/chaos_lib/logreader.py, from the format in log/record.h),
-    not by tally: [(partition, offset, poll, option, voter)]."""
+    """Every vote of a topic, read with kcat and decoded by the checker's own
+    reader (chaos_lib/logreader.py, log/record.h's v1 and v2), not by tally:
+    [(partition, offset, poll, option, voter)]; control records are left out."""
     r = subprocess.run(["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q",
                         "-f", "%p %o %S %s"], capture_output=True, timeout=120)
     if r.returncode != 0:

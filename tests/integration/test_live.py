@@ -256,6 +256,11 @@ class Metrics(TallyTestCase):
         self.assertIn("# TYPE tally_s3_upload_failures_total counter", text)
         self.assertIsNone(sample(text, "tally_s3_upload_failures_total"))
         self.assertIn("# TYPE tally_polls gauge", text)
+        # Polls per state, from the engine's catalog: the harness's three
+        # config polls (one, chg, free) have no schedule: all open.
+        self.assertEqual(sample(text, "tally_polls", 'state="open"'), 3)
+        for state in ("scheduled", "closed", "final"):
+            self.assertEqual(sample(text, "tally_polls", f'state="{state}"'), 0, state)
         # The dashboard in docs/ names only series that exist.
         src = os.environ.get("TALLY_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "../.."))
         with open(os.path.join(src, "docs", "grafana-tally.json")) as f:

@@ -403,7 +403,7 @@ static void outcome(engine_t *e, outcome_t *o) {
     memset(o, 0, sizeof *o);
     for (int i = 0; i < 3; i++) {
         series_view_init(&o->series[i], nopts[i]);
-        engine_poll_read(e, i, o->tot[i], &o->series[i]);
+        engine_poll_read(e, i, o->tot[i], nopts[i], &o->series[i]);
     }
     engine_stats_t s = engine_stats(e);
     o->retried = s.retried;
@@ -549,7 +549,7 @@ Test(idem, series_buckets_are_the_minutes_of_the_changes) {
     series_view_t s;
     series_view_init(&s, 3);
     uint64_t tot[3];
-    engine_poll_read(eng, P_CHG, tot, &s);
+    engine_poll_read(eng, P_CHG, tot, 3, &s);
     cr_assert_eq(tot[0], 1);
     cr_assert_eq(tot[2], 1);
     /* minute 3 nets to nothing (x +1 -1, z -1 +1): left out. */
@@ -590,7 +590,7 @@ Test(idem, series_older_than_the_ring_fold_into_its_oldest_minute) {
     series_t t;
     series_init(&t, 2);
     char why[160];
-    cr_assert_eq(series_snapshot_read(&t, (uint8_t *)b.data, b.len, why, sizeof why), 0, "%s", why);
+    cr_assert_eq(series_snapshot_read(&t, 2, (uint8_t *)b.data, b.len, why, sizeof why), 0, "%s", why);
     series_view_t w;
     series_view_init(&w, 2);
     series_read_into(&t, &w);
@@ -598,7 +598,7 @@ Test(idem, series_older_than_the_ring_fold_into_its_oldest_minute) {
     cr_assert_eq(w.n, v.n);
     cr_assert(!memcmp(w.t_ms, v.t_ms, 8 * v.n));
     cr_assert(!memcmp(w.counts, v.counts, 16 * v.n));
-    cr_assert_eq(series_snapshot_read(&t, (uint8_t *)b.data, b.len - 8, why, sizeof why), -1);
+    cr_assert_eq(series_snapshot_read(&t, 2, (uint8_t *)b.data, b.len - 8, why, sizeof why), -1);
     buf_free(&b);
     series_view_free(&v);
     series_view_free(&w);

@@ -542,7 +542,7 @@ static void flog_metrics_init(void) {
                                    "fdatasync of one group commit (file log)", NULL,
                                    METRICS_LATENCY_NS, METRICS_LATENCY_NS_N, 1e9);
     m_batch = metrics_histogram(m, "tally_log_group_commit_votes",
-                                "votes written and synced by one group commit (file log)", NULL,
+                                "records (votes, poll history) written and synced by one group commit (file log)", NULL,
                                 METRICS_BATCH_SIZES, METRICS_BATCH_SIZES_N, 1);
 }
 

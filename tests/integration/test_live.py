@@ -1,7 +1,8 @@
 """Live results and watching (tsan): Server-Sent Events (first event, a vote's
 event within a second, resume with Last-Event-ID, heartbeats, subscribers
 on every thread, the subscriber cap, slow readers dropped), GET /metrics
-(promtool check metrics, counters equal to the votes sent), and GET /readyz
+(promtool check metrics, counters equal to the votes sent), an embargoed
+poll's file and stream without counts until final, and GET /readyz
 flipping on a vanished log and on engine lag (a staged slow disk)."""
 import json
 import os
@@ -174,8 +175,10 @@ class SSE(TallyTestCase):
 
     def test_subscriber_cap_and_a_reader_that_stops_reading_is_dropped(self):
         # Events of some 60 KiB, so that a reader that stops reading fills
-        # its socket soon (a stream's SO_SNDBUF is 64 KiB).
-        opts = [f"o{i}" for i in range(600)]
+        # its socket soon (a stream's SO_SNDBUF is 64 KiB). 480 options: the
+        # poll's definition (a control record in the log, at most 60000
+        # bytes of JSON) must fit too.
+        opts = [f"o{i}" for i in range(480)]
         polls = ("[poll.big]\ntitle = big\noptions = p, q,\n  " + ",\n  ".join(opts) + "\nmode = unlimited\n" +
                  "".join(f"label.{o} = {'label of ' + o:<90}.\n" for o in opts))
         t = self.make(polls=polls).start("-s", "server.sse_max_subscribers=2", "-s", "server.body_timeout_ms=300")
@@ -210,6 +213,79 @@ class SSE(TallyTestCase):
         t.stop()
 
 
+class Embargo(TallyTestCase):
+    def test_an_embargoed_poll_streams_and_publishes_its_state_only_until_final(self):
+        # visibility = on_close: until the poll is final neither its file nor
+        # its event stream may tell a count (no votes, total, late, series:
+        # the series' buckets sum to the totals). Closes 3 s after start,
+        # final admin.final_grace_ms (2 s) later.
+        closes = time.time() + 3 * TIMEOUT_MULT
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(closes)) + ".%03dZ" % int(closes % 1 * 1000)
+        polls = ("[poll.secret]\ntitle = Secret\noptions = a, b\nmode = unlimited\n"
+                 f"visibility = on_close\ncloses_at = {stamp}\n")
+        t = self.make(polls=polls).start("-s", "admin.final_grace_ms=2000")
+        counts = ("votes", "total", "late", "series", "final_positions")
+
+        def state_only(data, what):
+            self.assertEqual(set(data), {"poll", "version", "state"}, f"{what}: {data}")
+            self.assertEqual(data["poll"], "secret")
+
+        ev = Events(t.port, "secret")
+        self.assertEqual(ev.status, 200)
+        first = ev.next()
+        self.assertIsNotNone(first, "no first event")
+        state_only(first[1], "first event")
+        self.assertEqual(first[1]["state"], "open")
+        self.assertEqual(first[1]["version"], first[0])
+        sent = 0
+        for opt in ("a", "b", "b"):
+            self.assertEqual(t.vote("secret", opt)[0], 202)
+            sent += 1
+        # The engine counted them (stats), and the stream moved on: a newer
+        # version, still the state alone.
+        wait_until(lambda: json.loads(t.request("GET", "/v1/stats")[1])["engine"]["applied"] >= sent, 10,
+                   "the engine to count the votes")
+        got = ev.next(timeout=2)
+        self.assertIsNotNone(got, "no event after the votes")
+        self.assertGreater(got[0], first[0])
+        state_only(got[1], "event after the votes")
+        pub = t.published("secret")
+        self.assertEqual(pub["state"], "open")
+        self.assertEqual(pub["visibility"], "on_close")
+        for k in counts:
+            self.assertNotIn(k, pub, f"the file tells {k}: {pub}")
+        for o in pub["options"]:
+            self.assertEqual(set(o), {"id", "label"}, o)
+        with open(os.path.join(t.dir, "public", "polls", "secret.html")) as f:
+            page = f.read()
+        self.assertNotIn("id=\"total\"", page)
+        self.assertNotIn("(66.7%)", page)
+        # Closed, then final: the counts come out, in the file and the stream.
+        seen = set()
+        final = None
+        deadline = time.monotonic() + 15 * TIMEOUT_MULT
+        while final is None and time.monotonic() < deadline:
+            got = ev.next(timeout=1)
+            if got is None:
+                continue
+            d = got[1]
+            seen.add(d.get("state"))
+            if d.get("state") == "final":
+                final = d
+            else:
+                state_only(d, "event before final")
+        self.assertIsNotNone(final, "the poll never became final")
+        self.assertIn("closed", seen, "the stream said closed before final")
+        self.assertEqual(final["total"], sent)
+        self.assertEqual({o["id"]: o["votes"] for o in final["options"]}, {"a": 1, "b": 2})
+        self.assertEqual(sum(sum(b["counts"]) for b in final["series"]["buckets"]), sent)
+        pub = t.published("secret")
+        self.assertEqual(pub["state"], "final")
+        self.assertEqual(pub["total"], sent)
+        ev.close()
+        t.stop()
+
+
 class Metrics(TallyTestCase):
     def test_promtool_accepts_it_and_counters_equal_the_votes_sent(self):
         t = self.make().start()
@@ -240,9 +316,11 @@ class Metrics(TallyTestCase):
         for reason, n in rejected.items():
             self.assertEqual(sample(text, "tally_votes_rejected_total", f'reason="{reason}"'), n, reason)
         self.assertEqual(sample(text, "tally_votes_rejected_total", 'reason="rate_limited"'), 0)
-        # Every acknowledged vote went through one ack and one group commit.
+        # Every acknowledged vote went through one ack and one group commit;
+        # so did the poll history's records: at start each of the three
+        # config polls is DEFINEd in each of the 4 partitions.
         self.assertEqual(sample(text, "tally_ingest_ack_latency_seconds_count"), accepted)
-        self.assertEqual(sample(text, "tally_log_group_commit_votes_sum"), accepted)
+        self.assertEqual(sample(text, "tally_log_group_commit_votes_sum"), accepted + 3 * 4)
         self.assertGreaterEqual(sample(text, "tally_log_fsync_seconds_count"), 1)
         # In the one-per-voter poll x1 and x2 voted three times: 6 applied,
         # one of each counted; every record is applied (none skipped).

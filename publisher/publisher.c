@@ -152,16 +152,26 @@ void pub_set_on_publish(publisher_t *p,
 }
 
 /* Whether polls/ID.json already says the poll is final: then it was
- * frozen by an earlier run (or replay) and is never rewritten. */
-static int file_is_final(const char *dir, const char *id) {
-    char path[4200];
+ * frozen by an earlier run (or replay) and is never rewritten. *text gets
+ * the file's bytes and *version its version (for the event stream). */
+static int file_is_final(const char *dir, const char *id, buf_t *text, uint64_t *version) {
+    char path[4200], chunk[8192];
     snprintf(path, sizeof path, "%s/polls/%s.json", dir, id);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        buf_append(text, chunk, n);
+    fclose(f);
     json_error_t jerr;
-    json_t *j = json_load_file(path, 0, &jerr);
+    json_t *j = text->len ? json_loadb(text->data, text->len, 0, &jerr) : NULL;
     if (!j)
         return 0;
     const char *st = json_string_value(json_object_get(j, "state"));
     int fin = st && !strcmp(st, "final");
+    json_int_t v = json_integer_value(json_object_get(j, "version"));
+    *version = v > 0 ? (uint64_t)v : 0;
     json_decref(j);
     return fin;
 }
@@ -353,12 +363,19 @@ static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz)
     const poll_def_t *pc = en->def;
     if (!p->checked[i]) {
         p->checked[i] = 1;
-        if (file_is_final(p->dir, pc->id)) {
+        buf_t text = {0};
+        uint64_t version = 0;
+        if (file_is_final(p->dir, pc->id, &text, &version)) {
             p->frozen[i] = 1;
             p->ever[i] = 1;
             p->state[i] = POLL_FINAL;
+            /* The stream serves the frozen results as they are. */
+            if (p->on_publish)
+                p->on_publish(p->on_publish_arg, i, version, text.data, text.len);
+            buf_free(&text);
             return TALLY_OK;
         }
+        buf_free(&text);
     }
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, pub_metrics_init);

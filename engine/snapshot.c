@@ -693,6 +693,7 @@ tally_err_t engine_snapshot_load_file(engine_t *e, int p, const char *path, char
     if (err != TALLY_OK)
         goto out;
     partition_t *pt = &e->parts[p];
+    engine_partition_merge_int(e, p);
     pt->position = position;
     pt->snap_position = position;
     atomic_store(&pt->pos_pub, position);

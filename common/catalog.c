@@ -189,6 +189,7 @@ static tally_err_t get_options(json_t *v, poll_def_t *d, catalog_error_t *err) {
         json_t *o = json_array_get(v, i);
         char field[64];
         poll_option_t *opt = &d->options[i];
+        d->noptions = (int)i + 1; /* freed by poll_def_free whatever happens next */
         snprintf(field, sizeof field, "options[%zu]", i);
         if (json_is_string(o)) {
             if (get_id(o, field, &opt->id, err) != TALLY_OK)
@@ -216,7 +217,6 @@ static tally_err_t get_options(json_t *v, poll_def_t *d, catalog_error_t *err) {
         } else {
             return BAD(field, "%s must be an option id or {\"id\",\"label\"}", field);
         }
-        d->noptions = (int)i + 1;
         if (!opt->label)
             opt->label = xstrdup(opt->id);
         if (poll_def_option_index(d, opt->id, strlen(opt->id)) != (int)i) {
@@ -515,6 +515,13 @@ catalog_t *catalog_with(const catalog_t *base, catalog_entry_t *en, uint64_t seq
     }
     c->seq = seq > base->seq ? seq : base->seq;
     index_build(c);
+    return c;
+}
+
+catalog_t *catalog_with_seq(const catalog_t *base, uint64_t seq) {
+    catalog_t *c = catalog_dup(base);
+    if (seq > c->seq)
+        c->seq = seq;
     return c;
 }
 

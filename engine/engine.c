@@ -1084,26 +1084,41 @@ int engine_failed(const engine_t *e) { return atomic_load(&e->failed); }
 
 ppoll_t *engine_ppoll_add_int(engine_t *e, int p, int gi) { return ppoll_add(e, p, gi); }
 ppoll_t *engine_ppoll_get_int(const partition_t *pt, int gi) { return ppoll_get(pt, gi); }
-void engine_ppoll_grow_int(engine_t *e, int p, ppoll_t *pp, uint32_t n) {
-    ppoll_grow(&e->parts[p], pp, n);
-}
 
-/* Sets a loaded view (taken) and merges it into the engine's catalog. */
+/* Sets a loaded view (taken); engine_partition_merge_int publishes it. */
 void engine_ppoll_set_view_int(engine_t *e, int p, ppoll_t *pp, catalog_entry_t *view) {
     catalog_entry_t *old = pp->view;
     pp->view = view;
     ppoll_set_eff(&e->parts[p], pp);
     catalog_entry_unref(old);
-    catalog_entry_t *en = view;
-    if (pp->final) {
-        en = catalog_entry_finalized(view, pp->final_seq, pp->final_at);
-    } else {
-        catalog_entry_ref(en);
+}
+
+/* Merges partition p's views into the engine's catalog (a snapshot that
+ * loaded whole: a refused one leaves the catalog as it was). */
+void engine_partition_merge_int(engine_t *e, int p) {
+    partition_t *pt = &e->parts[p];
+    uint64_t seq = atomic_load(&pt->applied_seq);
+    for (int k = 0; k < pt->nknown; k++) {
+        ppoll_t *pp = ppoll_get(pt, pt->known[k]);
+        if (!pp->view)
+            continue;
+        catalog_entry_t *en = pp->view;
+        if (pp->final)
+            en = catalog_entry_finalized(pp->view, pp->final_seq, pp->final_at);
+        else
+            catalog_entry_ref(en);
+        pthread_mutex_lock(&e->cat_mu);
+        catalog_merge_locked(e, en, seq);
+        pthread_mutex_unlock(&e->cat_mu);
+        catalog_entry_unref(en);
     }
-    pthread_mutex_lock(&e->cat_mu);
-    catalog_merge_locked(e, en, atomic_load(&e->parts[p].applied_seq));
-    pthread_mutex_unlock(&e->cat_mu);
-    catalog_entry_unref(en);
+    if (seq) {
+        pthread_mutex_lock(&e->cat_mu);
+        const catalog_t *cur = catalog_live_get(e->catalog);
+        if (seq > catalog_seq(cur))
+            catalog_live_swap(e->catalog, catalog_with_seq(cur, seq));
+        pthread_mutex_unlock(&e->cat_mu);
+    }
 }
 
 int engine_global_index_int(engine_t *e, const char *id, size_t len) {

@@ -122,8 +122,7 @@ void engine_partition_reset_int(engine_t *e, int p);
 ppoll_t *engine_ppoll_add_int(engine_t *e, int p, int gi);
 ppoll_t *engine_ppoll_get_int(const partition_t *pt, int gi);
 void engine_ppoll_set_view_int(engine_t *e, int p, ppoll_t *pp, catalog_entry_t *view);
-/* Makes room for n options in pp's counts and series (snapshot loading). */
-void engine_ppoll_grow_int(engine_t *e, int p, ppoll_t *pp, uint32_t n);
+void engine_partition_merge_int(engine_t *e, int p);
 int engine_global_index_int(engine_t *e, const char *id, size_t len);
 
 #endif

@@ -428,13 +428,12 @@ static tally_err_t load_series(engine_t *e, int p, int v3, sreader_t *r, char *e
                           errstr, esz);
         if (v3)
             width = (uint32_t)pp->series.noptions;
-        if (width > POLL_MAX_OPTIONS)
-            return refuse(TALLY_ERR_CORRUPT, "series of too many options", errstr, esz);
-        /* The series has as many options as the counts: options the
-         * series had and the definition lacks (never counted here) keep
-         * their zero counts. */
+        /* The series has as many options as the counts, which the same
+         * config and definitions give the same size: more options than the
+         * loaded poll has means the config changed (recount). Fewer read 0
+         * for the rest. */
         if ((int)width > pp->series.noptions)
-            engine_ppoll_grow_int(e, p, pp, width);
+            return refuse(TALLY_ERR_STATE, "config changed (a poll's options)", errstr, esz);
         char why[160];
         if (series_snapshot_read(&pp->series, (int)width, sr(r, (size_t)len), (size_t)len, why,
                                  sizeof why) != 0)
@@ -804,6 +803,7 @@ tally_err_t engine_snapshot_load_file(engine_t *e, int p, const char *path, char
     if (!have_series)
         series_from_totals(e, p, h.created_ms);
     partition_t *pt = &e->parts[p];
+    engine_partition_merge_int(e, p);
     pt->position = position;
     pt->snap_position = position;
     atomic_store(&pt->pos_pub, position);

@@ -84,6 +84,16 @@ static const key_def_t keys[] = {
     {"kafka", "topic", T_STR, "tally.votes", 0, 0, OFF(kafka_topic), "topic of the vote log"},
     {"kafka", "partitions", T_INT, "4", 1, 100000, OFF(kafka_partitions),
      "partitions when tally creates the topic"},
+    {"kafka", "catalog_topic", T_STR, "", 0, 0, OFF(kafka_catalog_topic),
+     "compacted topic of poll definitions for tally ingest (empty: <topic>-polls)"},
+    {"admin", "listen", T_HOSTPORT, "127.0.0.1:8081", 0, 0, OFF(admin_listen),
+     "address of the admin API (its own listener, never server.listen)"},
+    {"admin", "token_file", T_STR, "", 0, 0, OFF(admin_token_file),
+     "file holding the admin API's bearer token (empty: the admin API is off)"},
+    {"admin", "close_delay_ms", T_INT, "3000", 1000, 3600000, OFF(admin_close_delay_ms),
+     "\"close now\" closes this long after the request (every ingest learns it first)"},
+    {"admin", "final_grace_ms", T_INT, "5000", 3000, 3600000, OFF(admin_final_grace_ms),
+     "a closed poll's totals become final this long after its close"},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -932,6 +942,14 @@ void config_free(tally_config_t *c) {
     free(c->polls);
     free(c->poll_index);
     free(c);
+}
+
+const char *config_catalog_topic(const tally_config_t *c, char *buf, size_t size) {
+    if (c->kafka_catalog_topic && c->kafka_catalog_topic[0])
+        snprintf(buf, size, "%s", c->kafka_catalog_topic);
+    else
+        snprintf(buf, size, "%s-polls", c->kafka_topic);
+    return buf;
 }
 
 static int poll_is(const poll_conf_t *p, const char *id, size_t len) {

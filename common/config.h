@@ -69,9 +69,15 @@ typedef struct {
     /* [kafka] */
     char *kafka_brokers;       /* non-empty selects the Kafka log */
     char *kafka_topic;
+    char *kafka_catalog_topic; /* "" means "<kafka_topic>-polls" (config_catalog_topic) */
     int kafka_partitions;
     kv_t *kafka_props;         /* every other key, handed to librdkafka */
     int nkafka_props;
+    /* [admin] */
+    char *admin_listen;        /* the admin API's own listener, never server.listen */
+    char *admin_token_file;    /* "": the admin API is off */
+    int admin_close_delay_ms;  /* "close now" closes at now + this */
+    int admin_final_grace_ms;  /* a closed poll becomes final at closes_at + this */
     /* [poll.ID] */
     poll_conf_t *polls;
     int npolls;
@@ -130,6 +136,9 @@ tally_err_t config_check_dirs(const tally_config_t *c, unsigned writes, char *er
 #define CONFIG_LISTEN_HOST_MAX 256
 tally_err_t config_parse_listen(const char *listen, char *host, size_t host_size, int *port,
                                 char *errstr, size_t errstr_size);
+
+/* kafka.catalog_topic, or "<kafka.topic>-polls" when it is empty, into buf. */
+const char *config_catalog_topic(const tally_config_t *c, char *buf, size_t size);
 
 const poll_conf_t *config_poll(const tally_config_t *c, const char *id, size_t len);
 int poll_option_index(const poll_conf_t *p, const char *id, size_t len);

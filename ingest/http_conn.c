@@ -24,7 +24,7 @@
 #define TE_CAP 64
 #define EXPECT_CAP 32
 
-typedef enum { H_OTHER, H_TE, H_EXPECT, H_XFF, H_HOST } hdr_kind_t;
+typedef enum { H_OTHER, H_TE, H_EXPECT, H_XFF, H_HOST, H_AUTH } hdr_kind_t;
 typedef enum { S_IDLE, S_HEADERS, S_BODY, S_DISPATCHED } req_state_t;
 
 struct http_conn_s {
@@ -55,6 +55,8 @@ struct http_conn_s {
     unsigned value_started : 1;
     unsigned te_seen : 1, te_over : 1, xff_over : 1, xff_seen : 1, hname_over : 1;
     unsigned host_count : 2;
+    unsigned auth_count : 2; /* Authorization headers; more than one: none is believed */
+    unsigned auth_over : 1;
     unsigned prev_cr : 1;    /* framing scan: the last framing byte was CR */
     unsigned after_data : 1; /* framing scan: a chunk's data just ended */
     hdr_kind_t hkind;
@@ -74,6 +76,8 @@ struct http_conn_s {
     size_t expect_len;
     char xff[HTTP_MAX_XFF];
     size_t xff_len;
+    char auth[HTTP_MAX_AUTH];
+    size_t auth_len;
     char url[HTTP_MAX_TARGET + 1];
     size_t url_len;
     char body[HTTP_MAX_BODY];
@@ -98,12 +102,15 @@ const char *http_reason(int status) {
     switch (status) {
     case 100: return "Continue";
     case 200: return "OK";
+    case 201: return "Created";
     case 202: return "Accepted";
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
+    case 409: return "Conflict";
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 417: return "Expectation Failed";
@@ -303,6 +310,8 @@ static int on_message_begin(http_parser *p) {
     c->te_seen = c->te_over = c->xff_over = c->xff_seen = c->hname_over = 0;
     c->value_started = c->hdrs_paused = c->msg_done = c->head = 0;
     c->host_count = 0;
+    c->auth_count = c->auth_over = 0;
+    c->auth_len = 0;
     c->prev_cr = c->after_data = 0;
     c->hkind = H_OTHER;
     if (c->nreq > 0) /* the first request's deadline runs from the accept */
@@ -373,6 +382,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
                    : name_is(c, "expect")          ? H_EXPECT
                    : name_is(c, "x-forwarded-for") ? H_XFF
                    : name_is(c, "host")            ? H_HOST
+                   : name_is(c, "authorization")   ? H_AUTH
                                                    : H_OTHER;
     }
     switch (c->hkind) {
@@ -389,6 +399,12 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
         c->xff_seen = 1;
         if (!c->xff_over && append(c->xff, HTTP_MAX_XFF, &c->xff_len, at, len, first) != 0)
             c->xff_over = 1;
+        break;
+    case H_AUTH:
+        if (first && c->auth_count < 2)
+            c->auth_count++;
+        if (!c->auth_over && append(c->auth, HTTP_MAX_AUTH, &c->auth_len, at, len, 0) != 0)
+            c->auth_over = 1;
         break;
     case H_HOST:
         if (first && ++c->host_count > 1)
@@ -534,6 +550,10 @@ static void dispatch(http_conn_t *c) {
     if (c->xff_seen && !c->xff_over) {
         r.xff = c->xff;
         r.xff_len = c->xff_len;
+    }
+    if (c->auth_count == 1 && !c->auth_over) {
+        r.authorization = c->auth;
+        r.authorization_len = c->auth_len;
     }
     c->state = S_DISPATCHED;
     c->cfg->handler(c->cfg->arg, c, &r);
@@ -766,6 +786,7 @@ static http_conn_t *conn_alloc(const http_conn_cfg_t *cfg) {
     c->olen = c->ocap = c->ooff = 0;
     c->ilen = c->ioff = 0;
     c->url_len = c->body_len = c->hname_len = c->te_len = c->expect_len = c->xff_len = 0;
+    c->auth_len = 0;
     c->keep_alive = 1;
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;

@@ -37,6 +37,7 @@ struct event_base;
 #define HTTP_MAX_BODY 4096
 #define HTTP_MAX_TARGET 4096
 #define HTTP_MAX_XFF 512
+#define HTTP_MAX_AUTH 1024
 
 typedef struct http_conn_s http_conn_t;
 
@@ -51,6 +52,9 @@ typedef struct {
     size_t body_len;
     const char *xff; /* X-Forwarded-For (all such headers joined), or NULL */
     size_t xff_len;
+    /* Authorization, or NULL when absent, repeated or over HTTP_MAX_AUTH */
+    const char *authorization;
+    size_t authorization_len;
 } http_req_t;
 
 /* What the owner plugs in; arg is passed back. handler must answer (reply,

@@ -247,12 +247,12 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
  * (a lone thread leaves it off, so a second server on the port fails to bind
  * rather than sharing it). Port 0 picks one, which *port_io then holds for
  * the next threads' listeners. */
-static int bind_listen(const char *hostport, int reuseport, int *port_io, char *errstr,
-                       size_t esz) {
+int ingest_bind_listen(const char *key, const char *hostport, int reuseport, int *port_io,
+                       char *errstr, size_t esz) {
     char host[CONFIG_LISTEN_HOST_MAX], port[16], why[512];
     int portnum;
     if (config_parse_listen(hostport, host, sizeof host, &portnum, why, sizeof why) != TALLY_OK) {
-        snprintf(errstr, esz, "server.listen: %s", why);
+        snprintf(errstr, esz, "%s: %s", key, why);
         return -1;
     }
     snprintf(port, sizeof port, "%d", *port_io > 0 ? *port_io : portnum);
@@ -262,7 +262,7 @@ static int bind_listen(const char *hostport, int reuseport, int *port_io, char *
     hints.ai_flags = AI_PASSIVE;
     int rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0) {
-        snprintf(errstr, esz, "server.listen %s: %s", hostport, gai_strerror(rc));
+        snprintf(errstr, esz, "%s %s: %s", key, hostport, gai_strerror(rc));
         return -1;
     }
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -270,7 +270,7 @@ static int bind_listen(const char *hostport, int reuseport, int *port_io, char *
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
         (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
         bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
-        snprintf(errstr, esz, "server.listen %s: %s", hostport, strerror(errno));
+        snprintf(errstr, esz, "%s %s: %s", key, hostport, strerror(errno));
         if (fd >= 0)
             close(fd);
         freeaddrinfo(res);
@@ -305,7 +305,8 @@ static int worker_init(ingest_t *in, worker_t *w, int id, char *errstr, size_t e
         snprintf(errstr, esz, "ingest: cannot set up event loop %d", id);
         return -1;
     }
-    w->listen_fd = bind_listen(c->listen, c->server_threads > 1, &in->port, errstr, esz);
+    w->listen_fd =
+        ingest_bind_listen("server.listen", c->listen, c->server_threads > 1, &in->port, errstr, esz);
     if (w->listen_fd < 0)
         return -1;
     w->accept_ev = event_new(w->base, w->listen_fd, EV_READ | EV_PERSIST, on_accept, w);

@@ -73,6 +73,11 @@ struct ingest_s {
     _Atomic uint64_t accepted, rejected, unavailable;
 };
 
+/* ingest.c: a listening socket on hostport (the config key `key`, for
+ * messages). See the comment at its definition. */
+int ingest_bind_listen(const char *key, const char *hostport, int reuseport, int *port_io,
+                       char *errstr, size_t esz);
+
 /* routes.c: the http_conn handler (arg is the worker). */
 void routes_handle(void *arg, http_conn_t *c, const http_req_t *req);
 /* routes.c: answers a vote the log has acknowledged (or failed).

@@ -15,6 +15,7 @@ typedef enum {
     MODE_ONE_PER_VOTER = 0, /* the first vote of a voter counts */
     MODE_CHANGEABLE = 1,    /* the voter's latest vote counts */
     MODE_UNLIMITED = 2,     /* every vote counts */
+    MODE_CAPPED = 3,        /* a voter's first max_votes votes count */
 } poll_mode_t;
 
 const char *poll_mode_name(poll_mode_t m);

@@ -45,6 +45,11 @@ typedef struct {
     history_t *history;   /* where changes are written */
     admin_totals_fn totals;
     void *totals_arg;
+    /* Blocks until every ingest can learn catalog seq (Kafka: the catalog
+     * topic holds it; NULL: at once, an in-process catalog). Used by the
+     * close's correction rule. */
+    void (*wait_learnable)(void *arg, uint64_t seq);
+    void *wait_arg;
     /* GET /metrics on the admin listener (e.g. ingest_reply_metrics); NULL:
      * 404. */
     void (*metrics)(http_conn_t *c);

@@ -37,9 +37,9 @@ typedef enum { POLL_SRC_ADMIN = 0, POLL_SRC_CONFIG = 1 } poll_source_t;
 
 typedef struct {
     char *id, *title;
-    poll_mode_t mode;          /* config.h; MODE_CAPPED counts a voter's first max_votes */
-    uint32_t max_votes;        /* MODE_CAPPED only (1..POLL_MAX_VOTES), else 0 */
-    poll_option_t *options;    /* config.h {id, label}; labels never NULL */
+    poll_mode_t mode;       /* config.h; MODE_CAPPED counts a voter's first max_votes */
+    uint32_t max_votes;     /* MODE_CAPPED only (1..POLL_MAX_VOTES), else 0 */
+    poll_option_t *options; /* config.h {id, label}; labels never NULL */
     int noptions;
     poll_visibility_t visibility;
     poll_voter_auth_t voter_auth;
@@ -130,7 +130,7 @@ typedef struct {
     int final;          /* CONTROL_FINAL applied */
     uint64_t final_seq; /* its seq */
     uint64_t final_at;  /* its at_ms (the cut) */
-    uint64_t seed;     /* record_poll_seed(id) */
+    uint64_t seed;      /* record_poll_seed(id) */
     _Atomic int refs;
 } catalog_entry_t;
 
@@ -196,8 +196,8 @@ tally_err_t history_create(history_t *h, poll_def_t *def, catalog_entry_t **out,
                            catalog_error_t *err);
 /* Replaces a poll's definition (*def taken): 404 "no_such_poll", 409 per
  * poll_def_check_successor at now_ms with close_delay_ms. */
-tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now_ms,
-                           uint64_t close_delay_ms, catalog_entry_t **out, catalog_error_t *err);
+tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now_ms, uint64_t close_delay_ms,
+                           catalog_entry_t **out, catalog_error_t *err);
 /* Appends CONTROL_FINAL (at = closes_at) for a closed poll: 404, 409
  * "poll_final" when already final, 409 "incompatible" when it has no
  * closes_at. */
@@ -206,7 +206,7 @@ tally_err_t history_final(history_t *h, const char *id, catalog_entry_t **out,
 /* Startup: appends an already-sequenced control record (bytes) to the
  * listed partitions only (re-broadcast after a crash), waiting for acks.
  * Does not touch the catalog. */
-tally_err_t history_append_raw(history_t *h, const uint8_t *rec, size_t len,
-                               const int *partitions, int n, catalog_error_t *err);
+tally_err_t history_append_raw(history_t *h, const uint8_t *rec, size_t len, const int *partitions,
+                               int n, catalog_error_t *err);
 
 #endif

@@ -15,7 +15,7 @@
 #include "common/util.h"
 
 /* Value types of the key tables. T_OPTIONS and T_LABEL are poll keys. */
-typedef enum { T_STR, T_INT, T_BOOL, T_HOSTPORT, T_ENUM, T_OPTIONS, T_LABEL } key_type_t;
+typedef enum { T_STR, T_INT, T_BOOL, T_HOSTPORT, T_ENUM, T_OPTIONS, T_LABEL, T_TIME } key_type_t;
 
 /* A named value of an enum-like key. */
 typedef struct {
@@ -79,6 +79,10 @@ static const key_def_t keys[] = {
      "directory of the published results (index.html, polls/ID.json|html)"},
     {"publisher", "min_interval_ms", T_INT, "50", 0, 3600000, OFF(pub_min_interval_ms),
      "a poll's results are rewritten at most once per this interval"},
+    {"admin", "close_delay_ms", T_INT, "3000", 0, 3600000, OFF(admin_close_delay_ms),
+     "a \"close now\" takes effect this much later, once every ingest has learned it"},
+    {"admin", "final_grace_ms", T_INT, "5000", 2000, 3600000, OFF(admin_final_grace_ms),
+     "a poll is made final (frozen) this long after its close"},
     {"kafka", "brokers", T_STR, "", 0, 0, OFF(kafka_brokers),
      "bootstrap brokers; non-empty switches the vote log to Kafka"},
     {"kafka", "topic", T_STR, "tally.votes", 0, 0, OFF(kafka_topic), "topic of the vote log"},
@@ -106,12 +110,29 @@ static const enum_def_t modes[] = {
     {"one-per-voter", MODE_ONE_PER_VOTER, "the first vote of a voter counts"},
     {"changeable", MODE_CHANGEABLE, "the voter's latest vote counts"},
     {"unlimited", MODE_UNLIMITED, "every vote counts"},
+    {"capped", MODE_CAPPED, "a voter's first max_votes votes count"},
+    {NULL, 0, NULL},
+};
+
+static const enum_def_t visibilities[] = {
+    {"live", 0, "results are published as votes count"},
+    {"on_close", 1, "no counts are published until the poll is final"},
     {NULL, 0, NULL},
 };
 
 /* The keys of a [poll.ID] section, as keys[] is for the others: parsing,
  * the duplicate check and `--help-config` read it. */
-typedef enum { PK_TITLE, PK_OPTIONS, PK_LABEL, PK_MODE, NPOLL_KEYS } poll_key_t;
+typedef enum {
+    PK_TITLE,
+    PK_OPTIONS,
+    PK_LABEL,
+    PK_MODE,
+    PK_MAX_VOTES,
+    PK_VISIBILITY,
+    PK_OPENS_AT,
+    PK_CLOSES_AT,
+    NPOLL_KEYS
+} poll_key_t;
 typedef struct {
     const char *key; /* ending in '.': a prefix, the rest names an option */
     const char *shown;
@@ -130,6 +151,14 @@ static const poll_key_def_t poll_keys[NPOLL_KEYS] = {
                   "display text of an option"},
     [PK_MODE] = {"mode", "mode", T_ENUM, modes, offsetof(poll_conf_t, mode), "one-per-voter",
                  "how a voter's votes count"},
+    [PK_MAX_VOTES] = {"max_votes", "max_votes", T_INT, NULL, offsetof(poll_conf_t, max_votes),
+                      "none", "mode capped: how many of a voter's votes count (1-65535)"},
+    [PK_VISIBILITY] = {"visibility", "visibility", T_ENUM, visibilities,
+                       offsetof(poll_conf_t, visibility), "live", "when counts are published"},
+    [PK_OPENS_AT] = {"opens_at", "opens_at", T_TIME, NULL, offsetof(poll_conf_t, opens_at),
+                     "open from start", "RFC3339 time the poll opens"},
+    [PK_CLOSES_AT] = {"closes_at", "closes_at", T_TIME, NULL, offsetof(poll_conf_t, closes_at),
+                      "never", "RFC3339 time the poll closes"},
 };
 
 static const enum_def_t *enum_find(const enum_def_t *v, const char *name) {
@@ -303,6 +332,7 @@ static tally_err_t set_typed(tally_config_t *c, const key_def_t *k, const char *
     }
     case T_ENUM:
     case T_OPTIONS:
+    case T_TIME:
     case T_LABEL: break; /* poll keys only */
     }
     return TALLY_ERR_INTERNAL;
@@ -432,7 +462,28 @@ static tally_err_t poll_set(poll_conf_t *p, const poll_key_def_t *k, const char 
             buf_free(&names);
             return TALLY_ERR_CONFIG;
         }
-        *(poll_mode_t *)field = (poll_mode_t)v->value;
+        *(int *)field = v->value;
+        return TALLY_OK;
+    }
+    case T_INT: {
+        char *end;
+        errno = 0;
+        long n = strtol(value, &end, 10);
+        if (errno || end == value || *end || n < 1 || n > 65535) {
+            seterr(errstr, esz, "poll.%s.%s: '%s' is not an integer in 1..65535", p->id, key,
+                   value);
+            return TALLY_ERR_CONFIG;
+        }
+        *(uint32_t *)field = (uint32_t)n;
+        return TALLY_OK;
+    }
+    case T_TIME: {
+        uint64_t ms;
+        if (parse_rfc3339(value, &ms) != 0 || ms == 0) {
+            seterr(errstr, esz, "poll.%s.%s: '%s' is not an RFC3339 time", p->id, key, value);
+            return TALLY_ERR_CONFIG;
+        }
+        *(uint64_t *)field = ms;
         return TALLY_OK;
     }
     case T_OPTIONS: return poll_set_options(p, value, errstr, esz);
@@ -450,7 +501,6 @@ static tally_err_t poll_set(poll_conf_t *p, const poll_key_def_t *k, const char 
         *option_out = i;
         return TALLY_OK;
     }
-    case T_INT:
     case T_BOOL:
     case T_HOSTPORT: break; /* not poll keys */
     }
@@ -783,6 +833,18 @@ static tally_err_t validate(tally_config_t *c, const parse_ctx_t *ctx, const cha
             else
                 seterr(errstr, esz, "%s%spoll.%s: 'options' is required", where ? where : "",
                        where ? ": " : "", p->id);
+            return TALLY_ERR_CONFIG;
+        }
+        const char *bad = NULL;
+        if (p->mode == MODE_CAPPED && !p->max_votes)
+            bad = "'max_votes' is required in mode capped";
+        else if (p->mode != MODE_CAPPED && p->max_votes)
+            bad = "'max_votes' is only for mode capped";
+        else if (p->opens_at && p->closes_at && p->closes_at <= p->opens_at)
+            bad = "'closes_at' must be after 'opens_at'";
+        if (bad) {
+            seterr(errstr, esz, "%s%spoll.%s: %s", where ? where : "", where ? ": " : "", p->id,
+                   bad);
             return TALLY_ERR_CONFIG;
         }
         if (!p->title)

@@ -34,6 +34,9 @@ typedef struct {
     poll_mode_t mode;
     poll_option_t *options;
     int noptions;
+    uint32_t max_votes;           /* mode capped: 1..65535 */
+    int visibility;               /* 0 live, 1 on_close (catalog.h poll_visibility_t) */
+    uint64_t opens_at, closes_at; /* ms since the epoch, 0: unset */
 } poll_conf_t;
 
 typedef struct {
@@ -67,6 +70,9 @@ typedef struct {
     /* [publisher] */
     char *pub_dir;
     int pub_min_interval_ms;
+    /* [admin] */
+    int admin_close_delay_ms;  /* "close now" takes effect this much later */
+    int admin_final_grace_ms;  /* CONTROL_FINAL this long after closes_at */
     /* [kafka] */
     char *kafka_brokers;       /* non-empty selects the Kafka log */
     char *kafka_topic;

@@ -1,0 +1,320 @@
+/* common/catalog.h: poll definitions (JSON both ways, config), the successor
+ * rules, states in time, catalog versions and the live pointer. */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "common/catalog.h"
+#include "common/util.h"
+
+static const poll_def_defaults_t dflt = {600, 1700000000000ull, POLL_SRC_ADMIN};
+
+static poll_def_t *parse_ok(const char *json) {
+    poll_def_t *d = NULL;
+    catalog_error_t err = {0};
+    tally_err_t rc = poll_def_from_json(json, strlen(json), &dflt, &d, &err);
+    cr_assert_eq(rc, TALLY_OK, "%s: %s (%s)", json, err.message, err.field);
+    return d;
+}
+
+/* The field a bad definition is refused for. */
+static void parse_bad(const char *json, const char *field) {
+    poll_def_t *d = (poll_def_t *)1;
+    catalog_error_t err = {0};
+    tally_err_t rc = poll_def_from_json(json, strlen(json), &dflt, &d, &err);
+    cr_assert_eq(rc, TALLY_ERR_CONFIG, "%s accepted", json);
+    cr_assert_null(d);
+    cr_assert_eq(err.http_status, 400);
+    cr_assert_str_eq(err.code, "bad_field");
+    cr_assert_str_eq(err.field, field, "%s: field '%s', expected '%s' (%s)", json, err.field, field,
+                     err.message);
+    cr_assert(strlen(err.message) > 0);
+}
+
+Test(catalog, minimal_definition_gets_defaults) {
+    poll_def_t *d = parse_ok("{\"id\":\"duel\",\"options\":[\"a\",\"b\"]}");
+    cr_assert_str_eq(d->id, "duel");
+    cr_assert_str_eq(d->title, "duel");
+    cr_assert_eq(d->mode, MODE_ONE_PER_VOTER);
+    cr_assert_eq(d->noptions, 2);
+    cr_assert_str_eq(d->options[1].id, "b");
+    cr_assert_str_eq(d->options[1].label, "b");
+    cr_assert_eq(d->visibility, VIS_LIVE);
+    cr_assert_eq(d->voter_auth, VOTER_AUTH_NONE);
+    cr_assert_eq(d->opens_at, 0);
+    cr_assert_eq(d->closes_at, 0);
+    cr_assert_eq(d->idempotency_window_s, 600);
+    cr_assert_eq(d->created_ms, 1700000000000ull);
+    cr_assert_eq(d->source, POLL_SRC_ADMIN);
+    poll_def_free(d);
+}
+
+Test(catalog, canonical_json_round_trips) {
+    const char *in = "{\"id\":\"final-duel\",\"title\":\"The \\u00e9 final\",\"mode\":\"capped\","
+                     "\"max_votes\":20,\"options\":[{\"id\":\"a\",\"label\":\"Alice\"},"
+                     "{\"id\":\"b\"}],\"visibility\":\"on_close\",\"voter_auth\":\"jwt\","
+                     "\"opens_at\":\"2026-12-02T10:00:00Z\",\"closes_at\":1796205600500,"
+                     "\"idempotency_window_s\":30,\"created_ms\":5,\"source\":\"config\"}";
+    poll_def_t *d = parse_ok(in);
+    cr_assert_eq(d->mode, MODE_CAPPED);
+    cr_assert_eq(d->max_votes, 20);
+    cr_assert_eq(d->opens_at, 1796205600000ull); /* 2026-12-02T10:00:00Z */
+    cr_assert_eq(d->closes_at, 1796205600500ull);
+    char *j = poll_def_to_json(d);
+    cr_assert_str_eq(j, "{\"id\":\"final-duel\",\"title\":\"The \xc3\xa9 final\",\"mode\":"
+                        "\"capped\",\"max_votes\":20,\"options\":[{\"id\":\"a\",\"label\":"
+                        "\"Alice\"},{\"id\":\"b\",\"label\":\"b\"}],\"visibility\":\"on_close\","
+                        "\"voter_auth\":\"jwt\",\"opens_at\":1796205600000,\"closes_at\":"
+                        "1796205600500,\"idempotency_window_s\":30,\"created_ms\":5,"
+                        "\"source\":\"config\"}");
+    poll_def_t *back = parse_ok(j);
+    cr_assert(poll_def_equal(d, back));
+    char *j2 = poll_def_to_json(back);
+    cr_assert_str_eq(j, j2);
+    poll_def_t *dup = poll_def_dup(d);
+    cr_assert(poll_def_equal(d, dup));
+    free(j);
+    free(j2);
+    poll_def_free(d);
+    poll_def_free(back);
+    poll_def_free(dup);
+}
+
+Test(catalog, null_times_are_unset) {
+    poll_def_t *d = parse_ok("{\"id\":\"p\",\"options\":[\"a\"],\"opens_at\":null,"
+                             "\"closes_at\":null}");
+    cr_assert_eq(d->opens_at, 0);
+    char *j = poll_def_to_json(d);
+    cr_assert(strstr(j, "\"opens_at\":null,\"closes_at\":null"));
+    free(j);
+    poll_def_free(d);
+}
+
+Test(catalog, every_bad_field_is_named) {
+    parse_bad("[1]", "");
+    parse_bad("{\"id\":", "");
+    parse_bad("{\"options\":[\"a\"]}", "id");
+    parse_bad("{\"id\":\"has space\",\"options\":[\"a\"]}", "id");
+    parse_bad("{\"id\":7,\"options\":[\"a\"]}", "id");
+    parse_bad("{\"id\":\"p\"}", "options");
+    parse_bad("{\"id\":\"p\",\"options\":[]}", "options");
+    parse_bad("{\"id\":\"p\",\"options\":\"a\"}", "options");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\",\"a\"]}", "options[1].id");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\",\"b c\"]}", "options[1]");
+    parse_bad("{\"id\":\"p\",\"options\":[{\"label\":\"x\"}]}", "options[0].id");
+    parse_bad("{\"id\":\"p\",\"options\":[{\"id\":\"a\",\"colour\":1}]}", "options[0].colour");
+    parse_bad("{\"id\":\"p\",\"options\":[{\"id\":\"a\",\"label\":\"\"}]}", "options[0].label");
+    parse_bad("{\"id\":\"p\",\"options\":[3]}", "options[0]");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"mode\":\"twice\"}", "mode");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"mode\":\"capped\"}", "max_votes");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"max_votes\":3}", "max_votes");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"mode\":\"capped\",\"max_votes\":0}",
+              "max_votes");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"mode\":\"capped\",\"max_votes\":65536}",
+              "max_votes");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"visibility\":\"hidden\"}", "visibility");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"voter_auth\":\"oauth\"}", "voter_auth");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"opens_at\":\"tomorrow\"}", "opens_at");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"closes_at\":-5}", "closes_at");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"opens_at\":200,\"closes_at\":100}", "closes_at");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"opens_at\":200,\"closes_at\":200}", "closes_at");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"title\":\"\"}", "title");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"title\":\"a\\u0000b\"}",
+              ""); /* jansson refuses NUL */
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"idempotency_window_s\":-1}",
+              "idempotency_window_s");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"source\":\"cli\"}", "source");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"created_ms\":\"x\"}", "created_ms");
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"colour\":\"red\"}", "colour");
+    parse_bad("{\"id\":\"p\",\"id\":\"q\",\"options\":[\"a\"]}", "");
+    char title[400];
+    memset(title, 'x', 300);
+    title[300] = 0;
+    char json[600];
+    snprintf(json, sizeof json, "{\"id\":\"p\",\"options\":[\"a\"],\"title\":\"%s\"}", title);
+    parse_bad(json, "title");
+}
+
+Test(catalog, config_poll_becomes_a_config_definition) {
+    poll_option_t opts[2] = {{"x", "Ex"}, {"y", NULL}};
+    poll_conf_t pc = {.id = "cfg",
+                      .title = NULL,
+                      .mode = MODE_CAPPED,
+                      .options = opts,
+                      .noptions = 2,
+                      .max_votes = 3,
+                      .visibility = 1,
+                      .closes_at = 99};
+    poll_def_t *d = poll_def_from_conf(&pc, &dflt);
+    cr_assert_str_eq(d->title, "cfg");
+    cr_assert_eq(d->source, POLL_SRC_CONFIG);
+    cr_assert_eq(d->max_votes, 3);
+    cr_assert_eq(d->visibility, VIS_ON_CLOSE);
+    cr_assert_eq(d->closes_at, 99);
+    cr_assert_str_eq(d->options[0].label, "Ex");
+    cr_assert_str_eq(d->options[1].label, "y");
+    poll_def_free(d);
+}
+
+static void successor(const char *cur_json, int final, const char *next_json, uint64_t now,
+                      const char *code, const char *field) {
+    poll_def_t *cur = parse_ok(cur_json), *next = parse_ok(next_json);
+    catalog_error_t err = {0};
+    tally_err_t rc = poll_def_check_successor(cur, final, next, now, 3000, &err);
+    if (!code) {
+        cr_assert_eq(rc, TALLY_OK, "%s -> %s refused: %s", cur_json, next_json, err.message);
+    } else {
+        cr_assert_eq(rc, TALLY_ERR_STATE, "%s -> %s accepted", cur_json, next_json);
+        cr_assert_eq(err.http_status, 409);
+        cr_assert_str_eq(err.code, code);
+        cr_assert_str_eq(err.field, field, "field %s (%s)", err.field, err.message);
+    }
+    poll_def_free(cur);
+    poll_def_free(next);
+}
+
+#define P "\"id\":\"p\","
+Test(catalog, successor_keeps_what_counted_votes_depend_on) {
+    const char *base = "{" P "\"options\":[\"a\",\"b\"],\"closes_at\":100000}";
+    /* allowed */
+    successor(base, 0, "{" P "\"options\":[\"a\",\"b\"],\"closes_at\":100000,\"title\":\"T\"}",
+              1000, NULL, NULL);
+    successor(base, 0,
+              "{" P "\"options\":[{\"id\":\"a\",\"label\":\"A!\"},\"b\",\"c\"],"
+              "\"closes_at\":100000}",
+              1000, NULL, NULL);
+    successor(base, 0, "{" P "\"options\":[\"a\",\"b\"],\"closes_at\":200000}", 1000, NULL, NULL);
+    successor(base, 0, "{" P "\"options\":[\"a\",\"b\"],\"closes_at\":4000}", 1000, NULL, NULL);
+    successor(base, 0,
+              "{" P "\"options\":[\"a\",\"b\"],\"visibility\":\"on_close\","
+              "\"closes_at\":100000}",
+              1000, NULL, NULL);
+    /* refused */
+    successor(base, 0, "{\"id\":\"q\",\"options\":[\"a\",\"b\"],\"closes_at\":100000}", 1000,
+              "incompatible", "id");
+    successor(base, 0,
+              "{" P "\"options\":[\"a\",\"b\"],\"mode\":\"changeable\","
+              "\"closes_at\":100000}",
+              1000, "incompatible", "mode");
+    successor(base, 0,
+              "{" P "\"options\":[\"a\",\"b\"],\"voter_auth\":\"jwt\","
+              "\"closes_at\":100000}",
+              1000, "incompatible", "voter_auth");
+    successor(base, 0, "{" P "\"options\":[\"a\"],\"closes_at\":100000}", 1000, "incompatible",
+              "options");
+    successor(base, 0, "{" P "\"options\":[\"b\",\"a\"],\"closes_at\":100000}", 1000,
+              "incompatible", "options[0].id");
+    /* earlier than now + close delay (1000 + 3000) */
+    successor(base, 0, "{" P "\"options\":[\"a\",\"b\"],\"closes_at\":3999}", 1000, "incompatible",
+              "closes_at");
+    /* once closed, the close stays */
+    successor(base, 0, "{" P "\"options\":[\"a\",\"b\"],\"closes_at\":900000}", 100000,
+              "incompatible", "closes_at");
+    /* final: nothing changes */
+    successor(base, 1, "{" P "\"options\":[\"a\",\"b\"],\"closes_at\":100000,\"title\":\"T\"}",
+              200000, "poll_final", "");
+    successor(base, 1, "{" P "\"options\":[\"a\",\"b\"],\"closes_at\":100000}", 200000, NULL, NULL);
+    const char *capped = "{" P "\"options\":[\"a\"],\"mode\":\"capped\",\"max_votes\":5}";
+    successor(capped, 0, "{" P "\"options\":[\"a\"],\"mode\":\"capped\",\"max_votes\":6}", 0,
+              "incompatible", "max_votes");
+    /* opens_at: movable while scheduled, not after */
+    const char *sched = "{" P "\"options\":[\"a\"],\"opens_at\":5000}";
+    successor(sched, 0, "{" P "\"options\":[\"a\"],\"opens_at\":7000}", 1000, NULL, NULL);
+    successor(sched, 0, "{" P "\"options\":[\"a\"],\"opens_at\":7000}", 5000, "incompatible",
+              "opens_at");
+    /* a close set on an open poll without one: at least now + delay */
+    const char *open = "{" P "\"options\":[\"a\"]}";
+    successor(open, 0, "{" P "\"options\":[\"a\"],\"closes_at\":4000}", 1000, NULL, NULL);
+    successor(open, 0, "{" P "\"options\":[\"a\"],\"closes_at\":3000}", 1000, "incompatible",
+              "closes_at");
+}
+
+Test(catalog, state_at_boundaries) {
+    poll_def_t *d = parse_ok("{" P "\"options\":[\"a\"],\"opens_at\":1000,\"closes_at\":2000}");
+    cr_assert_eq(poll_def_state_at(d, 0, 999), POLL_SCHEDULED);
+    cr_assert_eq(poll_def_state_at(d, 0, 1000), POLL_OPEN);
+    cr_assert_eq(poll_def_state_at(d, 0, 1999), POLL_OPEN);
+    cr_assert_eq(poll_def_state_at(d, 0, 2000), POLL_CLOSED);
+    cr_assert_eq(poll_def_state_at(d, 1, 2000), POLL_FINAL);
+    cr_assert_eq(poll_def_state_at(d, 1, 500), POLL_FINAL);
+    cr_assert_str_eq(poll_state_name(POLL_CLOSED), "closed");
+    cr_assert_str_eq(poll_state_name(POLL_SCHEDULED), "scheduled");
+    poll_def_free(d);
+    d = parse_ok("{" P "\"options\":[\"a\"]}");
+    cr_assert_eq(poll_def_state_at(d, 0, 0), POLL_OPEN);
+    cr_assert_eq(poll_def_state_at(d, 0, UINT64_MAX), POLL_OPEN);
+    poll_def_free(d);
+}
+
+static catalog_entry_t *entry(const char *id, int nopt, uint64_t seq) {
+    char json[256];
+    snprintf(json, sizeof json, "{\"id\":\"%s\",\"options\":[\"a\"%s]}", id,
+             nopt > 1 ? ",\"b\"" : "");
+    return catalog_entry_new(parse_ok(json), seq);
+}
+
+Test(catalog, versions_are_immutable_and_share_entries) {
+    catalog_t *c0 = catalog_new_empty();
+    cr_assert_eq(catalog_npolls(c0), 0);
+    cr_assert_null(catalog_find(c0, "x", 1));
+    catalog_entry_t *a = entry("a", 1, 1), *b = entry("b", 1, 2), *a2 = entry("a", 2, 3);
+    catalog_t *c1 = catalog_with(c0, a, 1);
+    catalog_t *c2 = catalog_with(c1, b, 2);
+    catalog_t *c3 = catalog_with(c2, a2, 3);
+    catalog_entry_unref(a);
+    catalog_entry_unref(b);
+    catalog_entry_unref(a2);
+    cr_assert_eq(catalog_seq(c3), 3);
+    cr_assert_eq(catalog_npolls(c3), 2);
+    cr_assert_str_eq(catalog_at(c3, 0)->def->id, "a"); /* order of first definition */
+    cr_assert_eq(catalog_find(c3, "a", 1)->def->noptions, 2);
+    cr_assert_eq(catalog_find(c2, "a", 1)->def->noptions, 1);
+    cr_assert_eq(catalog_find(c3, "b", 1), catalog_find(c2, "b", 1));
+    cr_assert_null(catalog_find(c1, "b", 1));
+    catalog_entry_t *f = catalog_entry_finalized(catalog_find(c3, "b", 1), 4, 77);
+    catalog_t *c4 = catalog_with(c3, f, 4);
+    catalog_entry_unref(f);
+    cr_assert(catalog_find(c4, "b", 1)->final);
+    cr_assert_eq(catalog_find(c4, "b", 1)->final_at, 77);
+    cr_assert(!catalog_find(c3, "b", 1)->final);
+    catalog_free(c0);
+    catalog_free(c1);
+    catalog_free(c2);
+    catalog_free(c3);
+    cr_assert_str_eq(catalog_find(c4, "a", 1)->def->id, "a"); /* still referenced */
+    catalog_free(c4);
+}
+
+Test(catalog, many_polls_are_all_found) {
+    catalog_t *c = catalog_new_empty();
+    for (int i = 0; i < 2000; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "p%d", i);
+        catalog_entry_t *en = entry(id, 1, (uint64_t)i + 1);
+        catalog_t *n = catalog_with(c, en, (uint64_t)i + 1);
+        catalog_entry_unref(en);
+        catalog_free(c);
+        c = n;
+    }
+    for (int i = 0; i < 2000; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "p%d", i);
+        const catalog_entry_t *en = catalog_find(c, id, strlen(id));
+        cr_assert_not_null(en);
+        cr_assert_eq(en->def_seq, (uint64_t)i + 1);
+    }
+    cr_assert_null(catalog_find(c, "p2000", 5));
+    catalog_free(c);
+}
+
+Test(catalog, live_swap_keeps_recent_versions_readable) {
+    catalog_live_t *l = catalog_live_new(NULL);
+    const catalog_t *v0 = catalog_live_get(l);
+    cr_assert_eq(catalog_seq(v0), 0);
+    catalog_entry_t *a = entry("a", 1, 1);
+    catalog_live_swap(l, catalog_with(v0, a, 1));
+    catalog_entry_unref(a);
+    /* v0 was retired less than the grace period ago: still valid */
+    cr_assert_eq(catalog_npolls(v0), 0);
+    cr_assert_eq(catalog_seq(catalog_live_get(l)), 1);
+    catalog_live_free(l);
+}

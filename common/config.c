@@ -79,6 +79,10 @@ static const key_def_t keys[] = {
      "directory of the published results (index.html, polls/ID.json|html)"},
     {"publisher", "min_interval_ms", T_INT, "50", 0, 3600000, OFF(pub_min_interval_ms),
      "a poll's results are rewritten at most once per this interval"},
+    {"admin", "listen", T_HOSTPORT, "127.0.0.1:8081", 0, 0, OFF(admin_listen),
+     "address of the admin API (its own listener, never server.listen)"},
+    {"admin", "token_file", T_STR, "", 0, 0, OFF(admin_token_file),
+     "file holding the admin API's bearer token (empty: the admin API is off)"},
     {"admin", "close_delay_ms", T_INT, "3000", 0, 3600000, OFF(admin_close_delay_ms),
      "a \"close now\" takes effect this much later, once every ingest has learned it"},
     {"admin", "final_grace_ms", T_INT, "5000", 2000, 3600000, OFF(admin_final_grace_ms),
@@ -90,14 +94,6 @@ static const key_def_t keys[] = {
      "partitions when tally creates the topic"},
     {"kafka", "catalog_topic", T_STR, "", 0, 0, OFF(kafka_catalog_topic),
      "compacted topic of poll definitions for tally ingest (empty: <topic>-polls)"},
-    {"admin", "listen", T_HOSTPORT, "127.0.0.1:8081", 0, 0, OFF(admin_listen),
-     "address of the admin API (its own listener, never server.listen)"},
-    {"admin", "token_file", T_STR, "", 0, 0, OFF(admin_token_file),
-     "file holding the admin API's bearer token (empty: the admin API is off)"},
-    {"admin", "close_delay_ms", T_INT, "3000", 1000, 3600000, OFF(admin_close_delay_ms),
-     "\"close now\" closes this long after the request (every ingest learns it first)"},
-    {"admin", "final_grace_ms", T_INT, "5000", 3000, 3600000, OFF(admin_final_grace_ms),
-     "a closed poll's totals become final this long after its close"},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 

@@ -71,6 +71,8 @@ typedef struct {
     char *pub_dir;
     int pub_min_interval_ms;
     /* [admin] */
+    char *admin_listen;        /* the admin API's own listener, never server.listen */
+    char *admin_token_file;    /* "": the admin API is off */
     int admin_close_delay_ms;  /* "close now" takes effect this much later */
     int admin_final_grace_ms;  /* CONTROL_FINAL this long after closes_at */
     /* [kafka] */
@@ -80,11 +82,6 @@ typedef struct {
     int kafka_partitions;
     kv_t *kafka_props;         /* every other key, handed to librdkafka */
     int nkafka_props;
-    /* [admin] */
-    char *admin_listen;        /* the admin API's own listener, never server.listen */
-    char *admin_token_file;    /* "": the admin API is off */
-    int admin_close_delay_ms;  /* "close now" closes at now + this */
-    int admin_final_grace_ms;  /* a closed poll becomes final at closes_at + this */
     /* [poll.ID] */
     poll_conf_t *polls;
     int npolls;

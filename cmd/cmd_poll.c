@@ -97,7 +97,7 @@ static _Noreturn void usage_error(const char *sub, const char *fmt, ...) {
     va_start(ap, fmt);
     fprintf(stderr, "tally poll%s%s: ", sub ? " " : "", sub ? sub : "");
     vfprintf(stderr, fmt, ap);
-    fprintf(stderr, " (see tally poll %s--help)\n", sub ? sub : "");
+    fprintf(stderr, " (see tally poll %s%s--help)\n", sub ? sub : "", sub ? " " : "");
     va_end(ap);
     exit(EXIT_USAGE);
 }

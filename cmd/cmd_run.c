@@ -12,7 +12,9 @@
 
 #include "cmd/cmd.h"
 #include "common/util.h"
+#include "common/catalog.h"
 #include "engine/engine.h"
+#include "ingest/admin.h"
 #include "ingest/ingest.h"
 #include "log/vlog.h"
 #include "publisher/publisher.h"
@@ -69,6 +71,103 @@ typedef struct {
     publisher_t *pub;
 } run_ctx_t;
 
+/* ---- the poll lifecycle: catalog, history writer, admin API ---- */
+
+#define HISTORY_TIMEOUT_MS 10000
+
+typedef struct {
+    catalog_live_t *live;  /* the process's catalog (tally run, tally engine) */
+    history_t *history;    /* its writer */
+    admin_t *admin;        /* the admin API, when admin.token_file is set */
+    _Atomic int ready;     /* the engine caught up: votes may be judged */
+    engine_t *engine;
+} lifecycle_t;
+
+/* ingest_catalog_fn of tally run: the live catalog once the engine is ready. */
+static const catalog_t *run_catalog(void *arg, const char **code, const char **why) {
+    lifecycle_t *lc = arg;
+    if (!atomic_load(&lc->ready)) {
+        *code = "starting";
+        *why = "the engine is catching up with the log; retry shortly";
+        return NULL;
+    }
+    return catalog_live_get(lc->live);
+}
+
+/* admin_totals_fn: the engine's totals of a poll, whatever its visibility. */
+static int admin_totals(void *arg, const char *poll, uint64_t *counts, int noptions,
+                        uint64_t *late, uint64_t *early) {
+    lifecycle_t *lc = arg;
+    if (!lc->engine)
+        return -1;
+    int i = engine_poll_index(lc->engine, poll, strlen(poll));
+    if (i < 0)
+        return -1;
+    const poll_conf_t *p = engine_poll(lc->engine, i);
+    uint64_t *all = xcalloc((size_t)p->noptions + 1, sizeof *all);
+    engine_poll_totals(lc->engine, i, all);
+    for (int k = 0; k < noptions; k++)
+        counts[k] = k < p->noptions ? all[k] : 0;
+    free(all);
+    if (late)
+        *late = 0;
+    if (early)
+        *early = 0;
+    return 0;
+}
+
+/* The catalog at start. PROVISIONAL until the catalog branch's startup
+ * (snapshots, catch-up, repair, config polls appended): the config's polls
+ * at def_seq 0. */
+static catalog_t *initial_catalog(const tally_config_t *c) {
+    catalog_t *cat = catalog_new_empty();
+    poll_def_defaults_t dd = {.idempotency_window_s = 600, .now_ms = now_ms(),
+                              .source = POLL_SRC_CONFIG};
+    for (int i = 0; i < c->npolls; i++) {
+        catalog_entry_t *en = catalog_entry_new(poll_def_from_conf(&c->polls[i], &dd), 0);
+        catalog_t *next = catalog_with(cat, en, 0);
+        catalog_entry_unref(en);
+        catalog_free(cat);
+        cat = next;
+    }
+    return cat;
+}
+
+/* Starts the admin API when admin.token_file is set. 0, or -1 with err
+ * (*usage set for a configuration error). */
+static int lifecycle_admin(lifecycle_t *lc, const tally_config_t *c, const char *cmd, char *err,
+                           size_t esz, int *usage) {
+    char *token = NULL;
+    if (admin_read_token(c, &token, err, esz) != TALLY_OK) {
+        *usage = 1;
+        return -1;
+    }
+    if (!token) {
+        log_info("tally %s: admin API off (no admin.token_file)", cmd);
+        return 0;
+    }
+    admin_ops_t ops = {
+        .live = lc->live,
+        .history = lc->history,
+        .totals = admin_totals,
+        .totals_arg = lc,
+    };
+    lc->admin = admin_new(c, token, &ops, err, esz);
+    memset(token, 0, strlen(token));
+    free(token);
+    if (!lc->admin || admin_start(lc->admin, err, esz) != TALLY_OK)
+        return -1;
+    log_info("tally %s: admin API on http://%s (port %d)", cmd, c->admin_listen,
+             admin_port(lc->admin));
+    return 0;
+}
+
+static void lifecycle_free(lifecycle_t *lc) {
+    admin_free(lc->admin); /* stops its thread first: no change in flight */
+    history_free(lc->history);
+    catalog_live_free(lc->live);
+}
+
 static int engine_failed_tick(void *arg) { return arg && engine_failed(arg); }
 
 /* GET /v1/stats: how far the engine is behind the log, and the counters.
@@ -102,9 +201,12 @@ static void fill_stats(void *arg, ingest_t *in, buf_t *b) {
                    (unsigned long long)es.skipped, (unsigned long long)pub_writes(rc->pub));
     }
     ingest_stats_t is = ingest_stats(in);
-    buf_printf(b, ",\"ingest\":{\"accepted\":%llu,\"rejected\":%llu,\"unavailable\":%llu}}",
+    buf_printf(b,
+               ",\"ingest\":{\"accepted\":%llu,\"rejected\":%llu,\"unavailable\":%llu,"
+               "\"closed\":%llu,\"not_open\":%llu}}",
                (unsigned long long)is.accepted, (unsigned long long)is.rejected,
-               (unsigned long long)is.unavailable);
+               (unsigned long long)is.unavailable, (unsigned long long)is.closed,
+               (unsigned long long)is.not_open);
     free(ends);
 }
 
@@ -147,6 +249,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     engine_t *e = NULL;
     publisher_t *pub = NULL;
     ingest_t *in = NULL;
+    lifecycle_t lc = {0};
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
@@ -173,8 +276,10 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         if (!in)
             goto out;
     }
-    log = vlog_open(c, ((roles & ROLE_INGEST) ? VLOG_F_WRITE : 0) | ((roles & ROLE_ENGINE) ? VLOG_F_READ : 0),
-                    ingest_ack, &terr, err, sizeof err);
+    /* The engine writes the poll history (control records) too. */
+    history_ack_init(in ? ingest_ack : NULL);
+    log = vlog_open(c, VLOG_F_WRITE | ((roles & ROLE_ENGINE) ? VLOG_F_READ : 0),
+                    history_log_ack, &terr, err, sizeof err);
     if (!log) {
         rc = tally_err_exit(terr);
         goto out;
@@ -212,6 +317,17 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
             pub_start(pub, err, sizeof err) != TALLY_OK)
             goto out;
     }
+    if (roles & ROLE_ENGINE) {
+        lc.engine = e;
+        lc.live = catalog_live_new(initial_catalog(c));
+        lc.history = history_new(log, lc.live, HISTORY_TIMEOUT_MS);
+        atomic_store(&lc.ready, 1); /* PROVISIONAL: the catalog branch sets it after catch-up */
+        int usage = 0;
+        if (lifecycle_admin(&lc, c, cmd, err, sizeof err, &usage) != 0) {
+            rc = usage ? EXIT_USAGE : 1;
+            goto out;
+        }
+    }
     run_ctx_t ctx = {log, e, pub};
     log_info("tally %s: %d polls, %s log with %d partitions (log id %s)%s", cmd, c->npolls,
              vlog_name(log), vlog_partitions(log), vlog_id(log),
@@ -223,6 +339,8 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         ingest_set_log(in, log);
         ingest_set_tick(in, engine_failed_tick, e);
         ingest_set_stats(in, fill_stats, &ctx);
+        if (lc.live)
+            ingest_set_catalog(in, run_catalog, &lc);
         log_info("tally %s: listening on http://%s (port %d)", cmd, c->listen, ingest_port(in));
         ingest_run(in);
         if (vlog_flush(log, 10000) != 0)
@@ -230,6 +348,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     } else {
         wait_for_signal(e, &sigs);
     }
+    admin_stop(lc.admin); /* no change is written after this */
     if (e) {
         engine_stop(e);
         if (engine_join(e, err, sizeof err) != 0)
@@ -249,6 +368,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
 out:
     if (rc != 0)
         fprintf(stderr, "tally %s: %s\n", cmd, err);
+    admin_stop(lc.admin);
     if (pub)
         pub_stop(pub);
     if (e && rc != 0) {
@@ -256,6 +376,7 @@ out:
         engine_join(e, err, sizeof err);
     }
     vlog_close(log);
+    lifecycle_free(&lc);
     ingest_free(in);
     pub_free(pub);
     engine_free(e);

@@ -371,6 +371,11 @@ void ingest_set_log(ingest_t *in, vlog_t *log) {
     in->log = log;
 }
 
+void ingest_set_catalog(ingest_t *in, ingest_catalog_fn *fn, void *arg) {
+    in->catalog = fn;
+    in->catalog_arg = arg;
+}
+
 void ingest_set_tick(ingest_t *in, int (*tick)(void *), void *arg) {
     in->tick = tick;
     in->tick_arg = arg;
@@ -437,6 +442,7 @@ void ingest_free(ingest_t *in) {
 
 ingest_stats_t ingest_stats(const ingest_t *in) {
     ingest_stats_t s = {atomic_load(&in->accepted), atomic_load(&in->rejected),
-                        atomic_load(&in->unavailable)};
+                        atomic_load(&in->unavailable), atomic_load(&in->closed),
+                        atomic_load(&in->not_open)};
     return s;
 }

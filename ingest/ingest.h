@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/catalog.h"
 #include "common/config.h"
 #include "common/util.h"
 #include "ingest/http_conn.h"
@@ -31,6 +32,19 @@ ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errs
 void ingest_set_log(ingest_t *in, vlog_t *log);
 /* GET /v1/stats answers with what fill writes (a JSON object). */
 void ingest_set_stats(ingest_t *in, void (*fill)(void *arg, ingest_t *in, buf_t *buf), void *arg);
+/* Where votes find their polls (the poll lifecycle): fn returns the current
+ * catalog version, read for one request only, or NULL with the code and the
+ * message of a 503 ("starting" until the catalog is caught up,
+ * "catalog_stale" while it may miss a change). A vote is then refused with
+ * 409 poll_not_open before opens_at and 409 poll_closed at or after
+ * closes_at or once final (by the ts ingest stamps, before anything is
+ * appended), and answered 503 poll_closing instead of 202 when the log's
+ * ack comes at or after closes_at + admin.final_grace_ms - 2000 ms (the
+ * final may be near: the vote may or may not count). Without fn, the
+ * config's polls, open forever. @locality fn: any ingest thread */
+typedef const catalog_t *(ingest_catalog_fn)(void *arg, const char **code, const char **why);
+void ingest_set_catalog(ingest_t *in, ingest_catalog_fn *fn, void *arg);
+
 /* Called every 200 ms on the main loop; a non-zero return stops the server
  * (used to stop when the engine fails). */
 void ingest_set_tick(ingest_t *in, int (*tick)(void *arg), void *arg);
@@ -46,9 +60,11 @@ int ingest_port(const ingest_t *in);
 /* The vlog ack callback. @locality the log's thread */
 void ingest_ack(void *opaque, vlog_err_t err);
 
-/* Request outcome counters. */
+/* Request outcome counters. closed and not_open are among rejected: the
+ * votes refused 409 poll_closed and poll_not_open. */
 typedef struct {
     uint64_t accepted, rejected, unavailable;
+    uint64_t closed, not_open;
 } ingest_stats_t;
 ingest_stats_t ingest_stats(const ingest_t *in);
 

@@ -27,6 +27,7 @@ typedef struct conn_ctx_s {
     struct conn_ctx_s *next_done;
     char poll[ID_MAX_LEN + 1];
     char option[ID_MAX_LEN + 1];
+    uint64_t closes_at; /* the vote's poll's close when it was stamped; 0 none */
 } conn_ctx_t;
 
 struct worker_s {
@@ -71,6 +72,9 @@ struct ingest_s {
     int ntrusted;
     _Atomic long nconns;
     _Atomic uint64_t accepted, rejected, unavailable;
+    _Atomic uint64_t closed, not_open; /* among rejected: the poll's lifecycle */
+    ingest_catalog_fn *catalog;
+    void *catalog_arg;
 };
 
 /* ingest.c: a listening socket on hostport (the config key `key`, for

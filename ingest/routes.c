@@ -40,16 +40,62 @@ static void reject(worker_t *w, http_conn_t *c, int status, const char *code,
 
 /* ---- votes ---- */
 
+/* The poll a vote is for, from the catalog when ingest has one (the poll's
+ * lifecycle judged at ts), else from the config. Returns the poll, or NULL
+ * once it has answered. view is the caller's storage. */
+static const poll_conf_t *vote_poll(worker_t *w, http_conn_t *c, const char *poll_id,
+                                    size_t poll_len, uint64_t ts, poll_conf_t *view,
+                                    uint64_t *closes_at) {
+    ingest_t *in = w->in;
+    int shown = (int)(poll_len > ID_MAX_LEN ? ID_MAX_LEN : poll_len);
+    *closes_at = 0;
+    if (!in->catalog) {
+        const poll_conf_t *poll = config_poll(in->conf, poll_id, poll_len);
+        if (!poll)
+            reject(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'", shown, poll_id);
+        return poll;
+    }
+    const char *code = "starting", *why = "the poll catalog is not loaded yet";
+    const catalog_t *cat = in->catalog(in->catalog_arg, &code, &why);
+    if (!cat) {
+        atomic_fetch_add(&in->unavailable, 1);
+        http_conn_reply_error(c, 503, code, why, "Retry-After: 1\r\n");
+        return NULL;
+    }
+    const catalog_entry_t *en = catalog_find(cat, poll_id, poll_len);
+    if (!en) {
+        reject(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'", shown, poll_id);
+        return NULL;
+    }
+    const poll_def_t *d = en->def;
+    if (en->final || (d->closes_at && ts >= d->closes_at)) {
+        atomic_fetch_add(&in->closed, 1);
+        reject(w, c, 409, "poll_closed", NULL, "poll '%s' is closed", d->id);
+        return NULL;
+    }
+    if (d->opens_at && ts < d->opens_at) {
+        atomic_fetch_add(&in->not_open, 1);
+        reject(w, c, 409, "poll_not_open", NULL, "poll '%s' is not open yet", d->id);
+        return NULL;
+    }
+    /* vote_parse needs the id, the mode and the options: borrowed from the
+     * definition, which outlives this request (CATALOG_GRACE_MS). */
+    *view = (poll_conf_t){.id = d->id, .title = d->title, .mode = d->mode,
+                          .options = d->options, .noptions = d->noptions};
+    *closes_at = d->closes_at;
+    return view;
+}
+
 static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const char *poll_id,
                         size_t poll_len) {
     ingest_t *in = w->in;
     conn_ctx_t *x = http_conn_owner(c);
-    const poll_conf_t *poll = config_poll(in->conf, poll_id, poll_len);
-    if (!poll) {
-        reject(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'",
-               (int)(poll_len > ID_MAX_LEN ? ID_MAX_LEN : poll_len), poll_id);
+    /* One stamp: the lifecycle is judged by the ts the record carries. */
+    uint64_t ts = now_ms();
+    poll_conf_t view;
+    const poll_conf_t *poll = vote_poll(w, c, poll_id, poll_len, ts, &view, &x->closes_at);
+    if (!poll)
         return;
-    }
     if (w->draining) {
         reply_unavailable(w, c, "server is shutting down");
         return;
@@ -68,7 +114,7 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
     vote_record_t v;
     char voter[VOTE_SCRATCH_MIN];
     vote_error_t e;
-    if (vote_parse(poll, r->body, r->body_len, now_ms(), &v, voter, sizeof voter, &e) != 0) {
+    if (vote_parse(poll, r->body, r->body_len, ts, &v, voter, sizeof voter, &e) != 0) {
         reject(w, c, e.status, e.code, NULL, "%s", e.message);
         return;
     }
@@ -90,11 +136,38 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
     http_conn_defer(c);
 }
 
+/* 1 when a durable vote may have landed after its poll's final: the final
+ * is written at closes_at + final_grace_ms, so an ack later than 2 s before
+ * that (or a final already seen, or a close moved earlier meanwhile) is not
+ * answered 202. */
+static int ack_too_late(worker_t *w, const conn_ctx_t *x) {
+    ingest_t *in = w->in;
+    if (!x->closes_at || !in->catalog)
+        return 0;
+    uint64_t cut = x->closes_at;
+    const char *code, *why;
+    const catalog_t *cat = in->catalog(in->catalog_arg, &code, &why);
+    const catalog_entry_t *en = cat ? catalog_find(cat, x->poll, strlen(x->poll)) : NULL;
+    if (en && en->final)
+        return 1;
+    if (en && en->def->closes_at && en->def->closes_at < cut)
+        cut = en->def->closes_at;
+    return now_ms() + 2000 >= cut + (uint64_t)in->conf->admin_final_grace_ms;
+}
+
 void routes_answer_vote(conn_ctx_t *x) {
     worker_t *w = x->w;
     w->inflight--;
     if (x->err != VLOG_OK) {
         reply_unavailable(w, x->conn, vlog_err2str(x->err));
+        return;
+    }
+    if (ack_too_late(w, x)) {
+        atomic_fetch_add(&w->in->unavailable, 1);
+        http_conn_reply_error(x->conn, 503, "poll_closing",
+                              "the poll closed and its final is near: this vote may or may not "
+                              "count; a retry is refused",
+                              "Retry-After: 1\r\n");
         return;
     }
     atomic_fetch_add(&w->in->accepted, 1);

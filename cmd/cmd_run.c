@@ -16,6 +16,7 @@
 #include "engine/engine.h"
 #include "ingest/admin.h"
 #include "ingest/ingest.h"
+#include "log/catalog_kafka.h"
 #include "log/vlog.h"
 #include "publisher/publisher.h"
 
@@ -81,6 +82,8 @@ typedef struct {
     admin_t *admin;        /* the admin API, when admin.token_file is set */
     _Atomic int ready;     /* the engine caught up: votes may be judged */
     engine_t *engine;
+    kcat_writer_t *kwriter; /* Kafka, engine role: the catalog topic for tally ingest */
+    kcat_reader_t *kreader; /* tally ingest: the catalog from that topic */
 } lifecycle_t;
 
 /* ingest_catalog_fn of tally run: the live catalog once the engine is ready. */
@@ -151,6 +154,8 @@ static int lifecycle_admin(lifecycle_t *lc, const tally_config_t *c, const char 
         .history = lc->history,
         .totals = admin_totals,
         .totals_arg = lc,
+        .wait_learnable = lc->kwriter ? kcat_writer_wait : NULL,
+        .wait_arg = lc->kwriter,
     };
     lc->admin = admin_new(c, token, &ops, err, esz);
     memset(token, 0, strlen(token));
@@ -164,6 +169,8 @@ static int lifecycle_admin(lifecycle_t *lc, const tally_config_t *c, const char 
 
 static void lifecycle_free(lifecycle_t *lc) {
     admin_free(lc->admin); /* stops its thread first: no change in flight */
+    kcat_writer_free(lc->kwriter);
+    kcat_reader_free(lc->kreader);
     history_free(lc->history);
     catalog_live_free(lc->live);
 }
@@ -322,6 +329,11 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         lc.live = catalog_live_new(initial_catalog(c));
         lc.history = history_new(log, lc.live, HISTORY_TIMEOUT_MS);
         atomic_store(&lc.ready, 1); /* PROVISIONAL: the catalog branch sets it after catch-up */
+        /* With Kafka, other processes may ingest: they learn the polls from
+         * the catalog topic, written from here. */
+        if (c->kafka_brokers && c->kafka_brokers[0] &&
+            !(lc.kwriter = kcat_writer_new(c, lc.live, err, sizeof err)))
+            goto out;
         int usage = 0;
         if (lifecycle_admin(&lc, c, cmd, err, sizeof err, &usage) != 0) {
             rc = usage ? EXIT_USAGE : 1;
@@ -339,8 +351,13 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         ingest_set_log(in, log);
         ingest_set_tick(in, engine_failed_tick, e);
         ingest_set_stats(in, fill_stats, &ctx);
-        if (lc.live)
+        if (lc.live) {
             ingest_set_catalog(in, run_catalog, &lc);
+        } else {
+            if (!(lc.kreader = kcat_reader_new(c, err, sizeof err)))
+                goto out;
+            ingest_set_catalog(in, kcat_reader_get, lc.kreader);
+        }
         log_info("tally %s: listening on http://%s (port %d)", cmd, c->listen, ingest_port(in));
         ingest_run(in);
         if (vlog_flush(log, 10000) != 0)

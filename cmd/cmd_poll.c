@@ -128,8 +128,8 @@ static json_t *option_arg(const char *sub, const char *opt, const char *v, int n
     const char *eq = strchr(v, '=');
     size_t n = eq ? (size_t)(eq - v) : strlen(v);
     if (!id_valid(v, n))
-        usage_error(sub, "%s: '%s': the option id must be 1-%d characters of [A-Za-z0-9_-]", opt,
-                    v, ID_MAX_LEN);
+        usage_error(sub, "%s: '%s': the option id must be 1-%d characters of [A-Za-z0-9_-]", opt, v,
+                    ID_MAX_LEN);
     if (need_label && !eq)
         usage_error(sub, "%s: '%s' is not ID=LABEL", opt, v);
     json_t *o = json_object();
@@ -144,18 +144,38 @@ static void set_field(poll_opts_t *o, const char *key, json_t *v) {
 }
 
 static void parse_args(int argc, char **argv, const char *sub, poll_opts_t *o) {
-    enum { O_ADMIN = 256, O_TOKEN, O_JSON, O_FILE, O_ID, O_TITLE, O_OPTION, O_LABEL, O_MODE,
-           O_MAXV, O_VIS, O_OPENS, O_CLOSES };
-    static const struct option longopts[] = {
-        {"config", required_argument, 0, 'c'},  {"set", required_argument, 0, 's'},
-        {"help", no_argument, 0, 'h'},          {"admin", required_argument, 0, O_ADMIN},
-        {"token-file", required_argument, 0, O_TOKEN}, {"json", no_argument, 0, O_JSON},
-        {"file", required_argument, 0, O_FILE}, {"id", required_argument, 0, O_ID},
-        {"title", required_argument, 0, O_TITLE}, {"option", required_argument, 0, O_OPTION},
-        {"label", required_argument, 0, O_LABEL}, {"mode", required_argument, 0, O_MODE},
-        {"max-votes", required_argument, 0, O_MAXV}, {"visibility", required_argument, 0, O_VIS},
-        {"opens-at", required_argument, 0, O_OPENS}, {"closes-at", required_argument, 0, O_CLOSES},
-        {0, 0, 0, 0}};
+    enum {
+        O_ADMIN = 256,
+        O_TOKEN,
+        O_JSON,
+        O_FILE,
+        O_ID,
+        O_TITLE,
+        O_OPTION,
+        O_LABEL,
+        O_MODE,
+        O_MAXV,
+        O_VIS,
+        O_OPENS,
+        O_CLOSES
+    };
+    static const struct option longopts[] = {{"config", required_argument, 0, 'c'},
+                                             {"set", required_argument, 0, 's'},
+                                             {"help", no_argument, 0, 'h'},
+                                             {"admin", required_argument, 0, O_ADMIN},
+                                             {"token-file", required_argument, 0, O_TOKEN},
+                                             {"json", no_argument, 0, O_JSON},
+                                             {"file", required_argument, 0, O_FILE},
+                                             {"id", required_argument, 0, O_ID},
+                                             {"title", required_argument, 0, O_TITLE},
+                                             {"option", required_argument, 0, O_OPTION},
+                                             {"label", required_argument, 0, O_LABEL},
+                                             {"mode", required_argument, 0, O_MODE},
+                                             {"max-votes", required_argument, 0, O_MAXV},
+                                             {"visibility", required_argument, 0, O_VIS},
+                                             {"opens-at", required_argument, 0, O_OPENS},
+                                             {"closes-at", required_argument, 0, O_CLOSES},
+                                             {0, 0, 0, 0}};
     int create = !strcmp(sub, "create"), patch = !strcmp(sub, "patch");
     o->overrides = xcalloc((size_t)argc + 1, sizeof(char *));
     o->fields = json_object();
@@ -164,8 +184,17 @@ static void parse_args(int argc, char **argv, const char *sub, poll_opts_t *o) {
     int ch;
     opterr = 0;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, ":c:s:h", longopts, NULL)) != -1) {
-        const char *opt = argv[optind - 1];
+    int idx = -1;
+    char optname[48];
+    while ((idx = -1, ch = getopt_long(argc, argv, ":c:s:h", longopts, &idx)) != -1) {
+        /* The option's name, whether its value was attached or not. */
+        if (idx >= 0)
+            snprintf(optname, sizeof optname, "--%s", longopts[idx].name);
+        else if (ch != '?' && ch != ':')
+            snprintf(optname, sizeof optname, "-%c", ch);
+        else
+            snprintf(optname, sizeof optname, "%.40s", argv[optind - 1]);
+        const char *opt = optname;
         int editing = create || patch;
         if (ch >= O_FILE && !editing)
             usage_error(sub, "%s is an option of create and patch", opt);
@@ -216,8 +245,9 @@ static void parse_args(int argc, char **argv, const char *sub, poll_opts_t *o) {
         case O_MODE: {
             poll_mode_t m;
             if (poll_mode_parse(optarg, &m) != TALLY_OK)
-                usage_error(sub, "--mode: '%s' is not one-per-voter, changeable, unlimited or "
-                                 "capped",
+                usage_error(sub,
+                            "--mode: '%s' is not one-per-voter, changeable, unlimited or "
+                            "capped",
                             optarg);
             if (!create)
                 usage_error(sub, "--mode: a poll's mode never changes");
@@ -385,8 +415,7 @@ static char *build_body(const char *sub, poll_opts_t *o) {
         json_error_t je;
         body = json_load_file(o->file, JSON_REJECT_DUPLICATES, &je);
         if (!body || !json_is_object(body))
-            usage_error(sub, "--file %s: %s", o->file,
-                        body ? "not a JSON object" : je.text);
+            usage_error(sub, "--file %s: %s", o->file, body ? "not a JSON object" : je.text);
     } else {
         body = json_object();
     }
@@ -418,8 +447,9 @@ int cmd_poll(int argc, char **argv) {
     for (const char *const *s = subs; *s; s++)
         known |= !strcmp(*s, sub);
     if (!known) {
-        fprintf(stderr, "tally poll: unknown command '%s' (create, open, close, list, show, "
-                        "patch)\n",
+        fprintf(stderr,
+                "tally poll: unknown command '%s' (create, open, close, list, show, "
+                "patch)\n",
                 sub);
         return EXIT_USAGE;
     }
@@ -485,9 +515,9 @@ int cmd_poll(int argc, char **argv) {
                 json_t *have = json_array();
                 size_t i;
                 json_t *opt;
-                json_array_foreach(json_object_get(cur, "options"), i, opt)
-                    json_array_append_new(have, json_pack("{sOsO}", "id", json_object_get(opt, "id"),
-                                                          "label", json_object_get(opt, "label")));
+                json_array_foreach(json_object_get(cur, "options"), i, opt) json_array_append_new(
+                    have, json_pack("{sOsO}", "id", json_object_get(opt, "id"), "label",
+                                    json_object_get(opt, "label")));
                 json_object_set_new(o.fields, "options", have);
                 json_decref(cur);
                 resp.len = 0;

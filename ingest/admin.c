@@ -129,8 +129,9 @@ static void admin_handle(void *arg, http_conn_t *c, const http_req_t *r) {
     if (!admin_authorized(a->token_hash, r->authorization, r->authorization_len)) {
         int present = r->authorization != NULL;
         http_conn_reply_error(c, 401, "unauthorized",
-                              present ? "the bearer token is wrong"
-                                      : "send Authorization: Bearer <the token of admin.token_file>",
+                              present
+                                  ? "the bearer token is wrong"
+                                  : "send Authorization: Bearer <the token of admin.token_file>",
                               present ? "WWW-Authenticate: Bearer realm=\"tally-admin\", "
                                         "error=\"invalid_token\"\r\n"
                                       : "WWW-Authenticate: Bearer realm=\"tally-admin\"\r\n");
@@ -177,8 +178,8 @@ static void admin_threads_init(void) {
     evthread_use_pthreads();
 }
 
-admin_t *admin_new(const tally_config_t *c, const char *token, const admin_ops_t *ops,
-                   char *errstr, size_t esz) {
+admin_t *admin_new(const tally_config_t *c, const char *token, const admin_ops_t *ops, char *errstr,
+                   size_t esz) {
     if (!strcmp(c->admin_listen, c->listen)) {
         snprintf(errstr, esz,
                  "admin.listen %s is server.listen: the admin API needs a listener of its own",

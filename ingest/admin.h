@@ -65,8 +65,8 @@ tally_err_t admin_read_token(const tally_config_t *c, char **token, char *errstr
 /* Binds admin.listen (the port is known at once: admin_port). token is
  * copied (only its hash is kept). NULL with errstr when the address cannot
  * be bound or is server.listen. ops is copied. */
-admin_t *admin_new(const tally_config_t *c, const char *token, const admin_ops_t *ops,
-                   char *errstr, size_t esz);
+admin_t *admin_new(const tally_config_t *c, const char *token, const admin_ops_t *ops, char *errstr,
+                   size_t esz);
 /* Starts the admin thread. TALLY_OK or TALLY_ERR_IO. */
 tally_err_t admin_start(admin_t *a, char *errstr, size_t esz);
 /* Stops and joins the thread (an answer in progress completes). */

@@ -46,10 +46,10 @@ static void reply_catalog_error(http_conn_t *c, const catalog_error_t *e) {
     buf_free(&b);
 }
 
-static void fail(http_conn_t *c, int status, const char *code, const char *field,
-                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static void fail(http_conn_t *c, int status, const char *code, const char *field,
-                 const char *fmt, ...) {
+static void fail(http_conn_t *c, int status, const char *code, const char *field, const char *fmt,
+                 ...) __attribute__((format(printf, 5, 6)));
+static void fail(http_conn_t *c, int status, const char *code, const char *field, const char *fmt,
+                 ...) {
     catalog_error_t e = {.http_status = status};
     snprintf(e.code, sizeof e.code, "%s", code);
     snprintf(e.field, sizeof e.field, "%s", field ? field : "");
@@ -82,10 +82,10 @@ static json_t *poll_json(admin_t *a, const catalog_entry_t *en, uint64_t now, in
     tally_assert(j && json_is_object(j)); /* our own canonical form */
     json_object_set_new(j, "opens_at", time_json(d->opens_at));
     json_object_set_new(j, "closes_at", time_json(d->closes_at));
-    json_object_set_new(j, "opens_at_ms", d->opens_at ? json_integer((json_int_t)d->opens_at)
-                                                       : json_null());
-    json_object_set_new(j, "closes_at_ms", d->closes_at ? json_integer((json_int_t)d->closes_at)
-                                                        : json_null());
+    json_object_set_new(j, "opens_at_ms",
+                        d->opens_at ? json_integer((json_int_t)d->opens_at) : json_null());
+    json_object_set_new(j, "closes_at_ms",
+                        d->closes_at ? json_integer((json_int_t)d->closes_at) : json_null());
     json_object_set_new(j, "created", time_json(d->created_ms));
     json_object_set_new(j, "state",
                         json_string(poll_state_name(poll_def_state_at(d, en->final, now))));
@@ -132,8 +132,8 @@ static tally_err_t parse_body(const http_req_t *r, json_t **out, http_conn_t *c)
         if (*out)
             json_decref(*out);
         *out = NULL;
-        fail(c, 400, "bad_json", "", "the body must be one JSON object (byte %d: %s)",
-             je.position, r->body_len ? "not valid JSON" : "empty");
+        fail(c, 400, "bad_json", "", "the body must be one JSON object (byte %d: %s)", je.position,
+             r->body_len ? "not valid JSON" : "empty");
         return TALLY_ERR_CONFIG;
     }
     return TALLY_OK;
@@ -209,8 +209,8 @@ static void handle_show(admin_t *a, http_conn_t *c, const char *id, size_t len) 
 /* Writes next as id's successor; answers with the result. */
 static int write_update(admin_t *a, http_conn_t *c, poll_def_t *next, catalog_entry_t **out) {
     catalog_error_t err = {0};
-    if (history_update(a->ops.history, next, now_ms(), (uint64_t)a->conf->admin_close_delay_ms,
-                       out, &err) != TALLY_OK) {
+    if (history_update(a->ops.history, next, now_ms(), (uint64_t)a->conf->admin_close_delay_ms, out,
+                       &err) != TALLY_OK) {
         reply_catalog_error(c, &err);
         return -1;
     }
@@ -259,7 +259,8 @@ static void handle_close(admin_t *a, http_conn_t *c, const char *id, size_t len)
     uint64_t cut = now + delay;
     poll_state_t st = poll_def_state_at(cur->def, cur->final, now);
     /* Already closed, or closing sooner than a close now would: keep it. */
-    if (st == POLL_CLOSED || st == POLL_FINAL || (cur->def->closes_at && cur->def->closes_at <= cut)) {
+    if (st == POLL_CLOSED || st == POLL_FINAL ||
+        (cur->def->closes_at && cur->def->closes_at <= cut)) {
         reply_json(c, 200, poll_json(a, cur, now, 1));
         return;
     }
@@ -343,12 +344,14 @@ static void handle_patch(admin_t *a, http_conn_t *c, const http_req_t *r, const 
                 break;
             }
             json_object_foreach(val, oid, lab) {
-                size_t k;
+                size_t k, at = 0;
                 json_t *o, *hit = NULL;
                 json_array_foreach(opts, k, o) {
                     json_t *oidj = json_is_object(o) ? json_object_get(o, "id") : o;
-                    if (json_is_string(oidj) && !strcmp(json_string_value(oidj), oid))
+                    if (json_is_string(oidj) && !strcmp(json_string_value(oidj), oid)) {
                         hit = o;
+                        at = k;
+                    }
                 }
                 if (!hit || !json_is_string(lab)) {
                     bad = key;
@@ -363,7 +366,7 @@ static void handle_patch(admin_t *a, http_conn_t *c, const http_req_t *r, const 
                     json_object_set(hit, "label", lab);
                 else { /* an id in a list of ids: make it an object */
                     json_t *obj = json_pack("{sOsO}", "id", hit, "label", lab);
-                    json_array_set_new(opts, k, obj);
+                    json_array_set_new(opts, at, obj);
                 }
             }
             if (bad)
@@ -375,12 +378,11 @@ static void handle_patch(admin_t *a, http_conn_t *c, const http_req_t *r, const 
             json_array_foreach(val, k, o) {
                 if (!json_is_string(o))
                     continue;
-                int oi = poll_def_option_index(cur->def, json_string_value(o),
-                                               json_string_length(o));
+                int oi =
+                    poll_def_option_index(cur->def, json_string_value(o), json_string_length(o));
                 if (oi >= 0)
-                    json_array_set_new(val, k,
-                                       json_pack("{sOss}", "id", o, "label",
-                                                 cur->def->options[oi].label));
+                    json_array_set_new(
+                        val, k, json_pack("{sOss}", "id", o, "label", cur->def->options[oi].label));
             }
             json_object_set(merged, key, val);
         } else {

@@ -161,9 +161,9 @@ static void *writer_main(void *arg) {
 
 kcat_writer_t *kcat_writer_new(const tally_config_t *c, catalog_live_t *live, char *errstr,
                                size_t esz) {
-    static const char *const defaults[] = {"enable.idempotence", "true", "acks", "all",
-                                           "linger.ms", "0", "allow.auto.create.topics", "false",
-                                           NULL};
+    static const char *const defaults[] = {
+        "enable.idempotence",       "true",  "acks", "all", "linger.ms", "0",
+        "allow.auto.create.topics", "false", NULL};
     char topic[KCAT_TOPIC_MAX], err[512];
     config_catalog_topic(c, topic, sizeof topic);
     kcat_writer_t *w = xcalloc(1, sizeof *w);
@@ -235,9 +235,9 @@ struct kcat_reader_s {
     catalog_live_t *live;
     pthread_t thread;
     _Atomic int stopping;
-    _Atomic int ready;            /* consumed up to a watermark once */
-    _Atomic uint64_t confirmed;   /* mono ms of the last query caught up with */
-    int64_t position;             /* next offset to consume (reader thread) */
+    _Atomic int ready;          /* consumed up to a watermark once */
+    _Atomic uint64_t confirmed; /* mono ms of the last query caught up with */
+    int64_t position;           /* next offset to consume (reader thread) */
 };
 
 /* Applies one record: kept when its poll is new or its seq higher. */
@@ -253,8 +253,8 @@ static void apply(kcat_reader_t *r, const rd_kafka_message_t *m) {
     }
     uint64_t seq = (uint64_t)json_integer_value(seqj);
     char *text = json_dumps(def, JSON_COMPACT);
-    poll_def_defaults_t dd = {.idempotency_window_s = 600, .now_ms = now_ms(),
-                              .source = POLL_SRC_ADMIN};
+    poll_def_defaults_t dd = {
+        .idempotency_window_s = 600, .now_ms = now_ms(), .source = POLL_SRC_ADMIN};
     poll_def_t *d = NULL;
     catalog_error_t err;
     if (poll_def_from_json(text, strlen(text), &dd, &d, &err) != TALLY_OK) {
@@ -275,8 +275,8 @@ static void apply(kcat_reader_t *r, const rd_kafka_message_t *m) {
     catalog_entry_t *en = catalog_entry_new(d, seq);
     if (json_is_true(json_object_get(v, "final"))) {
         json_t *fa = json_object_get(v, "final_at");
-        catalog_entry_t *fin =
-            catalog_entry_finalized(en, seq, json_is_integer(fa) ? (uint64_t)json_integer_value(fa) : 0);
+        catalog_entry_t *fin = catalog_entry_finalized(
+            en, seq, json_is_integer(fa) ? (uint64_t)json_integer_value(fa) : 0);
         catalog_entry_unref(en);
         en = fin;
     }
@@ -326,11 +326,16 @@ static void *reader_main(void *arg) {
 }
 
 kcat_reader_t *kcat_reader_new(const tally_config_t *c, char *errstr, size_t esz) {
-    static const char *const defaults[] = {"group.id", "tally-ingest-catalog",
-                                           "enable.auto.commit", "false",
-                                           "enable.auto.offset.store", "false",
-                                           "enable.partition.eof", "false",
-                                           "allow.auto.create.topics", "false",
+    static const char *const defaults[] = {"group.id",
+                                           "tally-ingest-catalog",
+                                           "enable.auto.commit",
+                                           "false",
+                                           "enable.auto.offset.store",
+                                           "false",
+                                           "enable.partition.eof",
+                                           "false",
+                                           "allow.auto.create.topics",
+                                           "false",
                                            NULL};
     char err[512];
     kcat_reader_t *r = xcalloc(1, sizeof *r);

@@ -30,8 +30,8 @@
 #include "common/config.h"
 #include "common/err.h"
 
-#define KCAT_CHECK_MS 250   /* watermark queries */
-#define KCAT_FRESH_MS 1000  /* the learn bound */
+#define KCAT_CHECK_MS 250  /* watermark queries */
+#define KCAT_FRESH_MS 1000 /* the learn bound */
 
 typedef struct kcat_writer_s kcat_writer_t;
 /* Creates the topic if missing and starts the writer thread, which writes

@@ -264,10 +264,17 @@ static void handle_close(admin_t *a, http_conn_t *c, const char *id, size_t len)
         reply_json(c, 200, poll_json(a, cur, now, 1));
         return;
     }
+    if (cur->def->opens_at && cur->def->opens_at >= cut) {
+        /* Closing before it opens would leave no voting time at all; an
+         * opening moved to the close would open it meanwhile. */
+        fail(c, 409, "incompatible", "opens_at",
+             "poll '%s' opens after the close would take effect: PATCH its opens_at and "
+             "closes_at instead",
+             cur->def->id);
+        return;
+    }
     poll_def_t *next = poll_def_dup(cur->def);
     next->closes_at = cut;
-    if (next->opens_at && next->opens_at > cut)
-        next->opens_at = 0; /* closing a scheduled poll: it never opens */
     catalog_entry_t *en = NULL;
     if (write_update(a, c, next, &en) != 0)
         return;

@@ -17,6 +17,8 @@ static const char *help =
     "usage: tally replay -c FILE [-s section.key=value ...] [--until RFC3339]\n"
     "\n"
     "Rebuilds every poll's totals from the whole vote log into fresh state (the\n"
+    "polls, their options, opens, closes and finals come from the log itself; the\n"
+    "config's [poll.ID] sections are needed only for votes older than that history;\n"
     "snapshots are not read), writes new snapshots, republishes the results and\n"
     "prints a per-poll summary. Run it while `tally run` is stopped: it takes the\n"
     "log's lock (shared) and refuses to start otherwise. The log is opened\n"
@@ -146,17 +148,26 @@ int cmd_replay(int argc, char **argv) {
                (unsigned long long)s.after_cutoff);
     printf("\n");
     if (s.skipped)
-        printf("skipped %llu records (unreadable, or for polls/options not in the config)\n",
+        printf("skipped %llu records (unreadable, or for polls/options neither in the log's "
+               "history nor in the config)\n",
                (unsigned long long)s.skipped);
     for (int i = 0; i < engine_npolls(e); i++) {
-        const poll_conf_t *pc = engine_poll(e, i);
+        const poll_def_t *pc = engine_poll(e, i);
+        if (!pc)
+            continue;
         uint64_t *counts = xmalloc(sizeof *counts * (size_t)pc->noptions);
-        engine_poll_totals(e, i, counts);
+        engine_poll_totals_n(e, i, counts, pc->noptions);
         uint64_t total = 0;
         for (int k = 0; k < pc->noptions; k++)
             total += counts[k];
-        printf("poll %s (%s): total %llu\n", pc->id, poll_mode_name(pc->mode),
-               (unsigned long long)total);
+        engine_poll_status_t st = engine_poll_status(e, i, NULL);
+        printf("poll %s (%s): total %llu, %s", pc->id, poll_mode_name(pc->mode),
+               (unsigned long long)total,
+               poll_state_name(poll_def_state_at(pc, st.final, now_ms())));
+        if (st.late || st.early)
+            printf(", late %llu, early %llu", (unsigned long long)st.late,
+                   (unsigned long long)st.early);
+        printf("\n");
         for (int k = 0; k < pc->noptions; k++)
             printf("  %-20s %llu\n", pc->options[k].id, (unsigned long long)counts[k]);
         free(counts);

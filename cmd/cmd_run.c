@@ -11,6 +11,8 @@
 #include <time.h>
 
 #include "cmd/cmd.h"
+#include "cmd/lifecycle.h"
+#include "common/catalog.h"
 #include "common/util.h"
 #include "common/catalog.h"
 #include "engine/engine.h"
@@ -74,11 +76,9 @@ typedef struct {
 
 /* ---- the poll lifecycle: catalog, history writer, admin API ---- */
 
-#define HISTORY_TIMEOUT_MS 10000
-
 typedef struct {
-    catalog_live_t *live;  /* the process's catalog (tally run, tally engine) */
-    history_t *history;    /* its writer */
+    catalog_live_t *live;  /* the process's catalog (tally run, tally engine), not owned */
+    history_t *history;    /* its writer, not owned */
     admin_t *admin;        /* the admin API, when admin.token_file is set */
     _Atomic int ready;     /* the engine caught up: votes may be judged */
     engine_t *engine;
@@ -106,34 +106,13 @@ static int admin_totals(void *arg, const char *poll, uint64_t *counts, int nopti
     int i = engine_poll_index(lc->engine, poll, strlen(poll));
     if (i < 0)
         return -1;
-    const poll_conf_t *p = engine_poll(lc->engine, i);
-    uint64_t *all = xcalloc((size_t)p->noptions + 1, sizeof *all);
-    engine_poll_totals(lc->engine, i, all);
-    for (int k = 0; k < noptions; k++)
-        counts[k] = k < p->noptions ? all[k] : 0;
-    free(all);
+    engine_poll_totals_n(lc->engine, i, counts, noptions);
+    engine_poll_status_t st = engine_poll_status(lc->engine, i, NULL);
     if (late)
-        *late = 0;
+        *late = st.late;
     if (early)
-        *early = 0;
+        *early = st.early;
     return 0;
-}
-
-/* The catalog at start. PROVISIONAL until the catalog branch's startup
- * (snapshots, catch-up, repair, config polls appended): the config's polls
- * at def_seq 0. */
-static catalog_t *initial_catalog(const tally_config_t *c) {
-    catalog_t *cat = catalog_new_empty();
-    poll_def_defaults_t dd = {.idempotency_window_s = 600, .now_ms = now_ms(),
-                              .source = POLL_SRC_CONFIG};
-    for (int i = 0; i < c->npolls; i++) {
-        catalog_entry_t *en = catalog_entry_new(poll_def_from_conf(&c->polls[i], &dd), 0);
-        catalog_t *next = catalog_with(cat, en, 0);
-        catalog_entry_unref(en);
-        catalog_free(cat);
-        cat = next;
-    }
-    return cat;
 }
 
 /* Starts the admin API when admin.token_file is set. 0, or -1 with err
@@ -167,12 +146,12 @@ static int lifecycle_admin(lifecycle_t *lc, const tally_config_t *c, const char 
     return 0;
 }
 
+/* The admin API and the catalog topic's threads; live and history belong
+ * to the pipeline. */
 static void lifecycle_free(lifecycle_t *lc) {
     admin_free(lc->admin); /* stops its thread first: no change in flight */
     kcat_writer_free(lc->kwriter);
     kcat_reader_free(lc->kreader);
-    history_free(lc->history);
-    catalog_live_free(lc->live);
 }
 
 static int engine_failed_tick(void *arg) { return arg && engine_failed(arg); }
@@ -256,6 +235,9 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     engine_t *e = NULL;
     publisher_t *pub = NULL;
     ingest_t *in = NULL;
+    catalog_live_t *live = NULL;
+    history_t *hist = NULL;
+    lifecycle_sched_t *sched = NULL;
     lifecycle_t lc = {0};
     sigset_t sigs;
     sigemptyset(&sigs);
@@ -283,10 +265,11 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         if (!in)
             goto out;
     }
-    /* The engine writes the poll history (control records) too. */
+    /* The engine writes too: the poll history's control records. Their
+     * acks go to the history writer, the votes' to ingest. */
     history_ack_init(in ? ingest_ack : NULL);
-    log = vlog_open(c, VLOG_F_WRITE | ((roles & ROLE_ENGINE) ? VLOG_F_READ : 0),
-                    history_log_ack, &terr, err, sizeof err);
+    log = vlog_open(c, VLOG_F_WRITE | ((roles & ROLE_ENGINE) ? VLOG_F_READ : 0), history_log_ack,
+                    &terr, err, sizeof err);
     if (!log) {
         rc = tally_err_exit(terr);
         goto out;
@@ -323,12 +306,27 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         if (engine_start(e, &ro, err, sizeof err) != TALLY_OK ||
             pub_start(pub, err, sizeof err) != TALLY_OK)
             goto out;
+        /* The whole history before any vote: each partition to the log's
+         * end as of now (ingest does not listen meanwhile). */
+        if ((lerr = lifecycle_catch_up(e, log, err, sizeof err)) != TALLY_OK) {
+            rc = tally_err_exit(lerr);
+            goto out;
+        }
+        live = catalog_live_new(catalog_dup(engine_catalog(e)));
+        hist = history_new(log, live, 10000);
+        if ((lerr = lifecycle_repair(e, hist, catalog_live_get(live), err, sizeof err)) !=
+                TALLY_OK ||
+            (lerr = lifecycle_config_polls(c, hist, live, err, sizeof err)) != TALLY_OK) {
+            rc = tally_err_exit(lerr);
+            goto out;
+        }
+        sched = lifecycle_sched_start(hist, live, (uint64_t)c->admin_final_grace_ms);
     }
     if (roles & ROLE_ENGINE) {
         lc.engine = e;
-        lc.live = catalog_live_new(initial_catalog(c));
-        lc.history = history_new(log, lc.live, HISTORY_TIMEOUT_MS);
-        atomic_store(&lc.ready, 1); /* PROVISIONAL: the catalog branch sets it after catch-up */
+        lc.live = live;
+        lc.history = hist;
+        atomic_store(&lc.ready, 1); /* caught up above, before ingest listens */
         /* With Kafka, other processes may ingest: they learn the polls from
          * the catalog topic, written from here. */
         if (c->kafka_brokers && c->kafka_brokers[0] &&
@@ -366,6 +364,8 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         wait_for_signal(e, &sigs);
     }
     admin_stop(lc.admin); /* no change is written after this */
+    lifecycle_sched_stop(sched);
+    sched = NULL;
     if (e) {
         engine_stop(e);
         if (engine_join(e, err, sizeof err) != 0)
@@ -386,6 +386,7 @@ out:
     if (rc != 0)
         fprintf(stderr, "tally %s: %s\n", cmd, err);
     admin_stop(lc.admin);
+    lifecycle_sched_stop(sched);
     if (pub)
         pub_stop(pub);
     if (e && rc != 0) {
@@ -393,7 +394,9 @@ out:
         engine_join(e, err, sizeof err);
     }
     vlog_close(log);
-    lifecycle_free(&lc);
+    lifecycle_free(&lc); /* before the catalog it reads */
+    history_free(hist);
+    catalog_live_free(live);
     ingest_free(in);
     pub_free(pub);
     engine_free(e);

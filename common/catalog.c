@@ -516,6 +516,19 @@ catalog_t *catalog_with(const catalog_t *base, catalog_entry_t *en, uint64_t seq
     return c;
 }
 
+catalog_t *catalog_dup(const catalog_t *base) {
+    catalog_t *c = xcalloc(1, sizeof *c);
+    c->npolls = base->npolls;
+    c->polls = xmalloc(sizeof *c->polls * (size_t)(c->npolls ? c->npolls : 1));
+    for (int i = 0; i < c->npolls; i++) {
+        c->polls[i] = base->polls[i];
+        catalog_entry_ref(c->polls[i]);
+    }
+    c->seq = base->seq;
+    index_build(c);
+    return c;
+}
+
 void catalog_free(catalog_t *c) {
     if (!c)
         return;

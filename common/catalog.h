@@ -149,6 +149,8 @@ catalog_t *catalog_new_empty(void);
 /* A new version: base's polls with en put in (replacing the poll of the
  * same id, else appended; en is referenced, not taken) and seq. */
 catalog_t *catalog_with(const catalog_t *base, catalog_entry_t *en, uint64_t seq);
+/* A version with the same polls and seq (entries shared). */
+catalog_t *catalog_dup(const catalog_t *c);
 void catalog_free(catalog_t *c);
 uint64_t catalog_seq(const catalog_t *c);
 int catalog_npolls(const catalog_t *c);

@@ -58,6 +58,15 @@ static inline size_t id_hash(const char *id, size_t len, uint64_t packed) {
     return (size_t)XXH3_64bits(id, len);
 }
 
+static void idmap_put(idmap_t *m, const char *id, int index) {
+    size_t len = strlen(id);
+    uint64_t packed = len <= ID_SHORT ? id_pack(id, len) : 0;
+    size_t j = id_hash(id, len, packed) & m->mask;
+    while (m->slots[j].id)
+        j = (j + 1) & m->mask;
+    m->slots[j] = (idmap_slot_t){id, len, packed, index};
+}
+
 static void idmap_build(idmap_t *m, int n, const char *(*id_at)(const void *, int),
                         const void *ctx) {
     size_t cap = 8;
@@ -65,18 +74,30 @@ static void idmap_build(idmap_t *m, int n, const char *(*id_at)(const void *, in
         cap *= 2;
     m->slots = xcalloc(cap, sizeof *m->slots);
     m->mask = cap - 1;
-    for (int i = 0; i < n; i++) {
-        const char *id = id_at(ctx, i);
-        size_t len = strlen(id);
-        uint64_t packed = len <= ID_SHORT ? id_pack(id, len) : 0;
-        size_t j = id_hash(id, len, packed) & m->mask;
-        while (m->slots[j].id)
-            j = (j + 1) & m->mask;
-        m->slots[j] = (idmap_slot_t){id, len, packed, i};
+    for (int i = 0; i < n; i++)
+        idmap_put(m, id_at(ctx, i), i);
+}
+
+/* Adds id -> index to a growing map holding *count ids (kept at most half
+ * full). The id must outlive the map. */
+static void idmap_add(idmap_t *m, size_t *count, const char *id, int index) {
+    if (!m->slots || (*count + 1) * 2 > m->mask + 1) {
+        idmap_t old = *m;
+        size_t cap = old.slots ? (old.mask + 1) * 2 : 16;
+        m->slots = xcalloc(cap, sizeof *m->slots);
+        m->mask = cap - 1;
+        for (size_t j = 0; old.slots && j <= old.mask; j++)
+            if (old.slots[j].id)
+                idmap_put(m, old.slots[j].id, old.slots[j].index);
+        free(old.slots);
     }
+    idmap_put(m, id, index);
+    (*count)++;
 }
 
 static inline int idmap_find(const idmap_t *m, const char *id, size_t len) {
+    if (!m->slots)
+        return -1;
     uint64_t packed = len <= ID_SHORT ? id_pack(id, len) : 0;
     size_t j = id_hash(id, len, packed) & m->mask;
     for (const idmap_slot_t *s = &m->slots[j]; s->id; s = &m->slots[j]) {
@@ -87,11 +108,147 @@ static inline int idmap_find(const idmap_t *m, const char *id, size_t len) {
     return -1;
 }
 
-static const char *poll_id_at(const void *ctx, int i) {
-    return ((const tally_config_t *)ctx)->polls[i].id;
+static const char *def_opt_id_at(const void *ctx, int i) {
+    return ((const poll_def_t *)ctx)->options[i].id;
 }
-static const char *opt_id_at(const void *ctx, int i) {
-    return ((const poll_conf_t *)ctx)->options[i].id;
+
+/* ---- polls of a partition ---- */
+
+static inline ppoll_t *ppoll_get(const partition_t *pt, int gi) {
+    ppoll_t *chunk = atomic_load_explicit(&pt->chunks[gi / POLL_CHUNK], memory_order_acquire);
+    return chunk ? &chunk[gi % POLL_CHUNK] : NULL;
+}
+
+static counts_t *counts_new(uint32_t n) {
+    counts_t *c = xcalloc(1, sizeof *c + sizeof(uint64_t) * (n ? n : 1));
+    c->n = n;
+    return c;
+}
+
+/* Makes room for n options, keeping the counts. @locality the writer */
+static void ppoll_grow(partition_t *pt, ppoll_t *pp, uint32_t n) {
+    counts_t *old = atomic_load_explicit(&pp->counts, memory_order_relaxed);
+    if (old && old->n >= n)
+        return;
+    counts_t *c = counts_new(n);
+    for (uint32_t k = 0; old && k < old->n; k++)
+        atomic_init(&c->c[k], atomic_load_explicit(&old->c[k], memory_order_relaxed));
+    atomic_store_explicit(&pp->counts, c, memory_order_release);
+    if (old) {
+        pt->retired = xrealloc(pt->retired, sizeof *pt->retired * (size_t)(pt->nretired + 1));
+        pt->retired[pt->nretired++] = old;
+    }
+}
+
+/* The options and mode a partition judges votes of pp by: its view, else
+ * the config's. */
+static void ppoll_set_eff(partition_t *pt, ppoll_t *pp) {
+    const poll_def_t *d = pp->view ? pp->view->def : pp->conf ? pp->conf->def : NULL;
+    if (d == pp->eff)
+        return;
+    free(pp->opts.slots);
+    pp->opts = (idmap_t){0};
+    pp->eff = d;
+    if (d) {
+        idmap_build(&pp->opts, d->noptions, def_opt_id_at, d);
+        ppoll_grow(pt, pp, (uint32_t)d->noptions);
+    }
+}
+
+/* Partition p's slot of global poll gi, made present. @locality the writer */
+static ppoll_t *ppoll_add(engine_t *e, int p, int gi) {
+    partition_t *pt = &e->parts[p];
+    ppoll_t *chunk = atomic_load_explicit(&pt->chunks[gi / POLL_CHUNK], memory_order_relaxed);
+    if (!chunk) {
+        chunk = xcalloc(POLL_CHUNK, sizeof *chunk);
+        atomic_store_explicit(&pt->chunks[gi / POLL_CHUNK], chunk, memory_order_release);
+    }
+    ppoll_t *pp = &chunk[gi % POLL_CHUNK];
+    if (!pp->present) {
+        pp->present = 1;
+        voters_init(&pp->voters);
+        atomic_store_explicit(&pp->counts, counts_new(0), memory_order_release);
+        if (pt->nknown == pt->known_cap) {
+            pt->known_cap = pt->known_cap ? pt->known_cap * 2 : 16;
+            pt->known = xrealloc(pt->known, sizeof *pt->known * (size_t)pt->known_cap);
+        }
+        pt->known[pt->nknown++] = gi;
+        idmap_add(&pt->pmap, &pt->pmap_count, e->gids[gi], gi);
+        if (gi < e->conf->npolls) {
+            pp->conf = e->conf_entries[gi];
+            catalog_entry_ref(pp->conf);
+        }
+        ppoll_set_eff(pt, pp);
+    }
+    return pp;
+}
+
+static void ppoll_free(ppoll_t *pp) {
+    free(atomic_load(&pp->counts));
+    voters_free(&pp->voters);
+    free(pp->opts.slots);
+    catalog_entry_unref(pp->view);
+    catalog_entry_unref(pp->conf);
+    memset(pp, 0, sizeof *pp);
+}
+
+/* Empties partition p (a failed snapshot load). @locality the writer, or
+ * before any worker runs */
+void engine_partition_reset_int(engine_t *e, int p) {
+    partition_t *pt = &e->parts[p];
+    for (int c = 0; c < POLL_CHUNKS; c++) {
+        ppoll_t *chunk = atomic_load(&pt->chunks[c]);
+        for (int i = 0; chunk && i < POLL_CHUNK; i++)
+            if (chunk[i].present)
+                ppoll_free(&chunk[i]);
+    }
+    for (int i = 0; i < pt->nretired; i++)
+        free(pt->retired[i]);
+    free(pt->retired);
+    pt->retired = NULL;
+    pt->nretired = 0;
+    free(pt->pmap.slots);
+    pt->pmap = (idmap_t){0};
+    pt->pmap_count = 0;
+    pt->nknown = 0;
+    pt->position = 0;
+    atomic_store(&pt->applied_seq, 0);
+    /* The config's polls are always present: v1 votes count against them. */
+    for (int i = 0; i < e->conf->npolls; i++)
+        ppoll_add(e, p, i);
+}
+
+/* ---- the global index and the engine's catalog ---- */
+
+/* The global index of a poll id, assigned on first sight. @locks cat_mu */
+static int global_index_locked(engine_t *e, const char *id, size_t len) {
+    int gi = idmap_find(&e->poll_map, id, len);
+    if (gi >= 0)
+        return gi;
+    int n = atomic_load(&e->npolls);
+    if (n >= ENGINE_MAX_POLLS)
+        return -1;
+    e->gids[n] = xstrndup(id, len);
+    idmap_add(&e->poll_map, &e->poll_map_count, e->gids[n], n);
+    atomic_store_explicit(&e->npolls, n + 1, memory_order_release);
+    return n;
+}
+
+/* Puts en into the engine's catalog if it is newer than what it holds for
+ * the poll; the catalog's seq becomes at least seq. @locks cat_mu */
+static void catalog_merge_locked(engine_t *e, catalog_entry_t *en, uint64_t seq) {
+    const catalog_t *cur = catalog_live_get(e->catalog);
+    const catalog_entry_t *old = catalog_find(cur, en->def->id, strlen(en->def->id));
+    uint64_t en_v = en->final ? en->final_seq : en->def_seq;
+    uint64_t old_v = old ? (old->final ? old->final_seq : old->def_seq) : 0;
+    if (old && (old_v > en_v || (old_v == en_v && old->final >= en->final))) {
+        if (seq > catalog_seq(cur)) {
+            catalog_entry_t *same = (catalog_entry_t *)old;
+            catalog_live_swap(e->catalog, catalog_with(cur, same, seq));
+        }
+        return;
+    }
+    catalog_live_swap(e->catalog, catalog_with(cur, en, seq));
 }
 
 /* ---- lifecycle ---- */
@@ -99,26 +256,24 @@ static const char *opt_id_at(const void *ctx, int i) {
 engine_t *engine_new(const tally_config_t *c, int npartitions) {
     engine_t *e = xcalloc(1, sizeof *e);
     e->conf = c;
-    e->npolls = c->npolls;
     e->npartitions = npartitions;
-    idmap_build(&e->poll_map, c->npolls, poll_id_at, c);
-    e->opt_maps = xcalloc((size_t)(c->npolls ? c->npolls : 1), sizeof *e->opt_maps);
-    for (int i = 0; i < c->npolls; i++)
-        idmap_build(&e->opt_maps[i], c->polls[i].noptions, opt_id_at, &c->polls[i]);
-    e->gens = xcalloc((size_t)(c->npolls ? c->npolls : 1), sizeof *e->gens);
-    e->poll_seeds = xcalloc((size_t)(c->npolls ? c->npolls : 1), sizeof *e->poll_seeds);
-    for (int i = 0; i < c->npolls; i++)
-        e->poll_seeds[i] = record_poll_seed(c->polls[i].id, strlen(c->polls[i].id));
-    e->parts = xcalloc((size_t)npartitions, sizeof *e->parts);
-    for (int p = 0; p < npartitions; p++) {
-        partition_t *pt = &e->parts[p];
-        pt->polls = xcalloc((size_t)(c->npolls ? c->npolls : 1), sizeof *pt->polls);
-        pt->touched = xcalloc((size_t)(c->npolls ? c->npolls : 1), 1);
-        for (int i = 0; i < c->npolls; i++) {
-            pt->polls[i].counts = xcalloc((size_t)c->polls[i].noptions, sizeof(uint64_t));
-            voters_init(&pt->polls[i].voters);
-        }
+    pthread_mutex_init(&e->cat_mu, NULL);
+    e->gids = xcalloc(ENGINE_MAX_POLLS, sizeof *e->gids);
+    e->gens = xcalloc(ENGINE_MAX_POLLS, sizeof *e->gens);
+    e->conf_entries = xcalloc((size_t)(c->npolls ? c->npolls : 1), sizeof *e->conf_entries);
+    catalog_t *cat = catalog_new_empty();
+    poll_def_defaults_t d = {600, 0, POLL_SRC_CONFIG};
+    for (int i = 0; i < c->npolls; i++) {
+        tally_assert(global_index_locked(e, c->polls[i].id, strlen(c->polls[i].id)) == i);
+        e->conf_entries[i] = catalog_entry_new(poll_def_from_conf(&c->polls[i], &d), 0);
+        catalog_t *next = catalog_with(cat, e->conf_entries[i], 0);
+        catalog_free(cat);
+        cat = next;
     }
+    e->catalog = catalog_live_new(cat);
+    e->parts = xcalloc((size_t)npartitions, sizeof *e->parts);
+    for (int p = 0; p < npartitions; p++)
+        engine_partition_reset_int(e, p);
     pthread_mutex_init(&e->err_mu, NULL);
     return e;
 }
@@ -127,22 +282,32 @@ void engine_free(engine_t *e) {
     if (!e)
         return;
     for (int p = 0; p < e->npartitions; p++) {
-        for (int i = 0; i < e->npolls; i++) {
-            free(e->parts[p].polls[i].counts);
-            voters_free(&e->parts[p].polls[i].voters);
+        partition_t *pt = &e->parts[p];
+        engine_partition_reset_int(e, p);
+        for (int c = 0; c < POLL_CHUNKS; c++) {
+            ppoll_t *chunk = atomic_load(&pt->chunks[c]);
+            for (int i = 0; chunk && i < POLL_CHUNK; i++)
+                if (chunk[i].present)
+                    ppoll_free(&chunk[i]);
+            free(chunk);
         }
-        free(e->parts[p].polls);
-        free(e->parts[p].touched);
+        free(pt->known);
+        free(pt->pmap.slots);
     }
-    for (int i = 0; i < e->npolls; i++)
-        free(e->opt_maps[i].slots);
-    free(e->opt_maps);
+    int n = atomic_load(&e->npolls);
+    for (int i = 0; i < n; i++)
+        free(e->gids[i]);
+    free(e->gids);
+    for (int i = 0; i < e->conf->npolls; i++)
+        catalog_entry_unref(e->conf_entries[i]);
+    free(e->conf_entries);
+    catalog_live_free(e->catalog);
     free(e->poll_map.slots);
     free(e->gens);
-    free(e->poll_seeds);
     free(e->parts);
     free(e->workers);
     pthread_mutex_destroy(&e->err_mu);
+    pthread_mutex_destroy(&e->cat_mu);
     free(e);
 }
 
@@ -170,18 +335,17 @@ void engine_batch_end(engine_t *e, int partition) {
     atomic_store_explicit(&pt->seq, s + 1, memory_order_release);
     atomic_store_explicit(&pt->pos_pub, pt->position, memory_order_release);
     uint64_t voters = 0, bytes = 0;
-    for (int i = 0; i < e->npolls; i++) {
-        voters += pt->polls[i].voters.count;
-        bytes += voters_bytes(&pt->polls[i].voters);
+    for (int k = 0; k < pt->nknown; k++) {
+        ppoll_t *pp = ppoll_get(pt, pt->known[k]);
+        voters += pp->voters.count;
+        bytes += voters_bytes(&pp->voters);
+        if (pp->touched) {
+            pp->touched = 0;
+            atomic_fetch_add_explicit(&e->gens[pt->known[k]], 1, memory_order_release);
+        }
     }
     atomic_store_explicit(&pt->voters_pub, voters, memory_order_relaxed);
     atomic_store_explicit(&pt->bytes_pub, bytes, memory_order_relaxed);
-    for (int i = 0; i < e->npolls; i++) {
-        if (pt->touched[i]) {
-            pt->touched[i] = 0;
-            atomic_fetch_add_explicit(&e->gens[i], 1, memory_order_release);
-        }
-    }
 }
 
 /* Skipped records are counted (engine_stats) and the first few logged, so
@@ -196,12 +360,13 @@ static void note_skipped(int partition, uint64_t next_pos, const uint8_t *rec, s
                  "%zu bytes): skipped",
                  partition, (unsigned long long)next_pos, len ? rec[0] : -1, len);
     else
-        log_warn("engine: partition %d: vote for %.*s/%.*s is not in the config: skipped",
+        log_warn("engine: partition %d: vote for %.*s/%.*s is not a poll or option defined "
+                 "here: skipped",
                  partition, (int)v.poll_len, v.poll, (int)v.option_len, v.option);
 }
 
 /* What pass 1 found out about a record, for pass 3 (apply_run). */
-enum { PREP_VOTE = 0, PREP_PROGRESS, PREP_SKIP, PREP_CUTOFF };
+enum { PREP_VOTE = 0, PREP_PROGRESS, PREP_SKIP, PREP_CUTOFF, PREP_CONTROL, PREP_LATE, PREP_EARLY };
 
 typedef struct {
     int what; /* PREP_* */
@@ -212,7 +377,7 @@ typedef struct {
 
 /* The last poll seen in a batch: votes come in runs of one poll (a live
  * poll's burst), so most records skip the poll map. Local to one call of
- * apply_run, so readers of the shared maps never see it. */
+ * apply_run and reset at every control record. */
 typedef struct {
     int pi;
     const char *id;
@@ -220,30 +385,47 @@ typedef struct {
     uint64_t packed;
 } poll_cache_t;
 
-static inline int find_poll(const engine_t *e, poll_cache_t *pc, const char *id, size_t len) {
+static inline int find_poll(const partition_t *pt, poll_cache_t *pc, const char *id, size_t len) {
     uint64_t packed = len <= ID_SHORT ? id_pack(id, len) : 0;
     if (pc->pi >= 0 && pc->len == len &&
         (len <= ID_SHORT ? pc->packed == packed : id_equal(pc->id, id, len)))
         return pc->pi;
-    int pi = idmap_find(&e->poll_map, id, len);
+    int pi = idmap_find(&pt->pmap, id, len);
     if (pi >= 0)
-        *pc = (poll_cache_t){pi, e->conf->polls[pi].id, len, packed};
+        *pc = (poll_cache_t){pi, id, len, packed};
     return pi;
 }
 
-/* Pass 1 of a record: decode, find poll and option, hash the voter. Reads
- * no partition state, so it may run ahead of the counting. */
+/* Pass 1 of a record: decode, judge it against the partition's view, find
+ * poll and option, hash the voter. Changes no partition state, so it may run
+ * ahead of the counting, up to the next control record (which ends the
+ * chunk: it changes what the votes after it are judged by).
+ *
+ * A v1 vote counts against the config's poll (it predates the history). A
+ * v2 vote counts against the partition's view of the poll's history: the
+ * poll defined, the option one of its options, opens_at <= ts < closes_at
+ * and no FINAL applied; before opens_at it is "early", at or after the close
+ * "late". A v2 vote for a config poll whose DEFINE this partition has not
+ * seen (an ingest that started before the engine wrote it) is judged by the
+ * config's definition, as a v1 vote is, times included. */
 static inline void prepare(const engine_t *e, int partition, poll_cache_t *cache,
                            const vlog_msg_t *m, prep_t *q) {
+    const partition_t *pt = &e->parts[partition];
     if (!m->rec) {
         q->what = PREP_PROGRESS;
         return;
     }
+    if (m->len >= 2 && m->rec[0] == RECORD_VERSION && m->rec[1] == RECORD_CONTROL) {
+        q->what = PREP_CONTROL;
+        return;
+    }
     vote_record_t v;
-    int pi, oi;
-    if (record_decode(m->rec, m->len, &v) != 0 ||
-        (pi = find_poll(e, cache, v.poll, v.poll_len)) < 0 ||
-        (oi = idmap_find(&e->opt_maps[pi], v.option, v.option_len)) < 0) {
+    int pi, oi = -1;
+    ppoll_t *pp = NULL;
+    if (record_decode(m->rec, m->len, &v) != 0 || (pi = find_poll(pt, cache, v.poll, v.poll_len)) < 0 ||
+        !(pp = ppoll_get(pt, pi))->eff || (v.version == 1 && !pp->conf) ||
+        (oi = idmap_find(&pp->opts, v.option, v.option_len)) < 0 ||
+        (v.version == 1 && oi >= pp->conf->def->noptions)) {
         note_skipped(partition, m->next_pos, m->rec, m->len);
         q->what = PREP_SKIP;
         return;
@@ -253,11 +435,23 @@ static inline void prepare(const engine_t *e, int partition, poll_cache_t *cache
         q->what = PREP_CUTOFF;
         return;
     }
-    const poll_conf_t *pc = &e->conf->polls[pi];
+    const poll_def_t *d = pp->eff;
     q->pi = pi;
     q->oi = oi;
     q->voter = 0;
-    if (pc->mode == MODE_UNLIMITED) {
+    if (v.version >= 2) {
+        /* The close is judged by the time ingest stamped, never the log's. */
+        if (atomic_load_explicit(&pp->final, memory_order_relaxed) ||
+            (d->closes_at && v.ts_ms >= d->closes_at)) {
+            q->what = PREP_LATE;
+            return;
+        }
+        if (d->opens_at && v.ts_ms < d->opens_at) {
+            q->what = PREP_EARLY;
+            return;
+        }
+    }
+    if (d->mode == MODE_UNLIMITED) {
         q->what = PREP_VOTE;
         return;
     }
@@ -269,16 +463,116 @@ static inline void prepare(const engine_t *e, int partition, poll_cache_t *cache
     }
     q->what = PREP_VOTE;
     q->voter = 1;
-    q->key = record_poll_voter_key(e->poll_seeds[pi], v.voter, v.voter_len);
+    q->key = record_poll_voter_key(record_poll_seed(d->id, strlen(d->id)), v.voter, v.voter_len);
 }
 
 typedef struct {
-    uint64_t applied, skipped, after_cutoff;
+    uint64_t applied, skipped, after_cutoff, late, early;
 } run_counts_t;
 
+/* Whether next may follow cur in one partition's history: what counted
+ * votes depend on stays (the admin checks more, see
+ * poll_def_check_successor; this guards the counts against a log written by
+ * hand). */
+static int define_compatible(const poll_def_t *cur, const poll_def_t *next) {
+    if (cur->mode != next->mode || cur->max_votes != next->max_votes ||
+        next->noptions < cur->noptions)
+        return 0;
+    for (int i = 0; i < cur->noptions; i++)
+        if (strcmp(cur->options[i].id, next->options[i].id))
+            return 0;
+    return 1;
+}
+
+/* Applies a control record to the partition's view, in log order.
+ * Returns 1 when the view changed. @locality the writer, inside a batch */
+static int apply_control(engine_t *e, int p, const vlog_msg_t *m, run_counts_t *rc) {
+    partition_t *pt = &e->parts[p];
+    control_record_t c;
+    if (control_decode(m->rec, m->len, &c) != 0) {
+        note_skipped(p, m->next_pos, m->rec, m->len);
+        rc->skipped++;
+        return 0;
+    }
+    uint64_t applied = atomic_load_explicit(&pt->applied_seq, memory_order_relaxed);
+    if (c.seq <= applied)
+        return 0; /* a re-broadcast after a crash: this partition has it */
+    catalog_entry_t *en = NULL;
+    int changed = 0;
+    pthread_mutex_lock(&e->cat_mu);
+    int gi = global_index_locked(e, c.poll, c.poll_len);
+    pthread_mutex_unlock(&e->cat_mu);
+    if (gi < 0) {
+        log_error("engine: partition %d: more than %d polls: control record for %.*s ignored", p,
+                  ENGINE_MAX_POLLS, (int)c.poll_len, c.poll);
+        goto out;
+    }
+    ppoll_t *pp = ppoll_get(pt, gi);
+    if (c.kind == CONTROL_DEFINE) {
+        /* Another partition may have parsed this very record: share it. */
+        const catalog_t *cat = catalog_live_get(e->catalog);
+        const catalog_entry_t *have = catalog_find(cat, c.poll, c.poll_len);
+        if (have && have->def_seq == c.seq && !have->final) {
+            en = (catalog_entry_t *)have;
+            catalog_entry_ref(en);
+        } else {
+            poll_def_t *d;
+            catalog_error_t err;
+            if (poll_def_from_json(c.body, c.body_len, NULL, &d, &err) != TALLY_OK ||
+                strlen(d->id) != c.poll_len || memcmp(d->id, c.poll, c.poll_len)) {
+                log_warn("engine: partition %d: DEFINE seq %llu of %.*s unreadable (%s): "
+                             "ignored",
+                             p, (unsigned long long)c.seq, (int)c.poll_len, c.poll, err.message);
+                poll_def_free(d);
+                goto out;
+            }
+            en = catalog_entry_new(d, c.seq);
+        }
+        if (!pp || !pp->present)
+            pp = ppoll_add(e, p, gi);
+        if (pp->final || (pp->view && !define_compatible(pp->view->def, en->def))) {
+            log_warn("engine: partition %d: DEFINE seq %llu of %s %s: ignored", p,
+                     (unsigned long long)c.seq, en->def->id,
+                     pp->final ? "after its FINAL" : "changes what counted votes depend on");
+            goto out;
+        }
+        catalog_entry_t *old = pp->view;
+        pp->view = en;
+        catalog_entry_ref(en);
+        ppoll_set_eff(pt, pp);
+        catalog_entry_unref(old);
+        pthread_mutex_lock(&e->cat_mu);
+        catalog_merge_locked(e, en, c.seq);
+        pthread_mutex_unlock(&e->cat_mu);
+        changed = 1;
+    } else if (c.kind == CONTROL_FINAL) {
+        if (!pp || !pp->present || !pp->view || pp->final) {
+            log_warn("engine: partition %d: FINAL seq %llu of %.*s without its DEFINE: ignored",
+                     p, (unsigned long long)c.seq, (int)c.poll_len, c.poll);
+            goto out;
+        }
+        pp->final_seq = c.seq;
+        pp->final_at = c.at_ms;
+        atomic_store_explicit(&pp->final_pos, m->next_pos, memory_order_relaxed);
+        atomic_store_explicit(&pp->final, 1, memory_order_release);
+        en = catalog_entry_finalized(pp->view, c.seq, c.at_ms);
+        pthread_mutex_lock(&e->cat_mu);
+        catalog_merge_locked(e, en, c.seq);
+        pthread_mutex_unlock(&e->cat_mu);
+        changed = 1;
+    }
+    if (changed)
+        pp->touched = 1;
+out:
+    atomic_store_explicit(&pt->applied_seq, c.seq, memory_order_release);
+    catalog_entry_unref(en);
+    return changed;
+}
+
 /* Pass 3 of a record: count it, in log order. */
-static inline void apply_one(engine_t *e, partition_t *pt, const vlog_msg_t *m, const prep_t *q,
+static inline void apply_one(engine_t *e, int p, const vlog_msg_t *m, const prep_t *q,
                              run_counts_t *rc) {
+    partition_t *pt = &e->parts[p];
     if (q->what == PREP_PROGRESS) {
         /* Progress without a record: nothing of this partition before
          * next_pos (the file log's partitions share one file). */
@@ -287,33 +581,49 @@ static inline void apply_one(engine_t *e, partition_t *pt, const vlog_msg_t *m, 
         return;
     }
     pt->position = m->next_pos;
-    if (q->what == PREP_SKIP) {
-        rc->skipped++;
+    switch (q->what) {
+    case PREP_SKIP: rc->skipped++; return;
+    case PREP_CUTOFF: rc->after_cutoff++; return;
+    case PREP_CONTROL: apply_control(e, p, m, rc); return;
+    case PREP_LATE:
+    case PREP_EARLY: {
+        ppoll_t *pp = ppoll_get(pt, q->pi);
+        count_add(q->what == PREP_LATE ? &pp->late : &pp->early, 1);
+        if (q->what == PREP_LATE)
+            rc->late++;
+        else
+            rc->early++;
+        pp->touched = 1;
         return;
     }
-    if (q->what == PREP_CUTOFF) {
-        rc->after_cutoff++;
-        return;
+    default: break;
     }
     rc->applied++;
-    int pi = q->pi, oi = q->oi;
-    ppoll_t *pp = &pt->polls[pi];
-    poll_mode_t mode = e->conf->polls[pi].mode;
+    int oi = q->oi;
+    ppoll_t *pp = ppoll_get(pt, q->pi);
+    counts_t *cnt = atomic_load_explicit(&pp->counts, memory_order_relaxed);
+    poll_mode_t mode = pp->eff->mode;
     if (mode == MODE_UNLIMITED) {
-        count_add(&pp->counts[oi], 1);
-        pt->touched[pi] = 1;
+        count_add(&cnt->c[oi], 1);
+        pp->touched = 1;
         return;
     }
     voter_slot_t *slot;
-    int prev = voters_get_or_insert(&pp->voters, q->key, oi, &slot);
+    /* Capped mode keeps the voter's number of counted votes in the slot's
+     * option bits; the other modes the option the counted vote went to. */
+    int prev = voters_get_or_insert(&pp->voters, q->key, mode == MODE_CAPPED ? 1 : oi, &slot);
     if (prev < 0) {
-        count_add(&pp->counts[oi], 1);
-        pt->touched[pi] = 1;
+        count_add(&cnt->c[oi], 1);
+        pp->touched = 1;
     } else if (mode == MODE_CHANGEABLE && prev != oi) {
-        count_add(&pp->counts[prev], -1);
-        count_add(&pp->counts[oi], 1);
+        count_add(&cnt->c[prev], -1);
+        count_add(&cnt->c[oi], 1);
         voters_set_option(slot, oi);
-        pt->touched[pi] = 1;
+        pp->touched = 1;
+    } else if (mode == MODE_CAPPED && (uint32_t)prev < pp->eff->max_votes) {
+        count_add(&cnt->c[oi], 1);
+        voters_set_option(slot, prev + 1);
+        pp->touched = 1;
     }
 }
 
@@ -321,7 +631,7 @@ static inline void apply_one(engine_t *e, partition_t *pt, const vlog_msg_t *m, 
 static void prefetch_chunk(partition_t *pt, const prep_t *prep, int m) {
     for (int i = 0; i < m; i++)
         if (prep[i].what == PREP_VOTE && prep[i].voter)
-            voters_prefetch(&pt->polls[prep[i].pi].voters, prep[i].key);
+            voters_prefetch(&ppoll_get(pt, prep[i].pi)->voters, prep[i].key);
 }
 
 /* Applies msgs[0..n) of one partition in order, CHUNK records at a time in
@@ -330,27 +640,37 @@ static void prefetch_chunk(partition_t *pt, const prep_t *prep, int m) {
  * a prefetch that misses the TLB holds up retirement until its page walk
  * ends, so with a record's decoding and hashing between two of them the
  * reorder buffer fills and the misses hardly overlap. Order is exactly the
- * log's: the first two passes only read. The slot is looked up afresh in
- * pass 3 (the table may grow in between; a stale prefetch is only wasted).
- * Returns how many records were counted; *pi_out (may be NULL) gets the poll
- * index of the last record, -1 if it was not counted. */
-static int apply_run(engine_t *e, int partition, const vlog_msg_t *msgs, int n, int *pi_out) {
+ * log's: the first two passes only read, and a chunk ends at a control
+ * record. The slot is looked up afresh in pass 3 (the table may grow in
+ * between; a stale prefetch is only wasted). Returns how many records were
+ * counted; *pi_out (may be NULL) gets the poll index of the last record, -1
+ * if it was not counted. */
+static int apply_run(engine_t *e, int partition, const vlog_msg_t *msgs, int n, int *pi_out,
+                     int *other_out) {
     partition_t *pt = &e->parts[partition];
     prep_t prep[CHUNK];
     poll_cache_t cache = {-1, NULL, 0, 0};
-    run_counts_t rc = {0, 0, 0};
-    int last_pi = -1;
-    for (int b = 0; b < n; b += CHUNK) {
+    run_counts_t rc = {0, 0, 0, 0, 0};
+    int last_pi = -1, changed = 0;
+    for (int b = 0; b < n;) {
         int m = n - b < CHUNK ? n - b : CHUNK;
-        for (int i = 0; i < m; i++)
+        for (int i = 0; i < m; i++) {
             prepare(e, partition, &cache, &msgs[b + i], &prep[i]);
+            if (prep[i].what == PREP_CONTROL) {
+                m = i + 1;
+                cache.pi = -1;
+            }
+        }
         if (m > 1)
             prefetch_chunk(pt, prep, m);
         for (int i = 0; i < m; i++) {
             uint64_t before = rc.applied;
-            apply_one(e, pt, &msgs[b + i], &prep[i], &rc);
+            apply_one(e, partition, &msgs[b + i], &prep[i], &rc);
             last_pi = rc.applied != before ? prep[i].pi : -1;
+            if (prep[i].what == PREP_CONTROL)
+                changed = 1;
         }
+        b += m;
     }
     if (rc.applied)
         count_add((_Atomic uint64_t *)&pt->applied, (int64_t)rc.applied);
@@ -358,51 +678,84 @@ static int apply_run(engine_t *e, int partition, const vlog_msg_t *msgs, int n, 
         count_add((_Atomic uint64_t *)&pt->skipped, (int64_t)rc.skipped);
     if (rc.after_cutoff)
         count_add((_Atomic uint64_t *)&pt->after_cutoff, (int64_t)rc.after_cutoff);
+    if (rc.late)
+        count_add(&pt->late, (int64_t)rc.late);
+    if (rc.early)
+        count_add(&pt->early, (int64_t)rc.early);
     if (pi_out)
         *pi_out = last_pi;
+    /* A control record or a late vote changes what is published too. */
+    if (other_out)
+        *other_out = changed || rc.late || rc.early;
     return (int)rc.applied;
 }
 
 int engine_apply_batch(engine_t *e, int partition, const vlog_msg_t *msgs, int n) {
-    return apply_run(e, partition, msgs, n, NULL);
+    return apply_run(e, partition, msgs, n, NULL, NULL);
 }
 
 int engine_apply(engine_t *e, int partition, const uint8_t *rec, size_t len, uint64_t next_pos,
                  int64_t ts_ms) {
     vlog_msg_t m = {partition, next_pos, ts_ms, rec, len};
     int pi;
-    apply_run(e, partition, &m, 1, &pi);
+    apply_run(e, partition, &m, 1, &pi, NULL);
     return pi;
 }
 
 /* ---- reading ---- */
 
-int engine_npolls(const engine_t *e) { return e->npolls; }
-const poll_conf_t *engine_poll(const engine_t *e, int i) { return &e->conf->polls[i]; }
-int engine_poll_index(const engine_t *e, const char *id, size_t len) {
-    return idmap_find(&e->poll_map, id, len);
+int engine_npolls(const engine_t *e) {
+    return atomic_load_explicit(&((engine_t *)e)->npolls, memory_order_acquire);
 }
+
+const catalog_entry_t *engine_poll_entry(const engine_t *e, int i) {
+    const catalog_t *cat = catalog_live_get(e->catalog);
+    return catalog_find(cat, e->gids[i], strlen(e->gids[i]));
+}
+
+const poll_def_t *engine_poll(const engine_t *e, int i) {
+    const catalog_entry_t *en = engine_poll_entry(e, i);
+    return en ? en->def : NULL;
+}
+
+int engine_poll_index(const engine_t *e, const char *id, size_t len) {
+    engine_t *m = (engine_t *)e;
+    pthread_mutex_lock(&m->cat_mu);
+    int gi = idmap_find(&m->poll_map, id, len);
+    pthread_mutex_unlock(&m->cat_mu);
+    return gi;
+}
+
+const catalog_t *engine_catalog(const engine_t *e) { return catalog_live_get(e->catalog); }
 
 uint64_t engine_poll_generation(const engine_t *e, int i) {
     return atomic_load_explicit(&e->gens[i], memory_order_acquire);
 }
 
 void engine_poll_totals(const engine_t *e, int i, uint64_t *counts) {
-    int n = e->conf->polls[i].noptions;
+    const poll_def_t *d = engine_poll(e, i);
+    engine_poll_totals_n(e, i, counts, d ? d->noptions : 0);
+}
+
+void engine_poll_totals_n(const engine_t *e, int i, uint64_t *counts, int n) {
     uint64_t stack[64], *tmp = n <= 64 ? stack : xmalloc(sizeof *tmp * (size_t)n);
     memset(counts, 0, sizeof *counts * (size_t)n);
     for (int p = 0; p < e->npartitions; p++) {
         partition_t *pt = &e->parts[p];
-        _Atomic uint64_t *src = pt->polls[i].counts;
         for (;;) {
             uint64_t s1 = atomic_load_explicit(&pt->seq, memory_order_acquire);
             if (s1 & 1) {
                 sched_yield(); /* a batch is being applied: short */
                 continue;
             }
+            ppoll_t *pp = ppoll_get(pt, i);
+            counts_t *src = pp ? atomic_load_explicit(&pp->counts, memory_order_acquire) : NULL;
+            int m = src ? ((int)src->n < n ? (int)src->n : n) : 0;
             /* Acquire loads keep the re-check of seq after them. */
-            for (int k = 0; k < n; k++)
-                tmp[k] = atomic_load_explicit(&src[k], memory_order_acquire);
+            for (int k = 0; k < m; k++)
+                tmp[k] = atomic_load_explicit(&src->c[k], memory_order_acquire);
+            for (int k = m; k < n; k++)
+                tmp[k] = 0;
             if (atomic_load_explicit(&pt->seq, memory_order_relaxed) == s1)
                 break;
         }
@@ -411,6 +764,27 @@ void engine_poll_totals(const engine_t *e, int i, uint64_t *counts) {
     }
     if (tmp != stack)
         free(tmp);
+}
+
+engine_poll_status_t engine_poll_status(const engine_t *e, int i, uint64_t *final_positions) {
+    engine_poll_status_t s = {0, 0, 1};
+    for (int p = 0; p < e->npartitions; p++) {
+        ppoll_t *pp = ppoll_get(&e->parts[p], i);
+        int fin = pp && atomic_load_explicit(&pp->final, memory_order_acquire);
+        if (pp) {
+            s.late += atomic_load_explicit(&pp->late, memory_order_relaxed);
+            s.early += atomic_load_explicit(&pp->early, memory_order_relaxed);
+        }
+        if (final_positions)
+            final_positions[p] = fin ? atomic_load_explicit(&pp->final_pos, memory_order_relaxed) : 0;
+        if (!fin)
+            s.final = 0;
+    }
+    return s;
+}
+
+uint64_t engine_partition_seq(const engine_t *e, int partition) {
+    return atomic_load_explicit(&e->parts[partition].applied_seq, memory_order_acquire);
 }
 
 uint64_t engine_position(const engine_t *e, int partition) {
@@ -424,6 +798,8 @@ engine_stats_t engine_stats(const engine_t *e) {
         s.applied += atomic_load_explicit(&pt->applied, memory_order_relaxed);
         s.skipped += atomic_load_explicit(&pt->skipped, memory_order_relaxed);
         s.after_cutoff += atomic_load_explicit(&pt->after_cutoff, memory_order_relaxed);
+        s.late += atomic_load_explicit(&pt->late, memory_order_relaxed);
+        s.early += atomic_load_explicit(&pt->early, memory_order_relaxed);
         s.voters += atomic_load_explicit(&pt->voters_pub, memory_order_relaxed);
         s.state_bytes += atomic_load_explicit(&pt->bytes_pub, memory_order_relaxed);
     }
@@ -510,7 +886,8 @@ static int apply_collected(apply_ctx_t *ctx) {
         if (end == begin)
             continue;
         engine_batch_begin(e, p);
-        if (apply_run(e, p, &ctx->grouped[begin], end - begin, NULL) > 0)
+        int other = 0;
+        if (apply_run(e, p, &ctx->grouped[begin], end - begin, NULL, &other) > 0 || other)
             changed = 1;
         engine_batch_end(e, p);
     }
@@ -633,3 +1010,35 @@ tally_err_t engine_join(engine_t *e, char *errstr, size_t esz) {
 void engine_stop(engine_t *e) { atomic_store_explicit(&e->stopping, 1, memory_order_release); }
 
 int engine_failed(const engine_t *e) { return atomic_load(&e->failed); }
+
+/* ---- for snapshot.c ---- */
+
+ppoll_t *engine_ppoll_add_int(engine_t *e, int p, int gi) { return ppoll_add(e, p, gi); }
+ppoll_t *engine_ppoll_get_int(const partition_t *pt, int gi) { return ppoll_get(pt, gi); }
+
+/* Sets a loaded view (taken) and merges it into the engine's catalog. */
+void engine_ppoll_set_view_int(engine_t *e, int p, ppoll_t *pp, catalog_entry_t *view) {
+    catalog_entry_t *old = pp->view;
+    pp->view = view;
+    ppoll_set_eff(&e->parts[p], pp);
+    catalog_entry_unref(old);
+    catalog_entry_t *en = view;
+    if (pp->final) {
+        en = catalog_entry_finalized(view, pp->final_seq, pp->final_at);
+    } else {
+        catalog_entry_ref(en);
+    }
+    pthread_mutex_lock(&e->cat_mu);
+    catalog_merge_locked(e, en, atomic_load(&e->parts[p].applied_seq));
+    pthread_mutex_unlock(&e->cat_mu);
+    catalog_entry_unref(en);
+}
+
+int engine_global_index_int(engine_t *e, const char *id, size_t len) {
+    pthread_mutex_lock(&e->cat_mu);
+    int gi = global_index_locked(e, id, len);
+    pthread_mutex_unlock(&e->cat_mu);
+    return gi;
+}
+
+int engine_npartitions(const engine_t *e) { return e->npartitions; }

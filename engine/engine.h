@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/catalog.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "log/vlog.h"
@@ -22,6 +23,8 @@ typedef struct {
     uint64_t applied;      /* records read and counted (or found repeated) */
     uint64_t skipped;      /* undecodable, unknown poll or unknown option */
     uint64_t after_cutoff; /* replay --until: records newer than the cut-off */
+    uint64_t late;         /* votes stamped at or after their poll's close (or final) */
+    uint64_t early;        /* votes stamped before their poll's opens_at */
     uint64_t voters;       /* distinct (poll, voter) pairs held */
     uint64_t state_bytes;  /* bytes of voter tables */
 } engine_stats_t;
@@ -51,14 +54,39 @@ int engine_apply(engine_t *e, int partition, const uint8_t *rec, size_t len, uin
 int engine_apply_batch(engine_t *e, int partition, const vlog_msg_t *msgs, int n);
 void engine_batch_end(engine_t *e, int partition);
 
-/* Reading, @locality any thread. */
+/* Reading, @locality any thread.
+ *
+ * Polls have a global index, 0..engine_npolls()-1: the config's polls
+ * first (in config order), then the polls of the log's history in the
+ * order a partition first applied their DEFINE. Indexes never change while
+ * the engine lives and grow as polls are defined. */
 int engine_npolls(const engine_t *e);
-const poll_conf_t *engine_poll(const engine_t *e, int i);
+int engine_npartitions(const engine_t *e);
+/* The poll's current entry in the engine's catalog (NULL for an index
+ * whose DEFINE was unreadable), or its definition. Valid for
+ * CATALOG_GRACE_MS (see catalog_live_get). */
+const catalog_entry_t *engine_poll_entry(const engine_t *e, int i);
+const poll_def_t *engine_poll(const engine_t *e, int i);
 int engine_poll_index(const engine_t *e, const char *id, size_t len);
+/* The engine's catalog: the config's polls (def_seq 0) overlaid with the
+ * view of the partition that applied the highest seq; it is what ingest
+ * reads once the engine caught up. Valid for CATALOG_GRACE_MS. */
+const catalog_t *engine_catalog(const engine_t *e);
+/* The highest control seq partition p applied. */
+uint64_t engine_partition_seq(const engine_t *e, int partition);
+typedef struct {
+    uint64_t late, early;
+    int final; /* every partition applied the poll's FINAL */
+} engine_poll_status_t;
+/* final_positions (may be NULL) [npartitions]: per partition the position
+ * just after its FINAL record, 0 where not applied. */
+engine_poll_status_t engine_poll_status(const engine_t *e, int i, uint64_t *final_positions);
 /* Bumped after every batch that changed poll i. */
 uint64_t engine_poll_generation(const engine_t *e, int i);
 /* counts must hold engine_poll(e,i)->noptions entries. */
 void engine_poll_totals(const engine_t *e, int i, uint64_t *counts);
+/* The first n options' totals (options a partition does not know yet: 0). */
+void engine_poll_totals_n(const engine_t *e, int i, uint64_t *counts, int n);
 uint64_t engine_position(const engine_t *e, int partition);
 engine_stats_t engine_stats(const engine_t *e);
 

@@ -3,13 +3,37 @@
  * (so the state and the position agree), atomically (temp file, fsync,
  * rename, fsync of the directory) and checksummed.
  *
- * Layout, little-endian:
- *   "TLYSNAP3" u32 partition u32 npartitions u64 position u64 created_ms
+ * Layout (TLYSNAP4, written since polls became live objects), little-endian:
+ *   "TLYSNAP4" u32 partition u32 npartitions u64 position u64 created_ms
  *   u8 idlen log_id
- *   u32 npolls, then per poll:
- *     u8 idlen id u8 mode u32 noptions, per option: u8 idlen id u64 count
+ *   u64 applied_seq          the highest control seq the partition applied
+ *   u32 npolls, then per poll the partition knows (config polls and polls
+ *   its history defined):
+ *     u8 idlen id  u8 flags (SNAP_F_VIEW: defined by the history,
+ *       SNAP_F_FINAL: its FINAL applied)
+ *     [VIEW]  u64 def_seq u32 body_len body: the DEFINE's canonical JSON
+ *     [FINAL] u64 final_seq u64 final_at u64 final_pos
+ *     u8 mode u32 noptions, per option: u8 idlen id u64 count
+ *     u64 late u64 early
  *     u64 nvoters, then nvoters 16-byte voter slots
+ *   sections, each: u32 tag u64 len, then len bytes; tag 0 (len 0) ends
+ *     them. A tag this tally does not know refuses the snapshot (its state
+ *     would be lost: the partition is recounted). Modules with per-partition
+ *     state add a tag in snap_tag_t and a case in save_sections and
+ *     load_section (e.g. idempotency tables, per-minute series).
  *   u64 XXH3-64 of everything before it
+ *
+ * The definitions travel in the snapshot, so adding polls or options at
+ * run time never invalidates one; the config is compared only for the
+ * polls the history has not defined (a v1 log's, or a config poll before
+ * its DEFINE): same polls, modes and options, else the partition is
+ * recounted from the log. A config that disagrees with the history is
+ * refused at start (cmd_run.c), not here.
+ *
+ * TLYSNAP3 (up to the lifecycle: npolls then per poll id, mode, options
+ * with counts, voters; no applied_seq, no sections) and TLYSNAP2 (the same
+ * without log_id) are still read: they hold config polls only and must
+ * match the config exactly.
  *
  * A snapshot is used only if it was taken from the very log being read
  * (its log id, see vlog_id: a position means nothing in another byte
@@ -36,6 +60,7 @@
 #include <xxhash.h>
 
 #include "common/endian.h"
+#include "common/ids.h"
 #include "common/util.h"
 #include "engine/engine_int.h"
 
@@ -44,7 +69,12 @@
  * a snapshot is not used and its partition is recounted from the log. */
 #define SNAP_MAGIC_V2 "TLYSNAP2"
 /* 3: the log id after the header. */
-#define SNAP_MAGIC "TLYSNAP3"
+#define SNAP_MAGIC_V3 "TLYSNAP3"
+/* 4: catalog views and sections. */
+#define SNAP_MAGIC "TLYSNAP4"
+enum { SNAP_F_VIEW = 1, SNAP_F_FINAL = 2 };
+/* Section tags after the polls. */
+typedef enum { SNAP_TAG_END = 0 } snap_tag_t;
 #define SNAP_KEEP 2
 /* magic, partition, npartitions, position, created_ms, idlen */
 #define SNAP_HDR_FIXED (8 + 4 + 4 + 8 + 8)
@@ -127,6 +157,14 @@ static void sw_slots(swriter_t *w, const voters_t *v) {
     sw(w, buf, n * 16);
 }
 
+/* The tagged sections after the polls; the last one is SNAP_TAG_END. */
+static void save_sections(engine_t *e, int p, swriter_t *w) {
+    (void)e;
+    (void)p;
+    sw_u32(w, SNAP_TAG_END);
+    sw_u64(w, 0);
+}
+
 tally_err_t engine_snapshot_save(engine_t *e, int p, const char *dir, char *errstr, size_t esz) {
     partition_t *pt = &e->parts[p];
     char path[4200], tmp[4300];
@@ -149,20 +187,39 @@ tally_err_t engine_snapshot_save(engine_t *e, int p, const char *dir, char *errs
     sw_u64(&w, pt->position);
     sw_u64(&w, now_ms());
     sw_str(&w, e->log_id);
-    sw_u32(&w, (uint32_t)e->npolls);
-    for (int i = 0; i < e->npolls; i++) {
-        const poll_conf_t *pc = &e->conf->polls[i];
-        ppoll_t *pp = &pt->polls[i];
-        sw_str(&w, pc->id);
-        sw_u8(&w, (uint8_t)pc->mode);
-        sw_u32(&w, (uint32_t)pc->noptions);
-        for (int o = 0; o < pc->noptions; o++) {
-            sw_str(&w, pc->options[o].id);
-            sw_u64(&w, atomic_load_explicit(&pp->counts[o], memory_order_relaxed));
+    sw_u64(&w, atomic_load(&pt->applied_seq));
+    sw_u32(&w, (uint32_t)pt->nknown);
+    for (int k = 0; k < pt->nknown; k++) {
+        ppoll_t *pp = engine_ppoll_get_int(pt, pt->known[k]);
+        const poll_def_t *d = pp->eff;
+        int final = atomic_load_explicit(&pp->final, memory_order_relaxed);
+        sw_str(&w, e->gids[pt->known[k]]);
+        sw_u8(&w, (uint8_t)((pp->view ? SNAP_F_VIEW : 0) | (final ? SNAP_F_FINAL : 0)));
+        if (pp->view) {
+            char *body = poll_def_to_json(pp->view->def);
+            sw_u64(&w, pp->view->def_seq);
+            sw_u32(&w, (uint32_t)strlen(body));
+            sw(&w, body, strlen(body));
+            free(body);
         }
+        if (final) {
+            sw_u64(&w, pp->final_seq);
+            sw_u64(&w, pp->final_at);
+            sw_u64(&w, atomic_load_explicit(&pp->final_pos, memory_order_relaxed));
+        }
+        counts_t *cnt = atomic_load_explicit(&pp->counts, memory_order_relaxed);
+        sw_u8(&w, (uint8_t)d->mode);
+        sw_u32(&w, (uint32_t)d->noptions);
+        for (int o = 0; o < d->noptions; o++) {
+            sw_str(&w, d->options[o].id);
+            sw_u64(&w, atomic_load_explicit(&cnt->c[o], memory_order_relaxed));
+        }
+        sw_u64(&w, atomic_load_explicit(&pp->late, memory_order_relaxed));
+        sw_u64(&w, atomic_load_explicit(&pp->early, memory_order_relaxed));
         sw_u64(&w, pp->voters.count);
         sw_slots(&w, &pp->voters);
     }
+    save_sections(e, p, &w);
     uint64_t sum = XXH3_64bits_digest(w.h);
     XXH3_freeState(w.h);
     uint8_t b[8];
@@ -225,16 +282,7 @@ static uint64_t sr_u64(sreader_t *r) {
     return q ? le_get64(q) : 0;
 }
 
-static void partition_reset(engine_t *e, int p) {
-    partition_t *pt = &e->parts[p];
-    for (int i = 0; i < e->npolls; i++) {
-        for (int o = 0; o < e->conf->polls[i].noptions; o++)
-            atomic_store(&pt->polls[i].counts[o], 0);
-        voters_free(&pt->polls[i].voters);
-        voters_init(&pt->polls[i].voters);
-    }
-    pt->position = 0;
-}
+static void partition_reset(engine_t *e, int p) { engine_partition_reset_int(e, p); }
 
 /* Maps path read-only, whole. A snapshot is never rewritten in place (a
  * save renames a new file over the old name), so the mapping cannot shrink
@@ -281,19 +329,24 @@ static tally_err_t refuse(tally_err_t err, const char *why, char *errstr, size_t
     return err;
 }
 
-/* The snapshot's body after the header, into partition p. */
-static tally_err_t load_polls(engine_t *e, int p, sreader_t *r, char *errstr, size_t esz) {
+/* A TLYSNAP2/3 body after the header, into partition p: the config's polls,
+ * exactly. */
+static tally_err_t load_polls_v3(engine_t *e, int p, sreader_t *r, char *errstr, size_t esz) {
     partition_t *pt = &e->parts[p];
-    for (int k = 0; k < e->npolls && !r->bad; k++) {
+    if (sr_u32(r) != (uint32_t)e->conf->npolls)
+        return refuse(TALLY_ERR_STATE, "config changed (number of polls)", errstr, esz);
+    for (int k = 0; k < e->conf->npolls && !r->bad; k++) {
         uint8_t idlen = sr_u8(r);
         const char *id = (const char *)sr(r, idlen);
-        int i = id ? engine_poll_index(e, id, idlen) : -1;
         if (!id)
             break;
-        if (i < 0)
+        const poll_conf_t *pc = config_poll(e->conf, id, idlen);
+        if (!pc)
             return refuse(TALLY_ERR_STATE, "config changed (a poll was added or removed)", errstr,
                           esz);
-        const poll_conf_t *pc = &e->conf->polls[i];
+        int i = (int)(pc - e->conf->polls);
+        ppoll_t *pp = engine_ppoll_get_int(pt, i);
+        counts_t *cnt = atomic_load(&pp->counts);
         if (sr_u8(r) != (uint8_t)pc->mode)
             return refuse(TALLY_ERR_STATE, "config changed (a poll's mode)", errstr, esz);
         if (sr_u32(r) != (uint32_t)pc->noptions)
@@ -307,19 +360,157 @@ static tally_err_t load_polls(engine_t *e, int p, sreader_t *r, char *errstr, si
                 break;
             if (oi != o)
                 return refuse(TALLY_ERR_STATE, "config changed (a poll's options)", errstr, esz);
-            atomic_store(&pt->polls[i].counts[oi], sr_u64(r));
+            atomic_store(&cnt->c[oi], sr_u64(r));
         }
         uint64_t nv = sr_u64(r);
         if (r->bad || nv > (uint64_t)(r->end - r->p) / 16)
             return refuse(TALLY_ERR_CORRUPT, "truncated voter table", errstr, esz);
         const uint8_t *q = sr(r, (size_t)nv * 16);
         /* Sized for all of them first: see voters_reserve. */
-        if (voters_insert_slots(&pt->polls[i].voters, q, (size_t)nv, pc->noptions) != nv)
+        if (voters_insert_slots(&pp->voters, q, (size_t)nv, pc->noptions) != nv)
             return refuse(TALLY_ERR_CORRUPT, "a voter slot is malformed", errstr, esz);
     }
     if (r->bad || r->p != r->end)
         return refuse(TALLY_ERR_CORRUPT, "malformed", errstr, esz);
     return TALLY_OK;
+}
+
+/* One tagged section of partition p's snapshot. */
+static tally_err_t load_section(engine_t *e, int p, uint32_t tag, const uint8_t *data,
+                                uint64_t len, char *errstr, size_t esz) {
+    (void)e;
+    (void)p;
+    (void)data;
+    (void)len;
+    snprintf(errstr, esz, "section %u unknown to this tally (a newer one wrote it)", tag);
+    return TALLY_ERR_STATE;
+}
+
+/* A TLYSNAP4 body after the header, into partition p. */
+static tally_err_t load_polls_v4(engine_t *e, int p, sreader_t *r, char *errstr, size_t esz) {
+    partition_t *pt = &e->parts[p];
+    tally_err_t err = TALLY_OK;
+    uint8_t *seen_conf = xcalloc((size_t)e->conf->npolls + 1, 1);
+    atomic_store(&pt->applied_seq, sr_u64(r));
+    uint32_t n = sr_u32(r);
+    for (uint32_t k = 0; k < n && !r->bad; k++) {
+        uint8_t idlen = sr_u8(r);
+        const char *id = (const char *)sr(r, idlen);
+        uint8_t flags = sr_u8(r);
+        if (r->bad)
+            break;
+        if (!id_valid(id, idlen) || (flags & ~(SNAP_F_VIEW | SNAP_F_FINAL)) ||
+            (flags & SNAP_F_FINAL && !(flags & SNAP_F_VIEW))) {
+            err = refuse(TALLY_ERR_CORRUPT, "malformed poll", errstr, esz);
+            goto out;
+        }
+        /* A poll the history did not define must be the config's: else no
+         * index is made for it. */
+        const poll_conf_t *pc = config_poll(e->conf, id, idlen);
+        if (!(flags & SNAP_F_VIEW) && !pc) {
+            err = refuse(TALLY_ERR_STATE, "config changed (a poll was removed)", errstr, esz);
+            goto out;
+        }
+        int gi = pc ? (int)(pc - e->conf->polls) : engine_global_index_int(e, id, idlen);
+        if (gi < 0) {
+            err = refuse(TALLY_ERR_STATE, "too many polls", errstr, esz);
+            goto out;
+        }
+        if (gi < e->conf->npolls) {
+            if (seen_conf[gi]) {
+                err = refuse(TALLY_ERR_CORRUPT, "a poll is listed twice", errstr, esz);
+                goto out;
+            }
+            seen_conf[gi] = 1;
+        } else if (!(flags & SNAP_F_VIEW)) {
+            err = refuse(TALLY_ERR_STATE, "config changed (a poll was removed)", errstr, esz);
+            goto out;
+        }
+        ppoll_t *pp = engine_ppoll_add_int(e, p, gi);
+        if (flags & SNAP_F_VIEW) {
+            uint64_t def_seq = sr_u64(r);
+            uint32_t blen = sr_u32(r);
+            const char *body = (const char *)sr(r, blen);
+            poll_def_t *d = NULL;
+            catalog_error_t cerr;
+            if (!body || poll_def_from_json(body, blen, NULL, &d, &cerr) != TALLY_OK ||
+                strlen(d->id) != idlen || memcmp(d->id, id, idlen)) {
+                poll_def_free(d);
+                err = refuse(TALLY_ERR_CORRUPT, "malformed poll definition", errstr, esz);
+                goto out;
+            }
+            if (flags & SNAP_F_FINAL) {
+                pp->final_seq = sr_u64(r);
+                pp->final_at = sr_u64(r);
+                atomic_store(&pp->final_pos, sr_u64(r));
+                atomic_store(&pp->final, 1);
+            }
+            engine_ppoll_set_view_int(e, p, pp, catalog_entry_new(d, def_seq));
+        }
+        const poll_def_t *d = pp->eff;
+        uint8_t mode = sr_u8(r);
+        uint32_t nopt = sr_u32(r);
+        int ours = (flags & SNAP_F_VIEW) != 0;
+        if (r->bad)
+            break;
+        if (mode != (uint8_t)d->mode || nopt != (uint32_t)d->noptions) {
+            err = ours ? refuse(TALLY_ERR_CORRUPT, "a poll's counts disagree with its definition",
+                                errstr, esz)
+                       : refuse(TALLY_ERR_STATE, "config changed (a poll's mode or options)",
+                                errstr, esz);
+            goto out;
+        }
+        counts_t *cnt = atomic_load(&pp->counts);
+        for (uint32_t o = 0; o < nopt && !r->bad; o++) {
+            uint8_t olen = sr_u8(r);
+            const char *oid = (const char *)sr(r, olen);
+            if (!oid)
+                break;
+            /* Voter slots hold option indexes: the order must match too. */
+            if (strlen(d->options[o].id) != olen || memcmp(d->options[o].id, oid, olen)) {
+                err = ours ? refuse(TALLY_ERR_CORRUPT, "a poll's options disagree", errstr, esz)
+                           : refuse(TALLY_ERR_STATE, "config changed (a poll's options)", errstr,
+                                    esz);
+                goto out;
+            }
+            atomic_store(&cnt->c[o], sr_u64(r));
+        }
+        atomic_store(&pp->late, sr_u64(r));
+        atomic_store(&pp->early, sr_u64(r));
+        uint64_t nv = sr_u64(r);
+        if (r->bad || nv > (uint64_t)(r->end - r->p) / 16) {
+            err = refuse(TALLY_ERR_CORRUPT, "truncated voter table", errstr, esz);
+            goto out;
+        }
+        const uint8_t *q = sr(r, (size_t)nv * 16);
+        /* Capped mode keeps a count of votes, up to max_votes, in the slot. */
+        int limit = d->mode == MODE_CAPPED ? (int)d->max_votes + 1 : d->noptions;
+        if (voters_insert_slots(&pp->voters, q, (size_t)nv, limit) != nv) {
+            err = refuse(TALLY_ERR_CORRUPT, "a voter slot is malformed", errstr, esz);
+            goto out;
+        }
+    }
+    for (int i = 0; i < e->conf->npolls && !r->bad; i++)
+        if (!seen_conf[i]) {
+            err = refuse(TALLY_ERR_STATE, "config changed (a poll was added)", errstr, esz);
+            goto out;
+        }
+    for (;;) {
+        uint32_t tag = sr_u32(r);
+        uint64_t len = sr_u64(r);
+        if (r->bad || len > (uint64_t)(r->end - r->p))
+            break;
+        const uint8_t *data = sr(r, (size_t)len);
+        if (tag == SNAP_TAG_END)
+            break;
+        if ((err = load_section(e, p, tag, data, len, errstr, esz)) != TALLY_OK)
+            goto out;
+    }
+    if (r->bad || r->p != r->end)
+        err = refuse(TALLY_ERR_CORRUPT, "malformed", errstr, esz);
+out:
+    free(seen_conf);
+    return err;
 }
 
 /* n bytes at off, retrying short reads: n, or less at EOF or an error. */
@@ -341,6 +532,8 @@ static tally_err_t header_parse(sreader_t *r, snap_header_t *h, char *errstr, si
     memset(h, 0, sizeof *h);
     const uint8_t *m = sr(r, 8);
     if (m && !memcmp(m, SNAP_MAGIC, 8))
+        h->version = 4;
+    else if (m && !memcmp(m, SNAP_MAGIC_V3, 8))
         h->version = 3;
     else if (m && !memcmp(m, SNAP_MAGIC_V2, 8))
         h->version = 2;
@@ -495,20 +688,19 @@ tally_err_t engine_snapshot_load_file(engine_t *e, int p, const char *path, char
         (err = engine_snapshot_header_check(e, p, &h, errstr, esz)) != TALLY_OK)
         goto out;
     uint64_t position = h.position;
-    if (sr_u32(&r) != (uint32_t)e->npolls) {
-        err = refuse(TALLY_ERR_STATE, "config changed (number of polls)", errstr, esz);
-        goto out;
-    }
-    if ((err = load_polls(e, p, &r, errstr, esz)) != TALLY_OK)
+    err = h.version >= 4 ? load_polls_v4(e, p, &r, errstr, esz)
+                         : load_polls_v3(e, p, &r, errstr, esz);
+    if (err != TALLY_OK)
         goto out;
     partition_t *pt = &e->parts[p];
     pt->position = position;
     pt->snap_position = position;
     atomic_store(&pt->pos_pub, position);
     uint64_t voters = 0, bytes = 0;
-    for (int i = 0; i < e->npolls; i++) {
-        voters += pt->polls[i].voters.count;
-        bytes += voters_bytes(&pt->polls[i].voters);
+    for (int k = 0; k < pt->nknown; k++) {
+        ppoll_t *pp = engine_ppoll_get_int(pt, pt->known[k]);
+        voters += pp->voters.count;
+        bytes += voters_bytes(&pp->voters);
     }
     atomic_store(&pt->voters_pub, voters);
     atomic_store(&pt->bytes_pub, bytes);

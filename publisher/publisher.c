@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 /* After a failed write: wait BACKOFF_MIN_MS, doubling to BACKOFF_MAX_MS,
  * until one succeeds. Failures are logged once, then at most every
  * FAIL_LOG_EVERY_MS with how many there were since. */
@@ -21,9 +23,17 @@ struct publisher_s {
     engine_t *engine;
     char *dir;
     int min_interval_ms;
-    uint64_t *published_gen; /* [npolls], publisher thread only */
-    uint64_t *last_ms;       /* [npolls], monotonic ms of the last write */
-    uint8_t *ever;           /* [npolls]: written at least once */
+    /* Per poll (engine index), publisher thread only; grown with the
+     * engine's polls. */
+    int cap;
+    uint64_t *published_gen;
+    uint64_t *last_ms;       /* monotonic ms of the last write */
+    uint8_t *ever;           /* written at least once */
+    uint8_t *state;          /* poll_state_t of the last write */
+    uint8_t *frozen;         /* final and written (here or by an earlier run) */
+    uint8_t *checked;        /* the existing file was looked at */
+    int index_npolls;        /* index.html lists this many polls... */
+    uint64_t index_states;   /* ...in these states (a hash) */
     _Atomic uint64_t writes;
     /* Publisher thread only (or the caller, before pub_start). */
     int index_done;          /* index.html (and polls/) written */
@@ -47,10 +57,6 @@ publisher_t *pub_new(const tally_config_t *c, engine_t *e) {
     p->engine = e;
     p->dir = xstrdup(c->pub_dir);
     p->min_interval_ms = c->pub_min_interval_ms;
-    int n = c->npolls ? c->npolls : 1;
-    p->published_gen = xcalloc((size_t)n, sizeof(uint64_t));
-    p->last_ms = xcalloc((size_t)n, sizeof(uint64_t));
-    p->ever = xcalloc((size_t)n, 1);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cond, NULL);
     return p;
@@ -64,8 +70,57 @@ void pub_free(publisher_t *p) {
     free(p->published_gen);
     free(p->last_ms);
     free(p->ever);
+    free(p->state);
+    free(p->frozen);
+    free(p->checked);
     free(p->dir);
     free(p);
+}
+
+/* Room for the engine's polls, which grow at run time. */
+static void ensure_cap(publisher_t *p, int n) {
+    if (n <= p->cap)
+        return;
+    int cap = p->cap ? p->cap : 16;
+    while (cap < n)
+        cap *= 2;
+#define GROW(f, sz)                                                                                \
+    do {                                                                                           \
+        p->f = xrealloc(p->f, (size_t)cap * (sz));                                                 \
+        memset((char *)p->f + (size_t)p->cap * (sz), 0, (size_t)(cap - p->cap) * (sz));             \
+    } while (0)
+    GROW(published_gen, sizeof(uint64_t));
+    GROW(last_ms, sizeof(uint64_t));
+    GROW(ever, 1);
+    GROW(state, 1);
+    GROW(frozen, 1);
+    GROW(checked, 1);
+#undef GROW
+    p->cap = cap;
+}
+
+/* The sum of the partitions' positions: grows with every record counted,
+ * across restarts too (positions are the log's). */
+static uint64_t results_version(const engine_t *e, int np) {
+    uint64_t v = 0;
+    for (int i = 0; i < np; i++)
+        v += engine_position(e, i);
+    return v;
+}
+
+/* Whether polls/ID.json already says the poll is final: then it was
+ * frozen by an earlier run (or replay) and is never rewritten. */
+static int file_is_final(const char *dir, const char *id) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/polls/%s.json", dir, id);
+    json_error_t jerr;
+    json_t *j = json_load_file(path, 0, &jerr);
+    if (!j)
+        return 0;
+    const char *st = json_string_value(json_object_get(j, "state"));
+    int fin = st && !strcmp(st, "final");
+    json_decref(j);
+    return fin;
 }
 
 uint64_t pub_writes(const publisher_t *p) {
@@ -123,7 +178,24 @@ static tally_err_t publish_index(publisher_t *p, char *errstr, size_t esz) {
         p->stale_swept = 1;
     }
     buf_t idx = {0};
-    pub_render_index(p->conf, now_ms(), &idx);
+    int n = engine_npolls(p->engine);
+    pub_poll_t *v = xcalloc((size_t)(n ? n : 1), sizeof *v);
+    int k = 0;
+    uint64_t now = now_ms(), states = 0;
+    for (int i = 0; i < n; i++) {
+        const catalog_entry_t *en = engine_poll_entry(p->engine, i);
+        if (!en)
+            continue;
+        engine_poll_status_t st = engine_poll_status(p->engine, i, NULL);
+        v[k].def = en->def;
+        v[k].state = poll_def_state_at(en->def, st.final, now);
+        states = states * 31 + (uint64_t)v[k].state + 1;
+        k++;
+    }
+    pub_render_index_polls(v, k, now, &idx);
+    free(v);
+    p->index_npolls = n;
+    p->index_states = states;
     tally_err_t err = write_out(p->dir, "index.html", &idx, errstr, esz);
     buf_free(&idx);
     if (err == TALLY_OK)
@@ -164,17 +236,73 @@ static void note_success(publisher_t *p) {
     p->retry_at = 0;
 }
 
+/* Whether index.html lists other polls or states than it would now. */
+static int index_stale(publisher_t *p) {
+    int n = engine_npolls(p->engine);
+    if (n != p->index_npolls)
+        return 1;
+    uint64_t now = now_ms(), states = 0;
+    for (int i = 0; i < n; i++) {
+        const catalog_entry_t *en = engine_poll_entry(p->engine, i);
+        if (!en)
+            continue;
+        engine_poll_status_t st = engine_poll_status(p->engine, i, NULL);
+        states = states * 31 + (uint64_t)poll_def_state_at(en->def, st.final, now) + 1;
+    }
+    return states != p->index_states;
+}
+
+/* The state poll i would be published in now, or -1 for none. */
+static int poll_state_now(publisher_t *p, int i) {
+    const catalog_entry_t *en = engine_poll_entry(p->engine, i);
+    if (!en)
+        return -1;
+    engine_poll_status_t st = engine_poll_status(p->engine, i, NULL);
+    return (int)poll_def_state_at(en->def, st.final, now_ms());
+}
+
 /* Reads generation before totals: a change after the read bumps the
- * generation again, so it is never missed. */
+ * generation again, so it is never missed. A final poll is written once
+ * and never again (nor when an earlier run left it final). */
 static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz) {
-    const poll_conf_t *pc = engine_poll(p->engine, i);
+    ensure_cap(p, i + 1);
+    if (p->frozen[i])
+        return TALLY_OK;
+    const catalog_entry_t *en = engine_poll_entry(p->engine, i);
+    if (!en)
+        return TALLY_OK; /* an unreadable DEFINE: nothing to show */
+    const poll_def_t *pc = en->def;
+    if (!p->checked[i]) {
+        p->checked[i] = 1;
+        if (file_is_final(p->dir, pc->id)) {
+            p->frozen[i] = 1;
+            p->ever[i] = 1;
+            p->state[i] = POLL_FINAL;
+            return TALLY_OK;
+        }
+    }
+    int np = engine_npartitions(p->engine);
     uint64_t gen = engine_poll_generation(p->engine, i);
-    uint64_t *counts = xmalloc(sizeof *counts * (size_t)pc->noptions);
-    engine_poll_totals(p->engine, i, counts);
+    uint64_t version = results_version(p->engine, np);
+    uint64_t *finals = xcalloc((size_t)np, sizeof *finals);
+    engine_poll_status_t st = engine_poll_status(p->engine, i, finals);
+    uint64_t *counts = xmalloc(sizeof *counts * (size_t)(pc->noptions ? pc->noptions : 1));
+    engine_poll_totals_n(p->engine, i, counts, pc->noptions);
     uint64_t now = now_ms();
+    pub_poll_t v = {
+        .def = pc,
+        .counts = counts,
+        .state = poll_def_state_at(pc, st.final, now),
+        .version = version,
+        .late = st.late,
+        .final_positions = st.final ? finals : NULL,
+        .npartitions = np,
+    };
+    if (pc->visibility == VIS_ON_CLOSE && !st.final)
+        v.counts = NULL; /* embargoed: the poll and its state, no counts */
     buf_t json = {0}, html = {0};
-    pub_render_json(pc, counts, now, &json);
-    pub_render_html(pc, counts, now, &html);
+    pub_render_poll_json(&v, now, &json);
+    pub_render_poll_html(&v, now, &html);
     char name[128];
     tally_err_t rc = TALLY_OK;
     /* The HTML first: a reader that sees new JSON finds a page at least as new. */
@@ -186,10 +314,14 @@ static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz)
     buf_free(&json);
     buf_free(&html);
     free(counts);
+    free(finals);
     if (rc == TALLY_OK) {
         p->published_gen[i] = gen;
         p->last_ms[i] = mono_ms();
         p->ever[i] = 1;
+        p->state[i] = (uint8_t)v.state;
+        if (st.final)
+            p->frozen[i] = 1;
         atomic_fetch_add(&p->writes, 1);
     }
     return rc;
@@ -217,12 +349,18 @@ static int publish_round(publisher_t *p, int force) {
     char err[512];
     if (!force && p->retry_at > now)
         return (int)(p->retry_at - now);
-    if (!p->index_done && publish_index(p, err, sizeof err) != TALLY_OK) {
+    if ((!p->index_done || index_stale(p)) && publish_index(p, err, sizeof err) != TALLY_OK) {
         note_failure(p, err, 0);
         return p->backoff_ms;
     }
-    for (int i = 0; i < engine_npolls(p->engine); i++) {
-        if (p->ever[i] && engine_poll_generation(p->engine, i) == p->published_gen[i])
+    int npolls = engine_npolls(p->engine);
+    ensure_cap(p, npolls);
+    for (int i = 0; i < npolls; i++) {
+        if (p->frozen[i])
+            continue;
+        /* Time moves states too (scheduled -> open -> closed): republish. */
+        if (p->ever[i] && engine_poll_generation(p->engine, i) == p->published_gen[i] &&
+            poll_state_now(p, i) == p->state[i])
             continue;
         uint64_t due = p->last_ms[i] + (uint64_t)p->min_interval_ms;
         if (!force && p->ever[i] && now < due) {

@@ -37,7 +37,22 @@ void pub_stop(publisher_t *p);
 /* How many times poll files were written (for tests and stats). */
 uint64_t pub_writes(const publisher_t *p);
 
-/* Rendering, no I/O (render.c). counts has poll->noptions entries. */
+/* Rendering, no I/O (render.c). */
+typedef struct {
+    const poll_def_t *def;
+    const uint64_t *counts; /* [def->noptions]; NULL: withheld (visibility on_close,
+                             * not final yet): no "votes", no "total" */
+    poll_state_t state;
+    uint64_t version;       /* monotonic: the sum of the engine's partition positions */
+    uint64_t late;          /* votes refused by the engine as after the close */
+    const uint64_t *final_positions; /* [npartitions] once final, else NULL */
+    int npartitions;
+} pub_poll_t;
+void pub_render_poll_json(const pub_poll_t *v, uint64_t updated_ms, buf_t *out);
+void pub_render_poll_html(const pub_poll_t *v, uint64_t updated_ms, buf_t *out);
+void pub_render_index_polls(const pub_poll_t *polls, int n, uint64_t updated_ms, buf_t *out);
+/* The same for a config poll, open, version 0 (tests and tools). counts has
+ * poll->noptions entries. */
 void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
                      buf_t *out);
 void pub_render_html(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,

@@ -11,15 +11,42 @@
 #include "common/utf8.h"
 #include "publisher/publisher.h"
 
-static uint64_t poll_total(const poll_conf_t *poll, const uint64_t *counts) {
+static uint64_t poll_total(const poll_def_t *poll, const uint64_t *counts) {
     uint64_t total = 0;
-    for (int i = 0; i < poll->noptions; i++)
+    for (int i = 0; counts && i < poll->noptions; i++)
         total += counts[i];
     return total;
 }
 
-void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
-                     buf_t *out) {
+/* A config poll as a definition, sharing its strings (no allocation). */
+static poll_def_t conf_as_def(const poll_conf_t *pc) {
+    poll_def_t d = {0};
+    d.id = pc->id;
+    d.title = pc->title;
+    d.mode = pc->mode;
+    d.max_votes = pc->max_votes;
+    d.options = pc->options;
+    d.noptions = pc->noptions;
+    d.visibility = pc->visibility ? VIS_ON_CLOSE : VIS_LIVE;
+    d.opens_at = pc->opens_at;
+    d.closes_at = pc->closes_at;
+    d.source = POLL_SRC_CONFIG;
+    return d;
+}
+
+static void put_time(buf_t *out, const char *key, uint64_t ms) {
+    char ts[40];
+    buf_printf(out, ",\"%s\":", key);
+    if (!ms) {
+        buf_puts(out, "null");
+        return;
+    }
+    fmt_rfc3339(ms, ts, sizeof ts);
+    json_put_str(out, ts);
+}
+
+void pub_render_poll_json(const pub_poll_t *v, uint64_t updated_ms, buf_t *out) {
+    const poll_def_t *poll = v->def;
     char ts[40];
     fmt_rfc3339(updated_ms, ts, sizeof ts);
     buf_puts(out, "{\"poll\":");
@@ -28,17 +55,45 @@ void pub_render_json(const poll_conf_t *poll, const uint64_t *counts, uint64_t u
     json_put_str(out, poll->title);
     buf_puts(out, ",\"mode\":");
     json_put_str(out, poll_mode_name(poll->mode));
-    buf_printf(out, ",\"total\":%llu,\"options\":[", (unsigned long long)poll_total(poll, counts));
+    if (poll->mode == MODE_CAPPED)
+        buf_printf(out, ",\"max_votes\":%u", poll->max_votes);
+    buf_puts(out, ",\"state\":");
+    json_put_str(out, poll_state_name(v->state));
+    buf_puts(out, ",\"visibility\":");
+    json_put_str(out, poll_visibility_name(poll->visibility));
+    buf_printf(out, ",\"version\":%llu", (unsigned long long)v->version);
+    put_time(out, "opens_at", poll->opens_at);
+    put_time(out, "closes_at", poll->closes_at);
+    if (v->counts)
+        buf_printf(out, ",\"total\":%llu,\"late\":%llu",
+                   (unsigned long long)poll_total(poll, v->counts), (unsigned long long)v->late);
+    buf_puts(out, ",\"options\":[");
     for (int i = 0; i < poll->noptions; i++) {
         buf_puts(out, i ? ",{\"id\":" : "{\"id\":");
         json_put_str(out, poll->options[i].id);
         buf_puts(out, ",\"label\":");
         json_put_str(out, poll->options[i].label);
-        buf_printf(out, ",\"votes\":%llu}", (unsigned long long)counts[i]);
+        if (v->counts)
+            buf_printf(out, ",\"votes\":%llu", (unsigned long long)v->counts[i]);
+        buf_puts(out, "}");
     }
-    buf_puts(out, "],\"updated_at\":");
+    buf_puts(out, "]");
+    if (v->final_positions) {
+        buf_puts(out, ",\"final_positions\":[");
+        for (int p = 0; p < v->npartitions; p++)
+            buf_printf(out, "%s%llu", p ? "," : "", (unsigned long long)v->final_positions[p]);
+        buf_puts(out, "]");
+    }
+    buf_puts(out, ",\"updated_at\":");
     json_put_str(out, ts);
     buf_puts(out, "}\n");
+}
+
+void pub_render_json(const poll_conf_t *pc, const uint64_t *counts, uint64_t updated_ms,
+                     buf_t *out) {
+    poll_def_t d = conf_as_def(pc);
+    pub_poll_t v = {.def = &d, .counts = counts, .state = POLL_OPEN};
+    pub_render_poll_json(&v, updated_ms, out);
 }
 
 /* Text for an HTML element or a quoted attribute: the five specials as
@@ -75,35 +130,54 @@ static const char *css =
     "height:1.4rem;overflow:hidden}.fill{background:#2b6cb0;height:100%}"
     ".meta{color:#666;font-size:.9rem;margin-top:1.5rem}a{color:#2b6cb0}";
 
-void pub_render_html(const poll_conf_t *poll, const uint64_t *counts, uint64_t updated_ms,
-                     buf_t *out) {
+void pub_render_poll_html(const pub_poll_t *v, uint64_t updated_ms, buf_t *out) {
+    const poll_def_t *poll = v->def;
     char ts[40];
     fmt_rfc3339(updated_ms, ts, sizeof ts);
-    uint64_t total = poll_total(poll, counts);
-    buf_puts(out, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                  "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-                  "<meta http-equiv=\"refresh\" content=\"2\"><title>");
+    uint64_t total = poll_total(poll, v->counts);
+    /* A final page never changes: it need not refresh itself. */
+    buf_printf(out, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                    "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+                    "%s<title>",
+               v->state == POLL_FINAL ? "" : "<meta http-equiv=\"refresh\" content=\"2\">");
     html_escape(out, poll->title);
     buf_printf(out, " - results</title><style>%s</style></head><body>\n<h1>", css);
     html_escape(out, poll->title);
-    buf_puts(out, "</h1>\n");
+    buf_printf(out, "</h1>\n<p class=\"state\">%s</p>\n", poll_state_name(v->state));
     for (int i = 0; i < poll->noptions; i++) {
-        double pct = total ? 100.0 * (double)counts[i] / (double)total : 0.0;
         buf_puts(out, "<div class=\"opt\"><div class=\"lbl\"><span>");
         html_escape(out, poll->options[i].label);
+        if (!v->counts) {
+            buf_puts(out, "</span></div></div>\n");
+            continue;
+        }
+        double pct = total ? 100.0 * (double)v->counts[i] / (double)total : 0.0;
         buf_printf(out,
                    "</span><span>%llu (%.1f%%)</span></div><div class=\"bar\"><div "
                    "class=\"fill\" style=\"width:%.2f%%\"></div></div></div>\n",
-                   (unsigned long long)counts[i], pct, pct);
+                   (unsigned long long)v->counts[i], pct, pct);
     }
+    if (v->counts)
+        buf_printf(out, "<p class=\"meta\">Total: <strong>%llu</strong> votes &middot; ",
+                   (unsigned long long)total);
+    else
+        buf_puts(out, "<p class=\"meta\">Results are published once the poll is final "
+                      "&middot; ");
     buf_printf(out,
-               "<p class=\"meta\">Total: <strong>%llu</strong> votes &middot; mode: %s &middot; "
-               "as of <time datetime=\"%s\">%s</time> &middot; <a href=\"%s.json\">JSON</a> "
-               "&middot; <a href=\"../index.html\">all polls</a></p>\n</body></html>\n",
-               (unsigned long long)total, poll_mode_name(poll->mode), ts, ts, poll->id);
+               "mode: %s &middot; state: %s &middot; as of <time datetime=\"%s\">%s</time> "
+               "&middot; <a href=\"%s.json\">JSON</a> &middot; <a href=\"../index.html\">all "
+               "polls</a></p>\n</body></html>\n",
+               poll_mode_name(poll->mode), poll_state_name(v->state), ts, ts, poll->id);
 }
 
-void pub_render_index(const tally_config_t *c, uint64_t updated_ms, buf_t *out) {
+void pub_render_html(const poll_conf_t *pc, const uint64_t *counts, uint64_t updated_ms,
+                     buf_t *out) {
+    poll_def_t d = conf_as_def(pc);
+    pub_poll_t v = {.def = &d, .counts = counts, .state = POLL_OPEN};
+    pub_render_poll_html(&v, updated_ms, out);
+}
+
+void pub_render_index_polls(const pub_poll_t *polls, int n, uint64_t updated_ms, buf_t *out) {
     char ts[40];
     fmt_rfc3339(updated_ms, ts, sizeof ts);
     buf_printf(out,
@@ -111,10 +185,23 @@ void pub_render_index(const tally_config_t *c, uint64_t updated_ms, buf_t *out) 
                "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
                "<title>Polls</title><style>%s</style></head><body>\n<h1>Polls</h1>\n<ul>\n",
                css);
-    for (int i = 0; i < c->npolls; i++) {
-        buf_printf(out, "<li><a href=\"polls/%s.html\">", c->polls[i].id);
-        html_escape(out, c->polls[i].title);
-        buf_puts(out, "</a></li>\n");
+    for (int i = 0; i < n; i++) {
+        buf_printf(out, "<li><a href=\"polls/%s.html\">", polls[i].def->id);
+        html_escape(out, polls[i].def->title);
+        buf_printf(out, "</a> <span class=\"state\">%s</span></li>\n",
+                   poll_state_name(polls[i].state));
     }
     buf_printf(out, "</ul>\n<p class=\"meta\">as of %s</p>\n</body></html>\n", ts);
+}
+
+void pub_render_index(const tally_config_t *c, uint64_t updated_ms, buf_t *out) {
+    pub_poll_t *v = xcalloc((size_t)(c->npolls ? c->npolls : 1), sizeof *v);
+    poll_def_t *d = xcalloc((size_t)(c->npolls ? c->npolls : 1), sizeof *d);
+    for (int i = 0; i < c->npolls; i++) {
+        d[i] = conf_as_def(&c->polls[i]);
+        v[i] = (pub_poll_t){.def = &d[i], .state = POLL_OPEN};
+    }
+    pub_render_index_polls(v, c->npolls, updated_ms, out);
+    free(v);
+    free(d);
 }

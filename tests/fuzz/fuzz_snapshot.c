@@ -61,7 +61,7 @@ static void check_same_state(engine_t *a, engine_t *b) {
 
 static void vote_all(engine_t *e, int part, int sel) {
     for (int i = 0; i < engine_npolls(e); i++) {
-        const poll_conf_t *pc = engine_poll(e, i);
+        const poll_def_t *pc = engine_poll(e, i);
         uint64_t before[MAX_OPTS], after[MAX_OPTS];
         uint64_t s0 = sum_totals(e, i, before);
         for (int k = 0; k < SNAPFIX_NVOTERS; k++) {

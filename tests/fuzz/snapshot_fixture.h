@@ -55,7 +55,7 @@ static inline void snapfix_voter(int k, char *buf, size_t size) {
 /* Counts one vote of voter k (k < 0: none) for option o of poll i in
  * partition part, as one batch. Returns engine_apply()'s. */
 static inline int snapfix_vote(engine_t *e, int part, int i, int o, int k) {
-    const poll_conf_t *pc = engine_poll(e, i);
+    const poll_def_t *pc = engine_poll(e, i);
     char voter[16];
     snapfix_voter(k, voter, sizeof voter);
     vote_record_t v = {

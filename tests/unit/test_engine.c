@@ -65,7 +65,7 @@ static int vote(const char *poll, const char *opt, const char *voter) {
 }
 
 static void expect_totals(int poll, const uint64_t *want) {
-    const poll_conf_t *pc = engine_poll(eng, poll);
+    const poll_def_t *pc = engine_poll(eng, poll);
     uint64_t got[16];
     engine_poll_totals(eng, poll, got);
     for (int i = 0; i < pc->noptions; i++)

@@ -93,17 +93,19 @@ Test(render, json_fields_and_values) {
         cr_assert_eq(json_object_size(o), 3, "option has exactly id, label, votes");
     }
     /* Exactly these fields, in this order. */
-    const char *fields[] = {"poll", "title", "mode", "total", "options", "updated_at"};
+    const char *fields[] = {"poll",    "title",     "mode",  "state", "visibility", "version",
+                            "opens_at", "closes_at", "total", "late",  "options",    "updated_at"};
     int k = 0;
     const char *key;
     const json_t *val;
     json_object_foreach(j, key, val) {
         (void)val;
-        cr_assert_lt(k, 6);
+        cr_assert_lt(k, 12);
         cr_assert_str_eq(key, fields[k]);
         k++;
     }
-    cr_assert_eq(k, 6);
+    cr_assert_eq(k, 12);
+    cr_assert_str_eq(str(j, "state"), "open");
     json_decref(j);
     buf_free(&b);
 }

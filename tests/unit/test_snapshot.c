@@ -601,14 +601,14 @@ static void fill_big(engine_t *e) {
  * of slots. */
 Test(snapshot, large_snapshot_loads_without_clustering, .timeout = 120) {
     fill_big(eng);
-    voters_probe_stats_t before = voters_probe_stats(&eng->parts[0].polls[P_CHG].voters);
+    voters_probe_stats_t before = voters_probe_stats(&engine_ppoll_get_int(&eng->parts[0], P_CHG)->voters);
     cr_assert_eq(before.count, BIG_VOTERS);
     save(eng, 0);
 
     int resumed;
     engine_t *e = reload(NULL, NPART, &resumed);
     cr_assert_eq(resumed, 1);
-    voters_probe_stats_t st = voters_probe_stats(&e->parts[0].polls[P_CHG].voters);
+    voters_probe_stats_t st = voters_probe_stats(&engine_ppoll_get_int(&e->parts[0], P_CHG)->voters);
     cr_assert_eq(st.count, BIG_VOTERS);
     cr_assert_eq(st.capacity, before.capacity, "loaded into %zu slots, saved from %zu", st.capacity,
                  before.capacity);
@@ -697,9 +697,10 @@ Test(snapshot, voter_slot_with_an_unknown_option_is_refused) {
     char *f = snap_path(0, pos);
     size_t len;
     uint8_t *d = (uint8_t *)file_read(f, &len);
-    /* The file ends with poll "unl" (no voters: 37 bytes) and the checksum;
-     * before them, alice's slot, whose second word starts with the option. */
-    size_t opt_at = len - 8 - 37 - 8;
+    /* The file ends with poll "unl" (no voters: 54 bytes), the end section
+     * (12) and the checksum; before them, alice's slot, whose second word
+     * starts with the option. */
+    size_t opt_at = len - 8 - 12 - 54 - 8;
     cr_assert_eq(le_get16(d + opt_at), 1, "layout: y is option 1");
     le_put16(d + opt_at, 1000);
     le_put64(d + len - 8, XXH3_64bits(d, len - 8));
@@ -779,11 +780,56 @@ Test(snapshot, stale_temp_files_are_removed_at_load) {
 #define ID_A "file:0123456789abcdef0123456789abcdef"
 #define ID_B "file:fedcba9876543210fedcba9876543210"
 
+/* Rewrites the TLYSNAP4 file at f, which holds config polls only, as the
+ * tally before the lifecycle wrote it (TLYSNAP3): no applied_seq, no flags
+ * and late/early per poll, no sections. Layouts from snapshot.c's header
+ * comment. */
+static void make_v3(const char *f) {
+    size_t len;
+    uint8_t *d = (uint8_t *)file_read(f, &len);
+    cr_assert(len > 41 && !memcmp(d, "TLYSNAP4", 8));
+    uint8_t *o = malloc(len);
+    size_t at = 33 + d[32], n = 0;
+    memcpy(o, d, at);
+    memcpy(o, "TLYSNAP3", 8);
+    n = at;
+    at += 8; /* applied_seq */
+    uint32_t np = le_get32(d + at);
+    memcpy(o + n, d + at, 4);
+    at += 4, n += 4;
+    for (uint32_t k = 0; k < np; k++) {
+        size_t idl = d[at];
+        memcpy(o + n, d + at, 1 + idl);
+        n += 1 + idl, at += 1 + idl;
+        cr_assert_eq(d[at], 0, "a config poll only");
+        at++; /* flags */
+        uint32_t nopt = le_get32(d + at + 1);
+        memcpy(o + n, d + at, 5);
+        n += 5, at += 5;
+        for (uint32_t q = 0; q < nopt; q++) {
+            size_t ol = d[at];
+            memcpy(o + n, d + at, 1 + ol + 8);
+            n += 1 + ol + 8, at += 1 + ol + 8;
+        }
+        at += 16; /* late, early */
+        uint64_t nv = le_get64(d + at);
+        memcpy(o + n, d + at, 8 + nv * 16);
+        n += 8 + nv * 16, at += 8 + nv * 16;
+    }
+    cr_assert_eq(at + 12 + 8, len, "one end section, then the checksum");
+    n += 8;
+    le_put64(o + n - 8, XXH3_64bits(o, n - 8));
+    file_write(f, o, n);
+    free(o);
+    free(d);
+}
+
 /* Rewrites the TLYSNAP3 file at f as tally before log ids wrote it:
  * magic TLYSNAP2, no log id, checksum recomputed. Layout from snapshot.c's
  * header comment. */
 static void make_v2(const char *f) {
     size_t len;
+    make_v3(f);
     uint8_t *d = (uint8_t *)file_read(f, &len);
     cr_assert(len > 41 && !memcmp(d, "TLYSNAP3", 8));
     size_t idlen = d[32];
@@ -808,7 +854,7 @@ Test(snapshot, header_reader_reads_what_save_wrote) {
     for (int verify = 0; verify < 2; verify++) {
         cr_assert_eq(engine_snapshot_read_header(f, verify, &h, why, sizeof why), TALLY_OK, "%s",
                      why);
-        cr_assert_eq(h.version, 3);
+        cr_assert_eq(h.version, 4);
         cr_assert_eq(h.partition, 0);
         cr_assert_eq(h.npartitions, NPART);
         cr_assert_eq(h.position, pos0);

@@ -63,6 +63,17 @@ static const poll_conf_t *vote_poll(worker_t *w, http_conn_t *c, const char *pol
         return NULL;
     }
     const catalog_entry_t *en = catalog_find(cat, poll_id, poll_len);
+    if (!en && config_poll(in->conf, poll_id, poll_len)) {
+        /* A config poll the engine has not defined in the history yet (tally
+         * ingest started before it): a vote now would precede its DEFINE
+         * and not count. */
+        atomic_fetch_add(&in->unavailable, 1);
+        http_conn_reply_error(c, 503, "starting",
+                              "the engine has not yet written this poll to the history; retry "
+                              "shortly",
+                              "Retry-After: 1\r\n");
+        return NULL;
+    }
     if (!en) {
         reject(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'", shown, poll_id);
         return NULL;

@@ -58,6 +58,12 @@ static const poll_conf_t *vote_poll(worker_t *w, http_conn_t *c, const char *pol
     const char *code = "starting", *why = "the poll catalog is not loaded yet";
     const catalog_t *cat = in->catalog(in->catalog_arg, &code, &why);
     if (!cat) {
+        /* A stale catalog is most often the log's cluster gone: say that. */
+        char lwhy[512];
+        if (in->log && vlog_health(in->log, lwhy, sizeof lwhy) != TALLY_OK) {
+            reply_unavailable(w, c, lwhy);
+            return NULL;
+        }
         atomic_fetch_add(&in->unavailable, 1);
         http_conn_reply_error(c, 503, code, why, "Retry-After: 1\r\n");
         return NULL;
@@ -200,15 +206,20 @@ void routes_answer_vote(conn_ctx_t *x) {
 
 /* ---- the other routes ---- */
 
-/* Liveness, and whether the log takes votes: 503 with the reason while it
- * refuses them (a vanished or failing file log, an unreachable cluster). */
+/* Liveness, and whether votes can be taken: 503 with the reason while the
+ * log refuses them (a vanished or failing file log, an unreachable cluster)
+ * or the poll catalog is not loaded or not fresh (tally ingest). */
 static void handle_healthz(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
                            size_t alen) {
     (void)r, (void)arg, (void)alen;
     static const char ok[] = "{\"status\":\"ok\"}";
     char why[512];
+    const char *code = NULL, *cwhy = NULL;
     if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK)
         http_conn_reply_error(c, 503, "log_unavailable", why, "Retry-After: 1\r\n");
+    /* Votes would get 503 until the poll catalog is loaded: so does this. */
+    else if (w->in->catalog && !w->in->catalog(w->in->catalog_arg, &code, &cwhy))
+        http_conn_reply_error(c, 503, code ? code : "starting", cwhy ? cwhy : "", "Retry-After: 1\r\n");
     else
         http_conn_reply(c, 200, "application/json", NULL, ok, sizeof ok - 1);
 }

@@ -187,6 +187,9 @@ kcat_writer_t *kcat_writer_new(const tally_config_t *c, catalog_live_t *live, ch
         snprintf(errstr, esz, "kafka catalog: cannot start the writer thread");
         goto fail;
     }
+    /* Started means written: an ingest started after the engine finds
+     * every poll the engine knows. */
+    kcat_writer_wait(w, catalog_seq(catalog_live_get(live)));
     return w;
 fail:
     if (w->rkt)
@@ -231,6 +234,10 @@ void kcat_writer_free(kcat_writer_t *w) {
 
 struct kcat_reader_s {
     rd_kafka_t *rk;
+    /* Watermark queries on a handle of their own: on the consumer's
+     * connection a query waits behind the pending fetch (fetch.wait.max.ms),
+     * half a second that would eat the learn bound. */
+    rd_kafka_t *qk;
     char topic[KCAT_TOPIC_MAX];
     catalog_live_t *live;
     pthread_t thread;
@@ -288,7 +295,7 @@ static void apply(kcat_reader_t *r, const rd_kafka_message_t *m) {
 
 static void *reader_main(void *arg) {
     kcat_reader_t *r = arg;
-    uint64_t next_check = 0, pending_t0 = 0;
+    uint64_t next_check = 0, pending_t0 = 0, warned_ms = 0;
     int64_t pending_hi = -1;
     while (!atomic_load(&r->stopping)) {
         uint64_t now = mono_ms();
@@ -297,8 +304,16 @@ static void *reader_main(void *arg) {
             int64_t lo, hi;
             /* The query's start is what a catch-up confirms: anything
              * acknowledged before it is below hi. */
-            if (rd_kafka_query_watermark_offsets(r->rk, r->topic, 0, &lo, &hi, KCAT_CHECK_MS * 2) ==
-                RD_KAFKA_RESP_ERR_NO_ERROR) {
+            rd_kafka_resp_err_t e =
+                rd_kafka_query_watermark_offsets(r->qk, r->topic, 0, &lo, &hi, KCAT_FRESH_MS);
+            uint64_t took = mono_ms() - now;
+            if (took > KCAT_FRESH_MS / 2 && now - warned_ms >= 10000) {
+                log_warn("kafka catalog topic %s: the watermark query took %llu ms (%s): votes "
+                         "may get 503 catalog_stale",
+                         r->topic, (unsigned long long)took, rd_kafka_err2str(e));
+                warned_ms = now;
+            }
+            if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
                 pending_hi = hi;
                 pending_t0 = now;
             }
@@ -326,17 +341,16 @@ static void *reader_main(void *arg) {
 }
 
 kcat_reader_t *kcat_reader_new(const tally_config_t *c, char *errstr, size_t esz) {
-    static const char *const defaults[] = {"group.id",
-                                           "tally-ingest-catalog",
-                                           "enable.auto.commit",
-                                           "false",
-                                           "enable.auto.offset.store",
-                                           "false",
-                                           "enable.partition.eof",
-                                           "false",
-                                           "allow.auto.create.topics",
-                                           "false",
-                                           NULL};
+    /* clang-format off */
+    static const char *const defaults[] = {
+        "group.id", "tally-ingest-catalog",
+        "enable.auto.commit", "false",
+        "enable.auto.offset.store", "false",
+        "enable.partition.eof", "false",
+        "allow.auto.create.topics", "false",
+        "fetch.wait.max.ms", "100", /* a change arrives within this */
+        NULL};
+    /* clang-format on */
     char err[512];
     kcat_reader_t *r = xcalloc(1, sizeof *r);
     config_catalog_topic(c, r->topic, sizeof r->topic);
@@ -352,6 +366,13 @@ kcat_reader_t *kcat_reader_new(const tally_config_t *c, char *errstr, size_t esz
     }
     if (topic_ensure(r->rk, r->topic, errstr, esz) != 0)
         goto fail;
+    if (!(conf = vlog_kafka_conf(c, defaults, errstr, esz)))
+        goto fail;
+    r->qk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    if (!r->qk) {
+        snprintf(errstr, esz, "kafka catalog consumer: %s", err);
+        goto fail;
+    }
     rd_kafka_poll_set_consumer(r->rk);
     tl = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(tl, r->topic, 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
@@ -367,6 +388,8 @@ kcat_reader_t *kcat_reader_new(const tally_config_t *c, char *errstr, size_t esz
     }
     return r;
 fail:
+    if (r->qk)
+        rd_kafka_destroy(r->qk);
     if (r->rk)
         rd_kafka_destroy(r->rk);
     catalog_live_free(r->live);
@@ -402,6 +425,7 @@ void kcat_reader_free(kcat_reader_t *r) {
     rd_kafka_assign(r->rk, NULL);
     rd_kafka_consumer_close(r->rk);
     rd_kafka_destroy(r->rk);
+    rd_kafka_destroy(r->qk);
     catalog_live_free(r->live);
     free(r);
 }

@@ -35,7 +35,8 @@
 
 typedef struct kcat_writer_s kcat_writer_t;
 /* Creates the topic if missing and starts the writer thread, which writes
- * every entry of live at once and then each change. NULL with errstr. */
+ * every entry of live at once (before this returns, up to 10 s) and then
+ * each change. NULL with errstr. */
 kcat_writer_t *kcat_writer_new(const tally_config_t *c, catalog_live_t *live, char *errstr,
                                size_t esz);
 /* Blocks until the topic holds catalog seq (acknowledged), up to 10 s.

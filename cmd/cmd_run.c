@@ -355,6 +355,12 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
             if (!(lc.kreader = kcat_reader_new(c, err, sizeof err)))
                 goto out;
             ingest_set_catalog(in, kcat_reader_get, lc.kreader);
+            /* Like the log's readiness: answer the first votes with the
+             * catalog loaded rather than 503 (after 15 s: 503 until it is). */
+            if (!kcat_reader_wait_ready(lc.kreader, 15000))
+                log_warn("tally %s: the poll catalog is not loaded after 15 s: votes get 503 "
+                         "starting until it is",
+                         cmd);
         }
         log_info("tally %s: listening on http://%s (port %d)", cmd, c->listen, ingest_port(in));
         ingest_run(in);

@@ -413,6 +413,15 @@ const catalog_t *kcat_reader_get(void *arg, const char **code, const char **why)
     return catalog_live_get(r->live);
 }
 
+int kcat_reader_wait_ready(kcat_reader_t *r, int timeout_ms) {
+    uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
+    while (!atomic_load(&r->ready) && mono_ms() < deadline) {
+        struct timespec ts = {0, 5 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return atomic_load(&r->ready);
+}
+
 uint64_t kcat_reader_seq(kcat_reader_t *r) {
     return catalog_seq(catalog_live_get(r->live));
 }

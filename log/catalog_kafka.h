@@ -51,6 +51,8 @@ kcat_reader_t *kcat_reader_new(const tally_config_t *c, char *errstr, size_t esz
 /* An ingest_catalog_fn (arg: the reader): the current view, or NULL with
  * "starting" / "catalog_stale". @locality any thread, lock-free */
 const catalog_t *kcat_reader_get(void *r, const char **code, const char **why);
+/* Waits up to timeout_ms for the first complete read: 1 when loaded. */
+int kcat_reader_wait_ready(kcat_reader_t *r, int timeout_ms);
 /* The highest seq in the view (tests, stats). */
 uint64_t kcat_reader_seq(kcat_reader_t *r);
 void kcat_reader_free(kcat_reader_t *r);

@@ -13,6 +13,7 @@ import random
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -22,6 +23,8 @@ from harness import (DEFAULT_SHAPE, SHAPE, TIMEOUT_MULT, Load, Tally, TallyTestC
                      expected_totals, wait_until)
 
 SRC = os.environ.get("TALLY_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "../.."))
+sys.path.insert(0, os.path.join(SRC, "tests"))
+from chaos_lib import logreader  # noqa: E402
 KAFKA_LOCAL = os.path.join(SRC, "scripts", "kafka-local")
 
 
@@ -33,8 +36,9 @@ def kafka_local(*args, timeout=300):
 
 
 def topic_records(bootstrap, topic):
-    """Every record of a topic, read with kcat and decoded here (record format
-    v1, log/record.h), not by tally: [(partition, offset, poll, option, voter)]."""
+    """Every vote of a topic, read with kcat and decoded by the test's own
+    reader (tests/chaos_lib/logreader.py), not by tally: [(partition, offset,
+    poll, option, voter)]; control records are skipped."""
     r = subprocess.run(["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q",
                         "-f", "%p %o %S %s"], capture_output=True, timeout=120)
     if r.returncode != 0:
@@ -49,18 +53,13 @@ def topic_records(bootstrap, topic):
         part, off, size = fields
         val = out[pos:pos + size]
         pos += size
-        if len(val) < 14 or val[0] != 1:
-            raise AssertionError(f"{topic}[{part}]@{off}: not a v1 vote record: {val!r}")
-        i = 10
-        poll = val[i + 1:i + 1 + val[i]]
-        i += 1 + val[i]
-        opt = val[i + 1:i + 1 + val[i]]
-        i += 1 + val[i]
-        (vlen,) = struct.unpack_from("<H", val, i)
-        voter = val[i + 2:i + 2 + vlen]
-        if i + 2 + vlen != len(val):
-            raise AssertionError(f"{topic}[{part}]@{off}: bad record lengths: {val!r}")
-        recs.append((part, off, poll.decode(), opt.decode(), voter.decode()))
+        try:
+            r = logreader.decode_any(val)
+        except ValueError as e:
+            raise AssertionError(f"{topic}[{part}]@{off}: not a vote record ({e}): {val!r}")
+        if r[0] == "control":  # the poll history, on every partition
+            continue
+        recs.append((part, off, r[3], r[4], r[5] or ""))
     return recs
 
 
@@ -247,6 +246,10 @@ message.timeout.ms = 5000
 
     def test_replay_until(self):
         eng, ing = self.install()
+        # The engine writes the config's polls into the history (and the
+        # catalog topic) before any ingest may take votes for them.
+        eng.start(cmd="engine")
+        eng.stop()
         ing[0].start(cmd="ingest")
         for _ in range(4):
             self.assertEqual(ing[0].vote("free", "p")[0], 202)
@@ -286,6 +289,10 @@ partitions = 4
 batch.num.messages = 1
 linger.ms = 5
 """)
+            # The engine defines the config's polls first (a vote before its
+            # poll's DEFINE would not count, so ingest refuses it with 503).
+            t.start(cmd="engine")
+            t.stop()
             t.start(cmd="ingest", wait=False)
             acked, unanswered = fire_at_start(t, nconn, per_conn, f"s{i}")
             t.stop()

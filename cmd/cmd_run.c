@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,12 +135,8 @@ static int lifecycle_admin(lifecycle_t *lc, const tally_config_t *c, const char 
         return 0;
     }
     admin_ops_t ops = {
-        .live = lc->live,
-        .history = lc->history,
         .totals = admin_totals,
         .totals_arg = lc,
-        .wait_learnable = lc->kwriter ? kcat_writer_wait : NULL,
-        .wait_arg = lc->kwriter,
     };
     lc->admin = admin_new(c, token, &ops, err, esz);
     memset(token, 0, strlen(token));
@@ -151,6 +148,25 @@ static int lifecycle_admin(lifecycle_t *lc, const tally_config_t *c, const char 
     return 0;
 }
 
+/* The start-up is done: the catalog topic (Kafka) gets its first write, the
+ * admin API its catalog, ingest may judge votes. 0, or -1 with err.
+ * @locality the start-up thread */
+static int lifecycle_ready(lifecycle_t *lc, const tally_config_t *c, catalog_live_t *live,
+                           history_t *hist, char *err, size_t esz) {
+    lc->live = live;
+    lc->history = hist;
+    /* With Kafka, other processes may ingest: they learn the polls from the
+     * catalog topic, written from here. */
+    if (c->kafka_brokers && c->kafka_brokers[0] &&
+        !(lc->kwriter = kcat_writer_new(c, live, err, esz)))
+        return -1;
+    if (lc->admin)
+        admin_set_catalog(lc->admin, live, hist, lc->kwriter ? kcat_writer_wait : NULL,
+                          lc->kwriter);
+    atomic_store(&lc->ready, 1); /* after lc->live: run_catalog reads it then */
+    return 0;
+}
+
 /* The admin API and the catalog topic's threads; live and history belong
  * to the pipeline. */
 static void lifecycle_free(lifecycle_t *lc) {
@@ -159,7 +175,60 @@ static void lifecycle_free(lifecycle_t *lc) {
     kcat_reader_free(lc->kreader);
 }
 
-static int engine_failed_tick(void *arg) { return arg && engine_failed(arg); }
+/* Start-up of the engine side (tally run, tally engine): the whole poll
+ * history read before any vote is taken (each partition to the log's end
+ * as of now), broadcasts a crash cut short completed, the config's polls
+ * put in the history, then the live catalog handed to ingest and the FINAL
+ * scheduler started. With ingest in the process it runs in its own thread
+ * while ingest answers 503 "starting". */
+typedef struct {
+    const tally_config_t *c;
+    engine_t *e;
+    vlog_t *log;
+    ingest_t *in;
+    catalog_live_t *live;
+    history_t *hist;
+    lifecycle_sched_t *sched;
+    lifecycle_t *lc; /* the admin API and the catalog topic, told when ready */
+    pthread_t th;
+    int threaded;
+    _Atomic int failed;
+    tally_err_t err;
+    char msg[1024];
+} startup_t;
+
+static void *startup_main(void *arg) {
+    startup_t *s = arg;
+    s->err = lifecycle_catch_up(s->e, s->log, s->msg, sizeof s->msg);
+    if (s->err == TALLY_OK) {
+        s->live = catalog_live_new(catalog_dup(engine_catalog(s->e)));
+        s->hist = history_new(s->log, s->live, 10000);
+        s->err = lifecycle_repair(s->e, s->hist, catalog_live_get(s->live), s->msg, sizeof s->msg);
+    }
+    if (s->err == TALLY_OK)
+        s->err = lifecycle_config_polls(s->c, s->hist, s->live, s->msg, sizeof s->msg);
+    if (s->err != TALLY_OK) {
+        atomic_store(&s->failed, 1); /* the tick stops ingest */
+        return NULL;
+    }
+    s->sched = lifecycle_sched_start(s->hist, s->live, (uint64_t)s->c->admin_final_grace_ms);
+    if (lifecycle_ready(s->lc, s->c, s->live, s->hist, s->msg, sizeof s->msg) != 0) {
+        s->err = TALLY_ERR_UNAVAIL;
+        atomic_store(&s->failed, 1);
+        return NULL;
+    }
+    if (s->in) {
+        ingest_set_starting(s->in, 0);
+        log_info("ready: taking votes for %d polls", catalog_npolls(catalog_live_get(s->live)));
+    }
+    return NULL;
+}
+
+/* ingest's tick: stop when the engine failed or its start-up did. */
+static int startup_or_engine_failed_tick(void *arg) {
+    startup_t *s = arg;
+    return s && ((s->e && engine_failed(s->e)) || atomic_load(&s->failed));
+}
 
 /* GET /v1/stats: how far the engine is behind the log, and the counters.
  * Operators watch "lag"; tests wait for it to reach 0. */
@@ -240,9 +309,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     engine_t *e = NULL;
     publisher_t *pub = NULL;
     ingest_t *in = NULL;
-    catalog_live_t *live = NULL;
-    history_t *hist = NULL;
-    lifecycle_sched_t *sched = NULL;
+    startup_t su = {.err = TALLY_OK};
     lifecycle_t lc = {0};
     sigset_t sigs;
     sigemptyset(&sigs);
@@ -311,36 +378,35 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         if (engine_start(e, &ro, err, sizeof err) != TALLY_OK ||
             pub_start(pub, err, sizeof err) != TALLY_OK)
             goto out;
-        /* The whole history before any vote: each partition to the log's
-         * end as of now (ingest does not listen meanwhile). */
-        if ((lerr = lifecycle_catch_up(e, log, err, sizeof err)) != TALLY_OK) {
-            rc = tally_err_exit(lerr);
-            goto out;
-        }
-        live = catalog_live_new(catalog_dup(engine_catalog(e)));
-        hist = history_new(log, live, 10000);
-        if ((lerr = lifecycle_repair(e, hist, catalog_live_get(live), err, sizeof err)) !=
-                TALLY_OK ||
-            (lerr = lifecycle_config_polls(c, hist, live, err, sizeof err)) != TALLY_OK) {
-            rc = tally_err_exit(lerr);
-            goto out;
-        }
-        sched = lifecycle_sched_start(hist, live, (uint64_t)c->admin_final_grace_ms);
-    }
-    if (roles & ROLE_ENGINE) {
+        /* The admin API listens from now on (503 "starting" until the
+         * start-up below hands it the catalog). */
         lc.engine = e;
-        lc.live = live;
-        lc.history = hist;
-        atomic_store(&lc.ready, 1); /* caught up above, before ingest listens */
-        /* With Kafka, other processes may ingest: they learn the polls from
-         * the catalog topic, written from here. */
-        if (c->kafka_brokers && c->kafka_brokers[0] &&
-            !(lc.kwriter = kcat_writer_new(c, lc.live, err, sizeof err)))
-            goto out;
         int usage = 0;
         if (lifecycle_admin(&lc, c, cmd, err, sizeof err, &usage) != 0) {
             rc = usage ? EXIT_USAGE : 1;
             goto out;
+        }
+        su.c = c;
+        su.e = e;
+        su.log = log;
+        su.in = in;
+        su.lc = &lc;
+        if (in) {
+            /* Votes and /healthz get 503 "starting" until the history is
+             * read: ingest serves while the engine catches up. */
+            ingest_set_starting(in, 1);
+            if (pthread_create(&su.th, NULL, startup_main, &su) != 0) {
+                snprintf(err, sizeof err, "cannot start the start-up thread");
+                goto out;
+            }
+            su.threaded = 1;
+        } else {
+            startup_main(&su);
+            if (su.err != TALLY_OK) {
+                snprintf(err, sizeof err, "%s", su.msg);
+                rc = tally_err_exit(su.err);
+                goto out;
+            }
         }
     }
     run_ctx_t ctx = {log, e, pub};
@@ -352,9 +418,9 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
                  c->engine_threads, resumed);
     if (in) {
         ingest_set_log(in, log);
-        ingest_set_tick(in, engine_failed_tick, e);
+        ingest_set_tick(in, startup_or_engine_failed_tick, e ? &su : NULL);
         ingest_set_stats(in, fill_stats, &ctx);
-        if (lc.live) {
+        if (e) {
             ingest_set_catalog(in, run_catalog, &lc);
         } else {
             if (!(lc.kreader = kcat_reader_new(c, err, sizeof err)))
@@ -369,14 +435,23 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         }
         log_info("tally %s: listening on http://%s (port %d)", cmd, c->listen, ingest_port(in));
         ingest_run(in);
+        if (su.threaded) {
+            pthread_join(su.th, NULL);
+            su.threaded = 0;
+            if (su.err != TALLY_OK) {
+                snprintf(err, sizeof err, "%s", su.msg);
+                rc = tally_err_exit(su.err);
+                goto out;
+            }
+        }
         if (vlog_flush(log, 10000) != 0)
             log_error("the log did not answer every vote in time");
     } else {
         wait_for_signal(e, &sigs);
     }
     admin_stop(lc.admin); /* no change is written after this */
-    lifecycle_sched_stop(sched);
-    sched = NULL;
+    lifecycle_sched_stop(su.sched);
+    su.sched = NULL;
     if (e) {
         engine_stop(e);
         if (engine_join(e, err, sizeof err) != 0)
@@ -397,7 +472,9 @@ out:
     if (rc != 0)
         fprintf(stderr, "tally %s: %s\n", cmd, err);
     admin_stop(lc.admin);
-    lifecycle_sched_stop(sched);
+    if (su.threaded)
+        pthread_join(su.th, NULL);
+    lifecycle_sched_stop(su.sched);
     if (pub)
         pub_stop(pub);
     if (e && rc != 0) {
@@ -406,8 +483,8 @@ out:
     }
     vlog_close(log);
     lifecycle_free(&lc); /* before the catalog it reads */
-    history_free(hist);
-    catalog_live_free(live);
+    history_free(su.hist);
+    catalog_live_free(su.live);
     ingest_free(in);
     pub_free(pub);
     engine_free(e);

@@ -47,8 +47,7 @@ tally_err_t lifecycle_catch_up(engine_t *e, vlog_t *log, char *errstr, size_t es
         }
         sleep_ms(10);
     }
-    log_info("starting: caught up with the log in %llu ms",
-             (unsigned long long)(mono_ms() - t0));
+    log_info("starting: caught up with the log in %llu ms", (unsigned long long)(mono_ms() - t0));
 out:
     free(ends);
     return rc;
@@ -149,16 +148,14 @@ tally_err_t lifecycle_config_polls(const tally_config_t *c, history_t *h, catalo
                 field = "voter_auth";
                 snprintf(why, sizeof why, "the history says %s, the config none",
                          poll_voter_auth_name(d->voter_auth));
-            } else if (pc->noptions > d->noptions) {
-                field = "options";
-                snprintf(why, sizeof why, "the config lists %d options, the history %d",
-                         pc->noptions, d->noptions);
             } else {
-                for (int k = 0; k < pc->noptions && !field; k++)
+                for (int k = 0; k < pc->noptions && k < d->noptions && !field; k++)
                     if (strcmp(pc->options[k].id, d->options[k].id)) {
                         field = "options";
-                        snprintf(why, sizeof why, "option %d is '%s' in the history, '%s' in the "
-                                 "config", k + 1, d->options[k].id, pc->options[k].id);
+                        snprintf(why, sizeof why,
+                                 "option %d is '%s' in the history, '%s' in the "
+                                 "config",
+                                 k + 1, d->options[k].id, pc->options[k].id);
                     }
             }
             if (field) {
@@ -168,9 +165,34 @@ tally_err_t lifecycle_config_polls(const tally_config_t *c, history_t *h, catalo
                          pc->id, field, why, pc->id);
                 return TALLY_ERR_CONFIG;
             }
+            if (pc->noptions > d->noptions) {
+                /* Options appended in the config: a compatible change, as
+                 * the admin API's PATCH would make it (no recount). */
+                if (en->final) {
+                    log_warn("config poll %s: options added to a final poll are ignored",
+                             pc->id);
+                    continue;
+                }
+                poll_def_t *next = poll_def_dup(d);
+                next->options = xrealloc(next->options,
+                                         sizeof *next->options * (size_t)pc->noptions);
+                for (int k = d->noptions; k < pc->noptions; k++) {
+                    next->options[k].id = xstrdup(pc->options[k].id);
+                    next->options[k].label = xstrdup(pc->options[k].label);
+                }
+                next->noptions = pc->noptions;
+                catalog_error_t err = {0};
+                if (history_update(h, next, now_ms(), 0, NULL, &err) != TALLY_OK) {
+                    snprintf(errstr, esz, "config poll %s: appending its new options: %s",
+                             pc->id, err.message);
+                    return err.http_status == 409 ? TALLY_ERR_CONFIG : TALLY_ERR_UNAVAIL;
+                }
+                log_info("config poll %s: %d option%s appended to its history", pc->id,
+                         pc->noptions - d->noptions, pc->noptions - d->noptions == 1 ? "" : "s");
+                continue;
+            }
             int differs = strcmp(d->title, pc->title) != 0 || d->opens_at != pc->opens_at ||
-                          d->closes_at != pc->closes_at ||
-                          (int)d->visibility != pc->visibility;
+                          d->closes_at != pc->closes_at || (int)d->visibility != pc->visibility;
             for (int k = 0; k < pc->noptions && !differs; k++)
                 differs = strcmp(d->options[k].label, pc->options[k].label) != 0;
             if (differs)

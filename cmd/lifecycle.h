@@ -16,8 +16,9 @@ tally_err_t lifecycle_repair(engine_t *e, history_t *h, const catalog_t *cat, ch
                              size_t esz);
 /* Config polls against the history: absent -> a DEFINE (source config);
  * present with another mode, max_votes, voter_auth or option ids ->
- * TALLY_ERR_CONFIG naming poll and field; other differences -> a warning
- * (the history wins). */
+ * TALLY_ERR_CONFIG naming poll and field; options appended in the config ->
+ * a DEFINE with them (no recount); other differences -> a warning (the
+ * history wins). */
 tally_err_t lifecycle_config_polls(const tally_config_t *c, history_t *h, catalog_live_t *live,
                                    char *errstr, size_t esz);
 

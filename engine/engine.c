@@ -143,9 +143,11 @@ static void ppoll_grow(partition_t *pt, ppoll_t *pp, uint32_t n) {
 /* The options and mode a partition judges votes of pp by: its view, else
  * the config's. */
 static void ppoll_set_eff(partition_t *pt, ppoll_t *pp) {
-    const poll_def_t *d = pp->view ? pp->view->def : pp->conf ? pp->conf->def : NULL;
+    const catalog_entry_t *en = pp->view ? pp->view : pp->conf;
+    const poll_def_t *d = en ? en->def : NULL;
     if (d == pp->eff)
         return;
+    pp->seed = en ? en->seed : 0;
     free(pp->opts.slots);
     pp->opts = (idmap_t){0};
     pp->eff = d;
@@ -192,9 +194,8 @@ static void ppoll_free(ppoll_t *pp) {
     memset(pp, 0, sizeof *pp);
 }
 
-/* Empties partition p (a failed snapshot load). @locality the writer, or
- * before any worker runs */
-void engine_partition_reset_int(engine_t *e, int p) {
+/* Frees all of partition p's polls. */
+static void partition_clear(engine_t *e, int p) {
     partition_t *pt = &e->parts[p];
     for (int c = 0; c < POLL_CHUNKS; c++) {
         ppoll_t *chunk = atomic_load(&pt->chunks[c]);
@@ -213,6 +214,12 @@ void engine_partition_reset_int(engine_t *e, int p) {
     pt->nknown = 0;
     pt->position = 0;
     atomic_store(&pt->applied_seq, 0);
+}
+
+/* Empties partition p (a failed snapshot load). @locality the writer, or
+ * before any worker runs */
+void engine_partition_reset_int(engine_t *e, int p) {
+    partition_clear(e, p);
     /* The config's polls are always present: v1 votes count against them. */
     for (int i = 0; i < e->conf->npolls; i++)
         ppoll_add(e, p, i);
@@ -283,16 +290,10 @@ void engine_free(engine_t *e) {
         return;
     for (int p = 0; p < e->npartitions; p++) {
         partition_t *pt = &e->parts[p];
-        engine_partition_reset_int(e, p);
-        for (int c = 0; c < POLL_CHUNKS; c++) {
-            ppoll_t *chunk = atomic_load(&pt->chunks[c]);
-            for (int i = 0; chunk && i < POLL_CHUNK; i++)
-                if (chunk[i].present)
-                    ppoll_free(&chunk[i]);
-            free(chunk);
-        }
+        partition_clear(e, p);
+        for (int c = 0; c < POLL_CHUNKS; c++)
+            free(atomic_load(&pt->chunks[c]));
         free(pt->known);
-        free(pt->pmap.slots);
     }
     int n = atomic_load(&e->npolls);
     for (int i = 0; i < n; i++)
@@ -463,7 +464,7 @@ static inline void prepare(const engine_t *e, int partition, poll_cache_t *cache
     }
     q->what = PREP_VOTE;
     q->voter = 1;
-    q->key = record_poll_voter_key(record_poll_seed(d->id, strlen(d->id)), v.voter, v.voter_len);
+    q->key = record_poll_voter_key(pp->seed, v.voter, v.voter_len);
 }
 
 typedef struct {

@@ -42,6 +42,7 @@ typedef struct {
     catalog_entry_t *view;       /* the definition this partition applied, NULL: none yet */
     catalog_entry_t *conf;       /* the config's definition (v1 votes), NULL: not a config poll */
     const poll_def_t *eff;       /* view's def, else conf's: options and mode */
+    uint64_t seed;               /* record_poll_seed of the id: voter keys */
     idmap_t opts;                /* eff's option ids -> index */
     _Atomic int final;           /* readers: this partition applied the FINAL */
     _Atomic uint64_t final_pos;  /* readers: position just after the FINAL record */

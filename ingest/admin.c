@@ -265,6 +265,14 @@ void admin_free(admin_t *a) {
     free(a);
 }
 
+void admin_set_catalog(admin_t *a, catalog_live_t *live, history_t *history,
+                       void (*wait_learnable)(void *arg, uint64_t seq), void *wait_arg) {
+    a->history = history;
+    a->wait_learnable = wait_learnable;
+    a->wait_arg = wait_arg;
+    atomic_store_explicit(&a->live, live, memory_order_release);
+}
+
 int admin_port(const admin_t *a) {
     return a->port;
 }

@@ -41,15 +41,8 @@ typedef int (*admin_totals_fn)(void *arg, const char *poll, uint64_t *counts, in
                                uint64_t *late, uint64_t *early);
 
 typedef struct {
-    catalog_live_t *live; /* the catalog the answers show */
-    history_t *history;   /* where changes are written */
     admin_totals_fn totals;
     void *totals_arg;
-    /* Blocks until every ingest can learn catalog seq (Kafka: the catalog
-     * topic holds it; NULL: at once, an in-process catalog). Used by the
-     * close's correction rule. */
-    void (*wait_learnable)(void *arg, uint64_t seq);
-    void *wait_arg;
     /* GET /metrics on the admin listener (e.g. ingest_reply_metrics); NULL:
      * 404. */
     void (*metrics)(http_conn_t *c);
@@ -67,6 +60,14 @@ tally_err_t admin_read_token(const tally_config_t *c, char **token, char *errstr
  * be bound or is server.listen. ops is copied. */
 admin_t *admin_new(const tally_config_t *c, const char *token, const admin_ops_t *ops, char *errstr,
                    size_t esz);
+/* Hands the admin API the catalog its answers show and the writer of its
+ * changes, once the start-up has read the history (until then every poll
+ * route answers 503 "starting"). wait_learnable (may be NULL: an
+ * in-process catalog, learned at once) blocks until every ingest can learn
+ * catalog seq (Kafka: the catalog topic holds it); the close's correction
+ * rule uses it. Once. @locality any thread */
+void admin_set_catalog(admin_t *a, catalog_live_t *live, history_t *history,
+                       void (*wait_learnable)(void *arg, uint64_t seq), void *wait_arg);
 /* Starts the admin thread. TALLY_OK or TALLY_ERR_IO. */
 tally_err_t admin_start(admin_t *a, char *errstr, size_t esz);
 /* Stops and joins the thread (an answer in progress completes). */

@@ -4,6 +4,7 @@
 #define TALLY_ADMIN_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "ingest/admin.h"
 
@@ -13,6 +14,12 @@ struct event_base;
 struct admin_s {
     const tally_config_t *conf;
     admin_ops_t ops;
+    /* Set once by admin_set_catalog (NULL until then: 503 "starting");
+     * history and wait are written before live is published. */
+    _Atomic(catalog_live_t *) live;
+    history_t *history;
+    void (*wait_learnable)(void *arg, uint64_t seq);
+    void *wait_arg;
     unsigned char token_hash[32]; /* SHA-256 of the token */
     struct event_base *base;
     int listen_fd, port;

@@ -113,8 +113,13 @@ static json_t *poll_json(admin_t *a, const catalog_entry_t *en, uint64_t now, in
     return j;
 }
 
+/* The catalog, once the start-up handed it over (routes check first). */
+static catalog_live_t *admin_live(admin_t *a) {
+    return atomic_load_explicit(&a->live, memory_order_acquire);
+}
+
 static const catalog_entry_t *find(admin_t *a, const char *id, size_t len) {
-    return catalog_find(catalog_live_get(a->ops.live), id, len);
+    return catalog_find(catalog_live_get(admin_live(a)), id, len);
 }
 
 /* Answers with the poll as it is now (after a change: the entry the writer
@@ -151,7 +156,7 @@ static poll_def_defaults_t defaults(admin_t *a) {
 /* ---- handlers ---- */
 
 static void handle_list(admin_t *a, http_conn_t *c) {
-    const catalog_t *cat = catalog_live_get(a->ops.live);
+    const catalog_t *cat = catalog_live_get(admin_live(a));
     uint64_t now = now_ms();
     json_t *polls = json_array();
     for (int i = 0; i < catalog_npolls(cat); i++)
@@ -189,7 +194,7 @@ static void handle_create(admin_t *a, http_conn_t *c, const http_req_t *r) {
     def->source = POLL_SRC_ADMIN;
     def->created_ms = dd.now_ms;
     catalog_entry_t *en = NULL;
-    if (history_create(a->ops.history, def, &en, &err) != TALLY_OK) {
+    if (history_create(a->history, def, &en, &err) != TALLY_OK) {
         reply_catalog_error(c, &err);
         return;
     }
@@ -209,7 +214,7 @@ static void handle_show(admin_t *a, http_conn_t *c, const char *id, size_t len) 
 /* Writes next as id's successor; answers with the result. */
 static int write_update(admin_t *a, http_conn_t *c, poll_def_t *next, catalog_entry_t **out) {
     catalog_error_t err = {0};
-    if (history_update(a->ops.history, next, now_ms(), (uint64_t)a->conf->admin_close_delay_ms, out,
+    if (history_update(a->history, next, now_ms(), (uint64_t)a->conf->admin_close_delay_ms, out,
                        &err) != TALLY_OK) {
         reply_catalog_error(c, &err);
         return -1;
@@ -279,8 +284,8 @@ static void handle_close(admin_t *a, http_conn_t *c, const char *id, size_t len)
     if (write_update(a, c, next, &en) != 0)
         return;
     for (int i = 0; i < CLOSE_CORRECTIONS_MAX; i++) {
-        if (a->ops.wait_learnable)
-            a->ops.wait_learnable(a->ops.wait_arg, en->def_seq);
+        if (a->wait_learnable)
+            a->wait_learnable(a->wait_arg, en->def_seq);
         uint64_t finish = now_ms();
         if (finish + LEARN_BOUND_MS <= en->def->closes_at)
             break;
@@ -486,6 +491,12 @@ void admin_routes_handle(admin_t *a, http_conn_t *c, const http_req_t *r) {
         if (id && !id_valid(id, len)) {
             fail(c, 404, "no_such_poll", "", "a poll id is 1-%d characters of [A-Za-z0-9_-]",
                  ID_MAX_LEN);
+            return;
+        }
+        if (rt->id != R_METRICS && rt->id != R_HEALTHZ && !admin_live(a)) {
+            http_conn_reply_error(c, 503, "starting",
+                                  "the engine is reading the poll history; retry shortly",
+                                  "Retry-After: 1\r\n");
             return;
         }
         switch (rt->id) {

@@ -367,6 +367,10 @@ ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errs
     return in;
 }
 
+void ingest_set_starting(ingest_t *in, int starting) {
+    atomic_store_explicit(&in->starting, starting, memory_order_release);
+}
+
 void ingest_set_log(ingest_t *in, vlog_t *log) {
     in->log = log;
 }

@@ -28,7 +28,11 @@ typedef struct ingest_s ingest_t;
 int ingest_check_config(const tally_config_t *c, char *errstr, size_t esz);
 /* Binds server.listen. static_dir (may be NULL) is served read-only. */
 ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errstr, size_t esz);
-/* The log to append to; its ack callback must be ingest_ack. */
+/* While starting, votes and /healthz get 503 "starting" (Retry-After: 1):
+ * the engine is catching up with the log's history. @locality any thread */
+void ingest_set_starting(ingest_t *in, int starting);
+/* The log to append to; its ack callback must be ingest_ack (or
+ * history_log_ack, which passes votes' acks on to it). */
 void ingest_set_log(ingest_t *in, vlog_t *log);
 /* GET /v1/stats answers with what fill writes (a JSON object). */
 void ingest_set_stats(ingest_t *in, void (*fill)(void *arg, ingest_t *in, buf_t *buf), void *arg);

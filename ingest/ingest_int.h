@@ -57,6 +57,7 @@ struct worker_s {
 struct ingest_s {
     const tally_config_t *conf;
     vlog_t *log;
+    _Atomic int starting;              /* 503 "starting" to votes and /healthz */
     char *static_dir;
     int port;
     int nworkers;

@@ -107,6 +107,13 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
                         size_t poll_len) {
     ingest_t *in = w->in;
     conn_ctx_t *x = http_conn_owner(c);
+    if (atomic_load_explicit(&in->starting, memory_order_acquire)) {
+        atomic_fetch_add(&in->unavailable, 1);
+        http_conn_reply_error(c, 503, "starting",
+                              "the engine is catching up with the log; retry shortly",
+                              "Retry-After: 1\r\n");
+        return;
+    }
     /* One stamp: the lifecycle is judged by the ts the record carries. */
     uint64_t ts = now_ms();
     poll_conf_t view;
@@ -215,7 +222,10 @@ static void handle_healthz(worker_t *w, http_conn_t *c, const http_req_t *r, con
     static const char ok[] = "{\"status\":\"ok\"}";
     char why[512];
     const char *code = NULL, *cwhy = NULL;
-    if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK)
+    if (atomic_load_explicit(&w->in->starting, memory_order_acquire))
+        http_conn_reply_error(c, 503, "starting", "the engine is catching up with the log",
+                              "Retry-After: 1\r\n");
+    else if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK)
         http_conn_reply_error(c, 503, "log_unavailable", why, "Retry-After: 1\r\n");
     /* Votes would get 503 until the poll catalog is loaded: so does this. */
     else if (w->in->catalog && !w->in->catalog(w->in->catalog_arg, &code, &cwhy))

@@ -223,3 +223,23 @@ def encode_record(ts_ms, poll, option, voter, version=RECORD_V2, key=None):
     if key:
         rec += bytes([len(key)]) + key.encode()
     return rec
+
+
+CONTROL_DEFINE, CONTROL_FINAL = 1, 2
+
+
+def encode_control(kind, seq, poll, body=b"", at_ms=0, ts_ms=1):
+    """A control record (log/record.h, type 2): DEFINE (body: the poll's
+    definition as JSON) or FINAL (at_ms: the cut)."""
+    if isinstance(body, str):
+        body = body.encode()
+    return (bytes([RECORD_V2, TYPE_CONTROL, kind]) + struct.pack("<QQQ", ts_ms, seq, at_ms)
+            + bytes([len(poll)]) + poll.encode() + struct.pack("<I", len(body)) + body)
+
+
+def append_frames(path, payload, partitions):
+    """Appends payload as one frame to each of the partitions (a stopped
+    log's votes.log, as the history writer broadcasts a control record)."""
+    with open(path, "ab") as f:
+        for p in partitions:
+            f.write(frame_bytes(payload, p))

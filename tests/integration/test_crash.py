@@ -4,9 +4,10 @@ and the live totals equal a from-scratch replay of the log."""
 import glob
 import json
 import os
+import subprocess
 import unittest
 
-from harness import SHAPE, Load, TallyTestCase, wait_until
+from harness import SHAPE, TALLY_BIN, Load, TallyTestCase, wait_until
 
 def stats(t):
     st, data = t.request("GET", "/v1/stats")
@@ -122,17 +123,26 @@ class Crash(TallyTestCase):
         t.wait_counts({"one": {"a": 1, "b": 0, "c": 30}})
         t.stop()
 
-    def test_config_change_recounts(self):
+    def test_config_option_added_extends_the_history_without_recount(self):
         t = self.make().start()
         for i in range(10):
             self.assertEqual(t.vote("one", "b", f"v{i}")[0], 202)
         t.wait_counts({"one": {"a": 0, "b": 10, "c": 0}})
         t.stop()
-        # Another option: snapshots no longer match, the engine recounts.
+        # Another option appended: a compatible change of the poll's
+        # history (a DEFINE with it), so the snapshots stay valid.
         t.start("-s", "poll.one.options=a,b,c,d")
-        wait_until(lambda: t.published_counts("one") == {"a": 0, "b": 10, "c": 0, "d": 0}, 30, "recount")
-        self.assertIn("config changed", t.stderr())
+        wait_until(lambda: t.published_counts("one") == {"a": 0, "b": 10, "c": 0, "d": 0}, 30, "d")
+        self.assertNotIn("config changed", t.stderr())
+        self.assertIn("1 option appended", t.stderr())
+        self.assertEqual(t.vote("one", "d", "w")[0], 202)
+        wait_until(lambda: t.published_counts("one") == {"a": 0, "b": 10, "c": 0, "d": 1}, 30, "d")
         t.stop()
+        # Options reordered: they no longer match the history: refused.
+        r = subprocess.run([TALLY_BIN, "run", "-c", t.config, "-s", "poll.one.options=b,a,c,d"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("config poll one disagrees with the log's history: options", r.stderr)
 
 
 if __name__ == "__main__":

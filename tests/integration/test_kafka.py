@@ -13,18 +13,18 @@ import random
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import unittest
 
+import sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from chaos_lib import logreader  # noqa: E402
 from harness import (DEFAULT_SHAPE, SHAPE, TIMEOUT_MULT, Load, Tally, TallyTestCase,
                      expected_totals, wait_until)
 
 SRC = os.environ.get("TALLY_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "../.."))
-sys.path.insert(0, os.path.join(SRC, "tests"))
-from chaos_lib import logreader  # noqa: E402
 KAFKA_LOCAL = os.path.join(SRC, "scripts", "kafka-local")
 
 
@@ -36,9 +36,9 @@ def kafka_local(*args, timeout=300):
 
 
 def topic_records(bootstrap, topic):
-    """Every vote of a topic, read with kcat and decoded by the test's own
-    reader (tests/chaos_lib/logreader.py), not by tally: [(partition, offset,
-    poll, option, voter)]; control records are skipped."""
+    """Every vote of a topic, read with kcat and decoded by the checker's own
+    reader (chaos_lib/logreader.py, log/record.h's v1 and v2), not by tally:
+    [(partition, offset, poll, option, voter)]; control records are left out."""
     r = subprocess.run(["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q",
                         "-f", "%p %o %S %s"], capture_output=True, timeout=120)
     if r.returncode != 0:
@@ -54,12 +54,13 @@ def topic_records(bootstrap, topic):
         val = out[pos:pos + size]
         pos += size
         try:
-            r = logreader.decode_any(val)
+            rec = logreader.decode_any(val)
         except ValueError as e:
-            raise AssertionError(f"{topic}[{part}]@{off}: not a vote record ({e}): {val!r}")
-        if r[0] == "control":  # the poll history, on every partition
-            continue
-        recs.append((part, off, r[3], r[4], r[5] or ""))
+            raise AssertionError(f"{topic}[{part}]@{off}: not a tally record ({e}): {val!r}")
+        if rec[0] == "control":
+            continue  # the poll history (DEFINE/FINAL), not a vote
+        poll, opt, voter = rec[3], rec[4], rec[5] or ""
+        recs.append((part, off, poll, opt, voter))
     return recs
 
 

@@ -28,6 +28,19 @@ mode = unlimited
 
 
 def frames(path):
+    """(start, end, partition) of every vote frame of an intact log file
+    (the control records of the poll history left out)."""
+    data = open(path, "rb").read()
+    return [f for f in all_frames(path) if data[f[0] + 12 + 1] != 2 or data[f[0] + 12] != 2]
+
+
+def control_frames(path):
+    """How many frames hold control records (DEFINE/FINAL, one per
+    partition per change)."""
+    return len(all_frames(path)) - len(frames(path))
+
+
+def all_frames(path):
     """(start, end, partition) of every frame of an intact log file."""
     out = []
     with open(path, "rb") as f:
@@ -93,6 +106,7 @@ class LogFaults(TallyTestCase):
         shutil.rmtree(ld)
         os.rename(ld + ".restored", ld)
         fr = frames(self.votes(t))
+        self.ctl = control_frames(self.votes(t))
         self.assertEqual(len(fr), n)
         flip(self.votes(t), fr[1][0] + 12 + 3)
         return fr
@@ -143,8 +157,10 @@ class LogFaults(TallyTestCase):
         self.assertEqual(r.returncode, 1, r.stderr)
         rep = json.loads(r.stdout)
         self.assertEqual(rep["status"], "damaged")
-        self.assertEqual(rep["frames"], n - 1)
-        self.assertEqual(sum(rep["frames_per_partition"]), n - 1)
+        ctl = self.ctl
+        self.assertEqual(ctl, 4, "the config poll's DEFINE in each of 4 partitions")
+        self.assertEqual(rep["frames"], n - 1 + ctl)
+        self.assertEqual(sum(rep["frames_per_partition"]), n - 1 + ctl)
         self.assertEqual(len(rep["damage"]), 1)
         d = rep["damage"][0]
         self.assertEqual((d["start"], d["end"], d["frames_after"]), (fr[1][0], fr[1][1], n - 2))
@@ -206,6 +222,7 @@ class LogFaults(TallyTestCase):
     def test_verify_reports_a_torn_tail(self):
         t = self.make(polls=POLLS)
         self.voted(t, 5)
+        ctl = control_frames(self.votes(t))
         end = os.path.getsize(self.votes(t))
         with open(self.votes(t), "ab") as f:
             f.write(b"\x05\x00\x00")
@@ -213,7 +230,7 @@ class LogFaults(TallyTestCase):
         self.assertEqual(r.returncode, 1, r.stderr)
         rep = json.loads(r.stdout)
         self.assertEqual(rep["status"], "torn")
-        self.assertEqual(rep["frames"], 5)
+        self.assertEqual(rep["frames"], 5 + ctl)
         self.assertEqual((rep["tail"]["start"], rep["tail"]["bytes"], rep["tail"]["torn"]),
                          (end, 3, True))
         self.assertEqual(rep["damage"], [])

@@ -318,3 +318,128 @@ Test(catalog, live_swap_keeps_recent_versions_readable) {
     cr_assert_eq(catalog_seq(catalog_live_get(l)), 1);
     catalog_live_free(l);
 }
+
+/* ---- the history writer over a real file log ---- */
+
+#include <stdatomic.h>
+
+#include "log/record.h"
+#include "unit_helpers.h"
+
+static _Atomic int other_acks;
+static void other_ack(void *opaque, vlog_err_t err) {
+    cr_assert_eq((uintptr_t)opaque, (uintptr_t)0x1000);
+    cr_assert_eq(err, VLOG_OK);
+    atomic_fetch_add(&other_acks, 1);
+}
+
+typedef struct {
+    uint64_t seq[4][16];
+    unsigned kind[4][16];
+    char body[4][16][512];
+    int n[4];
+} seen_t;
+
+static int on_rec(void *arg, const vlog_msg_t *m) {
+    seen_t *s = arg;
+    control_record_t c;
+    if (!m->rec || control_decode(m->rec, m->len, &c) != 0)
+        return 0;
+    int k = s->n[m->partition]++;
+    s->seq[m->partition][k] = c.seq;
+    s->kind[m->partition][k] = c.kind;
+    snprintf(s->body[m->partition][k], 512, "%.*s", (int)c.body_len, c.body ? c.body : "");
+    return 0;
+}
+
+static poll_def_t *def_of(const char *json) {
+    poll_def_t *d;
+    catalog_error_t err;
+    cr_assert_eq(poll_def_from_json(json, strlen(json), &dflt, &d, &err), TALLY_OK);
+    return d;
+}
+
+Test(catalog, history_writer_broadcasts_waits_then_swaps) {
+    char *dir = tmpdir_new(), *ld = path_join(dir, "log"), err[512];
+    tally_config_t *c = config_new_defaults();
+    free(c->log_dir);
+    c->log_dir = ld;
+    c->log_partitions = 4;
+    c->log_fsync = 0;
+    history_ack_init(other_ack);
+    vlog_t *log = vlog_open(c, VLOG_F_WRITE | VLOG_F_READ, history_log_ack, NULL, err, sizeof err);
+    cr_assert_not_null(log, "%s", err);
+    catalog_live_t *live = catalog_live_new(NULL);
+    history_t *h = history_new(log, live, 5000);
+    catalog_error_t e = {0};
+    catalog_entry_t *en = NULL;
+    cr_assert_eq(history_create(h, def_of("{\"id\":\"p\",\"options\":[\"a\"]}"), &en, &e), TALLY_OK,
+                 "%s", e.message);
+    cr_assert_eq(en->def_seq, 1);
+    catalog_entry_unref(en);
+    cr_assert_eq(catalog_seq(catalog_live_get(live)), 1);
+    cr_assert_not_null(catalog_find(catalog_live_get(live), "p", 1));
+    /* Exists: 409 poll_exists, nothing written. */
+    cr_assert_eq(history_create(h, def_of("{\"id\":\"p\",\"options\":[\"b\"]}"), NULL, &e),
+                 TALLY_ERR_STATE);
+    cr_assert_str_eq(e.code, "poll_exists");
+    cr_assert_eq(e.http_status, 409);
+    /* Incompatible: named field. */
+    cr_assert_eq(history_update(h,
+                                def_of("{\"id\":\"p\",\"options\":[\"a\"],\"mode\":"
+                                       "\"unlimited\"}"),
+                                1000, 3000, NULL, &e),
+                 TALLY_ERR_STATE);
+    cr_assert_str_eq(e.field, "mode");
+    cr_assert_eq(
+        history_update(h, def_of("{\"id\":\"zz\",\"options\":[\"a\"]}"), 1000, 3000, NULL, &e),
+        TALLY_ERR_STATE);
+    cr_assert_eq(e.http_status, 404);
+    /* No close: no final. */
+    cr_assert_eq(history_final(h, "p", NULL, &e), TALLY_ERR_STATE);
+    cr_assert_str_eq(e.field, "closes_at");
+    cr_assert_eq(history_update(h,
+                                def_of("{\"id\":\"p\",\"options\":[\"a\",\"b\"],"
+                                       "\"closes_at\":9000}"),
+                                1000, 3000, NULL, &e),
+                 TALLY_OK, "%s", e.message);
+    cr_assert_eq(history_final(h, "p", &en, &e), TALLY_OK, "%s", e.message);
+    cr_assert(en->final);
+    cr_assert_eq(en->final_at, 9000);
+    catalog_entry_unref(en);
+    cr_assert_eq(history_final(h, "p", NULL, &e), TALLY_ERR_STATE);
+    cr_assert_str_eq(e.code, "poll_final");
+    cr_assert_eq(catalog_seq(catalog_live_get(live)), 3);
+    /* Another append's ack goes to the next callback, untouched. */
+    uint8_t rec[RECORD_MAX_LEN];
+    size_t n = rec_make(rec, "p", "a", "v", 1);
+    cr_assert_eq(vlog_append(log, 0, rec, n, (void *)0x1000), VLOG_OK);
+    cr_assert_eq(vlog_flush(log, 5000), 0);
+    cr_assert_eq(atomic_load(&other_acks), 1);
+    /* Every partition holds the same history, in order. */
+    seen_t *s = xcalloc(1, sizeof *s);
+    int parts[4] = {0, 1, 2, 3};
+    uint64_t zero[4] = {0};
+    vlog_reader_t *r = vlog_reader_new(log, parts, zero, 4, err, sizeof err);
+    cr_assert_not_null(r, "%s", err);
+    while (vlog_reader_poll(r, on_rec, s, 100, 0, err, sizeof err) > 0)
+        ;
+    vlog_reader_free(r);
+    for (int p = 0; p < 4; p++) {
+        cr_assert_eq(s->n[p], 3, "partition %d", p);
+        for (int k = 0; k < 3; k++)
+            cr_assert_eq(s->seq[p][k], (uint64_t)k + 1);
+        cr_assert_eq(s->kind[p][2], CONTROL_FINAL);
+        cr_assert_str_eq(s->body[p][1], s->body[0][1]);
+    }
+    poll_def_t *back = def_of(s->body[2][1]);
+    cr_assert_eq(back->noptions, 2);
+    cr_assert_eq(back->closes_at, 9000);
+    poll_def_free(back);
+    free(s);
+    history_free(h);
+    catalog_live_free(live);
+    vlog_close(log);
+    config_free(c);
+    tmpdir_free(dir);
+}

@@ -344,3 +344,78 @@ Test(render, html_hostile_titles_and_labels_are_safe) {
     cr_assert_null(strstr(b.data, "<script"));
     buf_free(&b);
 }
+
+/* ---- the lifecycle fields ---- */
+
+static json_t *render_view(const pub_poll_t *v, buf_t *b) {
+    pub_render_poll_json(v, 1700000000123ull, b);
+    json_error_t e;
+    json_t *j = json_loadb(b->data, b->len, JSON_REJECT_DUPLICATES, &e);
+    cr_assert_not_null(j, "not strict JSON (%s): %s", e.text, b->data);
+    return j;
+}
+
+Test(render, json_carries_state_version_times_late_and_final_positions) {
+    poll_option_t opts[2] = {{"a", "A"}, {"b", "B"}};
+    poll_def_t d = {.id = "duel", .title = "Duel", .mode = MODE_CAPPED, .max_votes = 20,
+                    .options = opts, .noptions = 2, .closes_at = 1700000000000ull};
+    uint64_t counts[2] = {5, 7}, finals[3] = {10, 20, 30};
+    pub_poll_t v = {.def = &d, .counts = counts, .state = POLL_FINAL, .version = 99, .late = 4,
+                    .final_positions = finals, .npartitions = 3};
+    buf_t b = {0};
+    json_t *j = render_view(&v, &b);
+    cr_assert_str_eq(str(j, "state"), "final");
+    cr_assert_eq(num(j, "version"), 99);
+    cr_assert_eq(num(j, "late"), 4);
+    cr_assert_eq(num(j, "total"), 12);
+    cr_assert_eq(num(j, "max_votes"), 20);
+    cr_assert_str_eq(str(j, "mode"), "capped");
+    cr_assert_str_eq(str(j, "closes_at"), "2023-11-14T22:13:20.000Z");
+    cr_assert(json_is_null(json_object_get(j, "opens_at")));
+    json_t *fp = json_object_get(j, "final_positions");
+    cr_assert_eq(json_array_size(fp), 3);
+    cr_assert_eq(json_integer_value(json_array_get(fp, 2)), 30);
+    json_decref(j);
+    buf_free(&b);
+    buf_t h = {0};
+    pub_render_poll_html(&v, 0, &h);
+    cr_assert_not_null(strstr(h.data, "final"));
+    cr_assert_null(strstr(h.data, "http-equiv=\"refresh\""), "a final page does not refresh");
+    buf_free(&h);
+}
+
+Test(render, on_close_before_final_shows_the_poll_and_state_but_no_counts) {
+    poll_option_t opts[2] = {{"a", "A"}, {"b", "B"}};
+    poll_def_t d = {.id = "secret", .title = "Secret", .mode = MODE_ONE_PER_VOTER,
+                    .options = opts, .noptions = 2, .visibility = VIS_ON_CLOSE};
+    pub_poll_t v = {.def = &d, .counts = NULL, .state = POLL_CLOSED, .version = 3};
+    buf_t b = {0};
+    json_t *j = render_view(&v, &b);
+    cr_assert_str_eq(str(j, "state"), "closed");
+    cr_assert_str_eq(str(j, "visibility"), "on_close");
+    cr_assert_null(json_object_get(j, "total"));
+    cr_assert_null(json_object_get(j, "late"));
+    cr_assert_null(json_object_get(j, "final_positions"));
+    json_t *o = json_array_get(json_object_get(j, "options"), 1);
+    cr_assert_str_eq(str(o, "label"), "B");
+    cr_assert_null(json_object_get(o, "votes"));
+    json_decref(j);
+    buf_free(&b);
+    buf_t h = {0};
+    pub_render_poll_html(&v, 0, &h);
+    cr_assert_null(strstr(h.data, "Total:"));
+    cr_assert_not_null(strstr(h.data, "once the poll is final"));
+    buf_free(&h);
+}
+
+Test(render, index_lists_each_polls_state) {
+    poll_option_t opts[1] = {{"a", "A"}};
+    poll_def_t d1 = {.id = "one", .title = "One", .options = opts, .noptions = 1};
+    poll_def_t d2 = {.id = "two", .title = "Two", .options = opts, .noptions = 1};
+    pub_poll_t v[2] = {{.def = &d1, .state = POLL_SCHEDULED}, {.def = &d2, .state = POLL_FINAL}};
+    buf_t b = {0};
+    pub_render_index_polls(v, 2, 0, &b);
+    cr_assert_not_null(strstr(b.data, "polls/one.html\">One</a> <span class=\"state\">scheduled"));
+    cr_assert_not_null(strstr(b.data, "polls/two.html\">Two</a> <span class=\"state\">final"));
+    buf_free(&b);
+}

@@ -229,7 +229,8 @@ static void handle_healthz(worker_t *w, http_conn_t *c, const http_req_t *r, con
         http_conn_reply_error(c, 503, "log_unavailable", why, "Retry-After: 1\r\n");
     /* Votes would get 503 until the poll catalog is loaded: so does this. */
     else if (w->in->catalog && !w->in->catalog(w->in->catalog_arg, &code, &cwhy))
-        http_conn_reply_error(c, 503, code ? code : "starting", cwhy ? cwhy : "", "Retry-After: 1\r\n");
+        http_conn_reply_error(c, 503, code ? code : "starting", cwhy ? cwhy : "",
+                              "Retry-After: 1\r\n");
     else
         http_conn_reply(c, 200, "application/json", NULL, ok, sizeof ok - 1);
 }

@@ -1,3 +1,4 @@
+# tsan: the admin thread, the start-up thread and the ingest loops share the live catalog.
 """The admin API (issue 9) over real sockets: bearer-token auth on its own
 listener, create/list/show/open/close/patch and every refusal, polls created
 at run time taking votes at once, the close cut (202 before, 409 after),

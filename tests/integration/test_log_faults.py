@@ -30,7 +30,8 @@ mode = unlimited
 def frames(path):
     """(start, end, partition) of every vote frame of an intact log file
     (the control records of the poll history left out)."""
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     return [f for f in all_frames(path) if data[f[0] + 12 + 1] != 2 or data[f[0] + 12] != 2]
 
 
@@ -354,8 +355,6 @@ class LogFaults(TallyTestCase):
         self.assertEqual(t.published_counts("free"), {"p": ok, "q": 0})
 
 
-if __name__ == "__main__":
-    unittest.main()
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -477,7 +476,7 @@ class LogIdentity(TallyTestCase):
         for name in newer:
             with open(os.path.join(t.dir, "snap", name), "rb") as f:
                 head = f.read(8 + 4 + 4 + 8 + 8 + 1 + 7)
-            self.assertEqual(head[:8], b"TLYSNAP3")
+            self.assertEqual(head[:8], b"TLYSNAP4")
             self.assertEqual(head[33:], b"legacy:")
         t.start()
         self.assertEqual(self.resumed(t), 4)
@@ -497,3 +496,7 @@ class LogIdentity(TallyTestCase):
         self.assertIn("written before log ids", t.stderr())
         t.wait_counts({"free": {"p": 7, "q": 3}})
         t.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()

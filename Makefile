@@ -25,7 +25,11 @@ $(BUILD)/Makefile: CMakeLists.txt
 deps:
 	@scripts/install-deps
 
+# The admin API's bearer token (config/tally.ini admin.token_file): random,
+# readable by its owner only, kept across runs.
 run: deps all
+	@test -s run/admin.token || (mkdir -p run && umask 077 && \
+	  head -c 24 /dev/urandom | base64 | tr -d '/+=' > run/admin.token)
 	$(BUILD)/tally run -c $(CONFIG)
 
 check: deps

@@ -39,5 +39,6 @@ int cmd_run(int argc, char **argv);
 int cmd_ingest(int argc, char **argv);
 int cmd_engine(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
+int cmd_poll(int argc, char **argv); /* cmd_poll.c: the admin API's client */
 
 #endif

@@ -17,8 +17,11 @@
 #include "common/catalog.h"
 #include "common/json.h"
 #include "common/util.h"
+#include "common/catalog.h"
 #include "engine/engine.h"
+#include "ingest/admin.h"
 #include "ingest/ingest.h"
+#include "log/catalog_kafka.h"
 #include "log/vlog.h"
 #include "publisher/publisher.h"
 #include "publisher/s3.h"
@@ -40,6 +43,9 @@ static const char *help_run =
     "  GET  /metrics               Prometheus text exposition\n"
     "  GET  /v1/polls/{poll}/events  the results as Server-Sent Events\n"
     "  GET  /  /polls/{poll}.html  /polls/{poll}.json  /vote/{poll}.html\n"
+    "\n"
+    "With admin.token_file set, the admin API (polls created, opened, closed and\n"
+    "patched at run time; see tally poll --help) listens on admin.listen.\n"
     "\n"
     "Options:\n"
     "  -c, --config FILE   configuration (keys: tally --help-config)\n"
@@ -67,7 +73,9 @@ static const char *help_engine =
     "The counter engine and publisher alone, consuming Kafka (kafka.brokers must\n"
     "be set). It assigns itself every partition of kafka.topic, resumes from the\n"
     "offsets in its snapshots (never Kafka's committed offsets), and publishes\n"
-    "to publisher.dir. Run one engine per topic.\n"
+    "to publisher.dir. Run one engine per topic. It writes the poll history: with\n"
+    "admin.token_file set it serves the admin API on admin.listen, and it keeps\n"
+    "the catalog topic (kafka.catalog_topic) that tally ingest reads.\n"
     "\n"
     "Options: -c FILE, -s S.K=V, -q (as tally run). SIGTERM: write snapshots and\n"
     "the last results, exit.\n";
@@ -79,6 +87,104 @@ typedef struct {
     watch_t *watch;
     const _Atomic int *startup_failed; /* the engine side's start-up (NULL: none) */
 } run_ctx_t;
+
+/* ---- the poll lifecycle: catalog, history writer, admin API ---- */
+
+typedef struct {
+    catalog_live_t *live;  /* the process's catalog (tally run, tally engine), not owned */
+    history_t *history;    /* its writer, not owned */
+    admin_t *admin;        /* the admin API, when admin.token_file is set */
+    _Atomic int ready;     /* the engine caught up: votes may be judged */
+    engine_t *engine;
+    kcat_writer_t *kwriter; /* Kafka, engine role: the catalog topic for tally ingest */
+    kcat_reader_t *kreader; /* tally ingest: the catalog from that topic */
+} lifecycle_t;
+
+/* ingest_catalog_fn of tally run: the live catalog once the engine is ready. */
+static const catalog_t *run_catalog(void *arg, const char **code, const char **why) {
+    lifecycle_t *lc = arg;
+    if (!atomic_load(&lc->ready)) {
+        *code = "starting";
+        *why = "the engine is catching up with the log; retry shortly";
+        return NULL;
+    }
+    return catalog_live_get(lc->live);
+}
+
+/* admin_totals_fn: the engine's totals of a poll, whatever its visibility. */
+static int admin_totals(void *arg, const char *poll, uint64_t *counts, int noptions,
+                        uint64_t *late, uint64_t *early) {
+    lifecycle_t *lc = arg;
+    if (!lc->engine)
+        return -1;
+    int i = engine_poll_index(lc->engine, poll, strlen(poll));
+    if (i < 0)
+        return -1;
+    engine_poll_totals_n(lc->engine, i, counts, noptions);
+    engine_poll_status_t st = engine_poll_status(lc->engine, i, NULL);
+    if (late)
+        *late = st.late;
+    if (early)
+        *early = st.early;
+    return 0;
+}
+
+/* Starts the admin API when admin.token_file is set. 0, or -1 with err
+ * (*usage set for a configuration error). */
+static int lifecycle_admin(lifecycle_t *lc, const tally_config_t *c, const char *cmd, char *err,
+                           size_t esz, int *usage) {
+    char *token = NULL;
+    if (admin_read_token(c, &token, err, esz) != TALLY_OK) {
+        *usage = 1;
+        return -1;
+    }
+    if (!token) {
+        log_info("tally %s: admin API off (no admin.token_file)", cmd);
+        return 0;
+    }
+    admin_ops_t ops = {
+        .totals = admin_totals,
+        .totals_arg = lc,
+        /* The process's metrics on the admin listener too (tally engine
+         * has no other). */
+        .metrics = ingest_reply_metrics,
+    };
+    lc->admin = admin_new(c, token, &ops, err, esz);
+    memset(token, 0, strlen(token));
+    free(token);
+    if (!lc->admin || admin_start(lc->admin, err, esz) != TALLY_OK)
+        return -1;
+    log_info("tally %s: admin API on http://%s (port %d)", cmd, c->admin_listen,
+             admin_port(lc->admin));
+    return 0;
+}
+
+/* The start-up is done: the catalog topic (Kafka) gets its first write, the
+ * admin API its catalog, ingest may judge votes. 0, or -1 with err.
+ * @locality the start-up thread */
+static int lifecycle_ready(lifecycle_t *lc, const tally_config_t *c, catalog_live_t *live,
+                           history_t *hist, char *err, size_t esz) {
+    lc->live = live;
+    lc->history = hist;
+    /* With Kafka, other processes may ingest: they learn the polls from the
+     * catalog topic, written from here. */
+    if (c->kafka_brokers && c->kafka_brokers[0] &&
+        !(lc->kwriter = kcat_writer_new(c, live, err, esz)))
+        return -1;
+    if (lc->admin)
+        admin_set_catalog(lc->admin, live, hist, lc->kwriter ? kcat_writer_wait : NULL,
+                          lc->kwriter);
+    atomic_store(&lc->ready, 1); /* after lc->live: run_catalog reads it then */
+    return 0;
+}
+
+/* The admin API and the catalog topic's threads; live and history belong
+ * to the pipeline. */
+static void lifecycle_free(lifecycle_t *lc) {
+    admin_free(lc->admin); /* stops its thread first: no change in flight */
+    kcat_writer_free(lc->kwriter);
+    kcat_reader_free(lc->kreader);
+}
 
 /* Start-up of the engine side (tally run, tally engine): the whole poll
  * history read before any vote is taken (each partition to the log's end
@@ -94,6 +200,7 @@ typedef struct {
     catalog_live_t *live;
     history_t *hist;
     lifecycle_sched_t *sched;
+    lifecycle_t *lc; /* the admin API and the catalog topic, told when ready */
     pthread_t th;
     int threaded;
     _Atomic int failed;
@@ -116,8 +223,12 @@ static void *startup_main(void *arg) {
         return NULL;
     }
     s->sched = lifecycle_sched_start(s->hist, s->live, (uint64_t)s->c->admin_final_grace_ms);
+    if (lifecycle_ready(s->lc, s->c, s->live, s->hist, s->msg, sizeof s->msg) != 0) {
+        s->err = TALLY_ERR_UNAVAIL;
+        atomic_store(&s->failed, 1);
+        return NULL;
+    }
     if (s->in) {
-        ingest_set_catalog(s->in, s->live);
         ingest_set_starting(s->in, 0);
         log_info("ready: taking votes for %d polls", catalog_npolls(catalog_live_get(s->live)));
     }
@@ -181,9 +292,12 @@ static void fill_stats(void *arg, ingest_t *in, buf_t *b) {
         buf_printf(b, ",\"last_error_ms\":%llu}", (unsigned long long)s3.last_error_ms);
     }
     ingest_stats_t is = ingest_stats(in);
-    buf_printf(b, ",\"ingest\":{\"accepted\":%llu,\"rejected\":%llu,\"unavailable\":%llu}}",
+    buf_printf(b,
+               ",\"ingest\":{\"accepted\":%llu,\"rejected\":%llu,\"unavailable\":%llu,"
+               "\"closed\":%llu,\"not_open\":%llu}}",
                (unsigned long long)is.accepted, (unsigned long long)is.rejected,
-               (unsigned long long)is.unavailable);
+               (unsigned long long)is.unavailable, (unsigned long long)is.closed,
+               (unsigned long long)is.not_open);
     free(ends);
 }
 
@@ -228,6 +342,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     ingest_t *in = NULL;
     watch_t *watch = NULL;
     startup_t su = {.err = TALLY_OK};
+    lifecycle_t lc = {0};
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
@@ -299,10 +414,19 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         if (engine_start(e, &ro, err, sizeof err) != TALLY_OK ||
             pub_start(pub, err, sizeof err) != TALLY_OK)
             goto out;
+        /* The admin API listens from now on (503 "starting" until the
+         * start-up below hands it the catalog). */
+        lc.engine = e;
+        int usage = 0;
+        if (lifecycle_admin(&lc, c, cmd, err, sizeof err, &usage) != 0) {
+            rc = usage ? EXIT_USAGE : 1;
+            goto out;
+        }
         su.c = c;
         su.e = e;
         su.log = log;
         su.in = in;
+        su.lc = &lc;
         if (in) {
             /* Votes and /healthz get 503 "starting" until the history is
              * read: ingest serves while the engine catches up. */
@@ -336,6 +460,19 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         ingest_set_tick(in, run_tick, &ctx);
         ingest_set_ready(in, watch_ready, ctx.watch);
         ingest_set_stats(in, fill_stats, &ctx);
+        if (e) {
+            ingest_set_catalog(in, run_catalog, &lc);
+        } else {
+            if (!(lc.kreader = kcat_reader_new(c, err, sizeof err)))
+                goto out;
+            ingest_set_catalog(in, kcat_reader_get, lc.kreader);
+            /* Like the log's readiness: answer the first votes with the
+             * catalog loaded rather than 503 (after 15 s: 503 until it is). */
+            if (!kcat_reader_wait_ready(lc.kreader, 15000))
+                log_warn("tally %s: the poll catalog is not loaded after 15 s: votes get 503 "
+                         "starting until it is",
+                         cmd);
+        }
         log_info("tally %s: listening on http://%s (port %d)", cmd, c->listen, ingest_port(in));
         ingest_run(in);
         if (su.threaded) {
@@ -352,6 +489,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
     } else {
         wait_for_signal(e, &sigs);
     }
+    admin_stop(lc.admin); /* no change is written after this */
     lifecycle_sched_stop(su.sched);
     su.sched = NULL;
     if (e) {
@@ -373,6 +511,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
 out:
     if (rc != 0)
         fprintf(stderr, "tally %s: %s\n", cmd, err);
+    admin_stop(lc.admin);
     if (su.threaded)
         pthread_join(su.th, NULL);
     lifecycle_sched_stop(su.sched);
@@ -383,6 +522,7 @@ out:
         engine_join(e, err, sizeof err);
     }
     vlog_close(log);
+    lifecycle_free(&lc); /* before the catalog it reads */
     history_free(su.hist);
     catalog_live_free(su.live);
     ingest_free(in);

@@ -117,6 +117,8 @@ int main(int argc, char **argv) {
         return cmd_log(argc - 1, argv + 1);
     if (!strcmp(cmd, "token"))
         return cmd_token(argc - 1, argv + 1);
+    if (!strcmp(cmd, "poll"))
+        return cmd_poll(argc - 1, argv + 1);
     fprintf(stderr, "tally: unknown command '%s'\n\n%s", cmd, usage);
     return EXIT_USAGE;
 }

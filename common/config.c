@@ -123,6 +123,10 @@ static const key_def_t keys[] = {
      "file holding the secret access key (first line)"},
     {"publisher", "s3_path_style", T_BOOL, "true", 0, 1, OFF(s3_path_style),
      "true: ENDPOINT/BUCKET/KEY; false: virtual-hosted BUCKET.HOST/KEY"},
+    {"admin", "listen", T_HOSTPORT, "127.0.0.1:8081", 0, 0, OFF(admin_listen),
+     "address of the admin API (its own listener, never server.listen)"},
+    {"admin", "token_file", T_STR, "", 0, 0, OFF(admin_token_file),
+     "file holding the admin API's bearer token (empty: the admin API is off)"},
     {"admin", "close_delay_ms", T_INT, "3000", 0, 3600000, OFF(admin_close_delay_ms),
      "a \"close now\" takes effect this much later, once every ingest has learned it"},
     {"admin", "final_grace_ms", T_INT, "5000", 2000, 3600000, OFF(admin_final_grace_ms),
@@ -132,6 +136,8 @@ static const key_def_t keys[] = {
     {"kafka", "topic", T_STR, "tally.votes", 0, 0, OFF(kafka_topic), "topic of the vote log"},
     {"kafka", "partitions", T_INT, "4", 1, 100000, OFF(kafka_partitions),
      "partitions when tally creates the topic"},
+    {"kafka", "catalog_topic", T_STR, "", 0, 0, OFF(kafka_catalog_topic),
+     "compacted topic of poll definitions for tally ingest (empty: <topic>-polls)"},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -1153,6 +1159,14 @@ void config_free(tally_config_t *c) {
     free(c->polls);
     free(c->poll_index);
     free(c);
+}
+
+const char *config_catalog_topic(const tally_config_t *c, char *buf, size_t size) {
+    if (c->kafka_catalog_topic && c->kafka_catalog_topic[0])
+        snprintf(buf, size, "%s", c->kafka_catalog_topic);
+    else
+        snprintf(buf, size, "%s-polls", c->kafka_topic);
+    return buf;
 }
 
 static int poll_is(const poll_conf_t *p, const char *id, size_t len) {

@@ -105,11 +105,14 @@ typedef struct {
     char *s3_secret_key_file;
     int s3_path_style;         /* bucket in the path (1) or in the host name (0) */
     /* [admin] */
+    char *admin_listen;        /* the admin API's own listener, never server.listen */
+    char *admin_token_file;    /* "": the admin API is off */
     int admin_close_delay_ms;  /* "close now" takes effect this much later */
     int admin_final_grace_ms;  /* CONTROL_FINAL this long after closes_at */
     /* [kafka] */
     char *kafka_brokers;       /* non-empty selects the Kafka log */
     char *kafka_topic;
+    char *kafka_catalog_topic; /* "" means "<kafka_topic>-polls" (config_catalog_topic) */
     int kafka_partitions;
     kv_t *kafka_props;         /* every other key, handed to librdkafka */
     int nkafka_props;
@@ -183,6 +186,9 @@ tally_err_t config_read_secret(const char *key, const char *path, buf_t *out,
 #define CONFIG_LISTEN_HOST_MAX 256
 tally_err_t config_parse_listen(const char *listen, char *host, size_t host_size, int *port,
                                 char *errstr, size_t errstr_size);
+
+/* kafka.catalog_topic, or "<kafka.topic>-polls" when it is empty, into buf. */
+const char *config_catalog_topic(const tally_config_t *c, char *buf, size_t size);
 
 const poll_conf_t *config_poll(const tally_config_t *c, const char *id, size_t len);
 int poll_option_index(const poll_conf_t *p, const char *id, size_t len);

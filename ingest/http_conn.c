@@ -129,13 +129,16 @@ const char *http_reason(int status) {
     switch (status) {
     case 100: return "Continue";
     case 200: return "OK";
+    case 201: return "Created";
     case 202: return "Accepted";
     case 304: return "Not Modified";
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
+    case 409: return "Conflict";
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 417: return "Expectation Failed";

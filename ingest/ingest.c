@@ -248,12 +248,12 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
  * (a lone thread leaves it off, so a second server on the port fails to bind
  * rather than sharing it). Port 0 picks one, which *port_io then holds for
  * the next threads' listeners. */
-static int bind_listen(const char *hostport, int reuseport, int *port_io, char *errstr,
-                       size_t esz) {
+int ingest_bind_listen(const char *key, const char *hostport, int reuseport, int *port_io,
+                       char *errstr, size_t esz) {
     char host[CONFIG_LISTEN_HOST_MAX], port[16], why[512];
     int portnum;
     if (config_parse_listen(hostport, host, sizeof host, &portnum, why, sizeof why) != TALLY_OK) {
-        snprintf(errstr, esz, "server.listen: %s", why);
+        snprintf(errstr, esz, "%s: %s", key, why);
         return -1;
     }
     snprintf(port, sizeof port, "%d", *port_io > 0 ? *port_io : portnum);
@@ -263,7 +263,7 @@ static int bind_listen(const char *hostport, int reuseport, int *port_io, char *
     hints.ai_flags = AI_PASSIVE;
     int rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0) {
-        snprintf(errstr, esz, "server.listen %s: %s", hostport, gai_strerror(rc));
+        snprintf(errstr, esz, "%s %s: %s", key, hostport, gai_strerror(rc));
         return -1;
     }
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -271,7 +271,7 @@ static int bind_listen(const char *hostport, int reuseport, int *port_io, char *
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
         (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
         bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
-        snprintf(errstr, esz, "server.listen %s: %s", hostport, strerror(errno));
+        snprintf(errstr, esz, "%s %s: %s", key, hostport, strerror(errno));
         if (fd >= 0)
             close(fd);
         freeaddrinfo(res);
@@ -306,7 +306,8 @@ static int worker_init(ingest_t *in, worker_t *w, int id, char *errstr, size_t e
         snprintf(errstr, esz, "ingest: cannot set up event loop %d", id);
         return -1;
     }
-    w->listen_fd = bind_listen(c->listen, c->server_threads > 1, &in->port, errstr, esz);
+    w->listen_fd =
+        ingest_bind_listen("server.listen", c->listen, c->server_threads > 1, &in->port, errstr, esz);
     if (w->listen_fd < 0)
         return -1;
     w->accept_ev = event_new(w->base, w->listen_fd, EV_READ | EV_PERSIST, on_accept, w);
@@ -398,16 +399,17 @@ ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errs
     return in;
 }
 
-void ingest_set_catalog(ingest_t *in, catalog_live_t *live) {
-    atomic_store_explicit(&in->catalog, live, memory_order_release);
-}
-
 void ingest_set_starting(ingest_t *in, int starting) {
     atomic_store_explicit(&in->starting, starting, memory_order_release);
 }
 
 void ingest_set_log(ingest_t *in, vlog_t *log) {
     in->log = log;
+}
+
+void ingest_set_catalog(ingest_t *in, ingest_catalog_fn *fn, void *arg) {
+    in->catalog = fn;
+    in->catalog_arg = arg;
 }
 
 void ingest_set_tick(ingest_t *in, int (*tick)(void *), void *arg) {
@@ -490,6 +492,7 @@ void ingest_free(ingest_t *in) {
 
 ingest_stats_t ingest_stats(const ingest_t *in) {
     ingest_stats_t s = {atomic_load(&in->accepted), atomic_load(&in->rejected),
-                        atomic_load(&in->unavailable)};
+                        atomic_load(&in->unavailable), atomic_load(&in->closed),
+                        atomic_load(&in->not_open)};
     return s;
 }

@@ -32,11 +32,6 @@ typedef struct ingest_s ingest_t;
 int ingest_check_config(const tally_config_t *c, char *errstr, size_t esz);
 /* Binds server.listen. static_dir (may be NULL) is served read-only. */
 ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errstr, size_t esz);
-/* The polls votes are taken for: the live catalog (common/catalog.h), read
- * lock-free per vote. Without one (tally ingest until the catalog topic
- * exists), the config's polls. The admin branch adds the state checks
- * (poll_not_open, poll_closed). */
-void ingest_set_catalog(ingest_t *in, catalog_live_t *live);
 /* While starting, votes and /healthz get 503 "starting" (Retry-After: 1):
  * the engine is catching up with the log's history. @locality any thread */
 void ingest_set_starting(ingest_t *in, int starting);
@@ -45,6 +40,19 @@ void ingest_set_starting(ingest_t *in, int starting);
 void ingest_set_log(ingest_t *in, vlog_t *log);
 /* GET /v1/stats answers with what fill writes (a JSON object). */
 void ingest_set_stats(ingest_t *in, void (*fill)(void *arg, ingest_t *in, buf_t *buf), void *arg);
+/* Where votes find their polls (the poll lifecycle): fn returns the current
+ * catalog version, read for one request only, or NULL with the code and the
+ * message of a 503 ("starting" until the catalog is caught up,
+ * "catalog_stale" while it may miss a change). A vote is then refused with
+ * 409 poll_not_open before opens_at and 409 poll_closed at or after
+ * closes_at or once final (by the ts ingest stamps, before anything is
+ * appended), and answered 503 poll_closing instead of 202 when the log's
+ * ack comes at or after closes_at + admin.final_grace_ms - 2000 ms (the
+ * final may be near: the vote may or may not count). Without fn, the
+ * config's polls, open forever. @locality fn: any ingest thread */
+typedef const catalog_t *(ingest_catalog_fn)(void *arg, const char **code, const char **why);
+void ingest_set_catalog(ingest_t *in, ingest_catalog_fn *fn, void *arg);
+
 /* Called every 200 ms on the main loop; a non-zero return stops the server
  * (used to stop when the engine fails). */
 void ingest_set_tick(ingest_t *in, int (*tick)(void *arg), void *arg);
@@ -75,9 +83,11 @@ void ingest_set_ready(ingest_t *in, int (*ready)(void *arg, char *why, size_t ws
  * text. A handler of its own so that an admin listener can route to it. */
 void ingest_reply_metrics(http_conn_t *c);
 
-/* Request outcome counters. */
+/* Request outcome counters. closed and not_open are among rejected: the
+ * votes refused 409 poll_closed and poll_not_open. */
 typedef struct {
     uint64_t accepted, rejected, unavailable;
+    uint64_t closed, not_open;
 } ingest_stats_t;
 ingest_stats_t ingest_stats(const ingest_t *in);
 

@@ -34,6 +34,7 @@ typedef struct conn_ctx_s {
     int sse_on, sse_poll;
     uint64_t sse_ver; /* the last version queued to it */
     struct conn_ctx_s *sse_prev, *sse_next;
+    uint64_t closes_at; /* the vote's poll's close when it was stamped; 0 none */
 } conn_ctx_t;
 
 /* The SSE hub (sse.c): each poll's current event, shared by every loop. */
@@ -85,7 +86,6 @@ struct worker_s {
 struct ingest_s {
     const tally_config_t *conf;
     vlog_t *log;
-    _Atomic(catalog_live_t *) catalog; /* NULL: the config's polls */
     _Atomic int starting;              /* 503 "starting" to votes and /healthz */
     char *static_dir;
     int port;
@@ -109,10 +109,18 @@ struct ingest_s {
     int sse_on; /* results are published in this process: serve events */
     int (*ready)(void *arg, char *why, size_t wsz);
     void *ready_arg;
+    _Atomic uint64_t closed, not_open; /* among rejected: the poll's lifecycle */
+    ingest_catalog_fn *catalog;
+    void *catalog_arg;
 };
 
 /* routes.c: registers the routes' metrics (once per process). */
 void routes_init(void);
+/* ingest.c: a listening socket on hostport (the config key `key`, for
+ * messages). See the comment at its definition. */
+int ingest_bind_listen(const char *key, const char *hostport, int reuseport, int *port_io,
+                       char *errstr, size_t esz);
+
 /* routes.c: the http_conn handler (arg is the worker). */
 void routes_handle(void *arg, http_conn_t *c, const http_req_t *req);
 /* routes.c: answers a vote the log has acknowledged (or failed).

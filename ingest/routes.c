@@ -23,7 +23,8 @@
 static const char *const reject_reasons[] = {
     "unknown_poll",  "rate_limited",  "malformed_json", "invalid_body",
     "missing_field", "invalid_field", "unknown_field",  "unknown_option",
-    "log_unavailable", "unauthorized", "forbidden", "invalid_header", "other",
+    "log_unavailable", "unauthorized", "forbidden", "invalid_header", "poll_closed",
+    "poll_not_open", "other",
 };
 #define NREASONS (sizeof reject_reasons / sizeof reject_reasons[0])
 static metric_t *m_accepted, *m_rejected[NREASONS], *m_ack_latency;
@@ -109,6 +110,13 @@ static void reply_unauthorized(worker_t *w, http_conn_t *c, const char *why, int
 
 /* voter_auth = jwt: "Authorization: Bearer <token>", verified. */
 static int vote_authenticate(worker_t *w, http_conn_t *c, const http_req_t *r, jwt_claims_t *cl) {
+    if (!w->in->jwt) {
+        /* A jwt poll made at run time (admin API) on a server without
+         * auth.jwt_* keys: no token can be verified. */
+        reply_unauthorized(w, c, "this poll needs voter tokens and this server has no key for them",
+                           r->authz != NULL);
+        return -1;
+    }
     if (!r->authz) {
         reply_unauthorized(w, c, "this poll needs Authorization: Bearer <token>", 0);
         return -1;
@@ -180,12 +188,80 @@ static void vote_hash_voter(const ingest_t *in, vote_record_t *v,
 
 /* ---- votes ---- */
 
+/* The poll a vote is for, from the catalog when ingest has one (the poll's
+ * lifecycle judged at ts), else from the config. Returns the poll, or NULL
+ * once it has answered. view is the caller's storage. */
+static const poll_conf_t *vote_poll(worker_t *w, http_conn_t *c, const char *poll_id,
+                                    size_t poll_len, uint64_t ts, poll_conf_t *view,
+                                    uint64_t *closes_at) {
+    ingest_t *in = w->in;
+    int shown = (int)(poll_len > ID_MAX_LEN ? ID_MAX_LEN : poll_len);
+    *closes_at = 0;
+    if (!in->catalog) {
+        const poll_conf_t *poll = config_poll(in->conf, poll_id, poll_len);
+        if (!poll)
+            reject_vote(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'", shown, poll_id);
+        return poll;
+    }
+    const char *code = "starting", *why = "the poll catalog is not loaded yet";
+    const catalog_t *cat = in->catalog(in->catalog_arg, &code, &why);
+    if (!cat) {
+        /* A stale catalog is most often the log's cluster gone: say that. */
+        char lwhy[512];
+        if (in->log && vlog_health(in->log, lwhy, sizeof lwhy) != TALLY_OK) {
+            reply_unavailable(w, c, lwhy);
+            return NULL;
+        }
+        atomic_fetch_add(&in->unavailable, 1);
+        http_conn_reply_error(c, 503, code, why, "Retry-After: 1\r\n");
+        return NULL;
+    }
+    const catalog_entry_t *en = catalog_find(cat, poll_id, poll_len);
+    if (!en && config_poll(in->conf, poll_id, poll_len)) {
+        /* A config poll the engine has not defined in the history yet (tally
+         * ingest started before it): a vote now would precede its DEFINE
+         * and not count. */
+        atomic_fetch_add(&in->unavailable, 1);
+        http_conn_reply_error(c, 503, "starting",
+                              "the engine has not yet written this poll to the history; retry "
+                              "shortly",
+                              "Retry-After: 1\r\n");
+        return NULL;
+    }
+    if (!en) {
+        reject_vote(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'", shown, poll_id);
+        return NULL;
+    }
+    const poll_def_t *d = en->def;
+    if (en->final || (d->closes_at && ts >= d->closes_at)) {
+        atomic_fetch_add(&in->closed, 1);
+        reject_vote(w, c, 409, "poll_closed", NULL, "poll '%s' is closed", d->id);
+        return NULL;
+    }
+    if (d->opens_at && ts < d->opens_at) {
+        atomic_fetch_add(&in->not_open, 1);
+        reject_vote(w, c, 409, "poll_not_open", NULL, "poll '%s' is not open yet", d->id);
+        return NULL;
+    }
+    /* vote_parse needs the id, the mode and the options: borrowed from the
+     * definition, which outlives this request (CATALOG_GRACE_MS). */
+    /* Who may vote is the definition's too (a config poll's voter_auth
+     * became its definition's). */
+    *view = (poll_conf_t){.id = d->id,
+                          .title = d->title,
+                          .mode = d->mode,
+                          .voter_auth =
+                              d->voter_auth == VOTER_AUTH_JWT ? POLL_AUTH_JWT : POLL_AUTH_NONE,
+                          .options = d->options,
+                          .noptions = d->noptions};
+    *closes_at = d->closes_at;
+    return view;
+}
+
 static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const char *poll_id,
                         size_t poll_len) {
     ingest_t *in = w->in;
     conn_ctx_t *x = http_conn_owner(c);
-    const poll_conf_t *poll = NULL;
-    poll_conf_t view;
     if (atomic_load_explicit(&in->starting, memory_order_acquire)) {
         atomic_fetch_add(&in->unavailable, 1);
         http_conn_reply_error(c, 503, "starting",
@@ -193,32 +269,12 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
                               "Retry-After: 1\r\n");
         return;
     }
-    catalog_live_t *live = atomic_load_explicit(&in->catalog, memory_order_acquire);
-    if (live) {
-        /* The definition is used within this call only: well inside the
-         * catalog's grace period. */
-        const catalog_entry_t *en = catalog_find(catalog_live_get(live), poll_id, poll_len);
-        if (en) {
-            /* Who may vote is the definition's (the config's voter_auth
-             * became the config poll's definition). */
-            view = (poll_conf_t){.id = en->def->id,
-                                 .title = en->def->title,
-                                 .mode = en->def->mode,
-                                 .voter_auth = en->def->voter_auth == VOTER_AUTH_JWT
-                                                   ? POLL_AUTH_JWT
-                                                   : POLL_AUTH_NONE,
-                                 .options = en->def->options,
-                                 .noptions = en->def->noptions};
-            poll = &view;
-        }
-    } else {
-        poll = config_poll(in->conf, poll_id, poll_len);
-    }
-    if (!poll) {
-        reject_vote(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'",
-               (int)(poll_len > ID_MAX_LEN ? ID_MAX_LEN : poll_len), poll_id);
+    /* One stamp: the lifecycle is judged by the ts the record carries. */
+    uint64_t ts = now_ms();
+    poll_conf_t view;
+    const poll_conf_t *poll = vote_poll(w, c, poll_id, poll_len, ts, &view, &x->closes_at);
+    if (!poll)
         return;
-    }
     if (w->draining) {
         reply_unavailable(w, c, "server is shutting down");
         return;
@@ -240,7 +296,7 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
     vote_record_t v;
     char voter[VOTE_SCRATCH_MIN];
     vote_error_t e;
-    if (vote_parse(poll, r->body, r->body_len, now_ms(), &v, voter, sizeof voter, &e) != 0 ||
+    if (vote_parse(poll, r->body, r->body_len, ts, &v, voter, sizeof voter, &e) != 0 ||
         vote_parse_idem_key(r->idem_key, r->idem_key_len, &v, &e) != 0) {
         reject_vote(w, c, e.status, e.code, NULL, "%s", e.message);
         return;
@@ -271,12 +327,39 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
     http_conn_defer(c);
 }
 
+/* 1 when a durable vote may have landed after its poll's final: the final
+ * is written at closes_at + final_grace_ms, so an ack later than 2 s before
+ * that (or a final already seen, or a close moved earlier meanwhile) is not
+ * answered 202. */
+static int ack_too_late(worker_t *w, const conn_ctx_t *x) {
+    ingest_t *in = w->in;
+    if (!x->closes_at || !in->catalog)
+        return 0;
+    uint64_t cut = x->closes_at;
+    const char *code, *why;
+    const catalog_t *cat = in->catalog(in->catalog_arg, &code, &why);
+    const catalog_entry_t *en = cat ? catalog_find(cat, x->poll, strlen(x->poll)) : NULL;
+    if (en && en->final)
+        return 1;
+    if (en && en->def->closes_at && en->def->closes_at < cut)
+        cut = en->def->closes_at;
+    return now_ms() + 2000 >= cut + (uint64_t)in->conf->admin_final_grace_ms;
+}
+
 void routes_answer_vote(conn_ctx_t *x) {
     worker_t *w = x->w;
     w->inflight--;
     metric_observe(m_ack_latency, metrics_now_ns() - x->appended_ns);
     if (x->err != VLOG_OK) {
         reply_unavailable(w, x->conn, vlog_err2str(x->err));
+        return;
+    }
+    if (ack_too_late(w, x)) {
+        atomic_fetch_add(&w->in->unavailable, 1);
+        http_conn_reply_error(x->conn, 503, "poll_closing",
+                              "the poll closed and its final is near: this vote may or may not "
+                              "count; a retry is refused",
+                              "Retry-After: 1\r\n");
         return;
     }
     atomic_fetch_add(&w->in->accepted, 1);
@@ -299,18 +382,24 @@ void routes_answer_vote(conn_ctx_t *x) {
 
 /* ---- the other routes ---- */
 
-/* Liveness, and whether the log takes votes: 503 with the reason while it
- * refuses them (a vanished or failing file log, an unreachable cluster). */
+/* Liveness, and whether votes can be taken: 503 with the reason while the
+ * log refuses them (a vanished or failing file log, an unreachable cluster)
+ * or the poll catalog is not loaded or not fresh (tally ingest). */
 static void handle_healthz(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
                            size_t alen) {
     (void)r, (void)arg, (void)alen;
     static const char ok[] = "{\"status\":\"ok\"}";
     char why[512];
+    const char *code = NULL, *cwhy = NULL;
     if (atomic_load_explicit(&w->in->starting, memory_order_acquire))
         http_conn_reply_error(c, 503, "starting", "the engine is catching up with the log",
                               "Retry-After: 1\r\n");
     else if (w->in->log && vlog_health(w->in->log, why, sizeof why) != TALLY_OK)
         http_conn_reply_error(c, 503, "log_unavailable", why, "Retry-After: 1\r\n");
+    /* Votes would get 503 until the poll catalog is loaded: so does this. */
+    else if (w->in->catalog && !w->in->catalog(w->in->catalog_arg, &code, &cwhy))
+        http_conn_reply_error(c, 503, code ? code : "starting", cwhy ? cwhy : "",
+                              "Retry-After: 1\r\n");
     else
         http_conn_reply(c, 200, "application/json", NULL, ok, sizeof ok - 1);
 }

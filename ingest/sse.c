@@ -56,10 +56,11 @@ static void sse_metrics_init(void) {
 static int sse_state_only(const ingest_t *in, const poll_conf_t *pc, const char *json,
                           size_t len, const char **state) {
     int on_close = pc->visibility == VIS_ON_CLOSE;
-    catalog_live_t *live = atomic_load_explicit(&((ingest_t *)in)->catalog, memory_order_acquire);
-    if (live) {
+    const char *code, *why;
+    const catalog_t *cat = in->catalog ? in->catalog(in->catalog_arg, &code, &why) : NULL;
+    if (cat) {
         /* Used within this call only: well inside the catalog's grace. */
-        const catalog_entry_t *en = catalog_find(catalog_live_get(live), pc->id, strlen(pc->id));
+        const catalog_entry_t *en = catalog_find(cat, pc->id, strlen(pc->id));
         if (en)
             on_close = en->def->visibility == VIS_ON_CLOSE;
     }

@@ -36,6 +36,13 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
 vlog_t *vlog_kafka_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tally_err_t *err,
                         char *errstr, size_t esz);
 
+/* vlog_kafka.c: a librdkafka configuration with tally's defaults (pairs,
+ * NULL-terminated) and then the operator's kafka.* keys. NULL with errstr
+ * on a key librdkafka refuses. */
+struct rd_kafka_conf_s;
+struct rd_kafka_conf_s *vlog_kafka_conf(const tally_config_t *c, const char *const *defaults,
+                                        char *errstr, size_t esz);
+
 /* vlog_scan_fd with a given read window (bytes past a whole frame): small
  * ones let the fuzzer cross window edges on small inputs. */
 tally_err_t vlog_scan_fd_window(int fd, uint64_t from, int npartitions, size_t window,

@@ -104,7 +104,15 @@ typedef struct {
 } kreader_t;
 
 /* Applies tally's defaults, then the operator's kafka.* keys (which win).
- * Returns NULL with errno EINVAL and librdkafka's message on a bad key. */
+ * Returns NULL with errno EINVAL and librdkafka's message on a bad key.
+ * Also the catalog topic's (catalog_kafka.c): vlog_kafka_conf. */
+static rd_kafka_conf_t *make_conf(const tally_config_t *c, const char *const *defaults,
+                                  char *errstr, size_t esz);
+rd_kafka_conf_t *vlog_kafka_conf(const tally_config_t *c, const char *const *defaults,
+                                 char *errstr, size_t esz) {
+    return make_conf(c, defaults, errstr, esz);
+}
+
 static rd_kafka_conf_t *make_conf(const tally_config_t *c, const char *const *defaults,
                                   char *errstr, size_t esz) {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();

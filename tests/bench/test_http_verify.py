@@ -56,7 +56,8 @@ class TallyServer:
                  "-s", f"server.listen=127.0.0.1:{self.port}",
                  "-s", "log.dir=" + os.path.join(self.tmp, "log"),
                  "-s", "engine.snapshot_dir=" + os.path.join(self.tmp, "snapshots"),
-                 "-s", "publisher.dir=" + self.pub],
+                 "-s", "publisher.dir=" + self.pub,
+                 "-s", "admin.token_file="],  # the demo's admin API: off here
                 stdout=self.log, stderr=subprocess.STDOUT)
             if self.wait_healthy(10 * TMOUT):
                 return

@@ -92,19 +92,21 @@ class LifecycleEngine(TallyTestCase):
         t.wait_counts({"duel": {"a": 0, "b": 2}, "free": {"p": 3, "q": 0}})
         v1 = t.published("duel")["version"]
         wait_until(lambda: time.time() * 1000 > closes + 50, 30 * TIMEOUT_MULT, "the close")
-        # After the close (ingest's own refusal is the admin branch's): the
-        # engine counts it as late, never in the totals.
-        self.assertEqual(t.vote("duel", "a", "late-voter")[0], 202)
-        j = self.wait_json(t, "duel", lambda j: j["state"] in ("closed", "final") and j["late"] == 1,
-                           "late vote published")
+        # After the close ingest refuses the vote before anything is
+        # appended (409 poll_closed): nothing late reaches the log (the
+        # engine's own late rule is tested in tests/unit/test_engine.c).
+        st, body = t.vote("duel", "a", "late-voter")
+        self.assertEqual((st, body["error"]), (409, "poll_closed"))
+        j = self.wait_json(t, "duel", lambda j: j["state"] in ("closed", "final"), "closed")
+        self.assertEqual(j["late"], 0)
         self.assertEqual({o["id"]: o["votes"] for o in j["options"]}, {"a": 0, "b": 2})
-        self.assertGreater(j["version"], v1)
+        self.assertGreaterEqual(j["version"], v1)
         j = self.wait_json(t, "duel", lambda j: j["state"] == "final", "FINAL by the scheduler")
         self.assertEqual(len(j["final_positions"]), NPART)
         self.assertTrue(all(p > 0 for p in j["final_positions"]))
         final_bytes = slurp(os.path.join(t.dir, "public", "polls", "duel.json"))
-        # Votes after the FINAL: late, and the final file never changes.
-        self.assertEqual(t.vote("duel", "a", "later")[0], 202)
+        # Votes after the FINAL: refused, and the final file never changes.
+        self.assertEqual(t.vote("duel", "a", "later")[0], 409)
         self.assertEqual(t.vote("free", "q")[0], 202)
         t.wait_counts({"free": {"p": 3, "q": 1}})
         time.sleep(0.3)
@@ -132,7 +134,7 @@ class LifecycleEngine(TallyTestCase):
         r = subprocess.run([TALLY_BIN, "replay", "-c", bare, "-q"], capture_output=True, text=True,
                            timeout=60 * TIMEOUT_MULT)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("poll duel (changeable): total 2, final, late 2", r.stdout)
+        self.assertIn("poll duel (changeable): total 2, final", r.stdout)
         self.assertIn("poll free (unlimited): total 4, open", r.stdout)
         replayed = json.loads(slurp(os.path.join(t.dir, "public2", "polls", "duel.json")))
         live = json.loads(final_bytes)
@@ -159,8 +161,8 @@ closes_at = {rfc(closes)}
         early = 0
         if time.time() * 1000 < opens - 200:
             self.assertEqual(j["state"], "scheduled")
-            self.assertEqual(t.vote("secret", "a")[0], 202)  # stamped before the opening
-            early = 1
+            st, body = t.vote("secret", "a")  # before the opening: refused by ingest
+            self.assertEqual((st, body["error"]), (409, "poll_not_open"))
         self.assertEqual(j["opens_at"], rfc(opens).replace("Z", ".000Z"))
         self.wait_json(t, "secret", lambda j: j["state"] == "open", "opened on time")
         for opt in ("a", "a", "b"):

@@ -397,6 +397,9 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         if (in) { /* live results: every rendering goes out as an event */
             ingest_enable_sse(in);
             pub_set_on_publish(pub, ingest_sse_publish, in);
+            /* Before the publisher's first rendering: the stream asks the
+             * catalog whether a poll is embargoed (ingest/sse.c). */
+            ingest_set_catalog(in, run_catalog, &lc);
         }
         engine_run_opts_t ro = {
             .log = log,
@@ -460,9 +463,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         ingest_set_tick(in, run_tick, &ctx);
         ingest_set_ready(in, watch_ready, ctx.watch);
         ingest_set_stats(in, fill_stats, &ctx);
-        if (e) {
-            ingest_set_catalog(in, run_catalog, &lc);
-        } else {
+        if (!e) { /* with an engine: set above, before any publishing */
             if (!(lc.kreader = kcat_reader_new(c, err, sizeof err)))
                 goto out;
             ingest_set_catalog(in, kcat_reader_get, lc.kreader);

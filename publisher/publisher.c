@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <xxhash.h>
 
 #include "common/metrics.h"
 #include "publisher/s3.h"
@@ -36,6 +37,7 @@ struct publisher_s {
     uint8_t *frozen;         /* final and written (here or by an earlier run) */
     uint8_t *checked;        /* the existing file was looked at */
     uint64_t *version;       /* the last version rendered */
+    uint64_t *vote_hash;     /* XXH3 of the vote page written, 0: none */
     int index_npolls;        /* index.html lists this many polls... */
     uint64_t index_states;   /* ...in these states, with these options (a hash) */
     void (*on_publish)(void *arg, int poll, uint64_t version, const char *json, size_t len);
@@ -87,6 +89,7 @@ void pub_free(publisher_t *p) {
     free(p->frozen);
     free(p->checked);
     free(p->version);
+    free(p->vote_hash);
     free(p->dir);
     free(p);
 }
@@ -110,6 +113,7 @@ static void ensure_cap(publisher_t *p, int n) {
     GROW(frozen, 1);
     GROW(checked, 1);
     GROW(version, sizeof(uint64_t));
+    GROW(vote_hash, sizeof(uint64_t));
 #undef GROW
     p->cap = cap;
 }
@@ -253,6 +257,11 @@ static tally_err_t publish_index(publisher_t *p, char *errstr, size_t esz) {
     }
     buf_t idx = {0};
     int n = engine_npolls(p->engine);
+    ensure_cap(p, n);
+    /* After a failure (or at the first write) every vote page is written
+     * again: publisher.dir may have lost them. */
+    if (!p->index_done)
+        memset(p->vote_hash, 0, sizeof *p->vote_hash * (size_t)p->cap);
     pub_poll_t *v = xcalloc((size_t)(n ? n : 1), sizeof *v);
     int k = 0;
     uint64_t now = now_ms(), states = 0;
@@ -267,14 +276,19 @@ static tally_err_t publish_index(publisher_t *p, char *errstr, size_t esz) {
         v[k].def = en->def;
         v[k].state = state;
         k++;
-        /* Every poll gets its vote page; the page answers what a closed
-         * or scheduled poll says to a vote (409). */
+        /* Every poll gets its vote page (the page answers what a closed or
+         * scheduled poll says to a vote: 409), written when it changed: a
+         * state change of one poll rewrites the index, not every page. */
         buf_t page = {0};
         char name[128];
         pub_render_poll_vote(en->def, &page);
+        uint64_t ph = XXH3_64bits(page.data, page.len) | 1;
         snprintf(name, sizeof name, "vote/%s.html", en->def->id);
-        if (err == TALLY_OK)
+        if (err == TALLY_OK && ph != p->vote_hash[i]) {
             err = write_out(p, name, &page, errstr, esz);
+            if (err == TALLY_OK)
+                p->vote_hash[i] = ph;
+        }
         buf_free(&page);
     }
     if (err != TALLY_OK) {

@@ -48,6 +48,28 @@ def topic_values(bootstrap, topic):
     return recs
 
 
+IDEM_VOTES, IDEM_VOTERS, IDEM_CAP = 20, 5, 2
+
+
+def idem_expected(mode):
+    """Totals of IDEM_VOTES votes, vote i by voter i % IDEM_VOTERS (none when
+    unlimited) for option a when i is even, each counted once, computed here
+    from the mode's rule."""
+    got = {"a": 0, "b": 0}
+    per_voter = {}
+    for i in range(IDEM_VOTES):
+        o = "a" if i % 2 == 0 else "b"
+        if mode == "unlimited":
+            got[o] += 1
+        per_voter.setdefault(i % IDEM_VOTERS, []).append(o)
+    if mode != "unlimited":
+        for opts in per_voter.values():
+            counted = {"one-per-voter": opts[:1], "changeable": opts[-1:], "capped": opts[:IDEM_CAP]}[mode]
+            for o in counted:
+                got[o] += 1
+    return got
+
+
 class AdminKafka(TallyTestCase):
     @classmethod
     def setUpClass(cls):
@@ -194,6 +216,45 @@ message.timeout.ms = 5000
             self.assertEqual((st, body["error"]), (503, "starting"), body)
             self.assertLess(time.monotonic(), deadline)
             time.sleep(0.02)
+
+
+    def test_a_retry_through_another_ingest_counts_once_in_every_mode(self):
+        """Issue 10: a vote sent to one ingest and retried with the same
+        Idempotency-Key through the other is answered 202 twice, is twice in
+        the topic, and counts once, in all four modes."""
+        a, ing = self.install()
+        modes = ["one-per-voter", "changeable", "unlimited", "capped"]
+        for m in modes:
+            spec = {"id": f"k-{m}", "options": ["a", "b"], "mode": m}
+            if m == "capped":
+                spec["max_votes"] = IDEM_CAP
+            st, body = a.create(**spec)
+            self.assertEqual(st, 201, body)
+        # Both ingests know every poll: an unknown option is 422 (the poll is
+        # known) and nothing reaches the log.
+        for t in ing:
+            for m in modes:
+                wait_until(lambda t=t, m=m: t.vote(f"k-{m}", "zz", "probe")[0] == 422, 10,
+                           f"an ingest to learn k-{m}")
+        for m in modes:
+            for i in range(IDEM_VOTES):
+                body = {"option": "a" if i % 2 == 0 else "b"}
+                if m != "unlimited":
+                    body["voter"] = f"v{i % IDEM_VOTERS}"
+                answers = []
+                for t in (ing[i % 2], ing[(i + 1) % 2]):
+                    st, data = t.request("POST", f"/v1/polls/k-{m}/votes", json.dumps(body),
+                                         {"Content-Type": "application/json", "Idempotency-Key": f"{m}-{i}"})
+                    answers.append((st, data))
+                self.assertEqual([x[0] for x in answers], [202, 202], (m, i, answers))
+        a.t.wait_counts({f"k-{m}": idem_expected(m) for m in modes}, timeout=60)
+        seen = {}
+        for _, _, _, val in topic_values(self.bootstrap, self.topic):
+            rec = logreader.decode_any(val)
+            if rec[0] == "vote" and rec[3].startswith("k-"):
+                seen[(rec[3], rec[6])] = seen.get((rec[3], rec[6]), 0) + 1
+        self.assertEqual(len(seen), len(modes) * IDEM_VOTES, seen)
+        self.assertEqual(set(seen.values()), {2}, seen)
 
 
 if __name__ == "__main__":

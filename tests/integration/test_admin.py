@@ -19,16 +19,6 @@ CLOSE_DELAY_MS = 1000
 FINAL_GRACE_MS = 3000
 
 
-def engine_counts_runtime_polls():
-    """The engine side of the lifecycle (per-partition catalog views) is what
-    counts votes of polls created at run time; without it those tests skip."""
-    try:
-        with open(os.path.join(SRC, "engine", "engine.h")) as f:
-            return "engine_catalog" in f.read()
-    except OSError:
-        return False
-
-
 def rfc3339(ms):
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime(
         "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -233,23 +223,22 @@ class AdminTest(TallyTestCase):
         # Closing a closed poll changes nothing.
         st, p2 = a.request("POST", "/v1/admin/polls/rt/close")
         self.assertEqual((st, p2["closes_at_ms"], p2["seq"]), (200, cut, p["seq"]))
-        if engine_counts_runtime_polls():
-            a.t.wait_counts({"rt": accepted}, timeout=30)
-            wait_until(lambda: a.show("rt")[1]["state"] == "final", 30, "the poll to become final")
-            st, p = a.show("rt")
-            self.assertEqual({o["id"]: o["votes"] for o in p["options"]}, accepted)
-            # Final means frozen: across a kill -9, a restart and a replay.
-            a.t.kill9()
-            a.t.start()
-            st, p = a.show("rt")
-            self.assertEqual((p["state"], {o["id"]: o["votes"] for o in p["options"]}),
-                             ("final", accepted))
-            st, _ = a.t.vote("rt", "x")
-            self.assertEqual(st, 409)
-            a.t.stop()
-            r = a.t.replay()
-            self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertEqual(a.t.published_counts("rt"), accepted)
+        a.t.wait_counts({"rt": accepted}, timeout=30)
+        wait_until(lambda: a.show("rt")[1]["state"] == "final", 30, "the poll to become final")
+        st, p = a.show("rt")
+        self.assertEqual({o["id"]: o["votes"] for o in p["options"]}, accepted)
+        # Final means frozen: across a kill -9, a restart and a replay.
+        a.t.kill9()
+        a.t.start()
+        st, p = a.show("rt")
+        self.assertEqual((p["state"], {o["id"]: o["votes"] for o in p["options"]}),
+                         ("final", accepted))
+        st, _ = a.t.vote("rt", "x")
+        self.assertEqual(st, 409)
+        a.t.stop()
+        r = a.t.replay()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(a.t.published_counts("rt"), accepted)
 
     def test_scheduled_poll_opens_on_time_and_open_now(self):
         a = self.start()

@@ -19,7 +19,7 @@ from harness import TIMEOUT_MULT, Tally, TallyTestCase, free_port, wait_until
 SRC = os.environ.get("TALLY_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "../.."))
 sys.path.insert(0, os.path.join(SRC, "tests"))
 from chaos_lib import logreader  # noqa: E402
-from test_admin import TOKEN, Admin, engine_counts_runtime_polls  # noqa: E402
+from test_admin import TOKEN, Admin  # noqa: E402
 from test_kafka import kafka_local  # noqa: E402
 
 CLOSE_DELAY_MS = 3000
@@ -189,15 +189,14 @@ message.timeout.ms = 5000
                            capture_output=True, text=True, timeout=60)
         self.assertEqual(len(json.loads(r.stdout)["topics"][0]["partitions"]), 1)
 
-        if engine_counts_runtime_polls():
-            # What the engine must count: every vote of the topic stamped
-            # before the cut (the 202s, and any 503 poll_closing that
-            # landed), as the test's own reader sees them, plus the probes.
-            want = {"x": len(probes), "y": 0}
-            for v, (o, ts) in in_topic.items():
-                if ts < cut:
-                    want[o] += 1
-            a.t.wait_counts({"live1": want}, timeout=30)
+        # What the engine must count: every vote of the topic stamped
+        # before the cut (the 202s, and any 503 poll_closing that
+        # landed), as the test's own reader sees them, plus the probes.
+        want = {"x": len(probes), "y": 0}
+        for v, (o, ts) in in_topic.items():
+            if ts < cut:
+                want[o] += 1
+        a.t.wait_counts({"live1": want}, timeout=30)
 
     def test_ingest_started_later_reads_the_catalog_first(self):
         a, ing = self.install()

@@ -508,10 +508,12 @@ static int match_readyz(const ingest_t *in, const char *p, size_t n, const char 
     return n == 7 && !memcmp(p, "/readyz", 7);
 }
 
+/* With the admin API on, metrics are the operator's: served on the admin
+ * listener only (404 here); else on the public listener. */
 static int match_metrics(const ingest_t *in, const char *p, size_t n, const char **arg,
                          size_t *alen) {
-    (void)in, (void)arg, (void)alen;
-    return n == 8 && !memcmp(p, "/metrics", 8);
+    (void)arg, (void)alen;
+    return n == 8 && !memcmp(p, "/metrics", 8) && !in->conf->admin_token_file[0];
 }
 
 static int match_healthz(const ingest_t *in, const char *p, size_t n, const char **arg,

@@ -113,6 +113,20 @@ class AdminTest(TallyTestCase):
         # Never on the public listener.
         st, _ = a.t.request("GET", "/v1/admin/polls", headers={"Authorization": "Bearer " + TOKEN})
         self.assertEqual(st, 404)
+        # With the admin API on, metrics are on its listener, behind the
+        # token, and not on the public one.
+        st, _ = a.t.request("GET", "/metrics")
+        self.assertEqual(st, 404)
+        for token, want in [(None, 401), ("nope", 401), (TOKEN, 200)]:
+            c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=10)
+            c.request("GET", "/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
+            r = c.getresponse()
+            text = r.read().decode()
+            c.close()
+            self.assertEqual(r.status, want, text[:200])
+            if want == 200:
+                self.assertIn("tally_votes_accepted_total", text)
+                self.assertIn('tally_polls{state="open"}', text)
 
     def test_token_file_rules_at_start(self):
         for mode, token, why in [(0o644, TOKEN, "chmod 600"), (0o600, "   ", "empty")]:

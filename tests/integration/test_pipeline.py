@@ -7,7 +7,7 @@ import threading
 import time
 import unittest
 
-from harness import DEFAULT_SHAPE, TallyTestCase, expected_totals
+from harness import DEFAULT_SHAPE, TallyTestCase, expected_totals, wait_until
 
 
 def cast(t, votes, accepted, lock):
@@ -117,6 +117,14 @@ class Pipeline(TallyTestCase):
         def writes():
             st, data = t.request("GET", "/v1/stats")
             return json.loads(data)["publisher"]["writes"]
+
+        # Each poll is rendered again once the engine applied the DEFINE
+        # that start-up wrote for it: let those renderings settle first.
+        def settled():
+            a = writes()
+            time.sleep(0.5)
+            return writes() == a
+        wait_until(settled, 10, "the start-up's renderings")
         w0 = writes()
         conn = t.connect()
         start = time.monotonic()

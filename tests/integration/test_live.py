@@ -320,6 +320,11 @@ class Metrics(TallyTestCase):
                 else:
                     accepted += 1
         t.wait_counts({"free": {"p": 3, "q": 0}})
+        # The engine reads every partition on its own schedule: wait until it
+        # has applied every acknowledged vote (the "one" poll's too) and says
+        # so itself, rather than scraping mid-batch.
+        wait_until(lambda: sample(scrape(t), "tally_engine_records_applied_total") == accepted, 10,
+                   "the engine to apply every acknowledged vote")
         text = scrape(t)
         r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)

@@ -77,6 +77,18 @@ uint64_t mono_ns(void) {
 
 uint64_t mono_ms(void) { return mono_ns() / 1000000; }
 
+struct timespec deadline_in_ms(int ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    return ts;
+}
+
 void fmt_rfc3339(uint64_t ms, char *buf, size_t size) {
     time_t s = (time_t)(ms / 1000);
     struct tm tm;

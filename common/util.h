@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 /* Out of memory is not recoverable for a counter that must stay exact:
  * these never return NULL. */
@@ -33,6 +34,8 @@ extern int tally_log_quiet; /* 1: info lines are not printed */
 
 uint64_t now_ms(void);      /* wall clock, ms since the epoch */
 uint64_t mono_ms(void);     /* monotonic clock, ms */
+/* The CLOCK_REALTIME time ms from now, for pthread_cond_timedwait. */
+struct timespec deadline_in_ms(int ms);
 uint64_t mono_ns(void);     /* monotonic clock, ns */
 
 /* RFC 3339 UTC with milliseconds into buf (>= 32 bytes). */

@@ -606,7 +606,6 @@ static void gather(flog_t *l) {
     pthread_mutex_lock(&l->mu);
 }
 
-static struct timespec deadline_in(int ms);
 
 /* Broadcast outside rmu: a woken reader would only block on it again. */
 static void wake_readers(flog_t *l) {
@@ -631,7 +630,7 @@ static void *writer_main(void *arg) {
                 uint64_t since = mono_ms() - woke_ms;
                 wait_ms = since >= READER_WAKE_MS ? 0 : READER_WAKE_MS - (int)since;
             }
-            struct timespec ts = deadline_in(wait_ms);
+            struct timespec ts = deadline_in_ms(wait_ms);
             if (wait_ms > 0)
                 pthread_cond_timedwait(&l->wake, &l->mu, &ts);
             if (wake_owed && mono_ms() - woke_ms >= READER_WAKE_MS) {
@@ -757,21 +756,10 @@ static tally_err_t flog_health(vlog_t *base, char *errstr, size_t esz) {
     return e;
 }
 
-static struct timespec deadline_in(int ms) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
-    return ts;
-}
 
 static int flog_flush(vlog_t *base, int timeout_ms) {
     flog_t *l = (flog_t *)base;
-    struct timespec ts = deadline_in(timeout_ms);
+    struct timespec ts = deadline_in_ms(timeout_ms);
     int rc = 0;
     pthread_mutex_lock(&l->mu);
     while (l->inflight > 0 && rc == 0)
@@ -938,7 +926,7 @@ static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int m
         }
     }
     if (delivered == 0 && timeout_ms > 0 && r->scan >= end) {
-        struct timespec ts = deadline_in(timeout_ms);
+        struct timespec ts = deadline_in_ms(timeout_ms);
         pthread_mutex_lock(&l->rmu);
         while (atomic_load(&l->rgen) == gen)
             if (pthread_cond_timedwait(&l->rcond, &l->rmu, &ts) == ETIMEDOUT)

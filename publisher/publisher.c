@@ -508,14 +508,6 @@ static int publish_round(publisher_t *p, int force) {
     return next;
 }
 
-static struct timespec deadline_in(int ms) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += (long)ms * 1000000;
-    ts.tv_sec += ts.tv_nsec / 1000000000;
-    ts.tv_nsec %= 1000000000;
-    return ts;
-}
 
 static void *pub_main(void *arg) {
     publisher_t *p = arg;
@@ -525,11 +517,11 @@ static void *pub_main(void *arg) {
         if (next > 0) {
             /* Something is waiting out its min interval: further notices
              * would only wake us early, so sleep the interval out. */
-            struct timespec ts = deadline_in(next);
+            struct timespec ts = deadline_in_ms(next);
             while (!p->stopping && pthread_cond_timedwait(&p->cond, &p->mu, &ts) != ETIMEDOUT)
                 ;
         } else if (!p->notified) {
-            struct timespec ts = deadline_in(1000);
+            struct timespec ts = deadline_in_ms(1000);
             pthread_cond_timedwait(&p->cond, &p->mu, &ts);
         }
         p->notified = 0;

@@ -307,14 +307,6 @@ static tally_err_t upload_one(s3_t *s, size_t i) {
     return rc;
 }
 
-static struct timespec deadline_in(int ms) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += (long)ms * 1000000;
-    ts.tv_sec += ts.tv_nsec / 1000000000;
-    ts.tv_nsec %= 1000000000;
-    return ts;
-}
 
 static void *s3_main(void *arg) {
     s3_t *s = arg;
@@ -323,10 +315,10 @@ static void *s3_main(void *arg) {
         uint64_t now = mono_ms();
         long i = s->npending ? next_pending(s) : -1;
         if (i < 0) {
-            struct timespec ts = deadline_in(1000);
+            struct timespec ts = deadline_in_ms(1000);
             pthread_cond_timedwait(&s->cond, &s->mu, &ts);
         } else if (s->retry_at > now) {
-            struct timespec ts = deadline_in((int)(s->retry_at - now));
+            struct timespec ts = deadline_in_ms((int)(s->retry_at - now));
             s->cursor = (size_t)i; /* start there when the wait is over */
             pthread_cond_timedwait(&s->cond, &s->mu, &ts);
         } else {

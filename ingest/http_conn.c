@@ -843,6 +843,19 @@ static void set_write_interest(http_conn_t *c, int on) {
     }
 }
 
+/* After a send or sendfile n that wrote nothing: 1 to try again (EINTR);
+ * else 0, with write interest on when the socket is full, or the
+ * connection broken (an error, or a file that shrank under us: sendfile 0). */
+static int send_again(http_conn_t *c, ssize_t n) {
+    if (n < 0 && errno == EINTR)
+        return 1;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        set_write_interest(c, 1);
+    else
+        c->broken = 1;
+    return 0;
+}
+
 static void conn_flush(http_conn_t *c) {
     if (c->fd < 0 || c->broken)
         return;
@@ -852,13 +865,8 @@ static void conn_flush(http_conn_t *c) {
             c->ooff += (size_t)n;
             continue;
         }
-        if (n < 0 && errno == EINTR)
+        if (send_again(c, n))
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            set_write_interest(c, 1);
-            return;
-        }
-        c->broken = 1;
         return;
     }
     c->ooff = c->olen = 0;
@@ -869,13 +877,8 @@ static void conn_flush(http_conn_t *c) {
             c->file_left -= (uint64_t)n;
             continue;
         }
-        if (n < 0 && errno == EINTR)
+        if (send_again(c, n))
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            set_write_interest(c, 1);
-            return;
-        }
-        c->broken = 1; /* an error, or the file shrank under us */
         return;
     }
     if (c->file_fd >= 0) {
@@ -895,13 +898,8 @@ static void conn_flush(http_conn_t *c) {
             c->sq_off = 0;
             continue;
         }
-        if (n < 0 && errno == EINTR)
+        if (send_again(c, n))
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            set_write_interest(c, 1);
-            return;
-        }
-        c->broken = 1;
         return;
     }
     set_write_interest(c, 0);

@@ -57,26 +57,14 @@ out:
  * definition, or its FINAL) to the partitions that lack it. */
 static tally_err_t reappend(history_t *h, const catalog_entry_t *en, unsigned kind, uint64_t seq,
                             const int *parts, int n, char *errstr, size_t esz) {
-    char *body = kind == CONTROL_DEFINE ? poll_def_to_json(en->def) : NULL;
-    control_record_t c = {
-        .kind = kind,
-        .ts_ms = now_ms(),
-        .seq = seq,
-        .at_ms = kind == CONTROL_FINAL ? en->final_at : 0,
-        .poll = en->def->id,
-        .poll_len = strlen(en->def->id),
-        .body = body,
-        .body_len = body ? strlen(body) : 0,
-    };
-    uint8_t *rec = xmalloc(CONTROL_HDR_LEN + c.poll_len + c.body_len);
-    size_t len = control_encode(&c, rec);
+    size_t len;
+    uint8_t *rec = catalog_entry_encode(en, kind, seq, &len);
     catalog_error_t err = {0};
-    tally_err_t rc = len ? history_append_raw(h, rec, len, parts, n, &err) : TALLY_ERR_INTERNAL;
+    tally_err_t rc = rec ? history_append_raw(h, rec, len, parts, n, &err) : TALLY_ERR_INTERNAL;
     if (rc != TALLY_OK)
         snprintf(errstr, esz, "re-appending seq %llu of poll %s: %s", (unsigned long long)seq,
-                 en->def->id, len ? err.message : "cannot encode");
+                 en->def->id, rec ? err.message : "cannot encode");
     free(rec);
-    free(body);
     return rc;
 }
 

@@ -761,10 +761,8 @@ tally_err_t history_append_raw(history_t *h, const uint8_t *rec, size_t len, con
     return rc;
 }
 
-/* Under h->mu: writes en (DEFINE or FINAL at seq) everywhere, then swaps. */
-static tally_err_t commit(history_t *h, catalog_entry_t *en, unsigned kind, uint64_t seq,
-                          catalog_entry_t **out, catalog_error_t *err) {
-    const catalog_t *cur = catalog_live_get(h->live);
+uint8_t *catalog_entry_encode(const catalog_entry_t *en, unsigned kind, uint64_t seq,
+                              size_t *len) {
     char *body = kind == CONTROL_DEFINE ? poll_def_to_json(en->def) : NULL;
     control_record_t c = {
         .kind = kind,
@@ -776,14 +774,28 @@ static tally_err_t commit(history_t *h, catalog_entry_t *en, unsigned kind, uint
         .body = body,
         .body_len = body ? strlen(body) : 0,
     };
+    uint8_t *rec = NULL;
+    *len = 0;
+    if (c.body_len <= CONTROL_MAX_BODY) {
+        rec = xmalloc(CONTROL_HDR_LEN + c.poll_len + c.body_len);
+        *len = control_encode(&c, rec);
+        tally_assert(*len > 0);
+    }
+    free(body);
+    return rec;
+}
+
+/* Under h->mu: writes en (DEFINE or FINAL at seq) everywhere, then swaps. */
+static tally_err_t commit(history_t *h, catalog_entry_t *en, unsigned kind, uint64_t seq,
+                          catalog_entry_t **out, catalog_error_t *err) {
+    const catalog_t *cur = catalog_live_get(h->live);
+    size_t len;
+    uint8_t *rec = catalog_entry_encode(en, kind, seq, &len);
     tally_err_t rc;
-    if (c.body_len > CONTROL_MAX_BODY) {
+    if (!rec) {
         rc = BAD("", "the poll's definition is over %d bytes", CONTROL_MAX_BODY);
         goto out;
     }
-    uint8_t *rec = xmalloc(CONTROL_HDR_LEN + c.poll_len + c.body_len);
-    size_t len = control_encode(&c, rec);
-    tally_assert(len > 0);
     rc = append_all(h, rec, len, NULL, vlog_partitions(h->log), err);
     free(rec);
     if (rc == TALLY_OK) {
@@ -794,7 +806,6 @@ static tally_err_t commit(history_t *h, catalog_entry_t *en, unsigned kind, uint
         }
     }
 out:
-    free(body);
     catalog_entry_unref(en);
     return rc;
 }

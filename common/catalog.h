@@ -207,6 +207,11 @@ tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now_ms, uint6
  * closes_at. */
 tally_err_t history_final(history_t *h, const char *id, catalog_entry_t **out,
                           catalog_error_t *err);
+/* The control record of entry en at seq: a DEFINE of its definition, or
+ * its FINAL (at its final_at). Malloc'd, *len its length; NULL when the
+ * definition is over CONTROL_MAX_BODY. */
+uint8_t *catalog_entry_encode(const catalog_entry_t *en, unsigned kind, uint64_t seq,
+                              size_t *len);
 /* Startup: appends an already-sequenced control record (bytes) to the
  * listed partitions only (re-broadcast after a crash), waiting for acks.
  * Does not touch the catalog. */

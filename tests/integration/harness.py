@@ -19,10 +19,31 @@ TIMEOUT_MULT = 4 if SANITIZE else 1
 MODES = {"one-per-voter", "changeable", "unlimited"}
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, never the same one twice in this process.
+
+    Taken below the kernel's ephemeral range (32768-60999 by default), so an
+    outgoing connection (to Kafka, S3, or another test's tally) cannot take
+    it as its source port between this check and tally's bind, and a second
+    call cannot return the port an earlier call handed out (bind to port 0
+    can: two tally listeners in one config then collide)."""
+    import random
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 32000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise AssertionError("no free port in 20000-32000")
 
 
 def wait_until(pred, timeout, what, interval=0.02):

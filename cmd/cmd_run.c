@@ -91,10 +91,10 @@ typedef struct {
 /* ---- the poll lifecycle: catalog, history writer, admin API ---- */
 
 typedef struct {
-    catalog_live_t *live;  /* the process's catalog (tally run, tally engine), not owned */
-    history_t *history;    /* its writer, not owned */
-    admin_t *admin;        /* the admin API, when admin.token_file is set */
-    _Atomic int ready;     /* the engine caught up: votes may be judged */
+    catalog_live_t *live; /* the process's catalog (tally run, tally engine), not owned */
+    history_t *history;   /* its writer, not owned */
+    admin_t *admin;       /* the admin API, when admin.token_file is set */
+    _Atomic int ready;    /* the engine caught up: votes may be judged */
     engine_t *engine;
     kcat_writer_t *kwriter; /* Kafka, engine role: the catalog topic for tally ingest */
     kcat_reader_t *kreader; /* tally ingest: the catalog from that topic */
@@ -112,8 +112,8 @@ static const catalog_t *run_catalog(void *arg, const char **code, const char **w
 }
 
 /* admin_totals_fn: the engine's totals of a poll, whatever its visibility. */
-static int admin_totals(void *arg, const char *poll, uint64_t *counts, int noptions,
-                        uint64_t *late, uint64_t *early) {
+static int admin_totals(void *arg, const char *poll, uint64_t *counts, int noptions, uint64_t *late,
+                        uint64_t *early) {
     lifecycle_t *lc = arg;
     if (!lc->engine)
         return -1;
@@ -284,8 +284,9 @@ static void fill_stats(void *arg, ingest_t *in, buf_t *b) {
     s3_stats_t s3;
     s3_stats(&s3);
     if (s3.enabled) {
-        buf_printf(b, ",\"s3\":{\"uploads_ok\":%llu,\"failures\":%llu,\"unchanged\":%llu,"
-                      "\"pending\":%llu,\"last_error\":",
+        buf_printf(b,
+                   ",\"s3\":{\"uploads_ok\":%llu,\"failures\":%llu,\"unchanged\":%llu,"
+                   "\"pending\":%llu,\"last_error\":",
                    (unsigned long long)s3.uploads_ok, (unsigned long long)s3.failures,
                    (unsigned long long)s3.unchanged, (unsigned long long)s3.pending);
         json_put_str(b, s3.last_error);
@@ -391,14 +392,15 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         }
         /* Snapshots past the log's end: the log lost votes they counted.
          * Stop before anything is published. */
-        if (!strcmp(vlog_name(log), "file") && cmd_check_snapshot_positions(e, log, err, sizeof err))
+        if (!strcmp(vlog_name(log), "file") &&
+            cmd_check_snapshot_positions(e, log, err, sizeof err))
             goto out;
         pub = pub_new(c, e);
         if (in) { /* live results: every rendering goes out as an event */
             ingest_enable_sse(in);
             pub_set_on_publish(pub, ingest_sse_publish, in);
-            /* Before the publisher's first rendering: the stream asks the
-             * catalog whether a poll is embargoed (ingest/sse.c). */
+            /* Before the publisher's first rendering: the stream finds
+             * run-time polls in the catalog (ingest/routes.c). */
             ingest_set_catalog(in, run_catalog, &lc);
         }
         engine_run_opts_t ro = {
@@ -413,7 +415,8 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
          * full or unwritable) the publisher thread retries. */
         if (pub_publish_all(pub, err, sizeof err) != TALLY_OK)
             log_error("publisher: %s (results are derived: counting goes on, the publisher "
-                      "retries)", err);
+                      "retries)",
+                      err);
         if (engine_start(e, &ro, err, sizeof err) != TALLY_OK ||
             pub_start(pub, err, sizeof err) != TALLY_OK)
             goto out;

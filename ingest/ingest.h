@@ -69,11 +69,14 @@ int ingest_port(const ingest_t *in);
 void ingest_ack(void *opaque, vlog_err_t err);
 
 /* Server-Sent Events (GET /v1/polls/{id}/events): served once enabled (a
- * process that publishes results). publish hands over poll's results JSON
- * at version (copied): fanned out to every subscriber of every loop.
+ * process that publishes results). publish hands over the results JSON of
+ * the poll def at version (copied): fanned out to every subscriber of
+ * every loop. Any poll the publisher renders, config or run-time; an
+ * embargoed def (visibility on_close, not final) streams its state only.
  * @locality any thread (the publisher's) */
 void ingest_enable_sse(ingest_t *in);
-void ingest_sse_publish(void *in, int poll, uint64_t version, const char *json, size_t len);
+void ingest_sse_publish(void *in, const poll_def_t *def, uint64_t version, const char *json,
+                        size_t len);
 
 /* GET /readyz: ready returns 1 when ready, else 0 with why filled. Without
  * it readiness is the log's health alone. */

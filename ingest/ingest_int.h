@@ -31,18 +31,25 @@ typedef struct conn_ctx_s {
     char poll[ID_MAX_LEN + 1];
     char option[ID_MAX_LEN + 1];
     /* An SSE subscriber (sse.c): in its loop's list of the poll. */
-    int sse_on, sse_poll;
-    uint64_t sse_ver; /* the last version queued to it */
+    int sse_on, sse_poll; /* sse_poll: the hub's slot */
+    uint64_t sse_ver;     /* the last version queued to it */
     struct conn_ctx_s *sse_prev, *sse_next;
     uint64_t closes_at; /* the vote's poll's close when it was stamped; 0 none */
 } conn_ctx_t;
 
-/* The SSE hub (sse.c): each poll's current event, shared by every loop. */
+/* The SSE hub (sse.c): each poll's current event, shared by every loop.
+ * Polls are slots, found by id (a hash), created by the first version
+ * published or the first subscriber, never removed: config polls and polls
+ * created at run time alike. */
 typedef struct {
-    pthread_mutex_t mu; /* guards cur and ver */
-    http_chunk_t **cur; /* [npolls]: the current event, NULL before the first */
-    uint64_t *ver;      /* [npolls] */
-    int npolls;
+    pthread_mutex_t mu; /* guards the slots */
+    char **ids;         /* [nslots] */
+    http_chunk_t **cur; /* [nslots]: the current event, NULL before the first */
+    uint64_t *ver;      /* [nslots] */
+    int cap;
+    _Atomic int nslots; /* written under mu; loops read it without */
+    int *index;         /* open addressing by id: slot+1, 0 empty */
+    size_t index_cap;   /* a power of two, over twice nslots */
     int max_subs;
     _Atomic long nsubs; /* over every loop */
 } sse_hub_t;
@@ -69,16 +76,17 @@ struct worker_s {
     uint64_t warn_suppressed;
     pthread_mutex_t mu; /* guards done */
     conn_ctx_t *done;
-    /* SSE (sse.c), loop thread only */
-    conn_ctx_t **sse_subs; /* [npolls]: subscriber lists */
-    uint64_t *sse_sent;    /* [npolls]: the version last fanned out */
-    conn_ctx_t **sse_cursor;     /* [npolls]: next subscriber of a fan-out under way */
-    http_chunk_t **sse_sending;  /* [npolls]: the event of that fan-out */
-    struct event *sse_ev;      /* a poll has a new version */
-    struct event *sse_more_ev; /* the next slice of a fan-out */
+    /* SSE (sse.c), loop thread only; the arrays grow with the hub's slots */
+    int sse_n;                  /* the arrays' length */
+    conn_ctx_t **sse_subs;      /* [sse_n]: subscriber lists */
+    uint64_t *sse_sent;         /* [sse_n]: the version last fanned out */
+    conn_ctx_t **sse_cursor;    /* [sse_n]: next subscriber of a fan-out under way */
+    http_chunk_t **sse_sending; /* [sse_n]: the event of that fan-out */
+    struct event *sse_ev;       /* a poll has a new version */
+    struct event *sse_more_ev;  /* the next slice of a fan-out */
     struct event *sse_hb_ev;
     struct event *sse_hb_more_ev; /* the next slice of a heartbeat round */
-    int sse_hb_poll;              /* the round's poll; npolls: none under way */
+    int sse_hb_poll;              /* the round's slot; -1: none under way */
     conn_ctx_t *sse_hb_cursor;
     http_chunk_t *sse_hb;
 };
@@ -86,7 +94,7 @@ struct worker_s {
 struct ingest_s {
     const tally_config_t *conf;
     vlog_t *log;
-    _Atomic int starting;              /* 503 "starting" to votes and /healthz */
+    _Atomic int starting; /* 503 "starting" to votes and /healthz */
     char *static_dir;
     int port;
     int nworkers;
@@ -132,8 +140,9 @@ void sse_hub_init(ingest_t *in);
 void sse_hub_free(ingest_t *in);
 int sse_worker_init(worker_t *w);
 void sse_worker_free(worker_t *w);
-/* Answers the request with poll's event stream. @locality the worker's loop */
-void sse_subscribe(worker_t *w, http_conn_t *c, const http_req_t *r, int poll);
+/* Answers the request with the event stream of the poll named id (the
+ * caller checked that it exists). @locality the worker's loop */
+void sse_subscribe(worker_t *w, http_conn_t *c, const http_req_t *r, const char *id, size_t len);
 /* The connection is closing. @locality the worker's loop */
 void sse_unsubscribe(worker_t *w, conn_ctx_t *x);
 

@@ -21,10 +21,9 @@
  * series exists (at 0) from the first scrape and the hot path looks one up
  * without the registry's lock. */
 static const char *const reject_reasons[] = {
-    "unknown_poll",  "rate_limited",  "malformed_json", "invalid_body",
-    "missing_field", "invalid_field", "unknown_field",  "unknown_option",
-    "log_unavailable", "unauthorized", "forbidden", "invalid_header", "poll_closed",
-    "poll_not_open", "other",
+    "unknown_poll",  "rate_limited",   "malformed_json", "invalid_body",    "missing_field",
+    "invalid_field", "unknown_field",  "unknown_option", "log_unavailable", "unauthorized",
+    "forbidden",     "invalid_header", "poll_closed",    "poll_not_open",   "other",
 };
 #define NREASONS (sizeof reject_reasons / sizeof reject_reasons[0])
 static metric_t *m_accepted, *m_rejected[NREASONS], *m_ack_latency;
@@ -165,9 +164,8 @@ static int vote_bind_voter(worker_t *w, http_conn_t *c, const poll_conf_t *poll,
 /* limits.voter_rate, on the id as sent (before any hashing). */
 static int vote_voter_limited(worker_t *w, http_conn_t *c, const vote_record_t *v) {
     int retry = 1;
-    if (!v->voter ||
-        limits_voter_take(w->in->voters, v->poll, v->poll_len, v->voter, v->voter_len, mono_ms(),
-                          &retry))
+    if (!v->voter || limits_voter_take(w->in->voters, v->poll, v->poll_len, v->voter, v->voter_len,
+                                       mono_ms(), &retry))
         return 0;
     char hdr[48];
     snprintf(hdr, sizeof hdr, "Retry-After: %d\r\n", retry);
@@ -430,8 +428,8 @@ static void handle_readyz(worker_t *w, http_conn_t *c, const http_req_t *r, cons
 void ingest_reply_metrics(http_conn_t *c) {
     buf_t b = {0};
     metrics_render(metrics_default(), &b);
-    http_conn_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", "Cache-Control: no-store\r\n",
-                    b.data ? b.data : "", b.len);
+    http_conn_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8",
+                    "Cache-Control: no-store\r\n", b.data ? b.data : "", b.len);
     buf_free(&b);
 }
 
@@ -441,10 +439,19 @@ static void handle_metrics(worker_t *w, http_conn_t *c, const http_req_t *r, con
     ingest_reply_metrics(c);
 }
 
+/* Any poll this process knows: the config's, or the catalog's (created at
+ * run time). A stale catalog still names the polls it had: a poll is
+ * never deleted, and the stream shows only what the publisher renders. */
 static void handle_events(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
                           size_t alen) {
-    const poll_conf_t *poll = config_poll(w->in->conf, arg, alen);
-    if (!poll) {
+    ingest_t *in = w->in;
+    int known = config_poll(in->conf, arg, alen) != NULL;
+    if (!known && in->catalog) {
+        const char *code, *why;
+        const catalog_t *cat = in->catalog(in->catalog_arg, &code, &why);
+        known = cat && catalog_find(cat, arg, alen) != NULL;
+    }
+    if (!known) {
         reject(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'",
                (int)(alen > ID_MAX_LEN ? ID_MAX_LEN : alen), arg);
         return;
@@ -454,7 +461,7 @@ static void handle_events(worker_t *w, http_conn_t *c, const http_req_t *r, cons
                               "Retry-After: 1\r\n");
         return;
     }
-    sse_subscribe(w, c, r, (int)(poll - w->in->conf->polls));
+    sse_subscribe(w, c, r, arg, alen);
 }
 
 static void handle_stats(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,

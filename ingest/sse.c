@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "common/json.h"
 #include "common/metrics.h"
@@ -48,23 +49,12 @@ static void sse_metrics_init(void) {
 
 /* Embargoed polls (visibility = on_close) stream their state only, never a
  * count, until they are final: 1 for such a poll, with *state (static
- * storage) the state its results JSON says. The visibility is the live
- * catalog's definition (it may change at run time), the config's before
- * the catalog is handed over; the state is the publisher's, which renders
- * the JSON (an embargoed rendering has no counts either: this keeps the
- * stream to the state even if one did). */
-static int sse_state_only(const ingest_t *in, const poll_conf_t *pc, const char *json,
-                          size_t len, const char **state) {
-    int on_close = pc->visibility == VIS_ON_CLOSE;
-    const char *code, *why;
-    const catalog_t *cat = in->catalog ? in->catalog(in->catalog_arg, &code, &why) : NULL;
-    if (cat) {
-        /* Used within this call only: well inside the catalog's grace. */
-        const catalog_entry_t *en = catalog_find(cat, pc->id, strlen(pc->id));
-        if (en)
-            on_close = en->def->visibility == VIS_ON_CLOSE;
-    }
-    if (!on_close)
+ * storage) the state its results JSON says. The visibility is the
+ * definition the publisher rendered (the engine's, from the history); the
+ * state is the one that rendering says (an embargoed rendering has no
+ * counts either: this keeps the stream to the state even if one did). */
+static int sse_state_only(const poll_def_t *def, const char *json, size_t len, const char **state) {
+    if (def->visibility != VIS_ON_CLOSE)
         return 0;
     static const char *const names[] = {"scheduled", "open", "closed", "final"};
     *state = "open";
@@ -82,21 +72,79 @@ void sse_hub_init(ingest_t *in) {
     pthread_once(&once, sse_metrics_init);
     sse_hub_t *h = &in->sse;
     pthread_mutex_init(&h->mu, NULL);
-    h->npolls = in->conf->npolls;
-    h->cur = xcalloc((size_t)(h->npolls ? h->npolls : 1), sizeof *h->cur);
-    h->ver = xcalloc((size_t)(h->npolls ? h->npolls : 1), sizeof *h->ver);
     h->max_subs = in->conf->server_sse_max_subscribers;
 }
 
 void sse_hub_free(ingest_t *in) {
     sse_hub_t *h = &in->sse;
-    if (!h->cur)
-        return;
-    for (int i = 0; i < h->npolls; i++)
+    int n = atomic_load(&h->nslots);
+    for (int i = 0; i < n; i++) {
         http_chunk_unref(h->cur[i]);
+        free(h->ids[i]);
+    }
     free(h->cur);
     free(h->ver);
+    free(h->ids);
+    free(h->index);
     pthread_mutex_destroy(&h->mu);
+}
+
+/* The slot of the poll named id (created if absent). @locality under h->mu */
+static int hub_slot(sse_hub_t *h, const char *id, size_t len) {
+    int n = atomic_load(&h->nslots);
+    if (h->index_cap) {
+        size_t mask = h->index_cap - 1;
+        for (size_t k = XXH3_64bits(id, len) & mask; h->index[k]; k = (k + 1) & mask) {
+            int i = h->index[k] - 1;
+            if (strlen(h->ids[i]) == len && !memcmp(h->ids[i], id, len))
+                return i;
+        }
+    }
+    if (n == h->cap) {
+        h->cap = h->cap ? 2 * h->cap : 16;
+        h->ids = xrealloc(h->ids, sizeof *h->ids * (size_t)h->cap);
+        h->cur = xrealloc(h->cur, sizeof *h->cur * (size_t)h->cap);
+        h->ver = xrealloc(h->ver, sizeof *h->ver * (size_t)h->cap);
+    }
+    h->ids[n] = xstrndup(id, len);
+    h->cur[n] = NULL;
+    h->ver[n] = 0;
+    if ((size_t)(n + 1) * 2 > h->index_cap) { /* rebuild at twice the size */
+        free(h->index);
+        h->index_cap = h->index_cap ? 2 * h->index_cap : 32;
+        h->index = xcalloc(h->index_cap, sizeof *h->index);
+        for (int i = 0; i < n; i++) {
+            size_t k = XXH3_64bits(h->ids[i], strlen(h->ids[i])) & (h->index_cap - 1);
+            while (h->index[k])
+                k = (k + 1) & (h->index_cap - 1);
+            h->index[k] = i + 1;
+        }
+    }
+    size_t k = XXH3_64bits(id, len) & (h->index_cap - 1);
+    while (h->index[k])
+        k = (k + 1) & (h->index_cap - 1);
+    h->index[k] = n + 1;
+    atomic_store(&h->nslots, n + 1);
+    return n;
+}
+
+/* Grows the loop's arrays to the hub's first n slots. @locality the loop */
+static void worker_reserve(worker_t *w, int n) {
+    if (n <= w->sse_n)
+        return;
+    int cap = w->sse_n ? w->sse_n : 16;
+    while (cap < n)
+        cap *= 2;
+    size_t old = (size_t)w->sse_n, add = (size_t)cap - old;
+    w->sse_subs = xrealloc(w->sse_subs, sizeof *w->sse_subs * (size_t)cap);
+    w->sse_sent = xrealloc(w->sse_sent, sizeof *w->sse_sent * (size_t)cap);
+    w->sse_cursor = xrealloc(w->sse_cursor, sizeof *w->sse_cursor * (size_t)cap);
+    w->sse_sending = xrealloc(w->sse_sending, sizeof *w->sse_sending * (size_t)cap);
+    memset(w->sse_subs + old, 0, sizeof *w->sse_subs * add);
+    memset(w->sse_sent + old, 0, sizeof *w->sse_sent * add);
+    memset(w->sse_cursor + old, 0, sizeof *w->sse_cursor * add);
+    memset(w->sse_sending + old, 0, sizeof *w->sse_sending * add);
+    w->sse_n = cap;
 }
 
 /* "id: V\ndata: line\n...\n\n": every line of body becomes a data line (the
@@ -124,29 +172,27 @@ static http_chunk_t *make_event(uint64_t version, const char *body, size_t len) 
     return k;
 }
 
-void ingest_sse_publish(void *arg, int poll, uint64_t version, const char *json, size_t len) {
+void ingest_sse_publish(void *arg, const poll_def_t *def, uint64_t version, const char *json,
+                        size_t len) {
     ingest_t *in = arg;
     sse_hub_t *h = &in->sse;
-    if (poll < 0 || poll >= h->npolls)
-        return;
-    const poll_conf_t *pc = &in->conf->polls[poll];
     http_chunk_t *k;
     const char *state;
-    if (sse_state_only(in, pc, json, len, &state)) {
+    if (sse_state_only(def, json, len, &state)) {
         buf_t b = {0};
         buf_puts(&b, "{\"poll\":");
-        json_put_str(&b, pc->id);
-        buf_printf(&b, ",\"version\":%llu,\"state\":\"%s\"}", (unsigned long long)version,
-                   state);
+        json_put_str(&b, def->id);
+        buf_printf(&b, ",\"version\":%llu,\"state\":\"%s\"}", (unsigned long long)version, state);
         k = make_event(version, b.data, b.len);
         buf_free(&b);
     } else {
         k = make_event(version, json, len);
     }
     pthread_mutex_lock(&h->mu);
-    http_chunk_t *old = h->cur[poll];
-    h->cur[poll] = k;
-    h->ver[poll] = version;
+    int slot = hub_slot(h, def->id, strlen(def->id));
+    http_chunk_t *old = h->cur[slot];
+    h->cur[slot] = k;
+    h->ver[slot] = version;
     pthread_mutex_unlock(&h->mu);
     http_chunk_unref(old);
     for (int i = 0; i < in->nworkers; i++)
@@ -212,7 +258,9 @@ static void on_sse(evutil_socket_t fd, short what, void *arg) {
     worker_t *w = arg;
     sse_hub_t *h = &w->in->sse;
     int budget = SSE_SLICE, more = 0;
-    for (int i = 0; i < h->npolls; i++) {
+    int n = atomic_load(&h->nslots);
+    worker_reserve(w, n);
+    for (int i = 0; i < n; i++) {
         if (!w->sse_cursor[i]) { /* no fan-out under way: a new version? */
             uint64_t v;
             if (!w->sse_subs[i])
@@ -253,11 +301,13 @@ static void on_heartbeat_slice(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     worker_t *w = arg;
     int budget = SSE_SLICE;
-    while (w->sse_hb_poll < w->in->sse.npolls && budget > 0) {
+    while (w->sse_hb_poll >= 0 && budget > 0) {
         conn_ctx_t *x = w->sse_hb_cursor;
         if (!x) {
-            if (++w->sse_hb_poll < w->in->sse.npolls)
+            if (++w->sse_hb_poll < w->sse_n)
                 w->sse_hb_cursor = w->sse_subs[w->sse_hb_poll];
+            else
+                w->sse_hb_poll = -1; /* the round is over */
             continue;
         }
         w->sse_hb_cursor = x->sse_next; /* before the send: x may be closed */
@@ -265,7 +315,7 @@ static void on_heartbeat_slice(evutil_socket_t fd, short what, void *arg) {
             sub_send(x, w->sse_hb, 0);
         budget--;
     }
-    if (w->sse_hb_poll < w->in->sse.npolls) {
+    if (w->sse_hb_poll >= 0) {
         struct timeval now = {0, 0};
         evtimer_add(w->sse_hb_more_ev, &now);
     }
@@ -273,20 +323,15 @@ static void on_heartbeat_slice(evutil_socket_t fd, short what, void *arg) {
 
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
     worker_t *w = arg;
-    if (w->sse_hb_poll < w->in->sse.npolls)
-        return; /* the last round is still under way */
+    if (w->sse_hb_poll >= 0 || w->sse_n == 0)
+        return; /* the last round is still under way, or nobody to beat for */
     w->sse_hb_poll = 0;
-    w->sse_hb_cursor = w->in->sse.npolls ? w->sse_subs[0] : NULL;
+    w->sse_hb_cursor = w->sse_subs[0];
     on_heartbeat_slice(fd, what, arg);
 }
 
 int sse_worker_init(worker_t *w) {
     ingest_t *in = w->in;
-    int n = in->sse.npolls ? in->sse.npolls : 1;
-    w->sse_subs = xcalloc((size_t)n, sizeof *w->sse_subs);
-    w->sse_sent = xcalloc((size_t)n, sizeof *w->sse_sent);
-    w->sse_cursor = xcalloc((size_t)n, sizeof *w->sse_cursor);
-    w->sse_sending = xcalloc((size_t)n, sizeof *w->sse_sending);
     static const char hb[] = ":\n\n";
     w->sse_hb = http_chunk_new(sizeof hb - 1);
     memcpy(w->sse_hb->data, hb, sizeof hb - 1);
@@ -294,7 +339,7 @@ int sse_worker_init(worker_t *w) {
     w->sse_more_ev = evtimer_new(w->base, on_sse, w);
     w->sse_hb_ev = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
     w->sse_hb_more_ev = evtimer_new(w->base, on_heartbeat_slice, w);
-    w->sse_hb_poll = in->sse.npolls; /* no round under way */
+    w->sse_hb_poll = -1; /* no round under way */
     int ms = in->conf->server_sse_heartbeat_ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     if (!w->sse_ev || !w->sse_more_ev || !w->sse_hb_ev || !w->sse_hb_more_ev ||
@@ -313,7 +358,7 @@ void sse_worker_free(worker_t *w) {
     if (w->sse_hb_more_ev)
         event_free(w->sse_hb_more_ev);
     http_chunk_unref(w->sse_hb);
-    for (int i = 0; w->sse_sending && i < w->in->sse.npolls; i++)
+    for (int i = 0; i < w->sse_n; i++)
         http_chunk_unref(w->sse_sending[i]);
     free(w->sse_sending);
     free(w->sse_cursor);
@@ -335,7 +380,7 @@ static uint64_t parse_last_id(const http_req_t *r) {
     return v;
 }
 
-void sse_subscribe(worker_t *w, http_conn_t *c, const http_req_t *r, int poll) {
+void sse_subscribe(worker_t *w, http_conn_t *c, const http_req_t *r, const char *id, size_t len) {
     ingest_t *in = w->in;
     conn_ctx_t *x = http_conn_owner(c);
     if (atomic_fetch_add(&in->sse.nsubs, 1) >= in->sse.max_subs) {
@@ -350,6 +395,10 @@ void sse_subscribe(worker_t *w, http_conn_t *c, const http_req_t *r, int poll) {
         http_conn_reply(c, 200, "text/event-stream", "Cache-Control: no-store\r\n", NULL, 0);
         return;
     }
+    pthread_mutex_lock(&in->sse.mu);
+    int poll = hub_slot(&in->sse, id, len);
+    pthread_mutex_unlock(&in->sse.mu);
+    worker_reserve(w, poll + 1);
     metric_add(m_subs, 1);
     http_conn_stream_start(c, "text/event-stream",
                            "Cache-Control: no-store\r\nX-Accel-Buffering: no\r\n");

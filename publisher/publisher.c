@@ -31,16 +31,17 @@ struct publisher_s {
      * engine's polls. */
     int cap;
     uint64_t *published_gen;
-    uint64_t *last_ms;       /* monotonic ms of the last write */
-    uint8_t *ever;           /* written at least once */
-    uint8_t *state;          /* poll_state_t of the last write */
-    uint8_t *frozen;         /* final and written (here or by an earlier run) */
-    uint8_t *checked;        /* the existing file was looked at */
-    uint64_t *version;       /* the last version rendered */
-    uint64_t *vote_hash;     /* XXH3 of the vote page written, 0: none */
-    int index_npolls;        /* index.html lists this many polls... */
-    uint64_t index_states;   /* ...in these states, with these options (a hash) */
-    void (*on_publish)(void *arg, int poll, uint64_t version, const char *json, size_t len);
+    uint64_t *last_ms;     /* monotonic ms of the last write */
+    uint8_t *ever;         /* written at least once */
+    uint8_t *state;        /* poll_state_t of the last write */
+    uint8_t *frozen;       /* final and written (here or by an earlier run) */
+    uint8_t *checked;      /* the existing file was looked at */
+    uint64_t *version;     /* the last version rendered */
+    uint64_t *vote_hash;   /* XXH3 of the vote page written, 0: none */
+    int index_npolls;      /* index.html lists this many polls... */
+    uint64_t index_states; /* ...in these states, with these options (a hash) */
+    void (*on_publish)(void *arg, const poll_def_t *def, uint64_t version, const char *json,
+                       size_t len);
     void *on_publish_arg;
     _Atomic uint64_t writes;
     s3_t *s3; /* NULL: S3 publishing is off */
@@ -104,7 +105,7 @@ static void ensure_cap(publisher_t *p, int n) {
 #define GROW(f, sz)                                                                                \
     do {                                                                                           \
         p->f = xrealloc(p->f, (size_t)cap * (sz));                                                 \
-        memset((char *)p->f + (size_t)p->cap * (sz), 0, (size_t)(cap - p->cap) * (sz));             \
+        memset((char *)p->f + (size_t)p->cap * (sz), 0, (size_t)(cap - p->cap) * (sz));            \
     } while (0)
     GROW(published_gen, sizeof(uint64_t));
     GROW(last_ms, sizeof(uint64_t));
@@ -138,18 +139,17 @@ static void pub_metrics_init(void) {
     metrics_t *m = metrics_default();
     m_publishes = metrics_counter(m, "tally_publish_total",
                                   "poll results rendered and written (one per version)", NULL);
-    m_publish_fail = metrics_counter(m, "tally_publish_failures_total",
-                                     "poll results that could not be written to publisher.dir",
-                                     NULL);
-    m_publish_ns =
-        metrics_histogram(m, "tally_publish_latency_seconds",
-                          "rendering and writing one poll's results (JSON and HTML)", NULL,
-                          METRICS_LATENCY_NS, METRICS_LATENCY_NS_N, 1e9);
+    m_publish_fail =
+        metrics_counter(m, "tally_publish_failures_total",
+                        "poll results that could not be written to publisher.dir", NULL);
+    m_publish_ns = metrics_histogram(m, "tally_publish_latency_seconds",
+                                     "rendering and writing one poll's results (JSON and HTML)",
+                                     NULL, METRICS_LATENCY_NS, METRICS_LATENCY_NS_N, 1e9);
 }
 
 void pub_set_on_publish(publisher_t *p,
-                        void (*fn)(void *arg, int poll, uint64_t version, const char *json,
-                                   size_t len),
+                        void (*fn)(void *arg, const poll_def_t *def, uint64_t version,
+                                   const char *json, size_t len),
                         void *arg) {
     p->on_publish = fn;
     p->on_publish_arg = arg;
@@ -385,7 +385,7 @@ static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz)
             p->state[i] = POLL_FINAL;
             /* The stream serves the frozen results as they are. */
             if (p->on_publish)
-                p->on_publish(p->on_publish_arg, i, version, text.data, text.len);
+                p->on_publish(p->on_publish_arg, pc, version, text.data, text.len);
             buf_free(&text);
             return TALLY_OK;
         }
@@ -437,7 +437,7 @@ static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz)
     /* Live subscribers get it even when publisher.dir refused it: the
      * files are one copy of the results, the stream another. */
     if (p->on_publish)
-        p->on_publish(p->on_publish_arg, i, v.version, json.data, json.len);
+        p->on_publish(p->on_publish_arg, pc, v.version, json.data, json.len);
     buf_free(&json);
     buf_free(&html);
     free(counts);
@@ -507,7 +507,6 @@ static int publish_round(publisher_t *p, int force) {
     }
     return next;
 }
-
 
 static void *pub_main(void *arg) {
     publisher_t *p = arg;

@@ -39,11 +39,11 @@ void pub_notify(void *p);
 /* Stops the thread after a last round for anything still unpublished. */
 void pub_stop(publisher_t *p);
 /* Called by the publisher after each poll rendering with its results JSON
- * (valid during the call) and version. Set before pub_publish_all.
+ * (valid during the call), its definition and version. Set before pub_publish_all.
  * @locality the publisher's thread (or pub_publish_all's caller) */
 void pub_set_on_publish(publisher_t *p,
-                        void (*fn)(void *arg, int poll, uint64_t version, const char *json,
-                                   size_t len),
+                        void (*fn)(void *arg, const poll_def_t *def, uint64_t version,
+                                   const char *json, size_t len),
                         void *arg);
 /* How many times poll files were written (for tests and stats). */
 uint64_t pub_writes(const publisher_t *p);
@@ -51,13 +51,13 @@ uint64_t pub_writes(const publisher_t *p);
 /* Rendering, no I/O (render.c). */
 typedef struct {
     const poll_def_t *def;
-    const uint64_t *counts; /* [def->noptions]; NULL: withheld (visibility on_close,
-                             * not final yet): no "votes", no "total", no "series" */
+    const uint64_t *counts;      /* [def->noptions]; NULL: withheld (visibility on_close,
+                                  * not final yet): no "votes", no "total", no "series" */
     const series_view_t *series; /* def->noptions deltas a row, as engine_poll_read
                                   * gives it; NULL: no "series" field */
     poll_state_t state;
-    uint64_t version;       /* "version" and the SSE event id: see publisher.c next_version */
-    uint64_t late;          /* votes refused by the engine as after the close */
+    uint64_t version; /* "version" and the SSE event id: see publisher.c next_version */
+    uint64_t late;    /* votes refused by the engine as after the close */
     const uint64_t *final_positions; /* [npartitions] once final, else NULL */
     int npartitions;
 } pub_poll_t;

@@ -2,7 +2,8 @@
 event within a second, resume with Last-Event-ID, heartbeats, subscribers
 on every thread, the subscriber cap, slow readers dropped), GET /metrics
 (promtool check metrics, counters equal to the votes sent), an embargoed
-poll's file and stream without counts until final, and GET /readyz
+poll's file and stream without counts until final, polls created at run
+time streaming like config polls, and GET /readyz
 flipping on a vanished log and on engine lag (a staged slow disk)."""
 import json
 import os
@@ -294,6 +295,81 @@ class Embargo(TallyTestCase):
         self.assertEqual(pub["state"], "final")
         self.assertEqual(pub["total"], sent)
         ev.close()
+        t.stop()
+
+
+class RunTimePolls(TallyTestCase):
+    """Polls created through the admin API stream like config polls (they
+    used to get 404 on /events, and the page fell back to polling)."""
+
+    def test_polls_created_at_run_time_stream_and_an_embargoed_one_streams_its_state_only(self):
+        from test_admin import Admin
+        a = Admin(self)
+        t = a.t.start("-s", "server.threads=2")
+        st, body = t.request("GET", "/v1/polls/later/events")
+        self.assertEqual(st, 404, "a poll nobody created yet")
+        self.assertEqual(json.loads(body)["error"], "unknown_poll")
+        # More polls than the hub's and the loops' first allocation (16
+        # slots, an index of 32), so both grow while subscribers are on.
+        early = Events(t.port, "one")  # a config poll, subscribed before the growth
+        self.assertIsNotNone(early.next(), "no first event for a config poll")
+        for i in range(40):
+            st, body = a.create(id=f"rt{i}", title=f"Round {i}", options=["x", "y"], mode="unlimited")
+            self.assertEqual(st, 201, body)
+        st, body = a.create(id="hidden", title="Hidden", options=["x", "y"], mode="unlimited",
+                            visibility="on_close")
+        self.assertEqual(st, 201, body)
+        subs = {pid: Events(t.port, pid) for pid in ("rt0", "rt39", "hidden")}
+        for pid, ev in subs.items():
+            self.assertEqual(ev.status, 200, pid)
+            first = ev.next()
+            self.assertIsNotNone(first, f"no first event for {pid}")
+            self.assertEqual(first[1]["poll"], pid)
+            if pid == "hidden":
+                self.assertEqual(set(first[1]), {"poll", "version", "state"}, first[1])
+            else:
+                self.assertEqual(first[1]["total"], 0)
+        # A vote on each reaches its stream within a second.
+        for pid, opt, n in (("rt39", "y", 2), ("rt0", "x", 1), ("hidden", "x", 3)):
+            for k in range(n):
+                self.assertEqual(t.vote(pid, opt, f"{pid}-{k}")[0], 202)
+        for pid, want in (("rt39", {"x": 0, "y": 2}), ("rt0", {"x": 1, "y": 0})):
+            sent = time.monotonic()
+            while True:
+                left = 1.0 * TIMEOUT_MULT - (time.monotonic() - sent)
+                got = subs[pid].next(timeout=max(left, 0.01) / TIMEOUT_MULT)
+                self.assertIsNotNone(got, f"{pid}: no event with the votes within a second")
+                if got[1]["total"] == sum(want.values()):
+                    break
+            self.assertEqual({o["id"]: o["votes"] for o in got[1]["options"]}, want)
+        # The embargoed one: a newer version, state only, until final.
+        wait_until(lambda: json.loads(t.request("GET", "/v1/stats")[1])["engine"]["applied"] >= 6, 10,
+                   "the engine to count the votes")
+        st, body = a.request("POST", "/v1/admin/polls/hidden/close")
+        self.assertEqual(st, 200, body)
+        final = None
+        deadline = time.monotonic() + 20 * TIMEOUT_MULT
+        while final is None and time.monotonic() < deadline:
+            got = subs["hidden"].next(timeout=1)
+            if got is None:
+                continue
+            if got[1].get("state") == "final":
+                final = got[1]
+            else:
+                self.assertEqual(set(got[1]), {"poll", "version", "state"}, got[1])
+        self.assertIsNotNone(final, "the embargoed poll never became final")
+        self.assertEqual({o["id"]: o["votes"] for o in final["options"]}, {"x": 3, "y": 0})
+        # The config poll's stream, subscribed before the slots grew, still works.
+        self.assertEqual(t.vote("one", "a", "late-sub")[0], 202)
+        deadline = time.monotonic() + 5 * TIMEOUT_MULT
+        got = None
+        while time.monotonic() < deadline:
+            got = early.next(timeout=1)
+            if got and got[1]["total"] == 1:
+                break
+        self.assertTrue(got and got[1]["total"] == 1, got)
+        for ev in list(subs.values()) + [early]:
+            ev.close()
         t.stop()
 
 

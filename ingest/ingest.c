@@ -117,6 +117,7 @@ static void on_conn_close(void *arg, http_conn_t *c) {
     limits_conn_del(w->in->clients, x->ip);
     free(x);
     atomic_fetch_sub(&w->in->nconns, 1);
+    atomic_fetch_sub(&w->in->vote_conns, 1);
     /* A slot is free: a listener paused at the cap may go on. */
     accept_resume(w);
 }
@@ -170,11 +171,13 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         atomic_fetch_add(&in->nconns, 1);
+        atomic_fetch_add(&in->vote_conns, 1);
         http_conn_t *c =
             http_conn_open(w->base, &w->conns, fd, (struct sockaddr *)&ss, sl, &w->conn_cfg);
         if (!c) {
             limits_conn_del(in->clients, x->ip);
             atomic_fetch_sub(&in->nconns, 1);
+            atomic_fetch_sub(&in->vote_conns, 1);
             free(x);
             continue;
         }
@@ -306,8 +309,8 @@ static int worker_init(ingest_t *in, worker_t *w, int id, char *errstr, size_t e
         snprintf(errstr, esz, "ingest: cannot set up event loop %d", id);
         return -1;
     }
-    w->listen_fd =
-        ingest_bind_listen("server.listen", c->listen, c->server_threads > 1, &in->port, errstr, esz);
+    w->listen_fd = ingest_bind_listen("server.listen", c->listen, c->server_threads > 1, &in->port,
+                                      errstr, esz);
     if (w->listen_fd < 0)
         return -1;
     w->accept_ev = event_new(w->base, w->listen_fd, EV_READ | EV_PERSIST, on_accept, w);
@@ -404,7 +407,11 @@ void ingest_set_starting(ingest_t *in, int starting) {
 }
 
 void ingest_set_log(ingest_t *in, vlog_t *log) {
+    if (in->log && in->log != log)
+        vlog_set_clients(in->log, NULL);
     in->log = log;
+    if (log)
+        vlog_set_clients(log, &in->vote_conns);
 }
 
 void ingest_set_catalog(ingest_t *in, ingest_catalog_fn *fn, void *arg) {

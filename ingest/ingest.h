@@ -36,7 +36,9 @@ ingest_t *ingest_new(const tally_config_t *c, const char *static_dir, char *errs
  * the engine is catching up with the log's history. @locality any thread */
 void ingest_set_starting(ingest_t *in, int starting);
 /* The log to append to; its ack callback must be ingest_ack (or
- * history_log_ack, which passes votes' acks on to it). */
+ * history_log_ack, which passes votes' acks on to it). The log is told how
+ * many connections may vote (vlog_set_clients): the ingest must outlive it,
+ * or be set to another log (or NULL) first. */
 void ingest_set_log(ingest_t *in, vlog_t *log);
 /* GET /v1/stats answers with what fill writes (a JSON object). */
 void ingest_set_stats(ingest_t *in, void (*fill)(void *arg, ingest_t *in, buf_t *buf), void *arg);

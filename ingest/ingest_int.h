@@ -112,6 +112,10 @@ struct ingest_s {
     voter_hmac_t *voter_key; /* NULL: voter ids logged as sent */
     limits_voters_t *voters; /* NULL: limits.voter_rate is 0 */
     _Atomic long nconns;
+    /* Connections that may send a vote now: nconns less the event streams.
+     * The file log's group commit stops gathering once each has a vote in
+     * the round (vlog_set_clients). */
+    _Atomic long vote_conns;
     _Atomic uint64_t accepted, rejected, unavailable;
     sse_hub_t sse;
     int sse_on; /* results are published in this process: serve events */

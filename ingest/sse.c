@@ -228,6 +228,7 @@ void sse_unsubscribe(worker_t *w, conn_ctx_t *x) {
         return;
     sub_unlink(w, x);
     x->sse_on = 0;
+    atomic_fetch_add(&w->in->vote_conns, 1);
     /* Closed with output stuck in a full socket: the write deadline
      * dropped a reader that stopped reading. */
     if (http_conn_write_blocked(x->conn))
@@ -403,6 +404,7 @@ void sse_subscribe(worker_t *w, http_conn_t *c, const http_req_t *r, const char 
     http_conn_stream_start(c, "text/event-stream",
                            "Cache-Control: no-store\r\nX-Accel-Buffering: no\r\n");
     x->sse_on = 1;
+    atomic_fetch_sub(&in->vote_conns, 1); /* a stream sends no votes */
     x->sse_poll = poll;
     x->sse_ver = 0;
     x->sse_prev = NULL;

@@ -1,5 +1,6 @@
 #include "log/vlog.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -79,6 +80,10 @@ vlog_err_t vlog_append(vlog_t *l, int partition, const uint8_t *rec, size_t len,
     if (partition < 0 || partition >= l->npartitions)
         return VLOG_ERR;
     return l->ops->append(l, partition, rec, len, opaque);
+}
+
+void vlog_set_clients(vlog_t *l, const _Atomic long *clients) {
+    atomic_store(&l->clients, clients);
 }
 
 int vlog_flush(vlog_t *l, int timeout_ms) {

@@ -86,6 +86,15 @@ tally_err_t vlog_health(vlog_t *l, char *errstr, size_t errstr_size);
 tally_err_t vlog_check_positions(vlog_t *l, const uint64_t *positions, char *errstr,
                                  size_t errstr_size);
 
+/* clients: how many clients may append right now, each with at most one
+ * append in flight (ingest's open connections: a connection's next vote
+ * waits for the answer to the last). The file log's group commit stops
+ * gathering a round once it holds that many: nobody else can join, and
+ * waiting longer would only add latency. NULL (the default): unknown, the
+ * round gathers for its full window. The counter must outlive the log, or
+ * be unset (NULL) before it goes. @locality any thread */
+void vlog_set_clients(vlog_t *l, const _Atomic long *clients);
+
 /* Waits until every accepted append has been acknowledged, up to timeout. */
 int vlog_flush(vlog_t *l, int timeout_ms);
 void vlog_close(vlog_t *l);

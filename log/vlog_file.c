@@ -95,6 +95,11 @@ typedef struct {
     pthread_mutex_t mu; /* guards pending, acks, inflight, stopping */
     pthread_cond_t wake;
     pthread_cond_t drained;
+    /* A gather ends early once the round holds a vote of every client
+     * (vlog_set_clients): appends signal `gathered` when nacks reaches
+     * gather_target (0: no gather is waiting). */
+    pthread_cond_t gathered; /* CLOCK_MONOTONIC */
+    size_t gather_target;
     buf_t pending; /* frames waiting for the writer */
     buf_t writing; /* the writer's own */
     void **acks;
@@ -538,12 +543,13 @@ static void fail_repair(flog_t *l, int may_clear) {
 static metric_t *m_fsync_ns, *m_batch;
 static void flog_metrics_init(void) {
     metrics_t *m = metrics_default();
-    m_fsync_ns = metrics_histogram(m, "tally_log_fsync_seconds",
-                                   "fdatasync of one group commit (file log)", NULL,
-                                   METRICS_LATENCY_NS, METRICS_LATENCY_NS_N, 1e9);
-    m_batch = metrics_histogram(m, "tally_log_group_commit_votes",
-                                "records (votes, poll history) written and synced by one group commit (file log)", NULL,
-                                METRICS_BATCH_SIZES, METRICS_BATCH_SIZES_N, 1);
+    m_fsync_ns =
+        metrics_histogram(m, "tally_log_fsync_seconds", "fdatasync of one group commit (file log)",
+                          NULL, METRICS_LATENCY_NS, METRICS_LATENCY_NS_N, 1e9);
+    m_batch = metrics_histogram(
+        m, "tally_log_group_commit_votes",
+        "records (votes, poll history) written and synced by one group commit (file log)", NULL,
+        METRICS_BATCH_SIZES, METRICS_BATCH_SIZES_N, 1);
 }
 
 /* One group commit round of n appends in l->writing. */
@@ -583,29 +589,65 @@ static vlog_err_t writer_round(flog_t *l, size_t n) {
     return VLOG_OK;
 }
 
+/* The number of votes after which nobody can join the round: one from each
+ * client (vlog_set_clients), or never (SIZE_MAX) when that is unknown.
+ * @locks mu */
+static size_t round_full_at(const flog_t *l) {
+    const _Atomic long *clients = atomic_load(&l->base.clients);
+    long n = clients ? atomic_load_explicit(clients, memory_order_relaxed) : 0;
+    return n > 0 ? (size_t)n : SIZE_MAX;
+}
+
+/* Waits until the monotonic deadline *ts or until the round holds a vote
+ * of every client: 1 for the latter. @locks mu (dropped while waiting) */
+static int gather_until(flog_t *l, const struct timespec *ts) {
+    for (;;) {
+        l->gather_target = round_full_at(l);
+        if (l->nacks >= l->gather_target || l->stopping)
+            break;
+        if (pthread_cond_timedwait(&l->gathered, &l->mu, ts) != 0)
+            break; /* the deadline */
+    }
+    int full = l->nacks >= l->gather_target;
+    l->gather_target = 0;
+    return full;
+}
+
+static struct timespec mono_deadline(long ns) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ns / 1000000000;
+    ts.tv_nsec += ns % 1000000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    return ts;
+}
+
 /* Lets more votes join this round's fsync: waits group_us and, if votes
- * came meanwhile, the rest of group_max_us in one more sleep (each sleep is
- * a context switch). A lone vote waits group_us, as before; under load a
- * round grows until one fdatasync (whose CPU cost is per round, not per
- * vote) serves every connection that is waiting, instead of them splitting
- * into cohorts that each pay one.
- * @locks mu held on entry and on return (dropped while sleeping) */
+ * came meanwhile, up to the rest of group_max_us more. A lone vote waits
+ * group_us, as before; under load a round grows until one fdatasync (whose
+ * CPU cost is per round, not per vote) serves every connection that is
+ * waiting, instead of them splitting into cohorts that each pay one. Both
+ * waits end as soon as the round holds a vote of every client that could
+ * send one (closed-loop clients all back): then nobody can join, and a
+ * longer wait would only add latency.
+ * @locks mu held on entry and on return (dropped while waiting) */
 static void gather(flog_t *l) {
     long first = (long)l->group_us * 1000, rest = (long)(l->group_max_us - l->group_us) * 1000;
     size_t seen = l->nacks;
-    pthread_mutex_unlock(&l->mu);
-    nanosleep(&(struct timespec){0, first}, NULL);
-    pthread_mutex_lock(&l->mu);
+    struct timespec ts = mono_deadline(first);
+    if (gather_until(l, &ts))
+        return;
     /* Nothing came (no one else is waiting to join), or appends would soon
      * be refused as FULL: go now. */
     if (rest <= 0 || l->stopping || l->nacks == seen || l->inflight >= l->max_pending / 2 ||
         l->pending.len > MAX_WRITE / 2)
         return;
-    pthread_mutex_unlock(&l->mu);
-    nanosleep(&(struct timespec){rest / 1000000000, rest % 1000000000}, NULL);
-    pthread_mutex_lock(&l->mu);
+    ts = mono_deadline(rest);
+    gather_until(l, &ts);
 }
-
 
 /* Broadcast outside rmu: a woken reader would only block on it again. */
 static void wake_readers(flog_t *l) {
@@ -741,6 +783,8 @@ static vlog_err_t flog_append(vlog_t *base, int partition, const uint8_t *rec, s
     l->inflight++;
     if (l->nacks == 1)
         pthread_cond_signal(&l->wake);
+    else if (l->nacks == l->gather_target) /* every client is in: the round may go */
+        pthread_cond_signal(&l->gathered);
     pthread_mutex_unlock(&l->mu);
     return VLOG_OK;
 }
@@ -755,7 +799,6 @@ static tally_err_t flog_health(vlog_t *base, char *errstr, size_t esz) {
     }
     return e;
 }
-
 
 static int flog_flush(vlog_t *base, int timeout_ms) {
     flog_t *l = (flog_t *)base;
@@ -788,6 +831,7 @@ static void flog_close(vlog_t *base) {
     buf_free(&l->writing);
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->wake);
+    pthread_cond_destroy(&l->gathered);
     pthread_cond_destroy(&l->drained);
     pthread_mutex_destroy(&l->rmu);
     pthread_cond_destroy(&l->rcond);
@@ -1099,6 +1143,11 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->wake, NULL);
     pthread_cond_init(&l->drained, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&l->gathered, &ca);
+    pthread_condattr_destroy(&ca);
     pthread_mutex_init(&l->rmu, NULL);
     pthread_cond_init(&l->rcond, NULL);
     pthread_mutex_init(&l->hmu, NULL);

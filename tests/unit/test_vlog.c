@@ -777,6 +777,48 @@ Test(vlog, a_lone_vote_waits_only_the_first_gather_step) {
     vlog_close(l);
 }
 
+Test(vlog, a_round_with_a_vote_from_every_client_goes_without_waiting_out_the_gather) {
+    /* Three clients (vlog_set_clients), each with one vote in flight:
+     * nobody else can join, so the round is written at once, not after the
+     * 20 s gather; with a fourth client that has not voted, it waits. */
+    conf->log_fsync = 1;
+    conf->log_group_commit_us = 20000000;
+    conf->log_group_commit_max_us = 40000000;
+    _Atomic long clients = 3;
+    vlog_t *l = open_rw();
+    vlog_set_clients(l, &clients);
+    atomic_store(&fdatasync_calls, 0);
+    uint64_t t0 = mono_ms();
+    append_n(l, 0, 0, 2);
+    append_n(l, 1, 0, 1);
+    flush_ok(l);
+    cr_assert_lt(mono_ms() - t0, 5000 * TMOUT_MULT, "three votes of three clients waited %llu ms",
+                 (unsigned long long)(mono_ms() - t0));
+    cr_assert_eq(atomic_load(&acks_ok), 3);
+    cr_assert_eq(atomic_load(&fdatasync_calls), 1, "%d fdatasyncs for one round",
+                 atomic_load(&fdatasync_calls));
+    /* Four clients, three votes: the gather's first step (20 s) runs, so
+     * nothing is acknowledged for a while... */
+    atomic_store(&clients, 4);
+    append_n(l, 0, 2, 4);
+    append_n(l, 1, 1, 2);
+    sleep_ms(300);
+    cr_assert_eq(atomic_load(&acks_ok), 3, "acknowledged before the round was full or due");
+    /* ...until the fourth votes: then at once. */
+    t0 = mono_ms();
+    append_n(l, 2, 0, 1);
+    flush_ok(l);
+    cr_assert_lt(mono_ms() - t0, 5000 * TMOUT_MULT, "the full round waited %llu ms",
+                 (unsigned long long)(mono_ms() - t0));
+    cr_assert_eq(atomic_load(&acks_ok), 7);
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_set_clients(l, NULL);
+    vlog_close(l);
+}
+
 typedef struct {
     vlog_reader_t *r;
     sink_t *s;

@@ -67,6 +67,24 @@ class Render(unittest.TestCase):
         self.assertEqual(row(r, "restart, 1M voters")[5], "not built")
         self.assertEqual(row(r, "restart, 10M voters")[5], "**missed**")
 
+    def test_sse_rows_name_the_subscriber_count(self):
+        r = render({"sse/subscribers": st(2000), "sse/fanout/p50_ms": st(30.0),
+                    "sse/fanout/p99_ms": st(45.0), "sse/fresh_sse_p99_ms": st(100.5)})
+        p99 = row(r, "SSE fan-out p99, 202 -> event at the last of 2,000 subscribers")
+        self.assertEqual(p99[3], "45.0 ms")
+        self.assertEqual(p99[5], "reported")
+        self.assertEqual(row(r, "freshness p99 over SSE at half of max load")[5], "**missed**")
+        self.assertEqual(row(r, "vote p99 during SSE fan-out")[5], "not measured")
+        fan = row(r, "fan-out")
+        self.assertEqual(fan[1:3], ["2000", "-"])
+
+    def test_sse_not_measured_without_figures(self):
+        r = render({"half/p99_ms": st(1.0)})
+        self.assertEqual(row(r, "SSE fan-out p50, 202 -> event at the last of 10,000 subscribers")[5],
+                         "not measured")
+        self.assertEqual(row(r, "freshness p99 over SSE at half of max load")[5], "not measured")
+        self.assertNotIn("**7. SSE", r)
+
     def test_no_generated_prose(self):
         """Every line is a heading, a caption, a table row or the one
         method line: nothing that could argue with the numbers."""

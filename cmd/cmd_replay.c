@@ -74,7 +74,7 @@ int cmd_replay(int argc, char **argv) {
     /* Replay does not resume from the snapshots, but it would overwrite
      * them and publish over results that counted more than this log holds:
      * refuse a log shorter than their positions. */
-    if (!strcmp(vlog_name(log), "file")) {
+    if (vlog_caps(log) & VLOG_CAP_LOCAL_ENDS) {
         /* Headers only (checksum-verified, streamed): the states are not
          * loaded. Snapshots of another log are not compared (a run would
          * not use them either). */

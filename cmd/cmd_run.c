@@ -254,7 +254,7 @@ static void fill_stats(void *arg, ingest_t *in, buf_t *b) {
     char err[256];
     /* Kafka's ends are a network round trip per partition: not on the
      * event loop. */
-    int have_ends = !strcmp(vlog_name(rc->log), "file") &&
+    int have_ends = (vlog_caps(rc->log) & VLOG_CAP_LOCAL_ENDS) &&
                     vlog_end_positions(rc->log, ends, err, sizeof err) == 0;
     buf_printf(b, "{\"log\":{\"backend\":\"%s\",\"partitions\":%d,\"end\":[", vlog_name(rc->log),
                np);
@@ -392,7 +392,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         }
         /* Snapshots past the log's end: the log lost votes they counted.
          * Stop before anything is published. */
-        if (!strcmp(vlog_name(log), "file") &&
+        if ((vlog_caps(log) & VLOG_CAP_LOCAL_ENDS) &&
             cmd_check_snapshot_positions(e, log, err, sizeof err))
             goto out;
         pub = pub_new(c, e);

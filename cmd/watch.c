@@ -45,7 +45,7 @@ watch_t *watch_new(const tally_config_t *c, vlog_t *log, engine_t *e) {
     w->log = log;
     w->engine = e;
     w->np = vlog_partitions(log);
-    w->known = e && !strcmp(vlog_name(log), "file");
+    w->known = e && (vlog_caps(log) & VLOG_CAP_LOCAL_ENDS);
     w->mark_end = xcalloc((size_t)w->np, sizeof *w->mark_end);
     w->behind_since = xcalloc((size_t)w->np, sizeof *w->behind_since);
     w->lag_pos = xcalloc((size_t)w->np, sizeof *w->lag_pos);

@@ -72,6 +72,10 @@ out:
 int vlog_partitions(const vlog_t *l) {
     return l->npartitions;
 }
+int vlog_caps(const vlog_t *l) {
+    return l->caps;
+}
+
 const char *vlog_name(const vlog_t *l) {
     return l->ops->name;
 }

@@ -46,7 +46,17 @@ enum { VLOG_F_WRITE = 1, VLOG_F_READ = 2 };
 vlog_t *vlog_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tally_err_t *err,
                   char *errstr, size_t errstr_size);
 int vlog_partitions(const vlog_t *l);
+/* The backend's name ("file", "kafka"): for messages and stats only; what
+ * a caller may rely on is in vlog_caps(). */
 const char *vlog_name(const vlog_t *l);
+/* What a backend can do (flags), for callers that would otherwise go by its
+ * name. VLOG_CAP_LOCAL_ENDS: vlog_end_positions() is a read of this
+ * process's own state (no network round trip: fine on an event loop) and
+ * exact (a start position past it means the log lost records: snapshots
+ * are checked against it at start-up). The file log has it; Kafka, whose
+ * ends are a broker round trip per partition, does not. */
+enum { VLOG_CAP_LOCAL_ENDS = 1 };
+int vlog_caps(const vlog_t *l);
 
 /* The log's identity, which snapshots and CHECKPOINT record so that a
  * position is only ever used in the byte layout it was taken from. Two logs

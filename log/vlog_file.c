@@ -1133,6 +1133,7 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
     l->base.ops = &flog_ops;
     l->base.npartitions = c->log_partitions;
     l->base.ack = ack;
+    l->base.caps = VLOG_CAP_LOCAL_ENDS;
     l->dir = xstrdup(c->log_dir);
     l->flags = flags;
     l->fd = l->lockfd = -1;

@@ -25,6 +25,7 @@ struct vlog_s {
     vlog_ack_cb *ack;
     char id[VLOG_ID_MAX]; /* see vlog_id(); "" until the backend sets it */
     int id_legacy;
+    int caps;                            /* VLOG_CAP_*, set by the backend at open */
     const _Atomic long *_Atomic clients; /* vlog_set_clients; NULL: unknown */
 };
 

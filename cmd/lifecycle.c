@@ -157,13 +157,12 @@ tally_err_t lifecycle_config_polls(const tally_config_t *c, history_t *h, catalo
                 /* Options appended in the config: a compatible change, as
                  * the admin API's PATCH would make it (no recount). */
                 if (en->final) {
-                    log_warn("config poll %s: options added to a final poll are ignored",
-                             pc->id);
+                    log_warn("config poll %s: options added to a final poll are ignored", pc->id);
                     continue;
                 }
                 poll_def_t *next = poll_def_dup(d);
-                next->options = xrealloc(next->options,
-                                         sizeof *next->options * (size_t)pc->noptions);
+                next->options =
+                    xrealloc(next->options, sizeof *next->options * (size_t)pc->noptions);
                 for (int k = d->noptions; k < pc->noptions; k++) {
                     next->options[k].id = xstrdup(pc->options[k].id);
                     next->options[k].label = xstrdup(pc->options[k].label);
@@ -171,8 +170,8 @@ tally_err_t lifecycle_config_polls(const tally_config_t *c, history_t *h, catalo
                 next->noptions = pc->noptions;
                 catalog_error_t err = {0};
                 if (history_update(h, next, now_ms(), 0, NULL, &err) != TALLY_OK) {
-                    snprintf(errstr, esz, "config poll %s: appending its new options: %s",
-                             pc->id, err.message);
+                    snprintf(errstr, esz, "config poll %s: appending its new options: %s", pc->id,
+                             err.message);
                     return err.http_status == 409 ? TALLY_ERR_CONFIG : TALLY_ERR_UNAVAIL;
                 }
                 log_info("config poll %s: %d option%s appended to its history", pc->id,
@@ -245,6 +244,7 @@ static void sched_round(lifecycle_sched_t *s) {
 
 static void *sched_main(void *arg) {
     lifecycle_sched_t *s = arg;
+    thread_name("lifecycle");
     pthread_mutex_lock(&s->mu);
     while (!s->stopping) {
         pthread_mutex_unlock(&s->mu);

@@ -5,6 +5,7 @@
 #include <libgen.h>
 #include <stdarg.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,7 +38,9 @@ void *xrealloc(void *p, size_t n) {
     return q;
 }
 
-char *xstrdup(const char *s) { return xstrndup(s, strlen(s)); }
+char *xstrdup(const char *s) {
+    return xstrndup(s, strlen(s));
+}
 
 char *xstrndup(const char *s, size_t n) {
     char *p = xmalloc(n + 1);
@@ -75,7 +78,9 @@ uint64_t mono_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-uint64_t mono_ms(void) { return mono_ns() / 1000000; }
+uint64_t mono_ms(void) {
+    return mono_ns() / 1000000;
+}
 
 struct timespec deadline_in_ms(int ms) {
     struct timespec ts;
@@ -117,14 +122,13 @@ int parse_rfc3339(const char *s, uint64_t *out) {
     static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     const char *p = s;
     int Y, M, D, h, m, sec;
-    if (digits(&p, 4, &Y) || *p++ != '-' || digits(&p, 2, &M) || *p++ != '-' ||
-        digits(&p, 2, &D) || (*p != 'T' && *p != 't') || !*p++ ||
-        digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &m) || *p++ != ':' ||
-        digits(&p, 2, &sec))
+    if (digits(&p, 4, &Y) || *p++ != '-' || digits(&p, 2, &M) || *p++ != '-' || digits(&p, 2, &D) ||
+        (*p != 'T' && *p != 't') || !*p++ || digits(&p, 2, &h) || *p++ != ':' ||
+        digits(&p, 2, &m) || *p++ != ':' || digits(&p, 2, &sec))
         return -1;
     int leap = (Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0;
-    if (M < 1 || M > 12 || D < 1 || D > mdays[M - 1] + (M == 2 && leap) ||
-        h > 23 || m > 59 || sec > 59)
+    if (M < 1 || M > 12 || D < 1 || D > mdays[M - 1] + (M == 2 && leap) || h > 23 || m > 59 ||
+        sec > 59)
         return -1;
     uint64_t frac_ms = 0;
     if (*p == '.') {
@@ -154,8 +158,12 @@ int parse_rfc3339(const char *s, uint64_t *out) {
     }
     if (*p != '\0')
         return -1;
-    struct tm tm = {.tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D,
-                    .tm_hour = h, .tm_min = m, .tm_sec = sec};
+    struct tm tm = {.tm_year = Y - 1900,
+                    .tm_mon = M - 1,
+                    .tm_mday = D,
+                    .tm_hour = h,
+                    .tm_min = m,
+                    .tm_sec = sec};
     /* Four-digit years are in range of timegm: -1 is 1969-12-31T23:59:59,
      * which an offset can bring past the epoch, as it can any 1969 time. */
     time_t t = timegm(&tm);
@@ -299,7 +307,7 @@ int write_file_atomic(const char *path, const void *data, size_t len, int durabl
             return -1;
     }
     return 0;
-fail: {
+fail : {
     int e = errno;
     if (fd >= 0)
         close(fd);
@@ -326,7 +334,9 @@ void buf_append(buf_t *b, const void *p, size_t n) {
     b->data[b->len] = '\0';
 }
 
-void buf_puts(buf_t *b, const char *s) { buf_append(b, s, strlen(s)); }
+void buf_puts(buf_t *b, const char *s) {
+    buf_append(b, s, strlen(s));
+}
 
 void buf_printf(buf_t *b, const char *fmt, ...) {
     va_list ap;
@@ -346,4 +356,10 @@ void buf_free(buf_t *b) {
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
+}
+
+void thread_name(const char *name) {
+    char full[16];
+    snprintf(full, sizeof full, "tally-%s", name);
+    pthread_setname_np(pthread_self(), full);
 }

@@ -18,25 +18,28 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
 /* Always-on assertion for invariants that guard the counts. */
-#define tally_assert(cond)                                                      \
-    do {                                                                        \
-        if (!(cond))                                                            \
-            tally_panic(__FILE__, __LINE__, #cond);                             \
+#define tally_assert(cond)                                                                         \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            tally_panic(__FILE__, __LINE__, #cond);                                                \
     } while (0)
 _Noreturn void tally_panic(const char *file, int line, const char *what);
 
-void tally_log(const char *level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void tally_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define log_info(...) tally_log("info", __VA_ARGS__)
 #define log_warn(...) tally_log("warn", __VA_ARGS__)
 #define log_error(...) tally_log("error", __VA_ARGS__)
 extern int tally_log_quiet; /* 1: info lines are not printed */
 
-uint64_t now_ms(void);      /* wall clock, ms since the epoch */
-uint64_t mono_ms(void);     /* monotonic clock, ms */
+uint64_t now_ms(void);  /* wall clock, ms since the epoch */
+uint64_t mono_ms(void); /* monotonic clock, ms */
 /* The CLOCK_REALTIME time ms from now, for pthread_cond_timedwait. */
 struct timespec deadline_in_ms(int ms);
-uint64_t mono_ns(void);     /* monotonic clock, ns */
+uint64_t mono_ns(void); /* monotonic clock, ns */
+
+/* Names the calling thread "tally-" + name, cut to the 15 bytes Linux
+ * keeps (top -H, perf and gdb show it). Best effort. */
+void thread_name(const char *name);
 
 /* RFC 3339 UTC with milliseconds into buf (>= 32 bytes). */
 void fmt_rfc3339(uint64_t ms, char *buf, size_t size);

@@ -318,7 +318,9 @@ void engine_free(engine_t *e) {
     free(e);
 }
 
-void engine_set_cutoff(engine_t *e, uint64_t until_ms) { e->until_ms = until_ms; }
+void engine_set_cutoff(engine_t *e, uint64_t until_ms) {
+    e->until_ms = until_ms;
+}
 
 /* ---- counting ---- */
 
@@ -561,8 +563,8 @@ static int apply_control(engine_t *e, int p, const vlog_msg_t *m, run_counts_t *
             if (poll_def_from_json(c.body, c.body_len, NULL, &d, &err) != TALLY_OK ||
                 strlen(d->id) != c.poll_len || memcmp(d->id, c.poll, c.poll_len)) {
                 log_warn("engine: partition %d: DEFINE seq %llu of %.*s unreadable (%s): "
-                             "ignored",
-                             p, (unsigned long long)c.seq, (int)c.poll_len, c.poll, err.message);
+                         "ignored",
+                         p, (unsigned long long)c.seq, (int)c.poll_len, c.poll, err.message);
                 poll_def_free(d);
                 goto out;
             }
@@ -587,8 +589,8 @@ static int apply_control(engine_t *e, int p, const vlog_msg_t *m, run_counts_t *
         changed = 1;
     } else if (c.kind == CONTROL_FINAL) {
         if (!pp || !pp->present || !pp->view || pp->final) {
-            log_warn("engine: partition %d: FINAL seq %llu of %.*s without its DEFINE: ignored",
-                     p, (unsigned long long)c.seq, (int)c.poll_len, c.poll);
+            log_warn("engine: partition %d: FINAL seq %llu of %.*s without its DEFINE: ignored", p,
+                     (unsigned long long)c.seq, (int)c.poll_len, c.poll);
             goto out;
         }
         pp->final_seq = c.seq;
@@ -780,7 +782,9 @@ int engine_poll_index(const engine_t *e, const char *id, size_t len) {
     return gi;
 }
 
-const catalog_t *engine_catalog(const engine_t *e) { return catalog_live_get(e->catalog); }
+const catalog_t *engine_catalog(const engine_t *e) {
+    return catalog_live_get(e->catalog);
+}
 
 uint64_t engine_poll_generation(const engine_t *e, int i) {
     return atomic_load_explicit(&e->gens[i], memory_order_acquire);
@@ -841,7 +845,8 @@ engine_poll_status_t engine_poll_status(const engine_t *e, int i, uint64_t *fina
             s.early += atomic_load_explicit(&pp->early, memory_order_relaxed);
         }
         if (final_positions)
-            final_positions[p] = fin ? atomic_load_explicit(&pp->final_pos, memory_order_relaxed) : 0;
+            final_positions[p] =
+                fin ? atomic_load_explicit(&pp->final_pos, memory_order_relaxed) : 0;
         if (!fin)
             s.final = 0;
     }
@@ -991,6 +996,9 @@ static void snapshot_changed(worker_t *w) {
 static void *worker_main(void *arg) {
     worker_t *w = arg;
     engine_t *e = w->e;
+    char name[16];
+    snprintf(name, sizeof name, "engine%d", (int)(w - e->workers));
+    thread_name(name);
     char err[512];
     uint64_t *pos = xmalloc(sizeof(uint64_t) * (size_t)(w->nparts ? w->nparts : 1));
     for (int i = 0; i < w->nparts; i++)
@@ -1076,14 +1084,22 @@ tally_err_t engine_join(engine_t *e, char *errstr, size_t esz) {
     return TALLY_OK;
 }
 
-void engine_stop(engine_t *e) { atomic_store_explicit(&e->stopping, 1, memory_order_release); }
+void engine_stop(engine_t *e) {
+    atomic_store_explicit(&e->stopping, 1, memory_order_release);
+}
 
-int engine_failed(const engine_t *e) { return atomic_load(&e->failed); }
+int engine_failed(const engine_t *e) {
+    return atomic_load(&e->failed);
+}
 
 /* ---- for snapshot.c ---- */
 
-ppoll_t *engine_ppoll_add_int(engine_t *e, int p, int gi) { return ppoll_add(e, p, gi); }
-ppoll_t *engine_ppoll_get_int(const partition_t *pt, int gi) { return ppoll_get(pt, gi); }
+ppoll_t *engine_ppoll_add_int(engine_t *e, int p, int gi) {
+    return ppoll_add(e, p, gi);
+}
+ppoll_t *engine_ppoll_get_int(const partition_t *pt, int gi) {
+    return ppoll_get(pt, gi);
+}
 
 /* Sets a loaded view (taken); engine_partition_merge_int publishes it. */
 void engine_ppoll_set_view_int(engine_t *e, int p, ppoll_t *pp, catalog_entry_t *view) {
@@ -1128,4 +1144,6 @@ int engine_global_index_int(engine_t *e, const char *id, size_t len) {
     return gi;
 }
 
-int engine_npartitions(const engine_t *e) { return e->npartitions; }
+int engine_npartitions(const engine_t *e) {
+    return e->npartitions;
+}

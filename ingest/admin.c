@@ -227,6 +227,7 @@ fail:
 
 static void *admin_main(void *arg) {
     admin_t *a = arg;
+    thread_name("admin");
     event_base_dispatch(a->base);
     return NULL;
 }

@@ -444,6 +444,9 @@ int ingest_port(const ingest_t *in) {
 
 static void *worker_main(void *arg) {
     worker_t *w = arg;
+    char name[16];
+    snprintf(name, sizeof name, "http%d", w->id);
+    thread_name(name);
     event_base_dispatch(w->base);
     return NULL;
 }

@@ -133,6 +133,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 
 static void *writer_main(void *arg) {
     kcat_writer_t *w = arg;
+    thread_name("catalog-w");
     while (!atomic_load(&w->stopping)) {
         const catalog_t *cat = catalog_live_get(w->live);
         uint64_t seq = catalog_seq(cat);
@@ -295,6 +296,7 @@ static void apply(kcat_reader_t *r, const rd_kafka_message_t *m) {
 
 static void *reader_main(void *arg) {
     kcat_reader_t *r = arg;
+    thread_name("catalog-r");
     uint64_t next_check = 0, pending_t0 = 0, warned_ms = 0;
     int64_t pending_hi = -1;
     while (!atomic_load(&r->stopping)) {

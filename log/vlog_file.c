@@ -659,6 +659,7 @@ static void wake_readers(flog_t *l) {
 
 static void *writer_main(void *arg) {
     flog_t *l = arg;
+    thread_name("log");
     uint64_t last_ckpt = mono_ms(), last_ident = mono_ms(), woke_ms = 0;
     int wake_owed = 0; /* durable data the readers have not been woken for */
     void **acks = NULL;

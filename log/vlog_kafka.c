@@ -108,8 +108,8 @@ typedef struct {
  * Also the catalog topic's (catalog_kafka.c): vlog_kafka_conf. */
 static rd_kafka_conf_t *make_conf(const tally_config_t *c, const char *const *defaults,
                                   char *errstr, size_t esz);
-rd_kafka_conf_t *vlog_kafka_conf(const tally_config_t *c, const char *const *defaults,
-                                 char *errstr, size_t esz) {
+rd_kafka_conf_t *vlog_kafka_conf(const tally_config_t *c, const char *const *defaults, char *errstr,
+                                 size_t esz) {
     return make_conf(c, defaults, errstr, esz);
 }
 
@@ -294,6 +294,7 @@ static void wait_ready(klog_t *l) {
 /* Serves delivery reports; while the log refuses appends, probes the topic. */
 static void *poller_main(void *arg) {
     klog_t *l = arg;
+    thread_name("kafka");
     uint64_t last_probe = 0;
     char why[256];
     while (!atomic_load(&l->stopping)) {

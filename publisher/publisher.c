@@ -510,6 +510,7 @@ static int publish_round(publisher_t *p, int force) {
 
 static void *pub_main(void *arg) {
     publisher_t *p = arg;
+    thread_name("publisher");
     int next = -1;
     pthread_mutex_lock(&p->mu);
     while (!p->stopping) {

@@ -64,8 +64,7 @@ static void put_time(buf_t *out, const char *key, uint64_t ms) {
 static void put_series(buf_t *out, const series_view_t *s) {
     buf_printf(out, ",\"series\":{\"bucket_ms\":%d,\"buckets\":[", SERIES_BUCKET_MS);
     for (size_t r = 0; r < s->n; r++) {
-        buf_printf(out, "%s{\"t\":%llu,\"counts\":[", r ? "," : "",
-                   (unsigned long long)s->t_ms[r]);
+        buf_printf(out, "%s{\"t\":%llu,\"counts\":[", r ? "," : "", (unsigned long long)s->t_ms[r]);
         for (int o = 0; o < s->noptions; o++)
             buf_printf(out, "%s%lld", o ? "," : "",
                        (long long)s->counts[r * (size_t)s->noptions + (size_t)o]);
@@ -420,7 +419,8 @@ void pub_render_poll_html(const pub_poll_t *v, uint64_t updated_ms, buf_t *out) 
     if (v->counts) {
         buf_puts(out, "<svg id=\"chart\" viewBox=\"0 0 600 180\" role=\"img\" "
                       "aria-label=\"votes per minute\"></svg>\n");
-        buf_printf(out, "<p class=\"meta\">Total: <strong id=\"total\">%llu</strong> votes &middot; ",
+        buf_printf(out,
+                   "<p class=\"meta\">Total: <strong id=\"total\">%llu</strong> votes &middot; ",
                    (unsigned long long)poll_total(poll, v->counts));
     } else {
         buf_puts(out, "<p class=\"meta\">Results are published once the poll is final "

@@ -307,9 +307,9 @@ static tally_err_t upload_one(s3_t *s, size_t i) {
     return rc;
 }
 
-
 static void *s3_main(void *arg) {
     s3_t *s = arg;
+    thread_name("s3");
     pthread_mutex_lock(&s->mu);
     while (!s->stopping) {
         uint64_t now = mono_ms();

@@ -441,15 +441,21 @@ static void handle_metrics(worker_t *w, http_conn_t *c, const http_req_t *r, con
 
 /* Any poll this process knows: the config's, or the catalog's (created at
  * run time). A stale catalog still names the polls it had: a poll is
- * never deleted, and the stream shows only what the publisher renders. */
+ * never deleted, and the stream shows only what the publisher renders.
+ * Without a catalog yet (start-up) a poll not in the config may well
+ * exist: 503 as its votes get, not 404. */
 static void handle_events(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
                           size_t alen) {
     ingest_t *in = w->in;
     int known = config_poll(in->conf, arg, alen) != NULL;
     if (!known && in->catalog) {
-        const char *code, *why;
+        const char *code = "starting", *why = "the poll catalog is not loaded yet";
         const catalog_t *cat = in->catalog(in->catalog_arg, &code, &why);
-        known = cat && catalog_find(cat, arg, alen) != NULL;
+        if (!cat) {
+            http_conn_reply_error(c, 503, code, why, "Retry-After: 1\r\n");
+            return;
+        }
+        known = catalog_find(cat, arg, alen) != NULL;
     }
     if (!known) {
         reject(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'",

@@ -372,6 +372,57 @@ class RunTimePolls(TallyTestCase):
             ev.close()
         t.stop()
 
+    @unittest.skipIf(SANITIZE or not os.path.exists(SHIM), "needs the fault shim (not under sanitizers)")
+    def test_a_run_time_polls_stream_is_503_starting_not_404_while_the_engine_catches_up(self):
+        # After a restart the catalog is not loaded until the engine has read
+        # the log's history: a run-time poll's votes get 503 "starting", and
+        # so must its stream (a 404 says the poll does not exist).
+        from test_admin import Admin
+        a = Admin(self)
+        t = a.t.start()
+        st, body = a.create(id="later", title="Later", options=["x", "y"], mode="unlimited")
+        self.assertEqual(st, 201, body)
+        self.assertEqual(t.vote("later", "x")[0], 202)
+        t.stop()
+        ctl = os.path.join(t.dir, "shim.ctl")
+        # Every read of votes.log takes 5 s: the start-up's catch-up lingers.
+        with open(ctl, "w") as f:
+            f.write(f"gen=1 ops=pread prefix={t.dir}/log/votes.log delay_ms=5000 count=-1")
+        env_old = {k: os.environ.get(k) for k in ("LD_PRELOAD", "FAULTSHIM_CTL")}
+        os.environ["LD_PRELOAD"], os.environ["FAULTSHIM_CTL"] = SHIM, ctl
+        try:
+            t.start(wait=False)
+        finally:
+            for k, v in env_old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+        def answering():
+            t.alive()
+            try:
+                return t.request("GET", "/healthz", timeout=1)
+            except OSError:
+                return None
+        st, body = wait_until(answering, 30, "tally to answer /healthz")
+        self.assertEqual((st, json.loads(body)["error"]), (503, "starting"), "not starting any more")
+        self.assertEqual(t.vote("later", "y")[1]["error"], "starting")
+        st, body = t.request("GET", "/v1/polls/later/events")
+        self.assertEqual(st, 503, body)
+        self.assertEqual(json.loads(body)["error"], "starting")
+        self.assertIn("Retry-After", t.last_headers)
+        with open(ctl, "w") as f:
+            f.write("off")
+        wait_until(lambda: t.request("GET", "/healthz")[0] == 200, 30, "the start-up to end")
+        ev = Events(t.port, "later")
+        self.assertEqual(ev.status, 200)
+        first = ev.next()
+        self.assertIsNotNone(first, "no first event once started")
+        self.assertEqual(first[1]["total"], 1)
+        ev.close()
+        t.stop()
+
 
 class Metrics(TallyTestCase):
     def test_promtool_accepts_it_and_counters_equal_the_votes_sent(self):

@@ -2,8 +2,9 @@
 event within a second, resume with Last-Event-ID, heartbeats, subscribers
 on every thread, the subscriber cap, slow readers dropped), GET /metrics
 (promtool check metrics, counters equal to the votes sent), an embargoed
-poll's file and stream without counts until final, polls created at run
-time streaming like config polls, and GET /readyz
+poll's file and stream without counts until final (also once PATCHed to
+on_close), polls created at run time streaming like config polls (503
+starting, not 404, while the catalog loads), and GET /readyz
 flipping on a vanished log and on engine lag (a staged slow disk)."""
 import json
 import os
@@ -295,6 +296,42 @@ class Embargo(TallyTestCase):
         self.assertEqual(pub["state"], "final")
         self.assertEqual(pub["total"], sent)
         ev.close()
+        t.stop()
+
+    def test_a_poll_patched_to_on_close_streams_its_state_only_to_old_and_new_subscribers(self):
+        # The stream's embargo follows the definition the publisher renders:
+        # once the engine has the PATCH, the next event of every subscriber
+        # and the first of a new one carry the state alone (counts from
+        # before the PATCH were public then; none after it are shown).
+        from test_admin import Admin
+        a = Admin(self)
+        t = a.t.start("-s", "server.threads=2")
+        st, body = a.create(id="pv", title="PV", options=["x", "y"], mode="unlimited")
+        self.assertEqual(st, 201, body)
+        old = Events(t.port, "pv")
+        self.assertIsNotNone(old.next(), "no first event")
+        self.assertEqual(t.vote("pv", "x")[0], 202)
+        st, body = a.request("PATCH", "/v1/admin/polls/pv", {"visibility": "on_close"})
+        self.assertEqual((st, body["visibility"]), (200, "on_close"), body)
+        deadline = time.monotonic() + 10 * TIMEOUT_MULT
+        while True:
+            got = old.next(timeout=1)
+            self.assertLess(time.monotonic(), deadline, "no state-only event after the PATCH")
+            if got and "total" not in got[1]:
+                break
+        self.assertEqual(set(got[1]), {"poll", "version", "state"}, got[1])
+        new = Events(t.port, "pv")
+        first = new.next()
+        self.assertEqual(set(first[1]), {"poll", "version", "state"}, first[1])
+        self.assertEqual(t.vote("pv", "y")[0], 202)
+        wait_until(lambda: json.loads(t.request("GET", "/v1/stats")[1])["engine"]["applied"] >= 2, 10,
+                   "the engine to count the votes")
+        for ev in (old, new):
+            got = ev.next(timeout=2)
+            self.assertIsNotNone(got, "no event after the vote")
+            self.assertEqual(set(got[1]), {"poll", "version", "state"}, got[1])
+            ev.close()
+        self.assertNotIn("total", t.published("pv"))
         t.stop()
 
 

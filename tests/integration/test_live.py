@@ -1,6 +1,7 @@
 """Live results and watching (tsan): Server-Sent Events (first event, a vote's
 event within a second, resume with Last-Event-ID, heartbeats, subscribers
-on every thread, the subscriber cap, slow readers dropped), GET /metrics
+on every thread, the subscriber cap, slow readers dropped, streams not
+counted as vote connections by the group commit), GET /metrics
 (promtool check metrics, counters equal to the votes sent), an embargoed
 poll's file and stream without counts until final (also once PATCHed to
 on_close), polls created at run time streaming like config polls (503
@@ -223,6 +224,47 @@ class SSE(TallyTestCase):
         self.assertEqual(got[1]["total"], sent)
         c.close()
         b.close()
+        t.stop()
+
+    def test_event_streams_are_not_counted_as_vote_connections_and_the_count_does_not_drift(self):
+        # The group commit ends a round once every open vote connection has
+        # a vote in it (vlog_set_clients). With a 100 ms gather, a lone
+        # connection's vote goes at once; an idle second one makes it wait
+        # the gather out. Streams (open, closed, reset while subscribing),
+        # HEAD, 503 too_many_subscribers and 404 must leave that count as
+        # it was: too high and every round waits, too low and rounds go
+        # before the connections that could join them.
+        t = self.make().start("-s", "log.group_commit_us=100000", "-s", "log.group_commit_max_us=100000",
+                              "-s", "server.sse_max_subscribers=2", "-s", "server.threads=2")
+        conn = t.connect()
+
+        def vote_ms():
+            took = []
+            for _ in range(5):
+                t0 = time.monotonic()
+                self.assertEqual(t.vote("free", "p", conn=conn)[0], 202)
+                took.append((time.monotonic() - t0) * 1000)
+            return sorted(took)[2]
+        self.assertLess(vote_ms(), 50, "a lone connection's vote waited out the gather")
+        streams = [Events(t.port, "free") for _ in range(2)]
+        self.assertLess(vote_ms(), 50, "event streams counted as vote connections")
+        self.assertEqual(t.request("GET", "/v1/polls/free/events")[0], 503)
+        self.assertEqual(t.request("GET", "/v1/polls/nope/events")[0], 404)
+        for s in streams:
+            s.close()
+        self.assertEqual(t.request("HEAD", "/v1/polls/free/events")[0], 200)
+        for _ in range(10):  # reset before or while subscribing
+            s = socket.create_connection(("127.0.0.1", t.port))
+            s.sendall(b"GET /v1/polls/free/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()
+        wait_until(lambda: sample(scrape(t), "tally_sse_subscribers") == 0, 5, "streams to be counted off")
+        self.assertLess(vote_ms(), 50, "the count drifted up")
+        idle = t.connect()
+        idle.connect()
+        wait_until(lambda: vote_ms() > 80, 5, "an idle connection to be counted (the count drifted down)")
+        idle.close()
+        conn.close()
         t.stop()
 
 

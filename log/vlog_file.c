@@ -819,6 +819,7 @@ static void flog_close(vlog_t *base) {
         pthread_mutex_lock(&l->mu);
         l->stopping = 1;
         pthread_cond_signal(&l->wake);
+        pthread_cond_signal(&l->gathered); /* a gather under way ends now */
         pthread_mutex_unlock(&l->mu);
         pthread_join(l->writer, NULL);
         if (l->fsync && !atomic_load(&l->failed) && l->end != l->ckpt_end)

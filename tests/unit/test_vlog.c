@@ -761,6 +761,28 @@ Test(vlog, votes_that_keep_arriving_during_the_gather_share_one_fdatasync) {
     vlog_close(l);
 }
 
+Test(vlog, close_ends_a_gather_under_way_and_still_writes_its_round) {
+    /* A 20 s gather: close must not wait it out, and the vote it holds is
+     * written and acknowledged before close returns. */
+    conf->log_fsync = 1;
+    conf->log_group_commit_us = 20000000;
+    conf->log_group_commit_max_us = 40000000;
+    vlog_t *l = open_rw();
+    append_n(l, 0, 0, 1);
+    sleep_ms(50); /* the writer is in the gather by now */
+    uint64_t t0 = mono_ms();
+    vlog_close(l);
+    cr_assert_lt(mono_ms() - t0, 5000 * TMOUT_MULT, "close waited %llu ms",
+                 (unsigned long long)(mono_ms() - t0));
+    cr_assert_eq(atomic_load(&acks_ok), 1, "the gathered vote was not acknowledged");
+    l = open_rw();
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_model(&s);
+    sink_free(&s);
+    vlog_close(l);
+}
+
 Test(vlog, a_lone_vote_waits_only_the_first_gather_step) {
     /* Nothing joins it: it is written after group_commit_us (20 ms), not
      * after group_commit_max_us (20 s). */

@@ -440,10 +440,9 @@ static void handle_metrics(worker_t *w, http_conn_t *c, const http_req_t *r, con
 }
 
 /* Any poll this process knows: the config's, or the catalog's (created at
- * run time). A stale catalog still names the polls it had: a poll is
- * never deleted, and the stream shows only what the publisher renders.
- * Without a catalog yet (start-up) a poll not in the config may well
- * exist: 503 as its votes get, not 404. */
+ * run time); the stream shows only what the publisher renders. Without a
+ * usable catalog (start-up, or stale) a poll not in the config may well
+ * exist: 503 with the catalog's reason, as its votes get, not 404. */
 static void handle_events(worker_t *w, http_conn_t *c, const http_req_t *r, const char *arg,
                           size_t alen) {
     ingest_t *in = w->in;

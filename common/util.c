@@ -38,6 +38,21 @@ void *xrealloc(void *p, size_t n) {
     return q;
 }
 
+void *xrealloc_zero(void *p, size_t n, size_t cap, size_t size) {
+    p = xrealloc(p, cap * size);
+    memset((char *)p + n * size, 0, (cap - n) * size);
+    return p;
+}
+
+int grow_cap(int cap, int n) {
+    if (n <= cap)
+        return cap;
+    int c = cap ? cap : 16;
+    while (c < n)
+        c *= 2;
+    return c;
+}
+
 char *xstrdup(const char *s) {
     return xstrndup(s, strlen(s));
 }

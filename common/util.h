@@ -14,6 +14,12 @@
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
+/* Grows an array of n elements of size bytes to cap elements (cap >= n),
+ * the new ones zeroed. */
+void *xrealloc_zero(void *p, size_t n, size_t cap, size_t size);
+/* The capacity for at least n elements of a table that has cap: cap itself
+ * when it holds them, else doubled (from 16) until it does. */
+int grow_cap(int cap, int n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 

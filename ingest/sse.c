@@ -130,20 +130,14 @@ static int hub_slot(sse_hub_t *h, const char *id, size_t len) {
 
 /* Grows the loop's arrays to the hub's first n slots. @locality the loop */
 static void worker_reserve(worker_t *w, int n) {
-    if (n <= w->sse_n)
+    int cap = grow_cap(w->sse_n, n);
+    if (cap == w->sse_n)
         return;
-    int cap = w->sse_n ? w->sse_n : 16;
-    while (cap < n)
-        cap *= 2;
-    size_t old = (size_t)w->sse_n, add = (size_t)cap - old;
-    w->sse_subs = xrealloc(w->sse_subs, sizeof *w->sse_subs * (size_t)cap);
-    w->sse_sent = xrealloc(w->sse_sent, sizeof *w->sse_sent * (size_t)cap);
-    w->sse_cursor = xrealloc(w->sse_cursor, sizeof *w->sse_cursor * (size_t)cap);
-    w->sse_sending = xrealloc(w->sse_sending, sizeof *w->sse_sending * (size_t)cap);
-    memset(w->sse_subs + old, 0, sizeof *w->sse_subs * add);
-    memset(w->sse_sent + old, 0, sizeof *w->sse_sent * add);
-    memset(w->sse_cursor + old, 0, sizeof *w->sse_cursor * add);
-    memset(w->sse_sending + old, 0, sizeof *w->sse_sending * add);
+    size_t o = (size_t)w->sse_n, c = (size_t)cap;
+    w->sse_subs = xrealloc_zero(w->sse_subs, o, c, sizeof *w->sse_subs);
+    w->sse_sent = xrealloc_zero(w->sse_sent, o, c, sizeof *w->sse_sent);
+    w->sse_cursor = xrealloc_zero(w->sse_cursor, o, c, sizeof *w->sse_cursor);
+    w->sse_sending = xrealloc_zero(w->sse_sending, o, c, sizeof *w->sse_sending);
     w->sse_n = cap;
 }
 

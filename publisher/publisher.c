@@ -97,25 +97,18 @@ void pub_free(publisher_t *p) {
 
 /* Room for the engine's polls, which grow at run time. */
 static void ensure_cap(publisher_t *p, int n) {
-    if (n <= p->cap)
+    int cap = grow_cap(p->cap, n);
+    if (cap == p->cap)
         return;
-    int cap = p->cap ? p->cap : 16;
-    while (cap < n)
-        cap *= 2;
-#define GROW(f, sz)                                                                                \
-    do {                                                                                           \
-        p->f = xrealloc(p->f, (size_t)cap * (sz));                                                 \
-        memset((char *)p->f + (size_t)p->cap * (sz), 0, (size_t)(cap - p->cap) * (sz));            \
-    } while (0)
-    GROW(published_gen, sizeof(uint64_t));
-    GROW(last_ms, sizeof(uint64_t));
-    GROW(ever, 1);
-    GROW(state, 1);
-    GROW(frozen, 1);
-    GROW(checked, 1);
-    GROW(version, sizeof(uint64_t));
-    GROW(vote_hash, sizeof(uint64_t));
-#undef GROW
+    size_t o = (size_t)p->cap, c = (size_t)cap;
+    p->published_gen = xrealloc_zero(p->published_gen, o, c, sizeof *p->published_gen);
+    p->last_ms = xrealloc_zero(p->last_ms, o, c, sizeof *p->last_ms);
+    p->ever = xrealloc_zero(p->ever, o, c, sizeof *p->ever);
+    p->state = xrealloc_zero(p->state, o, c, sizeof *p->state);
+    p->frozen = xrealloc_zero(p->frozen, o, c, sizeof *p->frozen);
+    p->checked = xrealloc_zero(p->checked, o, c, sizeof *p->checked);
+    p->version = xrealloc_zero(p->version, o, c, sizeof *p->version);
+    p->vote_hash = xrealloc_zero(p->vote_hash, o, c, sizeof *p->vote_hash);
     p->cap = cap;
 }
 

@@ -10,7 +10,9 @@
 
 static char *dir;
 
-static void setup(void) { dir = tmpdir_new(); }
+static void setup(void) {
+    dir = tmpdir_new();
+}
 static void teardown(void) {
     tmpdir_free(dir);
     dir = NULL;
@@ -48,8 +50,8 @@ Test(rfc3339, format_respects_small_buffers) {
 
 Test(rfc3339, roundtrip) {
     uint64_t seed = 7;
-    const uint64_t fixed[] = {0, 1, 999, 1000, 86399999, 951782400007ull, 1700000000123ull,
-                              4102444799999ull};
+    const uint64_t fixed[] = {
+        0, 1, 999, 1000, 86399999, 951782400007ull, 1700000000123ull, 4102444799999ull};
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0] + 2000; i++) {
         uint64_t ms =
             i < sizeof fixed / sizeof fixed[0] ? fixed[i] : rng_next(&seed) % 4102444800000ull;
@@ -125,9 +127,9 @@ Test(rfc3339, parse_rejects_bad_inputs) {
         "2023",
         "2023-11-14",
         "2023-11-14T22:13",
-        "2023-11-14T22:13:20",      /* no zone */
-        "2023-11-14T22:13:20.Z",    /* empty fraction */
-        "2023-11-14T22:13:20.5",    /* fraction without zone */
+        "2023-11-14T22:13:20",   /* no zone */
+        "2023-11-14T22:13:20.Z", /* empty fraction */
+        "2023-11-14T22:13:20.5", /* fraction without zone */
         "2023-11-14T22:13:20ZZ",
         "2023-11-14T22:13:20Z ",
         "2023-11-14T22:13:20 Z",
@@ -138,11 +140,11 @@ Test(rfc3339, parse_rejects_bad_inputs) {
         "2023-11-14T22:13:20+01:60",
         "2023-11-14T22:13:20+ab:cd",
         "2023-11-14T22:13:20UTC",
-        "2023-13-14T22:13:20Z",     /* month 13 */
-        "2023-11-32T22:13:20Z",     /* day 32 */
-        "2023-11-14T25:13:20Z",     /* hour 25 */
+        "2023-13-14T22:13:20Z", /* month 13 */
+        "2023-11-32T22:13:20Z", /* day 32 */
+        "2023-11-14T25:13:20Z", /* hour 25 */
         "2023-11-14T22:61:20Z",
-        "2023-11-14 22:13:20Z",     /* space instead of T */
+        "2023-11-14 22:13:20Z", /* space instead of T */
         "2023/11/14T22:13:20Z",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -155,7 +157,7 @@ Test(rfc3339, parse_rejects_bad_inputs) {
 
 Test(rfc3339, parse_rejects_malformed_offsets) {
     const char *bad[] = {
-        "2023-11-14T22:13:20+1:30",  "2023-11-14T22:13:20+01:3", "2023-11-14T22:13:20+1:3",
+        "2023-11-14T22:13:20+1:30",  "2023-11-14T22:13:20+01:3",  "2023-11-14T22:13:20+1:3",
         "2023-11-14T22:13:20+-1:-5", "2023-11-14T22:13:20+ 1: 5", "2023-11-14T22:13:20-+1:+1",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -335,4 +337,21 @@ Test(clock, clocks_move_forward) {
 Test(assert, tally_assert_aborts, .signal = SIGABRT) {
     int x = 1;
     tally_assert(x == 2);
+}
+
+Test(grow, capacities_double_from_16_and_new_elements_are_zero) {
+    cr_assert_eq(grow_cap(0, 0), 0, "nothing needed, nothing grown");
+    cr_assert_eq(grow_cap(0, 1), 16);
+    cr_assert_eq(grow_cap(16, 16), 16);
+    cr_assert_eq(grow_cap(16, 17), 32);
+    cr_assert_eq(grow_cap(16, 1000), 1024);
+    uint64_t *a = xrealloc_zero(NULL, 0, 4, sizeof *a);
+    for (int i = 0; i < 4; i++)
+        a[i] += 7 + (uint64_t)i; /* zero, then these */
+    a = xrealloc_zero(a, 4, 1000, sizeof *a);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(a[i], 7 + (uint64_t)i, "a kept element changed");
+    for (int i = 4; i < 1000; i++)
+        cr_assert_eq(a[i], 0, "element %d not zeroed", i);
+    free(a);
 }

@@ -111,12 +111,15 @@ min_interval_ms = 20
 """)
 
     # ---- process control ----
-    def start(self, *args, wait=True, cmd="run"):
+    def start(self, *args, wait=True, cmd="run", env=None):
+        """env: variables added to this process's environment for tally's
+        alone (e.g. LD_PRELOAD of the fault shim)."""
         assert self.proc is None
         self.errf = open(self.stderr_path, "a")
         self.started_at = os.path.getsize(self.stderr_path)
         self.proc = subprocess.Popen([TALLY_BIN, cmd, "-c", self.config, *self.args, *args],
-                                     stdout=self.errf, stderr=self.errf)
+                                     stdout=self.errf, stderr=self.errf,
+                                     env=dict(os.environ, **env) if env else None)
         if wait and cmd == "engine":
             # No HTTP in the engine role: ready once it logged its start.
             wait_until(lambda: self.alive() and "resumed from snapshots" in self.stderr()[self.started_at:],

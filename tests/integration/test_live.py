@@ -463,20 +463,15 @@ class RunTimePolls(TallyTestCase):
         self.assertEqual(st, 201, body)
         self.assertEqual(t.vote("later", "x")[0], 202)
         t.stop()
+        # No snapshots: the engine must read the whole log at start-up (with
+        # them at the log's end it may have nothing left to read, and be
+        # ready before the first /healthz).
+        shutil.rmtree(os.path.join(t.dir, "snap"))
         ctl = os.path.join(t.dir, "shim.ctl")
         # Every read of votes.log takes 5 s: the start-up's catch-up lingers.
         with open(ctl, "w") as f:
             f.write(f"gen=1 ops=pread prefix={t.dir}/log/votes.log delay_ms=5000 count=-1")
-        env_old = {k: os.environ.get(k) for k in ("LD_PRELOAD", "FAULTSHIM_CTL")}
-        os.environ["LD_PRELOAD"], os.environ["FAULTSHIM_CTL"] = SHIM, ctl
-        try:
-            t.start(wait=False)
-        finally:
-            for k, v in env_old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        t.start(wait=False, env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
 
         def answering():
             t.alive()
@@ -600,16 +595,7 @@ class Readiness(TallyTestCase):
         ctl = os.path.join(t.dir, "shim.ctl")
         with open(ctl, "w") as f:
             f.write("off")
-        env_old = {k: os.environ.get(k) for k in ("LD_PRELOAD", "FAULTSHIM_CTL")}
-        os.environ["LD_PRELOAD"], os.environ["FAULTSHIM_CTL"] = SHIM, ctl
-        try:
-            t.start("-s", "engine.ready_lag_ms=600")
-        finally:
-            for k, v in env_old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        t.start("-s", "engine.ready_lag_ms=600", env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
         self.assertEqual(t.request("GET", "/readyz")[0], 200)
         # The disk turns slow for the log's readers (the engine): every
         # read of votes.log takes 3 s. Votes are still taken (the writer

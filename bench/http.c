@@ -1,7 +1,8 @@
 /* tally-bench http: the HTTP load generator.
  *
- * One libevent loop drives --connections keep-alive connections (the evhttp
- * client API, one request in flight per connection). Closed loop: a
+ * One libevent loop drives --connections keep-alive connections (hclient.c:
+ * raw non-blocking sockets and http_parser, one request in flight per
+ * connection, each request formatted whole here). Closed loop: a
  * connection sends its next vote as soon as the last one is answered. Open
  * loop (--rate): request k is due at start + k/rate and its latency counts
  * from then, even when every connection was busy and it went out late.
@@ -16,10 +17,9 @@
  * the JSON.
  * @locality a bh_t is touched only by its own thread until the threads are
  *           joined; stop_all is the one thing they share while running */
-#include <event2/buffer.h>
+#include <errno.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+#include <event2/http.h> /* evhttp_uri_parse for --url only */
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -32,6 +32,7 @@
 #include "bench/bench.h"
 #include "bench/expect.h"
 #include "bench/gen.h"
+#include "bench/hclient.h"
 #include "bench/hist.h"
 #include "bench/rate.h"
 #include "bench/verify.h"
@@ -98,8 +99,8 @@ typedef struct bh_s bh_t;
 
 typedef struct {
     bh_t *b;
-    struct evhttp_connection *evcon;
-    struct evhttp_connection *retry_evcon; /* --retry-ratio: the retries' own connection */
+    hclient_t *hc;
+    hclient_t *retry_hc; /* --retry-ratio: the retries' own connection */
     int is_probe;
     gen_vote_t vote;
     uint64_t intended_ns;
@@ -142,6 +143,8 @@ struct bh_s {
     char host[256];
     int port;
     char hostport[300];
+    struct sockaddr_storage addr; /* host:port resolved once */
+    socklen_t addrlen;
     char runid[32];
     int thread;           /* 0 owns the probe, SIGINT and the report */
     atomic_int *stop_all; /* shared by the threads: ^C on thread 0 */
@@ -203,7 +206,7 @@ static uint64_t sec_ns(double s) {
 
 /* ---- sending ---- */
 
-static void on_response(struct evhttp_request *req, void *arg);
+static void on_response(void *arg, int code);
 static void maybe_finish(bh_t *b);
 
 static int inflight(const bh_t *b) {
@@ -279,33 +282,45 @@ static char *jwt_bearer(bh_t *b, const char *voter_id, const char *kind, uint64_
     return v;
 }
 
-/* POSTs {"option":option,"voter":"RUNID-<kind><voter>"} on evcon; c
- * answers in on_response. Voter ids carry the run id so runs never share
- * voters; so do idempotency keys (key: "RUNID-<key>", 0: none). */
-static int send_post(bh_t *b, conn_t *c, struct evhttp_connection *evcon, const char *path,
-                     const char *option, const char *kind, uint64_t voter, uint64_t key) {
-    struct evhttp_request *req = evhttp_request_new(on_response, c);
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    evhttp_add_header(h, "Host", b->hostport);
-    evhttp_add_header(h, "Content-Type", "application/json");
-    if (key) {
-        char k[64];
-        snprintf(k, sizeof k, "%s-%llu", b->runid, (unsigned long long)key);
-        evhttp_add_header(h, "Idempotency-Key", k);
-    }
-    char body[512], id[128];
+/* A whole request fits here unless the URL prefix or a token is unusual. */
+#define REQ_BUF 4096
+
+static int format_post(char *buf, size_t size, const char *path, const char *hostport,
+                       const char *key_header, const char *bearer, const char *body, int blen) {
+    return snprintf(buf, size,
+                    "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                    "Content-Length: %d\r\n%s%s%s%s\r\n%s",
+                    path, hostport, blen, key_header, bearer ? "Authorization: " : "",
+                    bearer ? bearer : "", bearer ? "\r\n" : "", body);
+}
+
+/* POSTs {"option":option,"voter":"RUNID-<kind><voter>"} on hc, whose
+ * answer comes to on_response. Voter ids carry the run id so runs never
+ * share voters; so do idempotency keys (key: "RUNID-<key>", 0: none).
+ * Returns hclient_send's: -1 when nothing was sent and no answer will come. */
+static int send_post(bh_t *b, hclient_t *hc, const char *path, const char *option, const char *kind,
+                     uint64_t voter, uint64_t key) {
+    char body[512], id[128], key_header[96] = "";
     snprintf(id, sizeof id, "%s-%s%llu", b->runid, kind, (unsigned long long)voter);
-    int n = snprintf(body, sizeof body, "{\"option\":\"%s\",\"voter\":\"%s\"}", option, id);
+    int blen = snprintf(body, sizeof body, "{\"option\":\"%s\",\"voter\":\"%s\"}", option, id);
+    tally_assert(blen > 0 && (size_t)blen < sizeof body);
+    if (key)
+        snprintf(key_header, sizeof key_header, "Idempotency-Key: %s-%llu\r\n", b->runid,
+                 (unsigned long long)key);
     int own;
     char *bearer = jwt_bearer(b, id, kind, voter, &own);
-    if (bearer) {
-        evhttp_add_header(h, "Authorization", bearer);
-        if (own)
-            free(bearer);
+    char stack[REQ_BUF], *req = stack;
+    int n = format_post(stack, sizeof stack, path, b->hostport, key_header, bearer, body, blen);
+    if ((size_t)n >= sizeof stack) {
+        req = xmalloc((size_t)n + 1);
+        format_post(req, (size_t)n + 1, path, b->hostport, key_header, bearer, body, blen);
     }
-    evbuffer_add(evhttp_request_get_output_buffer(req), body, (size_t)n);
-    /* On failure libevent has freed req and will not call back. */
-    return evhttp_make_request(evcon, req, EVHTTP_REQ_POST, path);
+    int rc = hclient_send(hc, req, (size_t)n);
+    if (req != stack)
+        free(req);
+    if (own)
+        free(bearer);
+    return rc;
 }
 
 static struct timeval ns_tv(uint64_t ns) {
@@ -368,14 +383,15 @@ static void pump(bh_t *b) {
         if (b->open_loop)
             b->next_k++;
         c->key = b->o.idempotency ? ++b->key_seq : 0;
-        if (send_post(b, c, c->evcon, b->paths[v.poll], p->options[v.option].id, "", v.voter,
-                      c->key) != 0) {
+        if (send_post(b, c->hc, b->paths[v.poll], p->options[v.option].id, "", v.voter, c->key) !=
+            0) {
             /* Never reached the wire: no outcome to account for. */
+            int e = errno;
             b->status[0]++;
             b->done++;
             gen_done(&b->gen, &v);
             b->freel[b->nfree++] = c;
-            log_error("cannot send a request to %s", b->o.url);
+            log_error("cannot send a request to %s: %s", b->o.url, strerror(e));
             b->stop_sending = 1;
             break;
         }
@@ -450,8 +466,8 @@ static void probe_send(bh_t *b) {
     b->probe_busy = 1;
     b->probe.intended_ns = mono_ns();
     b->probe_sent++;
-    if (send_post(b, &b->probe, b->probe.evcon, b->probe_path, b->probe_poll->options[0].id, "p",
-                  b->probe_sent, 0) != 0) {
+    if (send_post(b, b->probe.hc, b->probe_path, b->probe_poll->options[0].id, "p", b->probe_sent,
+                  0) != 0) {
         b->probe_failed++;
         b->probe_busy = 0;
     }
@@ -484,11 +500,12 @@ static void probe_response(bh_t *b, int code) {
 
 /* ---- answers ---- */
 
-static void on_response(struct evhttp_request *req, void *arg) {
+/* hclient's answer on c's connection or its retry connection (code 0:
+ * none). */
+static void on_response(void *arg, int code) {
     conn_t *c = arg;
     bh_t *b = c->b;
     uint64_t now = mono_ns();
-    int code = req ? evhttp_request_get_response_code(req) : 0;
     if (code < 0 || code >= NSTATUS)
         code = NSTATUS - 1;
     if (c->is_probe) {
@@ -538,8 +555,8 @@ static void on_response(struct evhttp_request *req, void *arg) {
         c->first_code = code;
         c->in_retry = 1;
         b->retries++;
-        if (send_post(b, c, c->retry_evcon, b->paths[c->vote.poll], p->options[c->vote.option].id,
-                      "", c->vote.voter, c->key) == 0)
+        if (send_post(b, c->retry_hc, b->paths[c->vote.poll], p->options[c->vote.option].id, "",
+                      c->vote.voter, c->key) == 0)
             return;
         c->in_retry = 0; /* never sent: the first answer decides */
         b->retries--;
@@ -1142,23 +1159,12 @@ static int worker_init(bh_t *w, const struct event_config *ecfg, char *err, size
     for (int i = 0; i < w->o.nconns; i++) {
         conn_t *c = &w->conns[i];
         c->b = w;
-        c->evcon = evhttp_connection_base_new(w->base, NULL, w->host, (unsigned short)w->port);
-        if (!c->evcon) {
-            snprintf(err, esz, "cannot create a connection to %s", w->hostport);
-            return -1;
-        }
-        evhttp_connection_set_timeout(c->evcon, w->o.timeout_s);
-        evhttp_connection_set_retries(c->evcon, 0); /* a retried POST could count twice */
-        if (w->o.retry_ratio > 0) {
-            c->retry_evcon =
-                evhttp_connection_base_new(w->base, NULL, w->host, (unsigned short)w->port);
-            if (!c->retry_evcon) {
-                snprintf(err, esz, "cannot create a connection to %s", w->hostport);
-                return -1;
-            }
-            evhttp_connection_set_timeout(c->retry_evcon, w->o.timeout_s);
-            evhttp_connection_set_retries(c->retry_evcon, 0);
-        }
+        /* hclient never resends on its own: a resent POST could count twice. */
+        c->hc = hclient_new(w->base, (const struct sockaddr *)&w->addr, w->addrlen, w->o.timeout_s,
+                            on_response, c);
+        if (w->o.retry_ratio > 0)
+            c->retry_hc = hclient_new(w->base, (const struct sockaddr *)&w->addr, w->addrlen,
+                                      w->o.timeout_s, on_response, c);
         w->freel[w->nfree++] = c;
     }
     /* Free list as a stack, first connection on top. */
@@ -1181,10 +1187,8 @@ static int worker_init(bh_t *w, const struct event_config *ecfg, char *err, size
     if (w->probe_poll) {
         w->probe.b = w;
         w->probe.is_probe = 1;
-        w->probe.evcon =
-            evhttp_connection_base_new(w->base, NULL, w->host, (unsigned short)w->port);
-        evhttp_connection_set_timeout(w->probe.evcon, w->o.timeout_s);
-        evhttp_connection_set_retries(w->probe.evcon, 0);
+        w->probe.hc = hclient_new(w->base, (const struct sockaddr *)&w->addr, w->addrlen,
+                                  w->o.timeout_s, on_response, &w->probe);
         w->probe_ev = event_new(w->base, -1, EV_PERSIST, on_probe_timer, w);
         w->watch_ev = event_new(w->base, -1, EV_PERSIST, on_watch, w);
         struct timeval iv = {w->o.fresh_interval_ms / 1000, (w->o.fresh_interval_ms % 1000) * 1000};
@@ -1249,13 +1253,10 @@ static void worker_merge(bh_t *b, const bh_t *w) {
 /* Frees what worker_init made (not what the threads share). */
 static void worker_free(bh_t *w) {
     for (int i = 0; w->conns && i < w->nconns_alloc; i++) {
-        if (w->conns[i].evcon)
-            evhttp_connection_free(w->conns[i].evcon);
-        if (w->conns[i].retry_evcon)
-            evhttp_connection_free(w->conns[i].retry_evcon);
+        hclient_free(w->conns[i].hc);
+        hclient_free(w->conns[i].retry_hc);
     }
-    if (w->probe.evcon)
-        evhttp_connection_free(w->probe.evcon);
+    hclient_free(w->probe.hc);
     struct event *evs[] = {w->send_ev,   w->progress_ev, w->deadline_ev, w->drain_ev,
                            w->sigint_ev, w->probe_ev,    w->watch_ev};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
@@ -1336,12 +1337,11 @@ int bench_http_main(int argc, char **argv) {
         stat(b->probe_json, &b->probe_st);
     }
 
-    /* The changelist folds evhttp's read/write interest flips into one
-     * epoll_ctl per request instead of three: measurably more requests per
-     * core of the generator. Precise (timerfd) timers cost two syscalls per
-     * request, so only the open loop, which must send on time, takes them. */
+    /* Precise (timerfd) timers cost two syscalls per request, so only the
+     * open loop, which must send on time, takes them. */
+    if (hclient_resolve(b->host, b->port, &b->addr, &b->addrlen, err, sizeof err) != 0)
+        goto out;
     ecfg = event_config_new();
-    event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
     if (b->o.rate > 0)
         event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER);
     signal(SIGPIPE, SIG_IGN);
@@ -1361,6 +1361,8 @@ int bench_http_main(int argc, char **argv) {
             w->npolls = b->npolls;
             w->paths = b->paths;
             w->port = b->port;
+            w->addr = b->addr;
+            w->addrlen = b->addrlen;
             w->stop_all = b->stop_all;
             memcpy(w->host, b->host, sizeof w->host);
             memcpy(w->hostport, b->hostport, sizeof w->hostport);

@@ -170,6 +170,10 @@ class HttpVerify(unittest.TestCase):
             r = json.load(f)
         self.assertEqual(r["loop"], "open")
         self.assertEqual(r["status"].get("202"), 1500, msg)
+        # Paced, not flooded: vote k goes out no more than 1 ms before
+        # k/1500 s, so the last one is not sent before ~0.999 s.
+        self.assertGreaterEqual(r["seconds"], 0.99, msg)
+        self.assertLessEqual(r["throughput"], 1500 * 1.02, msg)
         self.assertTrue(r["verify"]["ok"])
         self.assertGreater(r["freshness_ms"]["count"], 0, msg)
         self.assertEqual(r["freshness_ms"]["timeouts"], 0, msg)

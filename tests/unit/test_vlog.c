@@ -841,6 +841,32 @@ Test(vlog, a_round_with_a_vote_from_every_client_goes_without_waiting_out_the_ga
     vlog_close(l);
 }
 
+Test(vlog, a_round_after_a_full_one_waits_at_most_the_longest_gather) {
+    /* After a round that held a vote of every client the writer waits for
+     * the next one at once (anticipation); a round that does not fill must
+     * still go by group_commit_max_us (3 s) after that, not after that
+     * wait and a whole gather more (3 + 2 s). */
+    conf->log_fsync = 1;
+    conf->log_group_commit_us = 2000000;
+    conf->log_group_commit_max_us = 3000000;
+    _Atomic long clients = 3;
+    vlog_t *l = open_rw();
+    vlog_set_clients(l, &clients);
+    append_n(l, 0, 0, 2);
+    append_n(l, 1, 0, 1);
+    flush_ok(l);
+    cr_assert_eq(atomic_load(&acks_ok), 3);
+    uint64_t t0 = mono_ms();
+    append_n(l, 0, 2, 4); /* two of three clients: the round never fills */
+    flush_ok(l);
+    uint64_t waited = mono_ms() - t0;
+    cr_assert_eq(atomic_load(&acks_ok), 5);
+    cr_assert_lt(waited, 4500, "a round after a full one waited %llu ms (the bound is 3000)",
+                 (unsigned long long)waited);
+    vlog_set_clients(l, NULL);
+    vlog_close(l);
+}
+
 typedef struct {
     vlog_reader_t *r;
     sink_t *s;

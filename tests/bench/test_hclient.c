@@ -478,3 +478,26 @@ Test(hclient, a_second_answer_just_past_a_full_read_drops_the_connection, .timeo
     srv_join(&s);
     client_close(&c, 2);
 }
+
+static void answers_then_garbage(srv_t *s) {
+    int fd = srv_accept(s);
+    cr_assert_eq(srv_read(fd), 0);
+    srv_write(fd, A202 "\x01garbage", 1 << 20);
+    int fd2 = srv_accept(s); /* the first stays open: the client must not reuse it */
+    cr_assert_eq(srv_read(fd2), 0);
+    srv_write(fd2, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 1 << 20);
+    close(fd2);
+    close(fd);
+}
+
+Test(hclient, garbage_after_a_whole_answer_drops_the_connection, .timeout = 10) {
+    srv_t s;
+    client_t c;
+    srv_start(&s, answers_then_garbage);
+    client_open(&c, &s, 5);
+    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 202);
+    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 201);
+    cr_assert_eq(hclient_connects(c.h), 2, "the connection that sent garbage was reused");
+    srv_join(&s);
+    client_close(&c, 2);
+}

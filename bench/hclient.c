@@ -140,9 +140,16 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
     }
     http_parser_execute(&h->parser, &parser_settings, read_buf, (size_t)n);
     if (h->complete) {
-        /* Unsent request bytes or a second response would be taken for
-         * the next request's: start that one on a fresh connection. */
-        if (!h->keep_alive || h->extra || h->out_off < h->out_len)
+        /* A full buffer may have left the start of a second response in
+         * the socket, where the next request would take it for its own. */
+        char next;
+        if ((size_t)n == sizeof read_buf && recv(fd, &next, 1, MSG_PEEK | MSG_DONTWAIT) > 0)
+            h->extra = 1;
+        /* Unsent request bytes, a second response or bytes that are not
+         * HTTP (the parser failed past the answer) would be taken for the
+         * next request's: start that one on a fresh connection. */
+        if (!h->keep_alive || h->extra || h->out_off < h->out_len ||
+            HTTP_PARSER_ERRNO(&h->parser) != HPE_OK)
             hc_close(h);
         hc_answer(h, h->status);
     } else if (HTTP_PARSER_ERRNO(&h->parser) != HPE_OK) {

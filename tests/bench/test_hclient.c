@@ -446,3 +446,58 @@ Test(hclient, a_request_larger_than_the_socket_goes_out_as_it_drains, .timeout =
     srv_join(&s);
     client_close(&c, 1);
 }
+
+/* A 202 of exactly one read buffer (16384 bytes), an unasked 500 behind it
+ * in the same write: the 500 must not become the next request's answer. */
+static void answers_twice_past_the_buffer(srv_t *s) {
+    char resp[16384 + 64];
+    const char *head = "HTTP/1.1 202 Accepted\r\nContent-Length: 00000\r\n\r\n";
+    size_t hl = strlen(head), body = 16384 - hl;
+    snprintf(resp, sizeof resp, "HTTP/1.1 202 Accepted\r\nContent-Length: %05zu\r\n\r\n", body);
+    memset(resp + hl, 'x', body);
+    snprintf(resp + 16384, sizeof resp - 16384,
+             "HTTP/1.1 500 Unasked\r\nContent-Length: 0\r\n\r\n");
+    int fd = srv_accept(s);
+    cr_assert_eq(srv_read(fd), 0);
+    srv_write(fd, resp, 1 << 20);
+    int fd2 = srv_accept(s);
+    cr_assert_eq(srv_read(fd2), 0);
+    srv_write(fd2, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 1 << 20);
+    close(fd2);
+    close(fd);
+}
+
+Test(hclient, a_second_answer_just_past_a_full_read_drops_the_connection, .timeout = 10) {
+    srv_t s;
+    client_t c;
+    srv_start(&s, answers_twice_past_the_buffer);
+    client_open(&c, &s, 5);
+    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 202);
+    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 201);
+    cr_assert_eq(hclient_connects(c.h), 2);
+    srv_join(&s);
+    client_close(&c, 2);
+}
+
+static void answers_then_garbage(srv_t *s) {
+    int fd = srv_accept(s);
+    cr_assert_eq(srv_read(fd), 0);
+    srv_write(fd, A202 "\x01garbage", 1 << 20);
+    int fd2 = srv_accept(s); /* the first stays open: the client must not reuse it */
+    cr_assert_eq(srv_read(fd2), 0);
+    srv_write(fd2, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 1 << 20);
+    close(fd2);
+    close(fd);
+}
+
+Test(hclient, garbage_after_a_whole_answer_drops_the_connection, .timeout = 10) {
+    srv_t s;
+    client_t c;
+    srv_start(&s, answers_then_garbage);
+    client_open(&c, &s, 5);
+    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 202);
+    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 201);
+    cr_assert_eq(hclient_connects(c.h), 2, "the connection that sent garbage was reused");
+    srv_join(&s);
+    client_close(&c, 2);
+}

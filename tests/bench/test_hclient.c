@@ -326,10 +326,13 @@ Test(hclient, a_close_or_garbage_before_the_whole_answer_is_no_answer, .timeout 
     client_close(&c, 5);
 }
 
-static void answers_twice(srv_t *s) {
+/* Answers the first connection's request with first (which ends in bytes
+ * that must make the client drop the connection) and leaves it open; the
+ * client's next request must come on a new connection, answered 201. */
+static void answer_then_201_on_a_new_connection(srv_t *s, const char *first) {
     int fd = srv_accept(s);
     cr_assert_eq(srv_read(fd), 0);
-    srv_write(fd, "HTTP/1.1 100 Continue\r\n\r\n" A202 "HTTP/1.1 500 Unasked\r\n\r\n", 1 << 20);
+    srv_write(fd, first, 1 << 20);
     int fd2 = srv_accept(s); /* the first stays open: the client must not wait for it */
     cr_assert_eq(srv_read(fd2), 0);
     srv_write(fd2, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 1 << 20);
@@ -337,17 +340,27 @@ static void answers_twice(srv_t *s) {
     close(fd);
 }
 
-Test(hclient, an_interim_answer_is_skipped_and_a_second_answer_drops_the_connection,
-     .timeout = 10) {
+/* The client side of answer_then_201_on_a_new_connection. */
+static void expect_202_then_201_on_a_new_connection(void (*serve)(srv_t *)) {
     srv_t s;
     client_t c;
-    srv_start(&s, answers_twice);
+    srv_start(&s, serve);
     client_open(&c, &s, 5);
     cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 202);
     cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 201);
-    cr_assert_eq(hclient_connects(c.h), 2);
+    cr_assert_eq(hclient_connects(c.h), 2, "the connection was reused");
     srv_join(&s);
     client_close(&c, 2);
+}
+
+static void answers_twice(srv_t *s) {
+    answer_then_201_on_a_new_connection(s, "HTTP/1.1 100 Continue\r\n\r\n" A202
+                                           "HTTP/1.1 500 Unasked\r\n\r\n");
+}
+
+Test(hclient, an_interim_answer_is_skipped_and_a_second_answer_drops_the_connection,
+     .timeout = 10) {
+    expect_202_then_201_on_a_new_connection(answers_twice);
 }
 
 static void stays_silent(srv_t *s) {
@@ -457,47 +470,17 @@ static void answers_twice_past_the_buffer(srv_t *s) {
     memset(resp + hl, 'x', body);
     snprintf(resp + 16384, sizeof resp - 16384,
              "HTTP/1.1 500 Unasked\r\nContent-Length: 0\r\n\r\n");
-    int fd = srv_accept(s);
-    cr_assert_eq(srv_read(fd), 0);
-    srv_write(fd, resp, 1 << 20);
-    int fd2 = srv_accept(s);
-    cr_assert_eq(srv_read(fd2), 0);
-    srv_write(fd2, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 1 << 20);
-    close(fd2);
-    close(fd);
+    answer_then_201_on_a_new_connection(s, resp);
 }
 
 Test(hclient, a_second_answer_just_past_a_full_read_drops_the_connection, .timeout = 10) {
-    srv_t s;
-    client_t c;
-    srv_start(&s, answers_twice_past_the_buffer);
-    client_open(&c, &s, 5);
-    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 202);
-    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 201);
-    cr_assert_eq(hclient_connects(c.h), 2);
-    srv_join(&s);
-    client_close(&c, 2);
+    expect_202_then_201_on_a_new_connection(answers_twice_past_the_buffer);
 }
 
 static void answers_then_garbage(srv_t *s) {
-    int fd = srv_accept(s);
-    cr_assert_eq(srv_read(fd), 0);
-    srv_write(fd, A202 "\x01garbage", 1 << 20);
-    int fd2 = srv_accept(s); /* the first stays open: the client must not reuse it */
-    cr_assert_eq(srv_read(fd2), 0);
-    srv_write(fd2, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 1 << 20);
-    close(fd2);
-    close(fd);
+    answer_then_201_on_a_new_connection(s, A202 "\x01garbage");
 }
 
 Test(hclient, garbage_after_a_whole_answer_drops_the_connection, .timeout = 10) {
-    srv_t s;
-    client_t c;
-    srv_start(&s, answers_then_garbage);
-    client_open(&c, &s, 5);
-    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 202);
-    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 201);
-    cr_assert_eq(hclient_connects(c.h), 2, "the connection that sent garbage was reused");
-    srv_join(&s);
-    client_close(&c, 2);
+    expect_202_then_201_on_a_new_connection(answers_then_garbage);
 }

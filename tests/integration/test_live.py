@@ -493,6 +493,13 @@ class RunTimePolls(TallyTestCase):
         self.assertEqual(ev.status, 200)
         first = ev.next()
         self.assertIsNotNone(first, "no first event once started")
+        # /healthz turns 200 when the engine has caught up; the publisher's
+        # rendering of that state may come one interval later, so the first
+        # event can be the version before it (total 0). The vote from before
+        # the restart must show in the next one at the latest.
+        if first[1]["total"] == 0:
+            first = ev.next()
+            self.assertIsNotNone(first, "no event after the start-up's first")
         self.assertEqual(first[1]["total"], 1)
         ev.close()
         t.stop()

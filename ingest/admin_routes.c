@@ -211,11 +211,15 @@ static void handle_show(admin_t *a, http_conn_t *c, const char *id, size_t len) 
     reply_json(c, 200, poll_json(a, en, now_ms(), 1));
 }
 
-/* Writes next as id's successor; answers with the result. */
-static int write_update(admin_t *a, http_conn_t *c, poll_def_t *next, catalog_entry_t **out) {
+/* Writes next as id's successor, checked at now (the clock reading the
+ * handler built next from: a second reading may be a millisecond later and
+ * then refuse the handler's own close cut as too early); answers with the
+ * result. */
+static int write_update(admin_t *a, http_conn_t *c, poll_def_t *next, uint64_t now,
+                        catalog_entry_t **out) {
     catalog_error_t err = {0};
-    if (history_update(a->history, next, now_ms(), (uint64_t)a->conf->admin_close_delay_ms, out,
-                       &err) != TALLY_OK) {
+    if (history_update(a->history, next, now, (uint64_t)a->conf->admin_close_delay_ms, out, &err) !=
+        TALLY_OK) {
         reply_catalog_error(c, &err);
         return -1;
     }
@@ -242,7 +246,7 @@ static void handle_open(admin_t *a, http_conn_t *c, const char *id, size_t len) 
     poll_def_t *next = poll_def_dup(cur->def);
     next->opens_at = now;
     catalog_entry_t *en = NULL;
-    if (write_update(a, c, next, &en) != 0)
+    if (write_update(a, c, next, now, &en) != 0)
         return;
     log_info("admin: opened poll %s (seq %llu)", en->def->id, (unsigned long long)en->def_seq);
     reply_entry(a, c, 200, en);
@@ -281,7 +285,7 @@ static void handle_close(admin_t *a, http_conn_t *c, const char *id, size_t len)
     poll_def_t *next = poll_def_dup(cur->def);
     next->closes_at = cut;
     catalog_entry_t *en = NULL;
-    if (write_update(a, c, next, &en) != 0)
+    if (write_update(a, c, next, now, &en) != 0)
         return;
     for (int i = 0; i < CLOSE_CORRECTIONS_MAX; i++) {
         if (a->wait_learnable)
@@ -296,7 +300,7 @@ static void handle_close(admin_t *a, http_conn_t *c, const char *id, size_t len)
         next = poll_def_dup(en->def);
         next->closes_at = finish + delay;
         catalog_entry_t *fixed = NULL;
-        if (write_update(a, c, next, &fixed) != 0) {
+        if (write_update(a, c, next, finish, &fixed) != 0) {
             catalog_entry_unref(en);
             return;
         }
@@ -423,7 +427,7 @@ static void handle_patch(admin_t *a, http_conn_t *c, const http_req_t *r, const 
         return;
     }
     catalog_entry_t *en = NULL;
-    if (write_update(a, c, next, &en) != 0)
+    if (write_update(a, c, next, now_ms(), &en) != 0)
         return;
     log_info("admin: patched poll %s (seq %llu)", en->def->id, (unsigned long long)en->def_seq);
     reply_entry(a, c, 200, en);

@@ -2,7 +2,8 @@
  * fdatasync, ftruncate and rename fail on command, so tests can stage disk
  * faults while the real binary runs (tests/chaos).
  *
- * (and pread, to be slowed down: delay_ms below).
+ * (and pread, to be slowed down: delay_ms below; and the wall clock, to
+ * be stepped forward: step_ms below).
  *
  * Control: FAULTSHIM_CTL names a control file, re-read at most every 10 ms.
  * It holds one line of space-separated key=value pairs, or "off" (a missing
@@ -20,6 +21,11 @@
  *   delay_ms=N       instead of failing, a matching call is made slow: it
  *                    sleeps N ms, then does its work (a stalling disk; with
  *                    ops=pread it holds up the log's readers, the engine)
+ *   step_ms=N        with ops=clock: each clock_gettime(CLOCK_REALTIME)
+ *                    (the first count of them) steps the wall clock N ms
+ *                    forward first, so two readings in a row differ; the
+ *                    steps taken stay when the fault is off (a clock that
+ *                    was stepped, never one that goes back)
  *
  * Every injected failure is reported on stderr ("faultshim: inject ..."),
  * so a test can count them and a failure can be read back in the log. */
@@ -44,6 +50,7 @@ enum {
     OP_FTRUNCATE = 1 << 4,
     OP_RENAME = 1 << 5,
     OP_PREAD = 1 << 6,
+    OP_CLOCK = 1 << 7,
 };
 
 static const struct {
@@ -52,7 +59,7 @@ static const struct {
 } shim_ops[] = {
     {"write", OP_WRITE},         {"pwrite", OP_PWRITE},       {"fsync", OP_FSYNC},
     {"fdatasync", OP_FDATASYNC}, {"ftruncate", OP_FTRUNCATE}, {"rename", OP_RENAME},
-    {"pread", OP_PREAD},
+    {"pread", OP_PREAD},         {"clock", OP_CLOCK},
 };
 
 static const struct {
@@ -70,12 +77,14 @@ typedef struct {
     uint64_t rng;
     int partial;
     long delay_ms; /* > 0: slow down instead of failing */
+    long step_ms;  /* ops=clock: each wall-clock reading steps this far */
 } shim_state_t;
 
 static pthread_mutex_t shim_mu = PTHREAD_MUTEX_INITIALIZER;
 static shim_state_t shim_st; /* guarded by shim_mu; ops == 0 means off */
 static uint64_t shim_next_reload_ns;
-static __thread int shim_busy; /* our own calls pass through */
+static int64_t shim_clock_ahead_ns; /* guarded by shim_mu: the steps taken */
+static __thread int shim_busy;      /* our own calls pass through */
 
 static ssize_t (*real_write)(int, const void *, size_t);
 static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
@@ -84,6 +93,7 @@ static int (*real_fdatasync)(int);
 static int (*real_ftruncate)(int, off_t);
 static int (*real_rename)(const char *, const char *);
 static ssize_t (*real_pread)(int, void *, size_t, off_t);
+static int (*real_clock_gettime)(clockid_t, struct timespec *);
 
 static void shim_resolve(void) {
     if (real_write)
@@ -94,6 +104,7 @@ static void shim_resolve(void) {
     real_ftruncate = (int (*)(int, off_t))dlsym(RTLD_NEXT, "ftruncate");
     real_rename = (int (*)(const char *, const char *))dlsym(RTLD_NEXT, "rename");
     real_pread = (ssize_t(*)(int, void *, size_t, off_t))dlsym(RTLD_NEXT, "pread");
+    real_clock_gettime = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
     real_write = (ssize_t(*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
 }
 
@@ -156,6 +167,8 @@ static void shim_parse(char *text, shim_state_t *st) {
             st->partial = atoi(v) != 0;
         } else if (!strcmp(k, "delay_ms")) {
             st->delay_ms = strtol(v, NULL, 10);
+        } else if (!strcmp(k, "step_ms")) {
+            st->step_ms = strtol(v, NULL, 10);
         } else {
             shim_say("faultshim: unknown control key %s\n", k);
         }
@@ -333,4 +346,28 @@ int rename(const char *from, const char *to) {
         return real_rename(from, to);
     errno = err;
     return -1;
+}
+
+/* The wall clock, stepped forward on command (the shim's own readings are
+ * of CLOCK_MONOTONIC, which passes through). */
+int clock_gettime(clockid_t clk, struct timespec *ts) {
+    shim_resolve();
+    int rc = real_clock_gettime(clk, ts);
+    if (rc != 0 || clk != CLOCK_REALTIME || shim_busy || !getenv("FAULTSHIM_CTL"))
+        return rc;
+    shim_busy = 1;
+    pthread_mutex_lock(&shim_mu);
+    shim_reload();
+    if ((shim_st.ops & OP_CLOCK) && shim_st.count != 0) {
+        if (shim_st.count > 0)
+            shim_st.count--;
+        shim_clock_ahead_ns += (int64_t)shim_st.step_ms * 1000000;
+    }
+    int64_t ahead = shim_clock_ahead_ns;
+    pthread_mutex_unlock(&shim_mu);
+    shim_busy = 0;
+    int64_t ns = (int64_t)ts->tv_nsec + ahead % 1000000000;
+    ts->tv_sec += (time_t)(ahead / 1000000000 + ns / 1000000000);
+    ts->tv_nsec = (long)(ns % 1000000000);
+    return rc;
 }

@@ -16,6 +16,9 @@ import unittest
 TALLY_BIN = os.environ.get("TALLY_BIN", os.path.join(os.path.dirname(__file__), "../../build/tally"))
 SANITIZE = os.environ.get("TALLY_SANITIZE", "")
 TIMEOUT_MULT = 4 if SANITIZE else 1
+# The LD_PRELOAD fault shim (tests/faultshim): built beside the binaries.
+BUILD = os.environ.get("TALLY_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
+SHIM = os.path.join(BUILD, "tests", "faultshim", "libfaultshim.so")
 MODES = {"one-per-voter", "changeable", "unlimited"}
 
 

@@ -11,7 +11,7 @@ import subprocess
 import time
 import unittest
 
-from harness import TALLY_BIN, TIMEOUT_MULT, Tally, TallyTestCase, free_port, wait_until
+from harness import SANITIZE, SHIM, TALLY_BIN, TIMEOUT_MULT, Tally, TallyTestCase, free_port, wait_until
 
 SRC = os.environ.get("TALLY_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "../.."))
 TOKEN = "t0ken-for-tests-0123456789"
@@ -253,6 +253,33 @@ class AdminTest(TallyTestCase):
         r = a.t.replay()
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(a.t.published_counts("rt"), accepted)
+
+    @unittest.skipIf(SANITIZE or not os.path.exists(SHIM), "needs the fault shim (not under sanitizers)")
+    def test_close_now_holds_when_the_clock_ticks_inside_the_request(self):
+        # The close handler read the clock for its cut (now +
+        # admin.close_delay_ms), and the check of that cut (no earlier than
+        # now + the delay) read it again: a millisecond's tick between the two
+        # answered the operator's own "close now" with 409 (1 close in ~300
+        # under ASan, once in a make check). The shim makes every wall-clock
+        # reading 2 ms later than the one before it.
+        a = Admin(self)
+        ctl = os.path.join(a.t.dir, "shim.ctl")
+        a.t.start(env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
+        for pid in ("c1", "c2"):
+            st, body = a.create(id=pid, options=["x", "y"], mode="unlimited")
+            self.assertEqual(st, 201, body)
+        with open(ctl, "w") as f:
+            f.write("gen=1 ops=clock step_ms=2 count=-1")
+        time.sleep(0.05)  # the shim re-reads its control file every 10 ms
+        st, body = a.request("POST", "/v1/admin/polls/c1/close")
+        self.assertEqual(st, 200, body)
+        self.assertEqual(body["state"], "open", body)
+        with open(ctl, "w") as f:
+            f.write("off")
+        time.sleep(0.05)
+        st, body = a.request("POST", "/v1/admin/polls/c2/close")
+        self.assertEqual(st, 200, body)
+        a.t.stop()
 
     def test_scheduled_poll_opens_on_time_and_open_now(self):
         a = self.start()

@@ -16,10 +16,7 @@ import subprocess
 import time
 import unittest
 
-from harness import SANITIZE, TIMEOUT_MULT, TallyTestCase, wait_until
-
-BUILD = os.environ.get("TALLY_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
-SHIM = os.path.join(BUILD, "tests", "faultshim", "libfaultshim.so")
+from harness import SANITIZE, SHIM, TIMEOUT_MULT, TallyTestCase, wait_until
 
 
 class Events:

@@ -1,6 +1,7 @@
 /* faultshim: an LD_PRELOAD library that makes write, pwrite, fsync,
  * fdatasync, ftruncate and rename fail on command, so tests can stage disk
- * faults while the real binary runs (tests/chaos).
+ * faults while the real binary runs (tests/chaos); and connect, so they can
+ * stage a client without local ports (tests/bench).
  *
  * (and pread, to be slowed down: delay_ms below; and the wall clock, to
  * be stepped forward: step_ms below).
@@ -10,9 +11,13 @@
  * or empty file is off too):
  *
  *   gen=N            any change re-arms the fault (resets count and seed)
- *   ops=a,b,...      write pwrite fsync fdatasync ftruncate rename
+ *   ops=a,b,...      write pwrite fsync fdatasync ftruncate rename connect
  *   prefix=PATH      only calls on files whose path starts with PATH
- *   errno=EIO        EIO | ENOSPC | EROFS | EDQUOT
+ *                    (a socket's is "socket:[INODE]")
+ *   errno=EIO        EIO | ENOSPC | EROFS | EDQUOT | EADDRNOTAVAIL |
+ *                    ECONNREFUSED (a failing connect fails inside
+ *                    connect(), before any packet, as the kernel does
+ *                    when no local port is free)
  *   count=K          fail the next K matching calls (-1: every one)
  *   prob=P           each matching call fails with probability P (0..1]
  *   seed=S           seed of the probability draws
@@ -38,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
@@ -51,6 +57,7 @@ enum {
     OP_RENAME = 1 << 5,
     OP_PREAD = 1 << 6,
     OP_CLOCK = 1 << 7,
+    OP_CONNECT = 1 << 8,
 };
 
 static const struct {
@@ -59,13 +66,18 @@ static const struct {
 } shim_ops[] = {
     {"write", OP_WRITE},         {"pwrite", OP_PWRITE},       {"fsync", OP_FSYNC},
     {"fdatasync", OP_FDATASYNC}, {"ftruncate", OP_FTRUNCATE}, {"rename", OP_RENAME},
-    {"pread", OP_PREAD},         {"clock", OP_CLOCK},
+    {"pread", OP_PREAD},         {"clock", OP_CLOCK},         {"connect", OP_CONNECT},
 };
 
 static const struct {
     const char *name;
     int value;
-} shim_errnos[] = {{"EIO", EIO}, {"ENOSPC", ENOSPC}, {"EROFS", EROFS}, {"EDQUOT", EDQUOT}};
+} shim_errnos[] = {{"EIO", EIO},
+                   {"ENOSPC", ENOSPC},
+                   {"EROFS", EROFS},
+                   {"EDQUOT", EDQUOT},
+                   {"EADDRNOTAVAIL", EADDRNOTAVAIL},
+                   {"ECONNREFUSED", ECONNREFUSED}};
 
 typedef struct {
     long gen;
@@ -94,6 +106,7 @@ static int (*real_ftruncate)(int, off_t);
 static int (*real_rename)(const char *, const char *);
 static ssize_t (*real_pread)(int, void *, size_t, off_t);
 static int (*real_clock_gettime)(clockid_t, struct timespec *);
+static int (*real_connect)(int, const struct sockaddr *, socklen_t);
 
 static void shim_resolve(void) {
     if (real_write)
@@ -105,6 +118,7 @@ static void shim_resolve(void) {
     real_rename = (int (*)(const char *, const char *))dlsym(RTLD_NEXT, "rename");
     real_pread = (ssize_t(*)(int, void *, size_t, off_t))dlsym(RTLD_NEXT, "pread");
     real_clock_gettime = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    real_connect = (int (*)(int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT, "connect");
     real_write = (ssize_t(*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
 }
 
@@ -332,6 +346,14 @@ int ftruncate(int fd, off_t len) {
 
 int ftruncate64(int fd, off_t len) {
     return ftruncate(fd, len);
+}
+
+int connect(int fd, const struct sockaddr *addr, socklen_t len) {
+    int partial, err = shim_fd_call(OP_CONNECT, fd, "connect", &partial);
+    if (!err)
+        return real_connect(fd, addr, len);
+    errno = err;
+    return -1;
 }
 
 int rename(const char *from, const char *to) {

@@ -121,7 +121,6 @@ static int hc_flush(hclient_t *h) {
 }
 
 static void on_read(evutil_socket_t fd, short what, void *arg) {
-    (void)what;
     hclient_t *h = arg;
     ssize_t n = recv(fd, read_buf, sizeof read_buf, 0);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
@@ -145,10 +144,15 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
         char next;
         if ((size_t)n == sizeof read_buf && recv(fd, &next, 1, MSG_PEEK | MSG_DONTWAIT) > 0)
             h->extra = 1;
+        /* The server's FIN came with the answer (EV_CLOSED: epoll saw it
+         * with the bytes; it would be the next read's 0), although the
+         * answer did not say Connection: close: the next request would go
+         * to a dead socket and get no answer. */
+        int closed = (what & EV_CLOSED) != 0;
         /* Unsent request bytes, a second response or bytes that are not
          * HTTP (the parser failed past the answer) would be taken for the
          * next request's: start that one on a fresh connection. */
-        if (!h->keep_alive || h->extra || h->out_off < h->out_len ||
+        if (!h->keep_alive || closed || h->extra || h->out_off < h->out_len ||
             HTTP_PARSER_ERRNO(&h->parser) != HPE_OK)
             hc_close(h);
         hc_answer(h, h->status);
@@ -200,7 +204,8 @@ static int hc_connect(hclient_t *h) {
     }
     h->fd = fd;
     h->connects++;
-    event_assign(h->rev, h->base, fd, EV_READ | EV_PERSIST, on_read, h);
+    /* EV_CLOSED: a FIN that comes with an answer shows with its bytes. */
+    event_assign(h->rev, h->base, fd, EV_READ | EV_CLOSED | EV_PERSIST, on_read, h);
     event_assign(h->wev, h->base, fd, EV_WRITE | EV_PERSIST, on_write, h);
     if (connect(fd, (const struct sockaddr *)&h->addr, h->addrlen) != 0) {
         if (errno != EINPROGRESS)

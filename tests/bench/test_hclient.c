@@ -403,6 +403,33 @@ Test(hclient, a_refused_connect_is_answered_from_the_loop, .timeout = 10) {
     client_close(&c, 2);
 }
 
+/* A keep-alive answer (no Connection: close) whose FIN comes in the same
+ * segment (MSG_MORE holds the bytes until close() adds the FIN to them). */
+static void answers_with_a_fin(srv_t *s) {
+    int fd = srv_accept(s);
+    cr_assert_eq(srv_read(fd), 0);
+    cr_assert_eq(send(fd, A202, strlen(A202), MSG_NOSIGNAL | MSG_MORE), (ssize_t)strlen(A202));
+    close(fd);
+    fd = srv_accept(s);
+    cr_assert_eq(srv_read(fd), 0);
+    srv_write(fd, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 1 << 20);
+    close(fd);
+}
+
+Test(hclient, a_fin_with_a_keep_alive_answer_sends_the_next_request_on_a_new_connection,
+     .timeout = 10) {
+    srv_t s;
+    client_t c;
+    srv_start(&s, answers_with_a_fin);
+    client_open(&c, &s, 5);
+    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 202);
+    /* At once, as the load generator does from its answer callback. */
+    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 201, "the request went to the closed socket");
+    cr_assert_eq(hclient_connects(c.h), 2);
+    srv_join(&s);
+    client_close(&c, 2);
+}
+
 static void answers_one(srv_t *s) {
     int fd = srv_accept(s);
     cr_assert_eq(srv_read(fd), 0);

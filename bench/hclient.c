@@ -25,6 +25,13 @@
 #define HCLIENT_READ_BUF 16384
 static _Thread_local char read_buf[HCLIENT_READ_BUF];
 
+/* After a failed connect the answer waits this long, doubling with each
+ * failure in a row: near ephemeral-port exhaustion (EADDRNOTAVAIL) or with
+ * the server gone (ECONNREFUSED) every connect fails at once, and answering
+ * at once would make the caller's next send connect again in a busy loop. */
+#define HCLIENT_BACKOFF_MIN_MS 1u
+#define HCLIENT_BACKOFF_MAX_MS 1000u
+
 struct hclient_s {
     struct event_base *base;
     struct sockaddr_storage addr;
@@ -35,6 +42,8 @@ struct hclient_s {
     int fd;                        /* -1: not connected */
     int connecting;                /* connect() under way: the first writable event tells */
     int busy;                      /* a request in flight */
+    size_t left;                   /* bytes of it the socket took: 0, the server cannot have it */
+    int err;                       /* why it failed, answered from the loop (on_timeout) */
     struct event *rev, *wev, *tev; /* reads (while connected), output left, deadline */
     http_parser parser;
     int status;     /* of the response being parsed */
@@ -44,6 +53,9 @@ struct hclient_s {
     char *out;      /* what is left to send of the request */
     size_t out_off, out_len, out_cap;
     unsigned long connects;
+    unsigned long connect_failures;
+    int connect_errno;   /* of the latest failure */
+    unsigned backoff_ms; /* the wait of the next failure's answer; 0 after a connect */
 };
 
 /* ---- parsing ---- */
@@ -99,12 +111,49 @@ static void hc_answer(hclient_t *h, int status) {
     h->on_answer(h->arg, status);
 }
 
+/* The answer to a request that failed with err: 0 if any of it left (the
+ * server may have acted on it), else -err (it cannot have). */
+static int hc_lost(const hclient_t *h, int err) {
+    return h->left ? 0 : -(err ? err : EIO);
+}
+
+/* Closes the connection and answers from the loop after wait_ms (0: on the
+ * next turn), as promised: the caller may be in the middle of its own
+ * bookkeeping, and a failed connect must not be tried again at once. */
+static void hc_fail_later(hclient_t *h, int err, unsigned wait_ms) {
+    hc_close(h);
+    h->err = err;
+    if (wait_ms) {
+        struct timeval tv = {(time_t)(wait_ms / 1000), (suseconds_t)(wait_ms % 1000) * 1000};
+        event_add(h->tev, &tv);
+    } else {
+        event_active(h->tev, EV_TIMEOUT, 1);
+    }
+}
+
+/* Counts a failed connect; returns how long its answer waits. */
+static unsigned hc_connect_failed(hclient_t *h, int err) {
+    h->connect_failures++;
+    h->connect_errno = err;
+    h->backoff_ms = h->backoff_ms ? h->backoff_ms * 2 : HCLIENT_BACKOFF_MIN_MS;
+    if (h->backoff_ms > HCLIENT_BACKOFF_MAX_MS)
+        h->backoff_ms = HCLIENT_BACKOFF_MAX_MS;
+    return h->backoff_ms;
+}
+
+/* The connect under way failed (refused, unreachable): nothing of the
+ * request left; answered after the backoff. */
+static void hc_connect_error(hclient_t *h, int err) {
+    hc_fail_later(h, err, hc_connect_failed(h, err));
+}
+
 /* Sends what is left of the request. 0, or -1 when the connection is dead. */
 static int hc_flush(hclient_t *h) {
     while (h->out_off < h->out_len) {
         ssize_t n = send(h->fd, h->out + h->out_off, h->out_len - h->out_off, MSG_NOSIGNAL);
         if (n > 0) {
             h->out_off += (size_t)n;
+            h->left += (size_t)n;
         } else if (n < 0 && errno == EINTR) {
             continue;
         } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -131,10 +180,15 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
         return;
     }
     if (n <= 0) {
+        int err = n < 0 ? errno : ECONNRESET;
+        if (h->connecting) { /* the read event can tell a refusal first */
+            hc_connect_error(h, err);
+            return;
+        }
         if (n == 0) /* the end of a body that runs to the close */
             http_parser_execute(&h->parser, &parser_settings, NULL, 0);
         hc_close(h);
-        hc_answer(h, h->complete ? h->status : 0);
+        hc_answer(h, h->complete ? h->status : hc_lost(h, err));
         return;
     }
     http_parser_execute(&h->parser, &parser_settings, read_buf, (size_t)n);
@@ -158,7 +212,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
         hc_answer(h, h->status);
     } else if (HTTP_PARSER_ERRNO(&h->parser) != HPE_OK) {
         hc_close(h);
-        hc_answer(h, 0);
+        hc_answer(h, hc_lost(h, EPROTO));
     }
 }
 
@@ -168,32 +222,41 @@ static void on_write(evutil_socket_t fd, short what, void *arg) {
     if (h->connecting) {
         int err = 0;
         socklen_t el = sizeof err;
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0 || err != 0) {
-            hc_close(h);
-            hc_answer(h, 0);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+            err = errno;
+        if (err != 0) {
+            hc_connect_error(h, err);
             return;
         }
         h->connecting = 0;
+        h->backoff_ms = 0;
     }
     if (hc_flush(h) != 0) {
+        int err = errno;
         hc_close(h);
-        hc_answer(h, 0);
+        hc_answer(h, hc_lost(h, err));
     }
 }
 
-/* The deadline, or a failure inside hclient_send made active. */
+/* The deadline, or the answer to a failure that hc_fail_later put off. */
 static void on_timeout(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     hclient_t *h = arg;
     if (!h->busy)
         return;
+    int err = h->err;
+    if (!err) {
+        err = ETIMEDOUT;
+        if (h->connecting) /* the connect never finished: a failure too */
+            hc_connect_failed(h, err);
+    }
     hc_close(h); /* a late answer must not pass for the next one's */
-    hc_answer(h, 0);
+    hc_answer(h, hc_lost(h, err));
 }
 
 /* Opens the socket and starts connecting. 0 under way or done, 1 the
- * connect failed (an answer of 0), -1 no socket (errno). */
+ * connect failed (errno; an answer < 0), -1 no socket (errno). */
 static int hc_connect(hclient_t *h) {
     int fd = socket(h->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -212,6 +275,8 @@ static int hc_connect(hclient_t *h) {
             return 1;
         h->connecting = 1;
         event_add(h->wev, NULL);
+    } else {
+        h->backoff_ms = 0;
     }
     event_add(h->rev, NULL);
     return 0;
@@ -262,24 +327,33 @@ int hclient_send(hclient_t *h, const char *req, size_t len) {
     int rc = h->fd < 0 ? hc_connect(h) : 0;
     if (rc < 0)
         return -1;
+    int err = rc > 0 ? errno : 0;
     h->busy = 1;
     http_parser_init(&h->parser, HTTP_RESPONSE);
     h->parser.data = h;
     h->status = h->complete = h->keep_alive = h->extra = 0;
+    h->left = 0;
+    h->err = 0;
     event_add(h->tev, &h->timeout);
-    if (rc > 0)
-        goto fail_later;
+    if (rc > 0) {
+        hc_connect_error(h, err);
+        return 0;
+    }
     size_t sent = 0;
     while (!h->connecting && sent < len) {
         ssize_t n = send(h->fd, req + sent, len - sent, MSG_NOSIGNAL);
-        if (n > 0)
+        if (n > 0) {
             sent += (size_t)n;
-        else if (n < 0 && errno == EINTR)
+            h->left = sent;
+        } else if (n < 0 && errno == EINTR) {
             continue;
-        else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             break;
-        else
-            goto fail_later; /* e.g. reset by a server that closed the idle connection */
+        } else {
+            /* e.g. reset by a server that closed the idle connection */
+            hc_fail_later(h, errno, 0);
+            return 0;
+        }
     }
     if (sent == len)
         return 0;
@@ -294,16 +368,24 @@ int hclient_send(hclient_t *h, const char *req, size_t len) {
     if (!h->connecting)
         event_add(h->wev, NULL);
     return 0;
-fail_later:
-    /* The answer comes from the loop, as promised: the caller may be in
-     * the middle of its own bookkeeping. */
-    hc_close(h);
-    event_active(h->tev, EV_TIMEOUT, 1);
-    return 0;
 }
 
 unsigned long hclient_connects(const hclient_t *h) {
     return h->connects;
+}
+
+unsigned long hclient_connect_failures(const hclient_t *h, int *last_errno) {
+    if (last_errno)
+        *last_errno = h->connect_failures ? h->connect_errno : 0;
+    return h->connect_failures;
+}
+
+void hclient_cancel(hclient_t *h) {
+    if (!h || !h->busy)
+        return;
+    int err = h->err ? h->err : ECANCELED;
+    hc_close(h);
+    hc_answer(h, hc_lost(h, err));
 }
 
 void hclient_free(hclient_t *h) {

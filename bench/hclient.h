@@ -19,11 +19,15 @@ struct event_base;
 
 typedef struct hclient_s hclient_t;
 
-/* The answer to the request in flight: status is the response's status code,
- * or 0 when there is none (connect error, reset, close before the answer,
- * unparseable response, timeout). Runs exactly once per accepted
- * hclient_send, always from the event loop, never from inside hclient_send.
- * It may call hclient_send (the client is idle again) but not hclient_free. */
+/* The answer to the request in flight. status > 0 is the response's status
+ * code. 0 is no answer to a request of which some bytes left (reset, close
+ * before the whole answer, unparseable response, timeout): the server may
+ * have acted on it. < 0 is -errno of why no byte of it ever left (the
+ * connect failed or did not finish in time, the socket took none of it):
+ * the server cannot have seen it. Runs exactly once per accepted
+ * hclient_send, from the event loop (never from inside hclient_send) or
+ * from hclient_cancel. It may call hclient_send (the client is idle again)
+ * but not hclient_free. */
 typedef void (*hclient_answer_fn)(void *arg, int status);
 
 /* Resolves host:port (numeric or by name) into *addr for hclient_new.
@@ -40,11 +44,23 @@ hclient_t *hclient_new(struct event_base *base, const struct sockaddr *addr, soc
 /* Sends one complete request (req[0..len), copied if it cannot go out at
  * once). Returns 0 when on_answer will follow, or -1 with errno when nothing
  * was sent and no callback will come: EBUSY with a request in flight, or the
- * error of socket(). A connect that fails is an answer of 0. */
+ * error of socket(). A connect that fails is an answer of -errno, held back
+ * for a backoff that doubles with each failure in a row (1 ms to 1 s), so
+ * the next connect cannot follow at once. */
 int hclient_send(hclient_t *h, const char *req, size_t len);
 
 /* Connections opened so far (a kept-alive connection counts once). */
 unsigned long hclient_connects(const hclient_t *h);
+
+/* Connects that failed so far (refused, no local port, not done by the
+ * deadline); *last_errno (if not NULL): the errno of the latest, 0 if none. */
+unsigned long hclient_connect_failures(const hclient_t *h, int *last_errno);
+
+/* Answers the request in flight, if any, from inside this call, as the
+ * loop would at its deadline (0, or -ECANCELED if none of it left), and
+ * closes the connection. For a caller that stops waiting: every request
+ * still gets its one answer. NULL is a no-op. */
+void hclient_cancel(hclient_t *h);
 
 /* Closes the connection; a request in flight gets no callback. */
 void hclient_free(hclient_t *h);

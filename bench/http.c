@@ -52,6 +52,12 @@
  * time. */
 #define SEND_EARLY_NS 1000000ull
 #define WATCH_US 1000 /* the probe re-checks the published file every ms */
+/* stop_all: the first ^C stops sending, the second quits at once. Threads
+ * other than 0 look every STOP_CHECK_MS, not only on their next answer,
+ * which may be a timeout away. */
+#define STOP_SENDING 1
+#define STOP_NOW 2
+#define STOP_CHECK_MS 20
 
 static const char *help =
     "usage: tally-bench http [options]\n"
@@ -155,7 +161,7 @@ struct bh_s {
     socklen_t addrlen;
     char runid[32];
     int thread;           /* 0 owns the probe, SIGINT and the report */
-    atomic_int *stop_all; /* shared by the threads: ^C on thread 0 */
+    atomic_int *stop_all; /* shared by the threads: ^C on thread 0 (STOP_*) */
 
     /* load */
     const poll_conf_t **polls; /* the load's polls */
@@ -177,13 +183,17 @@ struct bh_s {
     int finished;
     uint64_t sent, done, gen_blocked;
     uint64_t status[NSTATUS];
-    uint64_t no_response; /* errors and timeouts: outcome unknown */
-    uint64_t unknown;     /* votes whose outcome is unknown (a retry may settle it) */
-    uint64_t key_seq;     /* --idempotency keys handed out */
+    uint64_t no_response;    /* errors and timeouts: outcome unknown */
+    uint64_t unknown;        /* votes whose outcome is unknown (a retry may settle it) */
+    uint64_t unsent;         /* votes that never left (no connection): they cannot count */
+    uint64_t connect_failed; /* connects that failed (hclient's, added up at the end) */
+    int connect_errno;       /* the errno of one of them, for the report */
+    int abandoning;          /* the loop is over: the answers now are hclient_cancel's */
+    uint64_t key_seq;        /* --idempotency keys handed out */
     uint64_t retries, retries_202, retries_settled;
     rng_t retry_rng;
     hist_t lat, lat_sec;
-    struct event *send_ev, *progress_ev, *deadline_ev, *drain_ev, *sigint_ev;
+    struct event *send_ev, *progress_ev, *deadline_ev, *drain_ev, *sigint_ev, *stop_ev;
     uint64_t prev_done;
 
     /* freshness probe */
@@ -399,8 +409,7 @@ static void pump(bh_t *b) {
             0) {
             /* Never reached the wire: no outcome to account for. */
             int e = errno;
-            b->status[0]++;
-            b->done++;
+            b->unsent++;
             gen_done(&b->gen, &v);
             b->freel[b->nfree++] = c;
             log_error("cannot send a request to %s: %s", b->o.url, strerror(e));
@@ -504,7 +513,7 @@ static void probe_response(bh_t *b, int code) {
     if (code == 0)
         b->probe_no_response++;
     else
-        b->probe_failed++;
+        b->probe_failed++; /* refused, or never sent (< 0) */
     b->probe_busy = 0;
     if (b->stop_sending)
         maybe_finish(b);
@@ -512,13 +521,27 @@ static void probe_response(bh_t *b, int code) {
 
 /* ---- answers ---- */
 
+/* A vote that never left: its connection never connected, so the server
+ * cannot have counted it; it is neither answered nor unknown. */
+static void vote_unsent(bh_t *b, conn_t *c, int code) {
+    b->unsent++;
+    /* Refused before anything was ever answered: nobody listens there. */
+    if (code == -ECONNREFUSED && b->done == 0 && !b->stop_sending) {
+        log_error("cannot connect to %s: %s", b->o.url, strerror(-code));
+        stop_load(b);
+    }
+    gen_done(&b->gen, &c->vote);
+    b->freel[b->nfree++] = c;
+    pump(b);
+}
+
 /* hclient's answer on c's connection or its retry connection (code 0:
- * none). */
+ * none although the request left; < 0: it never left). */
 static void on_response(void *arg, int code) {
     conn_t *c = arg;
     bh_t *b = c->b;
     uint64_t now = mono_ns();
-    if (code < 0 || code >= NSTATUS)
+    if (code >= NSTATUS)
         code = NSTATUS - 1;
     if (c->is_probe) {
         probe_response(b, code);
@@ -529,6 +552,8 @@ static void on_response(void *arg, int code) {
          * was a 202 (the engine drops the other as a retry), unknown if
          * neither was and one got no answer. */
         c->in_retry = 0;
+        if (code < 0)
+            b->retries--; /* it never left: the first answer decides (below) */
         if (code == 202)
             b->retries_202++;
         int first = c->first_code;
@@ -547,8 +572,13 @@ static void on_response(void *arg, int code) {
         pump(b);
         return;
     }
+    if (code < 0) {
+        vote_unsent(b, c, code);
+        return;
+    }
     b->done++;
-    b->last_done_ns = now;
+    if (!b->abandoning)
+        b->last_done_ns = now;
     if (code == 0) {
         b->no_response++;
     } else {
@@ -639,13 +669,28 @@ static void on_sigint(evutil_socket_t fd, short what, void *arg) {
     (void)what;
     bh_t *b = arg;
     if (b->stop_sending) {
+        atomic_store(b->stop_all, STOP_NOW);
         event_base_loopexit(b->base, NULL);
         return;
     }
     fprintf(stderr, "tally-bench: interrupted; waiting for answers in flight (^C again to quit)\n");
-    atomic_store(b->stop_all, 1); /* the other threads see it on their next answer */
+    atomic_store(b->stop_all, STOP_SENDING);
     b->stop_sending = 1;
     maybe_finish(b);
+}
+
+/* Threads other than 0: thread 0's ^C. */
+static void on_stop_check(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    bh_t *b = arg;
+    int stop = atomic_load_explicit(b->stop_all, memory_order_relaxed);
+    if (stop == STOP_NOW) {
+        event_base_loopexit(b->base, NULL);
+    } else if (stop) {
+        stop_load(b);
+        maybe_finish(b);
+    }
 }
 
 /* ---- setup ---- */
@@ -919,7 +964,7 @@ static int choose_polls(bh_t *b, char *err, size_t esz) {
 /* ---- report ---- */
 
 static uint64_t answered(const bh_t *b) {
-    return b->done - b->no_response - b->status[0];
+    return b->done - b->no_response;
 }
 
 static double per_sec(uint64_t n, double secs) {
@@ -941,9 +986,16 @@ static void print_report(bh_t *b, double secs) {
         if (b->status[s])
             fprintf(out, " %d: %llu", s, (unsigned long long)b->status[s]);
     fprintf(out, "%s\n", answered(b) ? "" : " none");
-    if (b->no_response || b->status[0])
+    if (b->no_response)
         fprintf(out, "  %-13s %llu without an answer (error or timeout)\n", "errors",
-                (unsigned long long)(b->no_response + b->status[0]));
+                (unsigned long long)b->no_response);
+    if (b->unsent || b->connect_failed) {
+        fprintf(out, "  %-13s %llu votes never sent (they cannot count); %llu connects failed",
+                "not sent", (unsigned long long)b->unsent, (unsigned long long)b->connect_failed);
+        if (b->connect_errno)
+            fprintf(out, " (%s)", strerror(b->connect_errno));
+        fputc('\n', out);
+    }
     uint64_t nk = b->gen.kinds[0] + b->gen.kinds[1] + b->gen.kinds[2];
     fprintf(out, "  %-13s", "votes");
     for (int k = 0; k < VOTE_KINDS; k++)
@@ -992,7 +1044,9 @@ static json_t *json_report(bh_t *b, double secs) {
     bench_json_set_num(r, "throughput", per_sec(b->done, secs));
     bench_json_set_num(r, "accepted", (double)b->status[202]);
     bench_json_set_num(r, "accepted_per_sec", per_sec(b->status[202], secs));
-    bench_json_set_num(r, "no_response", (double)(b->no_response + b->status[0]));
+    bench_json_set_num(r, "no_response", (double)b->no_response);
+    bench_json_set_num(r, "not_sent", (double)b->unsent);
+    bench_json_set_num(r, "connects_failed", (double)b->connect_failed);
     json_t *st = bench_json_set(r, "status", json_object());
     for (int s = 1; s < NSTATUS; s++)
         if (b->status[s]) {
@@ -1195,6 +1249,10 @@ static int worker_init(bh_t *w, const struct event_config *ecfg, char *err, size
         /* libevent delivers a signal to one base only. */
         w->sigint_ev = evsignal_new(w->base, SIGINT, on_sigint, w);
         event_add(w->sigint_ev, NULL);
+    } else {
+        w->stop_ev = event_new(w->base, -1, EV_PERSIST, on_stop_check, w);
+        struct timeval iv = {0, STOP_CHECK_MS * 1000};
+        event_add(w->stop_ev, &iv);
     }
     if (w->probe_poll) {
         w->probe.b = w;
@@ -1207,6 +1265,35 @@ static int worker_init(bh_t *w, const struct event_config *ecfg, char *err, size
         event_add(w->probe_ev, &iv);
     }
     return 0;
+}
+
+/* Adds up w's clients' failed connects. */
+static void count_connect_failures(bh_t *w, const hclient_t *h) {
+    int e = 0;
+    if (!h)
+        return;
+    w->connect_failed += hclient_connect_failures(h, &e);
+    if (e)
+        w->connect_errno = e;
+}
+
+/* After the loop: requests still in flight (drain timeout, second ^C) are
+ * answered now by hclient_cancel, through on_response like any other, so
+ * each vote is counted once, as its attempts so far allow: unknown if one
+ * of them left without an answer, accepted if an earlier attempt was, never
+ * sent if nothing left. */
+static void worker_abandon(bh_t *w) {
+    w->abandoning = 1;
+    w->stop_sending = 1; /* no retry or next vote from these answers */
+    w->finished = 1;
+    for (int i = 0; i < w->nconns_alloc; i++) {
+        hclient_cancel(w->conns[i].hc);
+        hclient_cancel(w->conns[i].retry_hc);
+        count_connect_failures(w, w->conns[i].hc);
+        count_connect_failures(w, w->conns[i].retry_hc);
+    }
+    hclient_cancel(w->probe.hc);
+    count_connect_failures(w, w->probe.hc);
 }
 
 /* Runs w's loop to the end of its share. @locality w's own thread */
@@ -1227,12 +1314,7 @@ static void *worker_run(void *arg) {
         probe_send(w);
     pump(w);
     event_base_dispatch(w->base);
-    /* Left without an answer (drain timeout, second ^C): outcome unknown. */
-    w->no_response += (uint64_t)inflight(w);
-    w->unknown += (uint64_t)inflight(w);
-    w->done += (uint64_t)inflight(w);
-    if (w->probe_busy && !w->probe_watching)
-        w->probe_no_response++;
+    worker_abandon(w);
     return NULL;
 }
 
@@ -1243,6 +1325,10 @@ static void worker_merge(bh_t *b, const bh_t *w) {
     b->gen_blocked += w->gen_blocked;
     b->no_response += w->no_response;
     b->unknown += w->unknown;
+    b->unsent += w->unsent;
+    b->connect_failed += w->connect_failed;
+    if (w->connect_errno)
+        b->connect_errno = w->connect_errno;
     b->retries += w->retries;
     b->retries_202 += w->retries_202;
     b->retries_settled += w->retries_settled;
@@ -1270,7 +1356,7 @@ static void worker_free(bh_t *w) {
     }
     hclient_free(w->probe.hc);
     struct event *evs[] = {w->send_ev,   w->progress_ev, w->deadline_ev, w->drain_ev,
-                           w->sigint_ev, w->probe_ev,    w->watch_ev};
+                           w->sigint_ev, w->stop_ev,     w->probe_ev,    w->watch_ev};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
         if (evs[i])
             event_free(evs[i]);
@@ -1393,7 +1479,7 @@ int bench_http_main(int argc, char **argv) {
     for (int t = 1; t < nt; t++) {
         if (pthread_create(&tids[t], NULL, worker_run, ws[t]) != 0) {
             snprintf(err, sizeof err, "cannot start thread %d", t);
-            atomic_store(&stop_all, 1);
+            atomic_store(&stop_all, STOP_SENDING);
             break;
         }
         nstarted = t;

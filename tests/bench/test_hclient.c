@@ -7,6 +7,7 @@
 #include <http_parser.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -385,22 +386,137 @@ Test(hclient, silence_past_the_timeout_is_no_answer, .timeout = 10) {
     client_close(&c, 1);
 }
 
-Test(hclient, a_refused_connect_is_answered_from_the_loop, .timeout = 10) {
+/* An address on loopback where nobody listens (bound, then closed). */
+static struct sockaddr_in closed_port(void) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    getsockname(fd, (struct sockaddr *)&a, &al);
+    close(fd);
+    return a;
+}
+
+Test(hclient, a_refused_connect_is_answered_from_the_loop_as_never_sent, .timeout = 10) {
     srv_t s;
     client_t c;
     memset(&s, 0, sizeof s);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    s.addr = closed_port();
+    client_open(&c, &s, 5);
+    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), -ECONNREFUSED);
+    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), -ECONNREFUSED);
+    cr_assert_eq(hclient_connects(c.h), 2);
+    int last = 0;
+    cr_assert_eq(hclient_connect_failures(c.h, &last), 2);
+    cr_assert_eq(last, ECONNREFUSED);
+    client_close(&c, 2);
+}
+
+/* Sends again on every answer for ms: the answers (so connects) it got. */
+static int resend_for(client_t *c, uint64_t ms) {
+    uint64_t end = mono_ns() + ms * 1000000ull;
+    int before = c->calls;
+    while (mono_ns() < end) {
+        int calls = c->calls;
+        cr_assert_eq(hclient_send(c->h, REQ, strlen(REQ)), 0);
+        while (c->calls == calls)
+            event_base_loop(c->base, EVLOOP_ONCE);
+        cr_assert(c->status < 0, "status %d: a connect that failed sent nothing", c->status);
+    }
+    return c->calls - before;
+}
+
+/* 300 ms of failing connects, answered after 1, 2, 4 .. 256 ms: 9 at most
+ * (without the backoff, thousands). */
+static void expect_backoff(struct sockaddr_in addr) {
+    srv_t s;
+    client_t c;
+    memset(&s, 0, sizeof s);
+    s.addr = addr;
+    client_open(&c, &s, 5);
+    int n = resend_for(&c, 300);
+    cr_assert(n >= 2 && n <= 10, "%d connects in 300 ms", n);
+    cr_assert_eq(hclient_connect_failures(c.h, NULL), (unsigned long)n);
+    client_close(&c, n);
+}
+
+Test(hclient, refused_connects_back_off, .timeout = 10) {
+    expect_backoff(closed_port());
+}
+
+Test(hclient, connects_that_fail_inside_connect_back_off, .timeout = 10) {
+    /* The broadcast address fails in connect() itself (EACCES, ENETUNREACH),
+     * as a connect without a free local port does (EADDRNOTAVAIL). */
+    struct sockaddr_in a = {
+        .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_BROADCAST), .sin_port = htons(9)};
+    expect_backoff(a);
+}
+
+Test(hclient, a_connect_still_under_way_at_the_deadline_is_never_sent, .timeout = 10) {
+    srv_t s;
+    client_t c;
+    memset(&s, 0, sizeof s);
+    /* A listener whose accept queue is full drops the next SYN: the
+     * connect stays under way. */
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
     s.addr.sin_family = AF_INET;
     s.addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, (struct sockaddr *)&s.addr, sizeof s.addr);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&s.addr, sizeof s.addr), 0);
     socklen_t al = sizeof s.addr;
-    getsockname(fd, (struct sockaddr *)&s.addr, &al);
-    close(fd); /* bound, never listening: nobody there */
+    getsockname(lfd, (struct sockaddr *)&s.addr, &al);
+    cr_assert_eq(listen(lfd, 0), 0);
+    int fill = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(connect(fill, (struct sockaddr *)&s.addr, sizeof s.addr), 0);
+    client_open(&c, &s, 1);
+    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), -ETIMEDOUT);
+    int last = 0;
+    cr_assert_eq(hclient_connect_failures(c.h, &last), 1);
+    cr_assert_eq(last, ETIMEDOUT);
+    client_close(&c, 1);
+    close(fill);
+    close(lfd);
+}
+
+Test(hclient, cancel_answers_at_once_and_tells_whether_the_request_left, .timeout = 10) {
+    srv_t s;
+    client_t c;
+    memset(&s, 0, sizeof s);
+    s.addr = closed_port();
     client_open(&c, &s, 5);
-    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 0);
-    cr_assert_eq(roundtrip(&c, REQ, strlen(REQ)), 0);
-    cr_assert_eq(hclient_connects(c.h), 2);
-    client_close(&c, 2);
+    cr_assert_eq(hclient_send(c.h, REQ, strlen(REQ)), 0); /* connecting: nothing left */
+    hclient_cancel(c.h);
+    cr_assert_eq(c.calls, 1);
+    cr_assert_eq(c.status, -ECANCELED);
+    hclient_cancel(c.h); /* idle: no second answer */
+    client_close(&c, 1);
+}
+
+static void holds_the_request(srv_t *s) {
+    int fd = srv_accept(s);
+    cr_assert_eq(srv_read(fd), 0);
+    signal_fd(s->to_test[1]);
+    wait_fd(s->to_srv[0]);
+    close(fd);
+}
+
+Test(hclient, cancel_of_a_request_that_left_is_no_answer, .timeout = 10) {
+    srv_t s;
+    client_t c;
+    srv_start(&s, holds_the_request);
+    client_open(&c, &s, 5);
+    cr_assert_eq(hclient_send(c.h, REQ, strlen(REQ)), 0);
+    /* Run the loop (connect, send) until the server has the whole request. */
+    struct pollfd pfd = {.fd = s.to_test[0], .events = POLLIN};
+    do
+        event_base_loop(c.base, EVLOOP_NONBLOCK);
+    while (poll(&pfd, 1, 1) == 0);
+    wait_fd(s.to_test[0]);
+    hclient_cancel(c.h);
+    cr_assert_eq(c.calls, 1);
+    cr_assert_eq(c.status, 0);
+    signal_fd(s.to_srv[1]);
+    srv_join(&s);
+    client_close(&c, 1);
 }
 
 /* A keep-alive answer (no Connection: close) whose FIN comes in the same

@@ -106,9 +106,9 @@ class TallyServer:
                     raise AssertionError("sanitizer report from tally run:\n" + out)
 
 
-def run_bench(*args, timeout=120):
+def run_bench(*args, timeout=120, env=None):
     p = subprocess.run([BENCH, "http", *args], capture_output=True, text=True,
-                       timeout=timeout * TMOUT)
+                       timeout=timeout * TMOUT, env=env)
     for mark in SANITIZER_MARKS:
         if mark in p.stderr:
             raise AssertionError("sanitizer report from tally-bench:\n" + p.stderr)
@@ -130,9 +130,9 @@ class HttpVerify(unittest.TestCase):
         finally:
             shutil.rmtree(cls.tmp, ignore_errors=True)
 
-    def bench(self, *args):
+    def bench(self, *args, env=None):
         out = os.path.join(self.tmp, "result.json")
-        p = run_bench("--url", self.url, "--config", CONFIG, "--json", out, "-q", *args)
+        p = run_bench("--url", self.url, "--config", CONFIG, "--json", out, "-q", *args, env=env)
         msg = f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
         return p, msg, out
 
@@ -244,6 +244,35 @@ class HttpVerify(unittest.TestCase):
         while self.stats()["engine"]["retried"] - before != sent and time.monotonic() < deadline:
             time.sleep(0.05)
         self.assertEqual(self.stats()["engine"]["retried"] - before, sent)
+
+    def test_7_failed_connects_send_nothing_and_verify_exactly(self):
+        """Connects that fail inside connect() (EADDRNOTAVAIL: no local port
+        left, staged by the fault shim) send nothing: their votes are 'never
+        sent', not unknown, so --verify stays exact; the failures are
+        counted, and named once in the summary."""
+        if os.environ.get("TALLY_SANITIZE"):
+            self.skipTest("a preloaded library and the sanitizer runtime do not mix")
+        shim = os.path.join(os.path.dirname(BENCH), "tests", "faultshim", "libfaultshim.so")
+        if not os.path.exists(shim):
+            self.skipTest(f"{shim} is not built")
+        ctl = os.path.join(self.tmp, "faultshim.ctl")
+        with open(ctl, "w") as f:
+            f.write("gen=1 ops=connect errno=EADDRNOTAVAIL count=5\n")
+        env = dict(os.environ, LD_PRELOAD=shim, FAULTSHIM_CTL=ctl)
+        p, msg, out = self.bench("--votes", "400", "--connections", "8",
+                                 "--verify", self.server.pub,
+                                 "--verify-timeout", str(30 * TMOUT), env=env)
+        self.assertEqual(p.returncode, 0, msg)
+        self.assertIn("verify: OK", p.stdout, msg)
+        self.assertEqual(p.stderr.count("faultshim: inject connect"), 5, msg)
+        with open(out) as f:
+            r = json.load(f)
+        self.assertEqual(r["connects_failed"], 5, msg)
+        self.assertEqual(r["not_sent"], 5, msg)
+        self.assertEqual(r["no_response"], 0, msg)
+        self.assertEqual(r["requests"], 395, msg)
+        self.assertEqual(r["status"].get("202"), 395, msg)
+        self.assertEqual(p.stdout.count("Cannot assign requested address"), 1, msg)
 
 
 if __name__ == "__main__":

@@ -160,8 +160,7 @@ static int parse_opts(int argc, char **argv, ro_t *o) {
         case O_KAFKA: o->kafka = optarg; break;
         case 'q': o->quiet = 1; break;
         case 'h': fputs(help, stdout); exit(0);
-        default:
-            return bench_opt_fail("replay", ch, argv);
+        default: return bench_opt_fail("replay", ch, argv);
         }
         if (bad)
             return bench_opt_bad("replay", bad, optarg);
@@ -225,8 +224,10 @@ static int write_log(const ro_t *o, tally_config_t *c, expect_poll_t *expect, ui
         size_t len = record_encode(&v, rec);
         tally_assert(len > 0);
         int part = record_partition(&v, vlog_partitions(l), j);
+        char key[RECORD_LOG_KEY_MAX]; /* keyed as ingest keys it */
+        vlog_meta_t meta = {key, record_log_key(&v, key), v.ts_ms};
         vlog_err_t e;
-        while ((e = vlog_append(l, part, rec, len, NULL)) == VLOG_FULL)
+        while ((e = vlog_append(l, part, rec, len, &meta, NULL)) == VLOG_FULL)
             vlog_flush(l, 60000); /* let the writer catch up */
         if (e != VLOG_OK) {
             snprintf(err, esz, "log append: %s", vlog_err2str(e));
@@ -432,7 +433,8 @@ int bench_replay_main(int argc, char **argv) {
     /* The write phase: vlog_append with the log's own producer settings and
      * no client in front, as `kcat -P` has none. */
     bench_json_set_num(json, "write_seconds", write_secs);
-    bench_json_set_num(json, "write_records_per_sec", write_secs > 0 ? (double)o.votes / write_secs : 0);
+    bench_json_set_num(json, "write_records_per_sec",
+                       write_secs > 0 ? (double)o.votes / write_secs : 0);
     bench_json_set_num(json, "partitions", o.partitions);
     bench_json_set_num(json, "threads", o.threads);
     json_t *jruns = bench_json_set(json, "runs", json_array());

@@ -193,8 +193,8 @@ static int write_log(const so_t *o, tally_config_t *c, char *err, size_t esz) {
         size_t len = record_encode(&v, rec);
         tally_assert(len > 0);
         vlog_err_t e;
-        while ((e = vlog_append(l, record_partition(&v, vlog_partitions(l), i), rec, len, NULL)) ==
-               VLOG_FULL)
+        while ((e = vlog_append(l, record_partition(&v, vlog_partitions(l), i), rec, len, NULL,
+                                NULL)) == VLOG_FULL)
             vlog_flush(l, 60000); /* let the writer catch up */
         if (e != VLOG_OK) {
             snprintf(err, esz, "log append: %s", vlog_err2str(e));

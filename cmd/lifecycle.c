@@ -58,9 +58,11 @@ out:
 static tally_err_t reappend(history_t *h, const catalog_entry_t *en, unsigned kind, uint64_t seq,
                             const int *parts, int n, char *errstr, size_t esz) {
     size_t len;
-    uint8_t *rec = catalog_entry_encode(en, kind, seq, &len);
+    vlog_meta_t meta;
+    uint8_t *rec = catalog_entry_encode(en, kind, seq, &len, &meta);
     catalog_error_t err = {0};
-    tally_err_t rc = rec ? history_append_raw(h, rec, len, parts, n, &err) : TALLY_ERR_INTERNAL;
+    tally_err_t rc =
+        rec ? history_append_raw(h, rec, len, &meta, parts, n, &err) : TALLY_ERR_INTERNAL;
     if (rc != TALLY_OK)
         snprintf(errstr, esz, "re-appending seq %llu of poll %s: %s", (unsigned long long)seq,
                  en->def->id, rec ? err.message : "cannot encode");

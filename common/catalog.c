@@ -692,8 +692,8 @@ void history_free(history_t *h) {
 
 /* Appends rec to partitions[0..n) and waits for all acks, retrying the
  * partitions that failed until timeout. */
-static tally_err_t append_all(history_t *h, const uint8_t *rec, size_t len, const int *parts, int n,
-                              catalog_error_t *err) {
+static tally_err_t append_all(history_t *h, const uint8_t *rec, size_t len, const vlog_meta_t *meta,
+                              const int *parts, int n, catalog_error_t *err) {
     int np = vlog_partitions(h->log);
     ackwait_t w;
     pthread_mutex_init(&w.mu, NULL);
@@ -717,7 +717,8 @@ static tally_err_t append_all(history_t *h, const uint8_t *rec, size_t len, cons
             pthread_mutex_lock(&w.mu);
             w.pending++;
             pthread_mutex_unlock(&w.mu);
-            vlog_err_t e = vlog_append(h->log, p, rec, len, (void *)((uintptr_t)&slots[p] | 1));
+            vlog_err_t e =
+                vlog_append(h->log, p, rec, len, meta, (void *)((uintptr_t)&slots[p] | 1));
             if (e != VLOG_OK) {
                 pthread_mutex_lock(&w.mu);
                 w.pending--;
@@ -753,16 +754,17 @@ static tally_err_t append_all(history_t *h, const uint8_t *rec, size_t len, cons
     return rc;
 }
 
-tally_err_t history_append_raw(history_t *h, const uint8_t *rec, size_t len, const int *partitions,
-                               int n, catalog_error_t *err) {
+tally_err_t history_append_raw(history_t *h, const uint8_t *rec, size_t len,
+                               const vlog_meta_t *meta, const int *partitions, int n,
+                               catalog_error_t *err) {
     pthread_mutex_lock(&h->mu);
-    tally_err_t rc = append_all(h, rec, len, partitions, n, err);
+    tally_err_t rc = append_all(h, rec, len, meta, partitions, n, err);
     pthread_mutex_unlock(&h->mu);
     return rc;
 }
 
-uint8_t *catalog_entry_encode(const catalog_entry_t *en, unsigned kind, uint64_t seq,
-                              size_t *len) {
+uint8_t *catalog_entry_encode(const catalog_entry_t *en, unsigned kind, uint64_t seq, size_t *len,
+                              vlog_meta_t *meta) {
     char *body = kind == CONTROL_DEFINE ? poll_def_to_json(en->def) : NULL;
     control_record_t c = {
         .kind = kind,
@@ -776,6 +778,8 @@ uint8_t *catalog_entry_encode(const catalog_entry_t *en, unsigned kind, uint64_t
     };
     uint8_t *rec = NULL;
     *len = 0;
+    /* Filed under the poll id: one poll's history in order for any tool. */
+    *meta = (vlog_meta_t){.key = en->def->id, .key_len = c.poll_len, .ts_ms = c.ts_ms};
     if (c.body_len <= CONTROL_MAX_BODY) {
         rec = xmalloc(CONTROL_HDR_LEN + c.poll_len + c.body_len);
         *len = control_encode(&c, rec);
@@ -790,13 +794,14 @@ static tally_err_t commit(history_t *h, catalog_entry_t *en, unsigned kind, uint
                           catalog_entry_t **out, catalog_error_t *err) {
     const catalog_t *cur = catalog_live_get(h->live);
     size_t len;
-    uint8_t *rec = catalog_entry_encode(en, kind, seq, &len);
+    vlog_meta_t meta;
+    uint8_t *rec = catalog_entry_encode(en, kind, seq, &len, &meta);
     tally_err_t rc;
     if (!rec) {
         rc = BAD("", "the poll's definition is over %d bytes", CONTROL_MAX_BODY);
         goto out;
     }
-    rc = append_all(h, rec, len, NULL, vlog_partitions(h->log), err);
+    rc = append_all(h, rec, len, &meta, NULL, vlog_partitions(h->log), err);
     free(rec);
     if (rc == TALLY_OK) {
         catalog_live_swap(h->live, catalog_with(cur, en, seq));

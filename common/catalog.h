@@ -209,13 +209,15 @@ tally_err_t history_final(history_t *h, const char *id, catalog_entry_t **out,
                           catalog_error_t *err);
 /* The control record of entry en at seq: a DEFINE of its definition, or
  * its FINAL (at its final_at). Malloc'd, *len its length; NULL when the
- * definition is over CONTROL_MAX_BODY. */
-uint8_t *catalog_entry_encode(const catalog_entry_t *en, unsigned kind, uint64_t seq,
-                              size_t *len);
+ * definition is over CONTROL_MAX_BODY. *meta: what the log files it under
+ * (the poll id; valid while en is). */
+uint8_t *catalog_entry_encode(const catalog_entry_t *en, unsigned kind, uint64_t seq, size_t *len,
+                              vlog_meta_t *meta);
 /* Startup: appends an already-sequenced control record (bytes) to the
  * listed partitions only (re-broadcast after a crash), waiting for acks.
  * Does not touch the catalog. */
-tally_err_t history_append_raw(history_t *h, const uint8_t *rec, size_t len, const int *partitions,
-                               int n, catalog_error_t *err);
+tally_err_t history_append_raw(history_t *h, const uint8_t *rec, size_t len,
+                               const vlog_meta_t *meta, const int *partitions, int n,
+                               catalog_error_t *err);
 
 #endif

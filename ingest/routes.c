@@ -312,9 +312,15 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
     int partition = record_partition(&v, vlog_partitions(in->log), w->spread++);
     memcpy(x->poll, v.poll, v.poll_len + 1);
     memcpy(x->option, v.option, v.option_len + 1);
+    char key[RECORD_LOG_KEY_MAX];
+    vlog_meta_t meta = {.ts_ms = v.ts_ms};
+    if (vlog_caps(in->log) & VLOG_CAP_KEYS) {
+        meta.key = key;
+        meta.key_len = record_log_key(&v, key);
+    }
     /* The ack comes back through this loop's done queue, so deferring after
      * the append is safe. */
-    vlog_err_t err = vlog_append(in->log, partition, rec, rlen, x);
+    vlog_err_t err = vlog_append(in->log, partition, rec, rlen, &meta, x);
     if (err != VLOG_OK) {
         reply_unavailable(
             w, c, err == VLOG_FULL ? "too many votes in flight, retry shortly" : vlog_err2str(err));

@@ -196,3 +196,20 @@ int record_partition(const vote_record_t *v, int npartitions, uint64_t spread) {
         return (int)(spread % (uint64_t)npartitions);
     return (int)(k.hi % (uint64_t)npartitions);
 }
+
+size_t record_log_key(const vote_record_t *v, char *out) {
+    static const char hex[] = "0123456789abcdef";
+    size_t n = v->poll_len;
+    memcpy(out, v->poll, n);
+    out[n++] = '/';
+    if (v->flags & RECORD_F_VOTER_HMAC) { /* binary: keyed by its hex */
+        for (size_t i = 0; i < v->voter_len; i++) {
+            out[n++] = hex[(uint8_t)v->voter[i] >> 4];
+            out[n++] = hex[(uint8_t)v->voter[i] & 15];
+        }
+    } else if (v->voter_len) {
+        memcpy(out + n, v->voter, v->voter_len);
+        n += v->voter_len;
+    }
+    return n;
+}

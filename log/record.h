@@ -36,6 +36,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/ids.h"
+
 #define RECORD_VERSION 2    /* written */
 #define RECORD_VERSION_V1 1 /* read */
 #define RECORD_V1_HDR_LEN 14
@@ -141,5 +143,11 @@ voter_key_t record_poll_voter_key(uint64_t poll_seed, const char *voter, size_t 
  * its retries meet in one partition too; the rest (unlimited mode) spread by
  * `spread`. */
 int record_partition(const vote_record_t *v, int npartitions, uint64_t spread);
+
+/* The key a keyed log (Kafka) files a vote under: "poll/voter", a hashed
+ * voter (RECORD_F_VOTER_HMAC) in hex, "poll/" without a voter. Writes at
+ * most RECORD_LOG_KEY_MAX bytes to out (no NUL); returns the length. */
+#define RECORD_LOG_KEY_MAX (ID_MAX_LEN + 1 + 2 * VOTER_MAX_LEN)
+size_t record_log_key(const vote_record_t *v, char *out);
 
 #endif

@@ -80,10 +80,11 @@ const char *vlog_name(const vlog_t *l) {
     return l->ops->name;
 }
 
-vlog_err_t vlog_append(vlog_t *l, int partition, const uint8_t *rec, size_t len, void *opaque) {
+vlog_err_t vlog_append(vlog_t *l, int partition, const uint8_t *rec, size_t len,
+                       const vlog_meta_t *meta, void *opaque) {
     if (partition < 0 || partition >= l->npartitions)
         return VLOG_ERR;
-    return l->ops->append(l, partition, rec, len, opaque);
+    return l->ops->append(l, partition, rec, len, meta, opaque);
 }
 
 void vlog_set_clients(vlog_t *l, const _Atomic long *clients) {

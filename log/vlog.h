@@ -54,8 +54,10 @@ const char *vlog_name(const vlog_t *l);
  * process's own state (no network round trip: fine on an event loop) and
  * exact (a start position past it means the log lost records: snapshots
  * are checked against it at start-up). The file log has it; Kafka, whose
- * ends are a broker round trip per partition, does not. */
-enum { VLOG_CAP_LOCAL_ENDS = 1 };
+ * ends are a broker round trip per partition, does not. VLOG_CAP_KEYS:
+ * the backend files records under vlog_meta_t's key (Kafka); without it a
+ * caller need not build one. */
+enum { VLOG_CAP_LOCAL_ENDS = 1, VLOG_CAP_KEYS = 2 };
 int vlog_caps(const vlog_t *l);
 
 /* The log's identity, which snapshots and CHECKPOINT record so that a
@@ -76,10 +78,23 @@ int vlog_caps(const vlog_t *l);
 const char *vlog_id(const vlog_t *l);
 int vlog_id_legacy(const vlog_t *l);
 
-/* Appends one encoded record (copied) to a partition. On VLOG_OK the ack
- * callback will be called for opaque; otherwise it will not.
+/* What a record is filed under, from the caller that made it: the log moves
+ * opaque bytes and never decodes them. A backend that keys its messages
+ * (Kafka) sends key and ts_ms with the record, so that any Kafka tool sees
+ * "poll/voter" (a vote, record_log_key) or the poll id (poll history); the
+ * file log ignores both. */
+typedef struct {
+    const char *key; /* key_len bytes; NULL: no key */
+    size_t key_len;
+    uint64_t ts_ms; /* the record's time; 0: the backend's now */
+} vlog_meta_t;
+
+/* Appends one encoded record (copied) to a partition; meta may be NULL (no
+ * key). On VLOG_OK the ack callback will be called for opaque; otherwise it
+ * will not.
  * @locality any thread */
-vlog_err_t vlog_append(vlog_t *l, int partition, const uint8_t *rec, size_t len, void *opaque);
+vlog_err_t vlog_append(vlog_t *l, int partition, const uint8_t *rec, size_t len,
+                       const vlog_meta_t *meta, void *opaque);
 
 /* TALLY_OK while the log takes writes; otherwise the class and, in errstr,
  * why not: the file log is in its failed state after a failed write, fsync

@@ -773,7 +773,8 @@ static void *writer_main(void *arg) {
 }
 
 static vlog_err_t flog_append(vlog_t *base, int partition, const uint8_t *rec, size_t len,
-                              void *opaque) {
+                              const vlog_meta_t *meta, void *opaque) {
+    (void)meta; /* one file, no keys: a frame holds the partition */
     flog_t *l = (flog_t *)base;
     if (len == 0 || len > FRAME_MAX_PAYLOAD || !(l->flags & VLOG_F_WRITE))
         return VLOG_ERR;

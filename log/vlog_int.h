@@ -6,7 +6,8 @@
 
 typedef struct {
     const char *name;
-    vlog_err_t (*append)(vlog_t *l, int partition, const uint8_t *rec, size_t len, void *opaque);
+    vlog_err_t (*append)(vlog_t *l, int partition, const uint8_t *rec, size_t len,
+                         const vlog_meta_t *meta, void *opaque);
     int (*flush)(vlog_t *l, int timeout_ms);
     void (*close)(vlog_t *l);
     int (*end_positions)(vlog_t *l, uint64_t *ends, char *errstr, size_t esz);

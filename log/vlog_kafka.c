@@ -394,7 +394,7 @@ static int topic_partitions(klog_t *l, char *errstr, size_t esz) {
 }
 
 static vlog_err_t klog_append(vlog_t *base, int partition, const uint8_t *rec, size_t len,
-                              void *opaque) {
+                              const vlog_meta_t *meta, void *opaque) {
     klog_t *l = (klog_t *)base;
     if (!l->writing)
         return VLOG_ERR;
@@ -404,34 +404,13 @@ static vlog_err_t klog_append(vlog_t *base, int partition, const uint8_t *rec, s
         atomic_fetch_sub(&l->inflight, 1);
         return VLOG_FULL;
     }
-    /* Key "poll/voter": what keeps a voter's votes together, readable by
-     * any Kafka tool. The partition itself is chosen by tally (explicit). */
-    char key[ID_MAX_LEN + 1 + 2 * VOTER_MAX_LEN + 1];
-    size_t klen;
-    uint64_t ts;
-    vote_record_t v;
-    control_record_t ctl;
-    if (record_decode(rec, len, &v) == 0) {
-        /* A hashed voter is binary: keyed by its hex. */
-        size_t n = (size_t)snprintf(key, sizeof key, "%.*s/", (int)v.poll_len, v.poll);
-        if (v.flags & RECORD_F_VOTER_HMAC)
-            for (size_t i = 0; i < v.voter_len; i++)
-                n += (size_t)snprintf(key + n, sizeof key - n, "%02x", (uint8_t)v.voter[i]);
-        else if (v.voter_len)
-            n += (size_t)snprintf(key + n, sizeof key - n, "%.*s", (int)v.voter_len, v.voter);
-        klen = n;
-        ts = v.ts_ms;
-    } else if (control_decode(rec, len, &ctl) == 0) {
-        klen = (size_t)snprintf(key, sizeof key, "%.*s", (int)ctl.poll_len, ctl.poll);
-        ts = ctl.ts_ms;
-    } else {
-        atomic_fetch_sub(&l->inflight, 1);
-        return VLOG_ERR;
-    }
+    /* The caller's key ("poll/voter" keeps a voter's votes together for any
+     * Kafka tool) and time; the partition itself is chosen by tally. */
     rd_kafka_resp_err_t e = rd_kafka_producev(
         l->rk, RD_KAFKA_V_RKT(l->rkt), RD_KAFKA_V_PARTITION(partition),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_VALUE((void *)rec, len),
-        RD_KAFKA_V_KEY(key, klen), RD_KAFKA_V_TIMESTAMP((int64_t)ts), RD_KAFKA_V_OPAQUE(opaque),
+        RD_KAFKA_V_KEY(meta ? (void *)meta->key : NULL, meta && meta->key ? meta->key_len : 0),
+        RD_KAFKA_V_TIMESTAMP(meta ? (int64_t)meta->ts_ms : 0), RD_KAFKA_V_OPAQUE(opaque),
         RD_KAFKA_V_END);
     if (e) {
         atomic_fetch_sub(&l->inflight, 1);
@@ -710,6 +689,7 @@ vlog_t *vlog_kafka_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, ta
     if (n <= 0)
         goto fail;
     l->base.npartitions = n;
+    l->base.caps = VLOG_CAP_KEYS;
     if (l->writing) {
         warn_overrides(c);
         wait_ready(l);

@@ -39,25 +39,37 @@ def kafka_local(*args, timeout=300):
 def topic_records(bootstrap, topic):
     """Every vote of a topic, read with kcat and decoded by the checker's own
     reader (chaos_lib/logreader.py, log/record.h's v1 and v2), not by tally:
-    [(partition, offset, poll, option, voter)]; control records are left out."""
+    [(partition, offset, poll, option, voter)]; control records are left out.
+    Every message must also be filed as the README says, whatever test reads
+    it: a vote under the key "poll/voter" (a hashed voter in hex), a poll's
+    history under its poll id, each with its record's own time."""
     r = subprocess.run(["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q",
-                        "-f", "%p %o %S %s"], capture_output=True, timeout=120)
+                        "-f", "%p %o %T %K %S %k%s"], capture_output=True, timeout=120)
     if r.returncode != 0:
         raise AssertionError(f"kcat failed ({r.returncode}): {r.stderr.decode(errors='replace')}")
     out, pos, recs = r.stdout, 0, []
     while pos < len(out):
         fields = []
-        for _ in range(3):  # "%p %o %S " then %S bytes of value
+        for _ in range(5):  # "%p %o %T %K %S " then %K bytes of key, %S of value
             sp = out.index(b" ", pos)
             fields.append(int(out[pos:sp]))
             pos = sp + 1
-        part, off, size = fields
+        part, off, ts, klen, size = fields
+        key = out[pos:pos + max(klen, 0)] if klen >= 0 else None
+        pos += max(klen, 0)
         val = out[pos:pos + size]
         pos += size
         try:
             rec = logreader.decode_any(val)
         except (ValueError, UnicodeDecodeError) as e:
             raise AssertionError(f"{topic}[{part}]@{off}: not a tally record ({e}): {val!r}")
+        if rec[0] == "vote":
+            want_key, want_ts = f"{rec[3]}/{rec[5] or ''}".encode(), rec[1]
+        else:
+            want_key, want_ts = rec[5].encode(), rec[2]
+        if (key, ts) != (want_key, want_ts):
+            raise AssertionError(f"{topic}[{part}]@{off}: filed under key {key!r} at {ts}, "
+                                 f"not {want_key!r} at {want_ts}")
         if rec[0] == "vote":
             recs.append((part, off, rec[3], rec[4], rec[5] or ""))
     return recs
@@ -168,6 +180,9 @@ message.timeout.ms = 5000
         for th in threads:
             th.join()
         self.assertEqual(len(accepted), 600)
+        # The topic holds them, each filed under "poll/voter" (topic_records checks).
+        self.assertEqual(sorted((r[2], r[3], r[4]) for r in topic_records(self.bootstrap, self.topic)),
+                         sorted(accepted))
         exp = expected_totals(DEFAULT_SHAPE, accepted)
         eng.wait_counts(exp, timeout=60)
         for i in ing:

@@ -413,7 +413,7 @@ Test(catalog, history_writer_broadcasts_waits_then_swaps) {
     /* Another append's ack goes to the next callback, untouched. */
     uint8_t rec[RECORD_MAX_LEN];
     size_t n = rec_make(rec, "p", "a", "v", 1);
-    cr_assert_eq(vlog_append(log, 0, rec, n, (void *)0x1000), VLOG_OK);
+    cr_assert_eq(vlog_append(log, 0, rec, n, NULL, (void *)0x1000), VLOG_OK);
     cr_assert_eq(vlog_flush(log, 5000), 0);
     cr_assert_eq(atomic_load(&other_acks), 1);
     /* Every partition holds the same history, in order. */

@@ -526,7 +526,7 @@ static void wlog_close(wlog_t *w) {
 
 static void append_rec(vlog_t *log, const uint8_t *rec, size_t n, int part) {
     for (;;) {
-        vlog_err_t err = vlog_append(log, part, rec, n, NULL);
+        vlog_err_t err = vlog_append(log, part, rec, n, NULL, NULL);
         if (err == VLOG_OK)
             return;
         cr_assert_eq(err, VLOG_FULL, "append: %s", vlog_err2str(err));

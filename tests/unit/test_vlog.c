@@ -286,7 +286,7 @@ static const char *wait_health(vlog_t *l, tally_err_t want) {
 }
 
 static void append_ok(vlog_t *l, int p, const uint8_t *rec, size_t n) {
-    vlog_err_t err = vlog_append(l, p, rec, n, NULL);
+    vlog_err_t err = vlog_append(l, p, rec, n, NULL, NULL);
     cr_assert_eq(err, VLOG_OK, "append: %s", vlog_err2str(err));
 }
 
@@ -924,14 +924,14 @@ Test(vlog, a_waiting_reader_is_woken_for_a_commit_with_none_after_it) {
 Test(vlog, append_rejects_bad_arguments) {
     vlog_t *l = open_rw();
     static uint8_t big[MAX_PAYLOAD + 1];
-    cr_assert_eq(vlog_append(l, 0, big, 0, NULL), VLOG_ERR);
-    cr_assert_eq(vlog_append(l, 0, big, MAX_PAYLOAD + 1, NULL), VLOG_ERR);
-    cr_assert_eq(vlog_append(l, -1, big, 10, NULL), VLOG_ERR);
-    cr_assert_eq(vlog_append(l, NPARTS, big, 10, NULL), VLOG_ERR);
+    cr_assert_eq(vlog_append(l, 0, big, 0, NULL, NULL), VLOG_ERR);
+    cr_assert_eq(vlog_append(l, 0, big, MAX_PAYLOAD + 1, NULL, NULL), VLOG_ERR);
+    cr_assert_eq(vlog_append(l, -1, big, 10, NULL, NULL), VLOG_ERR);
+    cr_assert_eq(vlog_append(l, NPARTS, big, 10, NULL, NULL), VLOG_ERR);
     /* The largest frame is fine and reads back, in the last partition. */
     for (size_t i = 0; i < MAX_PAYLOAD; i++)
         big[i] = (uint8_t)(i * 13);
-    cr_assert_eq(vlog_append(l, NPARTS - 1, big, MAX_PAYLOAD, NULL), VLOG_OK);
+    cr_assert_eq(vlog_append(l, NPARTS - 1, big, MAX_PAYLOAD, NULL, NULL), VLOG_OK);
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_ok), 1, "rejected appends were acknowledged");
     cr_assert_eq(votes_size(), FRAME_HDR + MAX_PAYLOAD, "rejected appends left bytes");
@@ -947,7 +947,7 @@ Test(vlog, append_rejects_bad_arguments) {
 
     /* A read-only log takes no appends. */
     l = open_log(VLOG_F_READ);
-    cr_assert_eq(vlog_append(l, 0, big, 10, NULL), VLOG_ERR);
+    cr_assert_eq(vlog_append(l, 0, big, 10, NULL, NULL), VLOG_ERR);
     vlog_close(l);
 }
 
@@ -1070,7 +1070,7 @@ Test(vlog, failed_fsync_fails_the_batch_and_leaves_no_garbage) {
     /* Still failing: the repair (cut back, fdatasync) fails too; the log
      * stays failed and takes nothing. */
     cr_assert_not_null(strstr(wait_health(l, TALLY_ERR_IO), "fdatasync"));
-    cr_assert_eq(vlog_append(l, 0, buf, 10, NULL), VLOG_UNAVAIL);
+    cr_assert_eq(vlog_append(l, 0, buf, 10, NULL, NULL), VLOG_UNAVAIL);
     atomic_store(&fdatasync_fail, 0);
     wait_health(l, TALLY_OK);
     cr_assert_eq(atomic_load(&acks_ok), 13);
@@ -1248,7 +1248,7 @@ static void *late_append(void *arg) {
     while (!atomic_load(a->go))
         sched_yield();
     uint8_t buf[256];
-    vlog_append(a->l, 0, buf, payload(0, 0, buf), NULL);
+    vlog_append(a->l, 0, buf, payload(0, 0, buf), NULL, NULL);
     return NULL;
 }
 
@@ -1528,8 +1528,8 @@ Test(vlog, full_when_max_pending_exceeded) {
     append_n(l, 2, 0, 1);
     uint8_t buf[256];
     size_t n = payload(0, 1, buf);
-    cr_assert_eq(vlog_append(l, 0, buf, n, NULL), VLOG_FULL);
-    cr_assert_eq(vlog_append(l, 1, buf, n, NULL), VLOG_FULL);
+    cr_assert_eq(vlog_append(l, 0, buf, n, NULL, NULL), VLOG_FULL);
+    cr_assert_eq(vlog_append(l, 1, buf, n, NULL, NULL), VLOG_FULL);
     gate_open();
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_ok), 3, "a VLOG_FULL append was acknowledged");
@@ -1558,7 +1558,7 @@ Test(vlog, full_when_16mib_queued_in_total) {
     memset(big, 'B', sizeof big);
     int ok = 0;
     vlog_err_t err;
-    while ((err = vlog_append(l, 0, big, sizeof big, NULL)) == VLOG_OK)
+    while ((err = vlog_append(l, 0, big, sizeof big, NULL, NULL)) == VLOG_OK)
         ok++;
     cr_assert_eq(err, VLOG_FULL);
     /* 16 MiB / (12 + 64 KiB) frames */
@@ -1566,13 +1566,13 @@ Test(vlog, full_when_16mib_queued_in_total) {
     cr_assert_eq(ok, (int)(MAX_WRITE / frame));
     /* The bound is on the whole round, not per partition: another
      * partition is full too... */
-    cr_assert_eq(vlog_append(l, 1, big, sizeof big, NULL), VLOG_FULL);
+    cr_assert_eq(vlog_append(l, 1, big, sizeof big, NULL, NULL), VLOG_FULL);
     /* ...but what still fits, fits, exactly up to 16 MiB... */
     size_t rest = MAX_WRITE - (size_t)ok * frame - FRAME_HDR;
-    cr_assert_eq(vlog_append(l, 2, big, rest + 1, NULL), VLOG_FULL);
-    cr_assert_eq(vlog_append(l, 2, big, rest, NULL), VLOG_OK);
+    cr_assert_eq(vlog_append(l, 2, big, rest + 1, NULL, NULL), VLOG_FULL);
+    cr_assert_eq(vlog_append(l, 2, big, rest, NULL, NULL), VLOG_OK);
     /* ...and not one byte more. */
-    cr_assert_eq(vlog_append(l, 1, small, 1, NULL), VLOG_FULL);
+    cr_assert_eq(vlog_append(l, 1, small, 1, NULL, NULL), VLOG_FULL);
     gate_open();
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_ok), (unsigned long)ok + 2);
@@ -1614,7 +1614,7 @@ static void *appender_main(void *arg) {
     for (int i = 0; i < PER_APPENDER; i++) {
         uint8_t rec[16];
         int n = snprintf((char *)rec, sizeof rec, "%d:%d", a->id, i);
-        while (vlog_append(a->l, (a->id + i) % NPARTS, rec, (size_t)n, NULL) == VLOG_FULL)
+        while (vlog_append(a->l, (a->id + i) % NPARTS, rec, (size_t)n, NULL, NULL) == VLOG_FULL)
             sched_yield();
     }
     return NULL;
@@ -2915,13 +2915,13 @@ Test(vlog, deleted_log_is_noticed_within_a_second_and_takes_no_votes) {
      * did first): never acknowledged. */
     uint8_t buf[256];
     size_t n = payload(0, 9, buf);
-    vlog_err_t ae = vlog_append(l, 0, buf, n, NULL);
+    vlog_err_t ae = vlog_append(l, 0, buf, n, NULL, NULL);
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_ok), 9, "a vote acknowledged into a deleted file");
     cr_assert_eq(atomic_load(&acks_bad), ae == VLOG_OK ? 1u : 0u);
     const char *msg = wait_health(l, TALLY_ERR_STATE);
     cr_assert_not_null(strstr(msg, "deleted or moved"), "%s", msg);
-    cr_assert_eq(vlog_append(l, 1, buf, n, NULL), VLOG_UNAVAIL);
+    cr_assert_eq(vlog_append(l, 1, buf, n, NULL, NULL), VLOG_UNAVAIL);
     /* Reads and ends are still served. */
     cr_assert_eq(durable_end(l), model_end());
     sink_t s = {.decline_at = -1};
@@ -2958,7 +2958,7 @@ Test(vlog, replaced_log_takes_no_votes) {
     file_write_str(other, "another file");
     cr_assert_eq(rename(other, f), 0);
     uint8_t buf[256];
-    vlog_err_t ae = vlog_append(l, 0, buf, payload(0, 2, buf), NULL);
+    vlog_err_t ae = vlog_append(l, 0, buf, payload(0, 2, buf), NULL, NULL);
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_ok), 2);
     cr_assert_eq(atomic_load(&acks_bad), ae == VLOG_OK ? 1u : 0u);
@@ -2997,7 +2997,7 @@ Test(vlog, failed_write_and_truncate_degrade_then_recover) {
     cr_assert_not_null(strstr(msg, "cannot cut"), "%s", msg);
     cr_assert_eq((uint64_t)votes_size(), end + 7, "the garbage is there while cutting fails");
     /* Failed: appends are refused at once, reads and ends go on. */
-    cr_assert_eq(vlog_append(l, 1, buf, 10, NULL), VLOG_UNAVAIL);
+    cr_assert_eq(vlog_append(l, 1, buf, 10, NULL, NULL), VLOG_UNAVAIL);
     cr_assert_eq(durable_end(l), end);
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);

@@ -69,7 +69,9 @@ static vlog_err_t append_vote(vlog_t *l, int i) {
                        .voter_len = strlen(voter)};
     uint8_t rec[RECORD_MAX_LEN];
     size_t len = record_encode(&v, rec);
-    return vlog_append(l, record_partition(&v, vlog_partitions(l), 0), rec, len,
+    char key[RECORD_LOG_KEY_MAX];
+    vlog_meta_t meta = {key, record_log_key(&v, key), v.ts_ms};
+    return vlog_append(l, record_partition(&v, vlog_partitions(l), 0), rec, len, &meta,
                        (void *)(intptr_t)(i + 1));
 }
 
@@ -80,7 +82,7 @@ static vlog_err_t append_vote_to(vlog_t *l, int i, int partition) {
     vote_record_t v = {.ts_ms = now_ms(), .poll = "poll", .poll_len = 4, .option = "opt", .option_len = 3, .voter = voter, .voter_len = strlen(voter)};
     uint8_t rec[RECORD_MAX_LEN];
     size_t len = record_encode(&v, rec);
-    return vlog_append(l, partition, rec, len, (void *)(intptr_t)(i + 1));
+    return vlog_append(l, partition, rec, len, NULL, (void *)(intptr_t)(i + 1));
 }
 
 static void wait_acks(int want) {

@@ -832,6 +832,40 @@ tally_err_t history_create(history_t *h, poll_def_t *def, catalog_entry_t **out,
     return rc;
 }
 
+/* Under h->mu, before a change that ends voting earlier (a close, or
+ * closes_at moved earlier) is logged: the live catalog takes the new cut
+ * first, on the current definition and seq, so that ingest refuses what it
+ * stamps at or after the cut before any DEFINE carrying it is in the log.
+ * The other order (log, then learn) let ingest answer 202 to votes stamped
+ * after the cut while the write was slow; landing behind the DEFINE, the
+ * engine judged them late and never counted them. A vote judged by the old
+ * view was stamped before the swap: when the swap itself came at or after
+ * the cut (a thread stalled past admin.close_delay_ms), the cut moves to
+ * the swap + the delay. A failed write leaves the stricter view (the next
+ * start completes a partly written change; a refused vote never reached the
+ * log). The catalog topic's readers (tally ingest with Kafka) still learn
+ * after the log: admin_routes.c corrects a close they may learn late. */
+static void learn_close_first(history_t *h, const catalog_t *cur, const catalog_entry_t *old,
+                              poll_def_t *next, uint64_t close_delay_ms) {
+    const poll_def_t *d = old->def;
+    if (!next->closes_at || (d->closes_at && next->closes_at >= d->closes_at))
+        return;
+    poll_def_t *view = poll_def_dup(d);
+    view->closes_at = next->closes_at;
+    catalog_entry_t *pend = catalog_entry_new(view, old->def_seq);
+    catalog_live_swap(h->live, catalog_with(cur, pend, catalog_seq(cur)));
+    catalog_entry_unref(pend);
+    uint64_t learned = now_ms();
+    if (learned >= next->closes_at) {
+        uint64_t cut = learned + (close_delay_ms ? close_delay_ms : 1);
+        log_warn("history: poll %s: its cut reached ingest %llu ms late: moving it to %llu ms "
+                 "from now",
+                 d->id, (unsigned long long)(learned - next->closes_at),
+                 (unsigned long long)(cut - learned));
+        next->closes_at = cut;
+    }
+}
+
 tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t close_delay_ms,
                            catalog_entry_t **out, catalog_error_t *err) {
     pthread_mutex_lock(&h->mu);
@@ -845,6 +879,7 @@ tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t
                                               err)) != TALLY_OK) {
         poll_def_free(def);
     } else {
+        learn_close_first(h, cur, old, def, close_delay_ms);
         uint64_t seq = catalog_seq(cur) + 1;
         rc = commit(h, catalog_entry_new(def, seq), CONTROL_DEFINE, seq, out, err);
     }

@@ -253,11 +253,10 @@ static void handle_open(admin_t *a, http_conn_t *c, const char *id, size_t len) 
 }
 
 /* "Close now": closes_at = now + admin.close_delay_ms, a time by which every
- * ingest has learned the change, so that the cut is the same everywhere. A
- * close may move later without harm (a vote refused never reached the log, a
- * vote stamped before the later cut counts) but never earlier: when the write
- * finished less than the learn bound before its cut, a correction moves the
- * cut to the finish + the delay. */
+ * ingest has learned the change, so that the cut is the same everywhere. In
+ * one process the cut is learned before it is logged (history_update). With
+ * the catalog topic, when the write finished less than the learn bound
+ * before its cut, a correction moves the cut to the finish + the delay. */
 static void handle_close(admin_t *a, http_conn_t *c, const char *id, size_t len) {
     const catalog_entry_t *cur = find(a, id, len);
     if (!cur) {
@@ -287,9 +286,10 @@ static void handle_close(admin_t *a, http_conn_t *c, const char *id, size_t len)
     catalog_entry_t *en = NULL;
     if (write_update(a, c, next, now, &en) != 0)
         return;
-    for (int i = 0; i < CLOSE_CORRECTIONS_MAX; i++) {
-        if (a->wait_learnable)
-            a->wait_learnable(a->wait_arg, en->def_seq);
+    /* In one process ingest learned the cut before it was logged
+     * (history_update); the catalog topic's readers learn after it. */
+    for (int i = 0; a->wait_learnable && i < CLOSE_CORRECTIONS_MAX; i++) {
+        a->wait_learnable(a->wait_arg, en->def_seq);
         uint64_t finish = now_ms();
         if (finish + LEARN_BOUND_MS <= en->def->closes_at)
             break;

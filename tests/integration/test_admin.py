@@ -281,6 +281,71 @@ class AdminTest(TallyTestCase):
         self.assertEqual(st, 200, body)
         a.t.stop()
 
+    @unittest.skipIf(SANITIZE or not os.path.exists(SHIM), "needs the fault shim (not under sanitizers)")
+    def test_a_close_whose_write_outlasts_the_delay_counts_every_vote_answered_202(self):
+        # "Close now" is cut = now + admin.close_delay_ms. The cut used to
+        # reach ingest only once the log held it (log, then learn): with a
+        # disk slower than the delay, ingest kept judging by the open poll
+        # and answered 202 to votes stamped after the cut that landed behind
+        # the DEFINE, where the engine judges them late. They were never
+        # counted, and the "correction" (a later cut) could not bring them
+        # back. Every fdatasync here takes 1.2 s against a 200 ms delay;
+        # voters on many connections keep voting through the close; every
+        # 202 must be in the final totals.
+        a = Admin(self)
+        ctl = os.path.join(a.t.dir, "shim.ctl")
+        a.t.start("-s", "admin.close_delay_ms=200", env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
+        st, body = a.create(id="slow", options=["x", "y"], mode="unlimited")
+        self.assertEqual(st, 201, body)
+        import threading
+        accepted = {"x": 0, "y": 0}
+        other = {}
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def voter(i):
+            conn = a.t.connect(timeout=30)
+            opt = "xy"[i % 2]
+            while not stop.is_set():
+                try:
+                    st, body = a.t.vote("slow", opt, conn=conn)
+                except OSError:
+                    conn.close()
+                    conn = a.t.connect(timeout=30)
+                    continue
+                with lock:
+                    if st == 202:
+                        accepted[opt] += 1
+                    else:
+                        key = (st, (body or {}).get("error"))
+                        other[key] = other.get(key, 0) + 1
+                if st == 409:
+                    break
+                time.sleep(0.01 * (i % 7))
+            conn.close()
+
+        threads = [threading.Thread(target=voter, args=(i,)) for i in range(24)]
+        for th in threads:
+            th.start()
+        wait_until(lambda: sum(accepted.values()) >= 200, 20, "votes before the close")
+        with open(ctl, "w") as f:
+            f.write(f"gen=1 ops=fdatasync prefix={a.t.dir} delay_ms=1200 count=-1")
+        time.sleep(0.3 + (os.getpid() % 5) * 0.1)
+        st, body = a.request("POST", "/v1/admin/polls/slow/close")
+        self.assertEqual(st, 200, body)
+        closes = body["closes_at_ms"]
+        for th in threads:
+            th.join(60 * TIMEOUT_MULT)
+        stop.set()
+        with open(ctl, "w") as f:
+            f.write("off")
+        wait_until(lambda: a.show("slow")[1]["state"] == "final",
+                   (closes / 1000 - time.time()) + FINAL_GRACE_MS / 1000 + 20, "the final")
+        want = {k: v for k, v in accepted.items()}
+        wait_until(lambda: a.t.published_counts("slow") == want, 20,
+                   f"the totals to equal the votes answered 202 {want} (other answers {other})")
+        a.t.stop()
+
     def test_scheduled_poll_opens_on_time_and_open_now(self):
         a = self.start()
         opens = int(time.time() * 1000) + 1500

@@ -840,13 +840,14 @@ tally_err_t history_create(history_t *h, poll_def_t *def, catalog_entry_t **out,
  * after the cut while the write was slow; landing behind the DEFINE, the
  * engine judged them late and never counted them. A vote judged by the old
  * view was stamped before the swap: when the swap itself came at or after
- * the cut (a thread stalled past admin.close_delay_ms), the cut moves to
+ * the cut (a wait for h->mu past admin.close_delay_ms), the cut moves to
  * the swap + the delay. A failed write leaves the stricter view (the next
  * start completes a partly written change; a refused vote never reached the
  * log). The catalog topic's readers (tally ingest with Kafka) still learn
  * after the log: admin_routes.c corrects a close they may learn late. */
 static void learn_close_first(history_t *h, const catalog_t *cur, const catalog_entry_t *old,
-                              poll_def_t *next, uint64_t close_delay_ms) {
+                              poll_def_t *next, uint64_t now, uint64_t entered_mono,
+                              uint64_t close_delay_ms) {
     const poll_def_t *d = old->def;
     if (!next->closes_at || (d->closes_at && next->closes_at >= d->closes_at))
         return;
@@ -855,7 +856,9 @@ static void learn_close_first(history_t *h, const catalog_t *cur, const catalog_
     catalog_entry_t *pend = catalog_entry_new(view, old->def_seq);
     catalog_live_swap(h->live, catalog_with(cur, pend, catalog_seq(cur)));
     catalog_entry_unref(pend);
-    uint64_t learned = now_ms();
+    /* The caller's clock reading plus the time spent here (the wait for
+     * h->mu): the same clock the cut was computed from. */
+    uint64_t learned = now + (mono_ms() - entered_mono);
     if (learned >= next->closes_at) {
         uint64_t cut = learned + (close_delay_ms ? close_delay_ms : 1);
         log_warn("history: poll %s: its cut reached ingest %llu ms late: moving it to %llu ms "
@@ -868,6 +871,7 @@ static void learn_close_first(history_t *h, const catalog_t *cur, const catalog_
 
 tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t close_delay_ms,
                            catalog_entry_t **out, catalog_error_t *err) {
+    uint64_t entered = mono_ms();
     pthread_mutex_lock(&h->mu);
     const catalog_t *cur = catalog_live_get(h->live);
     const catalog_entry_t *old = catalog_find(cur, def->id, strlen(def->id));
@@ -879,7 +883,7 @@ tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t
                                               err)) != TALLY_OK) {
         poll_def_free(def);
     } else {
-        learn_close_first(h, cur, old, def, close_delay_ms);
+        learn_close_first(h, cur, old, def, now, entered, close_delay_ms);
         uint64_t seq = catalog_seq(cur) + 1;
         rc = commit(h, catalog_entry_new(def, seq), CONTROL_DEFINE, seq, out, err);
     }

@@ -199,7 +199,9 @@ void history_free(history_t *h);
 tally_err_t history_create(history_t *h, poll_def_t *def, catalog_entry_t **out,
                            catalog_error_t *err);
 /* Replaces a poll's definition (*def taken): 404 "no_such_poll", 409 per
- * poll_def_check_successor at now_ms with close_delay_ms. */
+ * poll_def_check_successor at now_ms with close_delay_ms. A change that
+ * ends voting earlier is in the live catalog before the log holds it; its
+ * cut moves later when that came at or after it (*out tells the cut). */
 tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now_ms, uint64_t close_delay_ms,
                            catalog_entry_t **out, catalog_error_t *err);
 /* Appends CONTROL_FINAL (at = closes_at) for a closed poll: 404, 409

@@ -437,6 +437,17 @@ Test(catalog, history_writer_broadcasts_waits_then_swaps) {
     cr_assert_eq(back->closes_at, 9000);
     poll_def_free(back);
     free(s);
+    /* A close is learned before it is logged; when it is learned at or
+     * after its cut (here the cut is the caller's now, delay 0), the cut
+     * moves past the learning. */
+    cr_assert_eq(history_create(h, def_of("{\"id\":\"q\",\"options\":[\"a\"]}"), NULL, &e),
+                 TALLY_OK, "%s", e.message);
+    cr_assert_eq(history_update(h, def_of("{\"id\":\"q\",\"options\":[\"a\"],\"closes_at\":5000}"),
+                                5000, 0, &en, &e),
+                 TALLY_OK, "%s", e.message);
+    cr_assert_gt(en->def->closes_at, 5000);
+    cr_assert_leq(en->def->closes_at, 5000 + 1000);
+    catalog_entry_unref(en);
     history_free(h);
     catalog_live_free(live);
     vlog_close(log);

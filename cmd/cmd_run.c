@@ -168,9 +168,12 @@ static int lifecycle_ready(lifecycle_t *lc, const tally_config_t *c, catalog_liv
     lc->history = hist;
     /* With Kafka, other processes may ingest: they learn the polls from the
      * catalog topic, written from here. */
-    if (c->kafka_brokers && c->kafka_brokers[0] &&
-        !(lc->kwriter = kcat_writer_new(c, live, err, esz)))
-        return -1;
+    if (c->kafka_brokers && c->kafka_brokers[0]) {
+        if (!(lc->kwriter = kcat_writer_new(c, live, err, esz)))
+            return -1;
+        /* A cut reaches their view before the log holds it. */
+        history_set_learner(hist, kcat_writer_learn, lc->kwriter);
+    }
     if (lc->admin)
         admin_set_catalog(lc->admin, live, hist, lc->kwriter ? kcat_writer_wait : NULL,
                           lc->kwriter);

@@ -671,8 +671,17 @@ struct history_s {
     vlog_t *log;
     catalog_live_t *live;
     int timeout_ms;
-    pthread_mutex_t mu; /* one change at a time */
+    pthread_mutex_t mu;      /* one change at a time */
+    history_learn_fn *learn; /* other processes' ingests (Kafka), or NULL */
+    void *learn_arg;
 };
+
+void history_set_learner(history_t *h, history_learn_fn *fn, void *arg) {
+    pthread_mutex_lock(&h->mu);
+    h->learn = fn;
+    h->learn_arg = arg;
+    pthread_mutex_unlock(&h->mu);
+}
 
 history_t *history_new(vlog_t *log, catalog_live_t *live, int timeout_ms) {
     history_t *h = xcalloc(1, sizeof *h);
@@ -833,32 +842,50 @@ tally_err_t history_create(history_t *h, poll_def_t *def, catalog_entry_t **out,
 }
 
 /* Under h->mu, before a change that ends voting earlier (a close, or
- * closes_at moved earlier) is logged: the live catalog takes the new cut
- * first, on the current definition and seq, so that ingest refuses what it
- * stamps at or after the cut before any DEFINE carrying it is in the log.
- * The other order (log, then learn) let ingest answer 202 to votes stamped
- * after the cut while the write was slow; landing behind the DEFINE, the
- * engine judged them late and never counted them. A vote judged by the old
- * view was stamped before the swap: when the swap itself came at or after
- * the cut (a wait for h->mu past admin.close_delay_ms), the cut moves to
- * the swap + the delay. A failed write leaves the stricter view (the next
- * start completes a partly written change; a refused vote never reached the
- * log). The catalog topic's readers (tally ingest with Kafka) still learn
- * after the log: admin_routes.c corrects a close they may learn late. */
-static void learn_close_first(history_t *h, const catalog_t *cur, const catalog_entry_t *old,
-                              poll_def_t *next, uint64_t now, uint64_t entered_mono,
-                              uint64_t close_delay_ms) {
+ * closes_at moved earlier) is logged: every ingest takes the new cut first,
+ * on the current definition and seq, so that it refuses what it stamps at
+ * or after the cut before any DEFINE carrying it is in the log. The other
+ * order (log, then learn) let ingest answer 202 to votes stamped after the
+ * cut while the write was slow; landing behind the DEFINE, the engine
+ * judged them late and never counted them.
+ *
+ * This process's ingest learns at the swap of the live catalog; other
+ * processes' (tally ingest with Kafka) from the learner, which returns the
+ * time from which they all judge by the cut. A vote judged by the old view
+ * was stamped before that time: when it is at or after the cut (a slow
+ * broker, a wait for h->mu past admin.close_delay_ms), the cut moves to it
+ * + the delay; the ingests then refuse a little early, which loses nothing.
+ * A learner that fails puts the old view back and nothing is logged. A
+ * failed write leaves the stricter view (the next start completes a partly
+ * written change; a refused vote never reached the log). */
+static tally_err_t learn_close_first(history_t *h, const catalog_t *cur, const catalog_entry_t *old,
+                                     poll_def_t *next, uint64_t now, uint64_t entered_mono,
+                                     uint64_t close_delay_ms, catalog_error_t *err) {
     const poll_def_t *d = old->def;
     if (!next->closes_at || (d->closes_at && next->closes_at >= d->closes_at))
-        return;
+        return TALLY_OK;
     poll_def_t *view = poll_def_dup(d);
     view->closes_at = next->closes_at;
     catalog_entry_t *pend = catalog_entry_new(view, old->def_seq);
+    pend->pending_cut = next->closes_at;
     catalog_live_swap(h->live, catalog_with(cur, pend, catalog_seq(cur)));
-    catalog_entry_unref(pend);
-    /* The caller's clock reading plus the time spent here (the wait for
-     * h->mu): the same clock the cut was computed from. */
-    uint64_t learned = now + (mono_ms() - entered_mono);
+    uint64_t learned_mono = mono_ms();
+    if (h->learn && h->learn(h->learn_arg, pend, &learned_mono) != 0) {
+        catalog_entry_unref(pend);
+        /* Unknown whether any other ingest has the cut: they get the
+         * current definition again (a stricter view meanwhile loses
+         * nothing); this one has it back now. */
+        catalog_live_swap(h->live, catalog_with(catalog_live_get(h->live), (catalog_entry_t *)old,
+                                                catalog_seq(cur)));
+        h->learn(h->learn_arg, old, NULL);
+        return fail(err, 503, "unavailable", "",
+                    "poll %s: the close could not reach every ingest (the catalog topic did "
+                    "not acknowledge it); nothing changed, retry",
+                    d->id);
+    }
+    /* The caller's clock reading plus the time spent until every ingest
+     * has the cut: the same clock the cut was computed from. */
+    uint64_t learned = now + (learned_mono - entered_mono);
     if (learned >= next->closes_at) {
         uint64_t cut = learned + (close_delay_ms ? close_delay_ms : 1);
         log_warn("history: poll %s: its cut reached ingest %llu ms late: moving it to %llu ms "
@@ -866,7 +893,16 @@ static void learn_close_first(history_t *h, const catalog_t *cur, const catalog_
                  d->id, (unsigned long long)(learned - next->closes_at),
                  (unsigned long long)(cut - learned));
         next->closes_at = cut;
+        /* The view stays (stricter); should the write fail, the later cut
+         * is what the next change logs. */
+        catalog_entry_t *moved = catalog_entry_new(poll_def_dup(view), old->def_seq);
+        moved->pending_cut = cut;
+        catalog_live_swap(h->live,
+                          catalog_with(catalog_live_get(h->live), moved, catalog_seq(cur)));
+        catalog_entry_unref(moved);
     }
+    catalog_entry_unref(pend);
+    return TALLY_OK;
 }
 
 tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t close_delay_ms,
@@ -879,13 +915,26 @@ tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t
     if (!old || !old->def_seq) {
         rc = fail(err, 404, "no_such_poll", "id", "no poll %s", def->id);
         poll_def_free(def);
-    } else if ((rc = poll_def_check_successor(old->def, old->final, def, now, close_delay_ms,
-                                              err)) != TALLY_OK) {
-        poll_def_free(def);
     } else {
-        learn_close_first(h, cur, old, def, now, entered, close_delay_ms);
-        uint64_t seq = catalog_seq(cur) + 1;
-        rc = commit(h, catalog_entry_new(def, seq), CONTROL_DEFINE, seq, out, err);
+        /* After a failed write of a cut, the change is judged against (and
+         * carries, unless it moves the cut itself) the cut that write had. */
+        poll_def_t *base = NULL;
+        if (old->pending_cut) {
+            base = poll_def_dup(old->def);
+            base->closes_at = old->pending_cut;
+            if (def->closes_at == old->def->closes_at)
+                def->closes_at = old->pending_cut;
+        }
+        if ((rc = poll_def_check_successor(base ? base : old->def, old->final, def, now,
+                                           close_delay_ms, err)) != TALLY_OK ||
+            (rc = learn_close_first(h, cur, old, def, now, entered, close_delay_ms, err)) !=
+                TALLY_OK) {
+            poll_def_free(def);
+        } else {
+            uint64_t seq = catalog_seq(cur) + 1;
+            rc = commit(h, catalog_entry_new(def, seq), CONTROL_DEFINE, seq, out, err);
+        }
+        poll_def_free(base);
     }
     pthread_mutex_unlock(&h->mu);
     return rc;
@@ -904,9 +953,24 @@ tally_err_t history_final(history_t *h, const char *id, catalog_entry_t **out,
     else if (!old->def->closes_at)
         rc = fail(err, 409, "incompatible", "closes_at", "poll %s has no closes_at", id);
     else {
-        uint64_t seq = catalog_seq(cur) + 1;
-        rc = commit(h, catalog_entry_finalized(old, seq, old->def->closes_at), CONTROL_FINAL, seq,
-                    out, err);
+        catalog_entry_t *settled = NULL;
+        rc = TALLY_OK;
+        if (old->pending_cut) {
+            /* The cut whose write failed is logged first: a FINAL no DEFINE
+             * explains would leave the log saying final, never closed. */
+            poll_def_t *d = poll_def_dup(old->def);
+            d->closes_at = old->pending_cut;
+            uint64_t seq = catalog_seq(cur) + 1;
+            rc = commit(h, catalog_entry_new(d, seq), CONTROL_DEFINE, seq, &settled, err);
+            cur = catalog_live_get(h->live);
+            old = settled;
+        }
+        if (rc == TALLY_OK) {
+            uint64_t seq = catalog_seq(cur) + 1;
+            rc = commit(h, catalog_entry_finalized(old, seq, old->def->closes_at), CONTROL_FINAL,
+                        seq, out, err);
+        }
+        catalog_entry_unref(settled);
     }
     pthread_mutex_unlock(&h->mu);
     return rc;

@@ -131,6 +131,10 @@ typedef struct {
     uint64_t final_seq; /* its seq */
     uint64_t final_at;  /* its at_ms (the cut) */
     uint64_t seed;      /* record_poll_seed(id) */
+    /* Not 0: def's closes_at was learned ahead of the log and the DEFINE
+     * carrying it (with this cut, not earlier than def's) failed; the next
+     * change of the poll (history_update, history_final) logs it first. */
+    uint64_t pending_cut;
     _Atomic int refs;
 } catalog_entry_t;
 
@@ -193,6 +197,17 @@ typedef struct history_s history_t;
 history_t *history_new(vlog_t *log, catalog_live_t *live, int timeout_ms);
 void history_free(history_t *h);
 
+/* How the ingests of other processes (tally ingest, with Kafka: the catalog
+ * topic) learn a cut before it is logged. Called under the history's lock
+ * with the pending entry (the current definition and seq with the earlier
+ * closes_at). With learned_mono: returns 0 once they will all judge by it
+ * from *learned_mono (CLOCK_MONOTONIC ms) on, or -1 when that is unknown;
+ * with NULL: hands them en again, without waiting (a learner that failed
+ * puts the previous entry back). */
+typedef int history_learn_fn(void *arg, const catalog_entry_t *en, uint64_t *learned_mono);
+/* @locality the start-up thread, before changes */
+void history_set_learner(history_t *h, history_learn_fn *fn, void *arg);
+
 /* Defines a new poll (*def taken, whatever the result). 409 "poll_exists"
  * when the id is in the catalog. On TALLY_OK *out (may be NULL) is the new
  * entry, referenced (catalog_entry_unref it). */
@@ -200,8 +215,9 @@ tally_err_t history_create(history_t *h, poll_def_t *def, catalog_entry_t **out,
                            catalog_error_t *err);
 /* Replaces a poll's definition (*def taken): 404 "no_such_poll", 409 per
  * poll_def_check_successor at now_ms with close_delay_ms. A change that
- * ends voting earlier is in the live catalog before the log holds it; its
- * cut moves later when that came at or after it (*out tells the cut). */
+ * ends voting earlier is in the live catalog (and the learner's) before the
+ * log holds it; its cut moves later when that came at or after it (*out
+ * tells the cut); 503 "unavailable" when the learner failed. */
 tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now_ms, uint64_t close_delay_ms,
                            catalog_entry_t **out, catalog_error_t *err);
 /* Appends CONTROL_FINAL (at = closes_at) for a closed poll: 404, 409

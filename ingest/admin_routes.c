@@ -14,10 +14,6 @@
 #include "ingest/admin_int.h"
 
 #define M(m) (1u << (m))
-/* An ingest learns a change within this (docs/ARCHITECTURE.md). */
-#define LEARN_BOUND_MS 1000
-/* A close that keeps finishing late is corrected at most this often. */
-#define CLOSE_CORRECTIONS_MAX 3
 
 /* ---- replies ---- */
 
@@ -253,10 +249,10 @@ static void handle_open(admin_t *a, http_conn_t *c, const char *id, size_t len) 
 }
 
 /* "Close now": closes_at = now + admin.close_delay_ms, a time by which every
- * ingest has learned the change, so that the cut is the same everywhere. In
- * one process the cut is learned before it is logged (history_update). With
- * the catalog topic, when the write finished less than the learn bound
- * before its cut, a correction moves the cut to the finish + the delay. */
+ * ingest has learned the change, so that the cut is the same everywhere.
+ * Every ingest learns the cut before it is logged (history_update, with the
+ * catalog topic's readers through its learner); when that took until the
+ * cut or later, the cut moves to then + the delay. */
 static void handle_close(admin_t *a, http_conn_t *c, const char *id, size_t len) {
     const catalog_entry_t *cur = find(a, id, len);
     if (!cur) {
@@ -265,6 +261,19 @@ static void handle_close(admin_t *a, http_conn_t *c, const char *id, size_t len)
     }
     uint64_t delay = (uint64_t)a->conf->admin_close_delay_ms, now = now_ms();
     uint64_t cut = now + delay;
+    if (cur->pending_cut) {
+        /* An earlier close was learned but its write failed: this one
+         * writes it (history_update gives it that close's cut). */
+        catalog_entry_t *en = NULL;
+        if (write_update(a, c, poll_def_dup(cur->def), now, &en) != 0)
+            return;
+        if (a->wait_learnable)
+            a->wait_learnable(a->wait_arg, en->def_seq);
+        log_info("admin: poll %s: the close whose write failed is written (seq %llu)", en->def->id,
+                 (unsigned long long)en->def_seq);
+        reply_entry(a, c, 200, en);
+        return;
+    }
     poll_state_t st = poll_def_state_at(cur->def, cur->final, now);
     /* Already closed, or closing sooner than a close now would: keep it. */
     if (st == POLL_CLOSED || st == POLL_FINAL ||
@@ -286,27 +295,10 @@ static void handle_close(admin_t *a, http_conn_t *c, const char *id, size_t len)
     catalog_entry_t *en = NULL;
     if (write_update(a, c, next, now, &en) != 0)
         return;
-    /* In one process ingest learned the cut before it was logged
-     * (history_update); the catalog topic's readers learn after it. */
-    for (int i = 0; a->wait_learnable && i < CLOSE_CORRECTIONS_MAX; i++) {
+    /* Every ingest learned the cut before it was logged (history_update);
+     * the answer waits until the catalog topic holds the DEFINE too. */
+    if (a->wait_learnable)
         a->wait_learnable(a->wait_arg, en->def_seq);
-        uint64_t finish = now_ms();
-        if (finish + LEARN_BOUND_MS <= en->def->closes_at)
-            break;
-        log_warn("admin: the close of %s took until %llu ms before its cut: moving the cut to "
-                 "%llu ms from now",
-                 en->def->id, (unsigned long long)(en->def->closes_at - finish),
-                 (unsigned long long)delay);
-        next = poll_def_dup(en->def);
-        next->closes_at = finish + delay;
-        catalog_entry_t *fixed = NULL;
-        if (write_update(a, c, next, finish, &fixed) != 0) {
-            catalog_entry_unref(en);
-            return;
-        }
-        catalog_entry_unref(en);
-        en = fixed;
-    }
     char at[40];
     fmt_rfc3339(en->def->closes_at, at, sizeof at);
     log_info("admin: poll %s closes at %s (seq %llu)", en->def->id, at,

@@ -122,9 +122,27 @@ static int write_entries(kcat_writer_t *w, const catalog_t *cat, int64_t above) 
     return 0;
 }
 
+/* The ack of one entry produced by kcat_writer_learn, shared with the
+ * delivery callback: whichever of the two comes second frees it. */
+typedef struct {
+    _Atomic int state; /* LEARN_PENDING, then _ACKED or _ABANDONED */
+    rd_kafka_resp_err_t err;
+    uint64_t acked_mono;
+} learn_ack_t;
+enum { LEARN_PENDING, LEARN_ACKED, LEARN_ABANDONED };
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
     kcat_writer_t *w = opaque;
+    learn_ack_t *la = m->_private;
+    if (la) {
+        la->err = m->err;
+        la->acked_mono = mono_ms();
+        int expect = LEARN_PENDING;
+        if (!atomic_compare_exchange_strong(&la->state, &expect, LEARN_ACKED))
+            free(la); /* its waiter gave up */
+        return;
+    }
     if (m->err) {
         atomic_store(&w->delivery_failed, 1);
         log_warn("kafka catalog topic: delivery failed: %s", rd_kafka_err2str(m->err));
@@ -203,19 +221,70 @@ fail:
     return NULL;
 }
 
-void kcat_writer_wait(void *arg, uint64_t seq) {
-    kcat_writer_t *w = arg;
+/* 1 once the topic holds catalog seq, 0 after KCAT_TIMEOUT_MS. */
+static int writer_wait(kcat_writer_t *w, uint64_t seq) {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += KCAT_TIMEOUT_MS / 1000;
+    int ok = 1;
     pthread_mutex_lock(&w->mu);
     while (!(w->have_published && w->published >= seq))
         if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT) {
             log_warn("kafka catalog topic: seq %llu not written within %d s",
                      (unsigned long long)seq, KCAT_TIMEOUT_MS / 1000);
+            ok = 0;
             break;
         }
     pthread_mutex_unlock(&w->mu);
+    return ok;
+}
+
+void kcat_writer_wait(void *arg, uint64_t seq) {
+    writer_wait(arg, seq);
+}
+
+int kcat_writer_learn(void *arg, const catalog_entry_t *en, uint64_t *learned_mono) {
+    kcat_writer_t *w = arg;
+    /* After everything the writer thread has to write: a reader keeps an
+     * entry of equal seq, so the older one must not come after this. */
+    if (learned_mono && !writer_wait(w, catalog_seq(catalog_live_get(w->live))))
+        return -1;
+    learn_ack_t *la = learned_mono ? xcalloc(1, sizeof *la) : NULL;
+    char *v = entry_value(en);
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        w->rk, RD_KAFKA_V_RKT(w->rkt), RD_KAFKA_V_PARTITION(0),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_VALUE(v, strlen(v)),
+        RD_KAFKA_V_KEY(en->def->id, strlen(en->def->id)), RD_KAFKA_V_OPAQUE(la), RD_KAFKA_V_END);
+    free(v);
+    if (e) {
+        log_warn("kafka catalog topic: cannot produce %s: %s", en->def->id, rd_kafka_err2str(e));
+        free(la);
+        return -1;
+    }
+    if (!la)
+        return 0;
+    uint64_t deadline = mono_ms() + KCAT_TIMEOUT_MS;
+    while (atomic_load(&la->state) == LEARN_PENDING && mono_ms() < deadline)
+        rd_kafka_poll(w->rk, 5); /* the ack may be served here or by the writer thread */
+    int expect = LEARN_PENDING;
+    if (atomic_compare_exchange_strong(&la->state, &expect, LEARN_ABANDONED)) {
+        log_warn("kafka catalog topic: %s not acknowledged within %d s", en->def->id,
+                 KCAT_TIMEOUT_MS / 1000);
+        return -1; /* the callback frees la */
+    }
+    int rc = -1;
+    if (la->err)
+        log_warn("kafka catalog topic: %s: delivery failed: %s", en->def->id,
+                 rd_kafka_err2str(la->err));
+    else {
+        /* A reader confirmed fresh has consumed everything acknowledged
+         * before its last watermark query, which is at most KCAT_FRESH_MS
+         * old whenever it judges a vote. */
+        *learned_mono = la->acked_mono + KCAT_FRESH_MS;
+        rc = 0;
+    }
+    free(la);
+    return rc;
 }
 
 void kcat_writer_free(kcat_writer_t *w) {
@@ -248,7 +317,9 @@ struct kcat_reader_s {
     int64_t position;           /* next offset to consume (reader thread) */
 };
 
-/* Applies one record: kept when its poll is new or its seq higher. */
+/* Applies one record: kept when its poll is new or its seq not lower (an
+ * entry of equal seq is a cut learned before its DEFINE is logged, or the
+ * entry put back after such a cut failed: kcat_writer_learn). */
 static void apply(kcat_reader_t *r, const rd_kafka_message_t *m) {
     json_error_t je;
     json_t *v = json_loadb(m->payload, m->len, 0, &je);
@@ -275,7 +346,7 @@ static void apply(kcat_reader_t *r, const rd_kafka_message_t *m) {
     free(text);
     const catalog_t *cur = catalog_live_get(r->live);
     const catalog_entry_t *old = catalog_find(cur, d->id, strlen(d->id));
-    if (old && entry_seq(old) >= seq) {
+    if (old && entry_seq(old) > seq) {
         poll_def_free(d);
         json_decref(v);
         return;

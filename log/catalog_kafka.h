@@ -11,7 +11,10 @@
  * Writer (tally engine, the process that writes the history): after each
  * change of the live catalog it produces the changed entries (acks=all,
  * idempotent) and rewrites all of them at start (idempotent: a reader keeps
- * the entry with the higher seq).
+ * the entry with the higher seq, or the later of equal seq). A cut is
+ * written before its DEFINE is logged (kcat_writer_learn: the entry with
+ * its current seq and the new closes_at), so every ingest refuses votes
+ * stamped at or after it before the log can hold one behind the DEFINE.
  *
  * Reader (tally ingest): consumes the topic from the beginning before any
  * vote is judged (503 "starting"), then tails it; every 250 ms it asks the
@@ -42,6 +45,11 @@ kcat_writer_t *kcat_writer_new(const tally_config_t *c, catalog_live_t *live, ch
 /* Blocks until the topic holds catalog seq (acknowledged), up to 10 s.
  * For admin_ops_t.wait_learnable (arg: the writer). @locality any thread */
 void kcat_writer_wait(void *w, uint64_t seq);
+/* A history_learn_fn (arg: the writer): produces en, after whatever the
+ * writer thread still has to write, and waits for its ack (up to 10 s);
+ * *learned_mono = the ack + KCAT_FRESH_MS. With learned_mono NULL it only
+ * produces. @locality any thread */
+int kcat_writer_learn(void *w, const catalog_entry_t *en, uint64_t *learned_mono);
 void kcat_writer_free(kcat_writer_t *w);
 
 typedef struct kcat_reader_s kcat_reader_t;

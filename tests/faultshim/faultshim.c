@@ -3,8 +3,8 @@
  * faults while the real binary runs (tests/chaos); and connect, so they can
  * stage a client without local ports (tests/bench).
  *
- * (and pread, to be slowed down: delay_ms below; and the wall clock, to
- * be stepped forward: step_ms below).
+ * (and pread, sendmsg and recvmsg, to be slowed down: delay_ms below; and the wall
+ * clock, to be stepped forward: step_ms below).
  *
  * Control: FAULTSHIM_CTL names a control file, re-read at most every 10 ms.
  * It holds one line of space-separated key=value pairs, or "off" (a missing
@@ -12,6 +12,7 @@
  *
  *   gen=N            any change re-arms the fault (resets count and seed)
  *   ops=a,b,...      write pwrite fsync fdatasync ftruncate rename connect
+ *                    pread clock recvmsg sendmsg
  *   prefix=PATH      only calls on files whose path starts with PATH
  *                    (a socket's is "socket:[INODE]")
  *   errno=EIO        EIO | ENOSPC | EROFS | EDQUOT | EADDRNOTAVAIL |
@@ -25,7 +26,10 @@
  *                    (data on disk, error reported: the worst case)
  *   delay_ms=N       instead of failing, a matching call is made slow: it
  *                    sleeps N ms, then does its work (a stalling disk; with
- *                    ops=pread it holds up the log's readers, the engine)
+ *                    ops=pread it holds up the log's readers, the engine;
+ *                    with ops=sendmsg/recvmsg every request librdkafka sends
+ *                    to a broker / answer it reads: a slow network, for one
+ *                    process only)
  *   step_ms=N        with ops=clock: each clock_gettime(CLOCK_REALTIME)
  *                    (the first count of them) steps the wall clock N ms
  *                    forward first, so two readings in a row differ; the
@@ -58,6 +62,8 @@ enum {
     OP_PREAD = 1 << 6,
     OP_CLOCK = 1 << 7,
     OP_CONNECT = 1 << 8,
+    OP_RECVMSG = 1 << 9,
+    OP_SENDMSG = 1 << 10,
 };
 
 static const struct {
@@ -67,6 +73,7 @@ static const struct {
     {"write", OP_WRITE},         {"pwrite", OP_PWRITE},       {"fsync", OP_FSYNC},
     {"fdatasync", OP_FDATASYNC}, {"ftruncate", OP_FTRUNCATE}, {"rename", OP_RENAME},
     {"pread", OP_PREAD},         {"clock", OP_CLOCK},         {"connect", OP_CONNECT},
+    {"recvmsg", OP_RECVMSG},     {"sendmsg", OP_SENDMSG},
 };
 
 static const struct {
@@ -107,6 +114,8 @@ static int (*real_rename)(const char *, const char *);
 static ssize_t (*real_pread)(int, void *, size_t, off_t);
 static int (*real_clock_gettime)(clockid_t, struct timespec *);
 static int (*real_connect)(int, const struct sockaddr *, socklen_t);
+static ssize_t (*real_recvmsg)(int, struct msghdr *, int);
+static ssize_t (*real_sendmsg)(int, const struct msghdr *, int);
 
 static void shim_resolve(void) {
     if (real_write)
@@ -119,6 +128,8 @@ static void shim_resolve(void) {
     real_pread = (ssize_t(*)(int, void *, size_t, off_t))dlsym(RTLD_NEXT, "pread");
     real_clock_gettime = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
     real_connect = (int (*)(int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT, "connect");
+    real_recvmsg = (ssize_t(*)(int, struct msghdr *, int))dlsym(RTLD_NEXT, "recvmsg");
+    real_sendmsg = (ssize_t(*)(int, const struct msghdr *, int))dlsym(RTLD_NEXT, "sendmsg");
     real_write = (ssize_t(*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
 }
 
@@ -352,6 +363,22 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     int partial, err = shim_fd_call(OP_CONNECT, fd, "connect", &partial);
     if (!err)
         return real_connect(fd, addr, len);
+    errno = err;
+    return -1;
+}
+
+ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
+    int partial, err = shim_fd_call(OP_RECVMSG, fd, "recvmsg", &partial);
+    if (!err)
+        return real_recvmsg(fd, msg, flags);
+    errno = err;
+    return -1;
+}
+
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
+    int partial, err = shim_fd_call(OP_SENDMSG, fd, "sendmsg", &partial);
+    if (!err)
+        return real_sendmsg(fd, msg, flags);
     errno = err;
     return -1;
 }

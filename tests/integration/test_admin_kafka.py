@@ -14,7 +14,7 @@ import threading
 import time
 import unittest
 
-from harness import TIMEOUT_MULT, Tally, TallyTestCase, free_port, wait_until
+from harness import SHIM, TIMEOUT_MULT, Tally, TallyTestCase, free_port, wait_until
 
 SRC = os.environ.get("TALLY_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "../.."))
 sys.path.insert(0, os.path.join(SRC, "tests"))
@@ -80,7 +80,7 @@ class AdminKafka(TallyTestCase):
     def tearDownClass(cls):
         kafka_local("stop", "--dir", cls.kdir, "--purge")
 
-    def install(self):
+    def install(self, close_delay_ms=CLOSE_DELAY_MS, engine_env=None):
         self.topic = f"tally-admin-{self.id().split('.')[-1]}-{int(time.time() * 1000)}"
         a = Admin(self, extra=f"""[kafka]
 brokers = {self.bootstrap}
@@ -92,10 +92,10 @@ message.timeout.ms = 5000
         # The close delay the learn bound needs with Kafka, not the file-log
         # test's shorter one.
         with open(a.t.config) as f:
-            text = f.read().replace("close_delay_ms = 1000", f"close_delay_ms = {CLOSE_DELAY_MS}")
+            text = f.read().replace("close_delay_ms = 1000", f"close_delay_ms = {close_delay_ms}")
         with open(a.t.config, "w") as f:
             f.write(text)
-        a.t.start(cmd="engine")
+        a.t.start(cmd="engine", env=engine_env)
         wait_until(lambda: a.request("GET", "/healthz")[0] == 200, 30, "the engine's admin API")
         ing = [Tally(workdir=a.t.dir, config=a.t.config) for _ in range(2)]
         for i in ing:
@@ -216,6 +216,131 @@ message.timeout.ms = 5000
             self.assertLess(time.monotonic(), deadline)
             time.sleep(0.02)
 
+    def test_a_close_shorter_than_the_learn_bound_counts_every_vote_answered_202(self):
+        """A close whose admin.close_delay_ms (200 ms) is shorter than the
+        catalog topic's learn bound (1 s). The cut used to reach the remote
+        ingests only after the DEFINE carrying it was in the votes topic: a
+        lagging ingest answered 202 to votes stamped after the cut that
+        landed behind that DEFINE, where the engine judges them late and
+        never counts them. Now the topic carries the cut before it is
+        logged, and the cut moves past the time every ingest has it. The
+        checker walks each partition of the votes topic with the test's own
+        reader and judges each vote by the DEFINE in force where it lies."""
+        ctl = os.path.join(tempfile.mkdtemp(prefix="tally-shim-"), "ctl")
+        a, ing = self.install(close_delay_ms=200,
+                              engine_env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
+        st, p = a.create(id="quick", options=["x", "y"], mode="unlimited")
+        self.assertEqual(st, 201, p)
+        for i in ing:
+            wait_until(lambda i=i: i.vote("quick", "x", f"probe-{i.port}")[0] == 202, 10,
+                       "an ingest to learn the new poll")
+        # A slow network between the engine and the broker: each request it
+        # sends is 300 ms late, its writes of the votes topic (the close's
+        # DEFINE) and of the catalog topic alike; the ingests' own network
+        # is quick, their view of the catalog stays fresh.
+        with open(ctl, "w") as f:
+            f.write("gen=1 ops=sendmsg delay_ms=300 count=-1\n")
+        answers, lock, stop = [], threading.Lock(), threading.Event()
+
+        def client(n, t):
+            conn, k = t.connect(timeout=30), 0
+            while not stop.is_set():
+                voter, o = f"q{n}-{k}", "xy"[k % 2]
+                k += 1
+                st, body = t.vote("quick", o, voter, conn=conn)
+                with lock:
+                    answers.append((voter, o, st, body and body.get("error")))
+            conn.close()
+        threads = [threading.Thread(target=client, args=(n, ing[n % 2])) for n in range(6)]
+        for th in threads:
+            th.start()
+        time.sleep(0.5)
+        asked = time.time() * 1000
+        st, p = a.request("POST", "/v1/admin/polls/quick/close")
+        self.assertEqual(st, 200, p)
+        cut = p["closes_at_ms"]
+        # The cut moved past the time every ingest has it: its ack on the
+        # catalog topic + the 1 s learn bound, + the delay.
+        self.assertGreaterEqual(cut, asked + 1000 + 200, "the cut did not move past the learning")
+        wait_until(lambda: time.time() * 1000 > cut + 1500, 15, "past the cut")
+        stop.set()
+        for th in threads:
+            th.join()
+        ok = {v: o for v, o, st, _ in answers if st == 202}
+        tally_of = {}
+        for _, _, st, err in answers:
+            tally_of[(st, err)] = tally_of.get((st, err), 0) + 1
+        self.assertTrue(ok and any(st == 409 for _, _, st, _ in answers),
+                        f"votes on both sides of the cut: {tally_of}")
+        wait_until(lambda: a.show("quick")[1]["state"] == "final", 30, "the final")
+
+        # The votes topic, partition by partition, judged by the DEFINE in
+        # force at each vote's position (until the FINAL).
+        parts = {}
+        for part, off, key, val in topic_values(self.bootstrap, self.topic):
+            parts.setdefault(part, []).append((off, val))
+        counted, late, want = set(), set(), {"x": 0, "y": 0}
+        for recs in parts.values():
+            closes_at, final = None, False
+            for _, val in sorted(recs, key=lambda r: r[0]):
+                r = logreader.decode_any(val)
+                if r[0] == "control":
+                    if r[5] == "quick" and r[1] == 1:
+                        closes_at = json.loads(r[6]).get("closes_at")
+                    elif r[5] == "quick" and r[1] == 2:
+                        final = True
+                    continue
+                _, ts, _, poll, option, voter, _ = r
+                if poll != "quick":
+                    continue
+                if not final and (closes_at is None or ts < closes_at):
+                    counted.add(voter)
+                    want[option] += 1
+                else:
+                    late.add(voter)
+        lost = sorted(v for v in ok if v not in counted)
+        self.assertEqual(lost, [], f"answered 202 but judged late where they lie in the topic "
+                         f"({len(ok)} answered 202, {len(late)} late in all)")
+        a.t.wait_counts({"quick": want}, timeout=30)
+        print(f"\n{len(ok)} answered 202, {len(late)} late in the topic, cut {cut - asked:.0f} ms "
+              f"after the close was asked", file=sys.stderr)
+
+    def test_a_close_the_catalog_topic_does_not_acknowledge_changes_nothing(self):
+        """The engine cannot reach the broker while a close is asked: the
+        cut is not acknowledged on the catalog topic, so it is not logged
+        either (503, nothing changed), and the poll keeps taking votes
+        everywhere; once the broker is reachable the close goes through."""
+        ctl = os.path.join(tempfile.mkdtemp(prefix="tally-shim-"), "ctl")
+        a, ing = self.install(close_delay_ms=200,
+                              engine_env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
+        st, p = a.create(id="wob", options=["x"], mode="unlimited")
+        self.assertEqual(st, 201, p)
+        for i in ing:
+            wait_until(lambda i=i: i.vote("wob", "x", None)[0] == 202, 10, "an ingest to learn wob")
+        with open(ctl, "w") as f:
+            f.write("gen=1 ops=sendmsg errno=EIO count=-1\n")
+        time.sleep(0.1)  # the shim reads its control file every 10 ms
+        st, p = a.request("POST", "/v1/admin/polls/wob/close")
+        self.assertEqual((st, p["error"]), (503, "unavailable"), p)
+        self.assertIn("nothing changed", p["message"])
+        with open(ctl, "w") as f:
+            f.write("off\n")
+        st, p = a.show("wob")
+        self.assertEqual((st, p["state"], p["closes_at_ms"]), (200, "open", None), p)
+        # Still open on both ingests, well past the cut the close had.
+        time.sleep(1.5)
+        for i in ing:
+            wait_until(lambda i=i: i.vote("wob", "x", None)[0] == 202, 15, "a vote after the failed close")
+        # Retried as the 503 says, until the engine's connections are back.
+        st, p = wait_until(lambda: (lambda r: r if r[0] != 503 else None)(
+            a.request("POST", "/v1/admin/polls/wob/close")), 60, "a close once the broker is back")
+        self.assertEqual(st, 200, p)
+        cut = p["closes_at_ms"]
+        wait_until(lambda: time.time() * 1000 > cut + 100, 15, "past the cut")
+        for i in ing:
+            st, body = wait_until(lambda i=i: (lambda r: r if r[0] != 503 else None)(
+                i.vote("wob", "x", None)), 10, "an answer other than 503")
+            self.assertEqual((st, body["error"]), (409, "poll_closed"))
 
     def test_a_retry_through_another_ingest_counts_once_in_every_mode(self):
         """Issue 10: a vote sent to one ingest and retried with the same

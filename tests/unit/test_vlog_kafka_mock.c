@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/catalog.h"
 #include "common/util.h"
 #include "log/record.h"
 #include "log/vlog.h"
@@ -79,7 +80,13 @@ static vlog_err_t append_vote(vlog_t *l, int i) {
 static vlog_err_t append_vote_to(vlog_t *l, int i, int partition) {
     char voter[32];
     snprintf(voter, sizeof voter, "v%d", i);
-    vote_record_t v = {.ts_ms = now_ms(), .poll = "poll", .poll_len = 4, .option = "opt", .option_len = 3, .voter = voter, .voter_len = strlen(voter)};
+    vote_record_t v = {.ts_ms = now_ms(),
+                       .poll = "poll",
+                       .poll_len = 4,
+                       .option = "opt",
+                       .option_len = 3,
+                       .voter = voter,
+                       .voter_len = strlen(voter)};
     uint8_t rec[RECORD_MAX_LEN];
     size_t len = record_encode(&v, rec);
     return vlog_append(l, partition, rec, len, NULL, (void *)(intptr_t)(i + 1));
@@ -320,4 +327,136 @@ Test(kafka_mock, bad_librdkafka_key_is_a_config_error) {
     cr_assert_null(l);
     cr_assert_eq(errno, EINVAL);
     cr_assert(strstr(err, "kafka.no.such.property"), "%s", err);
+}
+
+/* ---- the history writer over Kafka ---- */
+
+static int learner_calls;
+
+/* The ingests of other processes have every cut at once. */
+static int learn_now(void *arg, const catalog_entry_t *en, uint64_t *learned_mono) {
+    (void)arg;
+    (void)en;
+    if (learned_mono) {
+        learner_calls++;
+        *learned_mono = mono_ms();
+    }
+    return 0;
+}
+
+typedef struct {
+    int total;    /* control records read */
+    int n[NPART]; /* of poll p */
+    unsigned kind[NPART][8];
+    char body[NPART][8][512];
+} controls_t;
+
+static int on_control(void *arg, const vlog_msg_t *m) {
+    controls_t *s = arg;
+    control_record_t c;
+    if (!m->rec || control_decode(m->rec, m->len, &c) != 0)
+        return 0;
+    s->total++;
+    if (c.poll_len != 1 || c.poll[0] != 'p')
+        return 0;
+    int k = s->n[m->partition]++;
+    cr_assert_lt(k, 8);
+    s->kind[m->partition][k] = c.kind;
+    snprintf(s->body[m->partition][k], 512, "%.*s", (int)c.body_len, c.body ? c.body : "");
+    return 0;
+}
+
+static poll_def_t *poll_of(const char *json) {
+    poll_def_t *d;
+    catalog_error_t e;
+    poll_def_defaults_t dd = {.idempotency_window_s = 600, .now_ms = 1, .source = POLL_SRC_ADMIN};
+    cr_assert_eq(poll_def_from_json(json, strlen(json), &dd, &d, &e), TALLY_OK, "%s", e.message);
+    return d;
+}
+
+/* A close learned by every ingest whose DEFINE then failed (the votes topic
+ * refused it): the stricter view stays, and the poll's next change logs
+ * that cut first. Before, the FINAL scheduler wrote a FINAL at a cut no
+ * DEFINE carried, and a retried close answered "closing already" without
+ * writing anything. */
+Test(kafka_mock, a_close_whose_write_failed_is_logged_before_the_final) {
+    char err[256];
+    history_ack_init(ack);
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, history_log_ack, NULL, err, sizeof err);
+    cr_assert(l, "%s", err);
+    catalog_live_t *live = catalog_live_new(NULL);
+    history_t *h = history_new(l, live, 1500);
+    history_set_learner(h, learn_now, NULL);
+    catalog_error_t e = {0};
+    cr_assert_eq(history_create(h, poll_of("{\"id\":\"p\",\"options\":[\"a\"]}"), NULL, &e),
+                 TALLY_OK, "%s", e.message);
+    cr_assert_eq(history_create(h, poll_of("{\"id\":\"q\",\"options\":[\"a\"]}"), NULL, &e),
+                 TALLY_OK, "%s", e.message);
+
+    static rd_kafka_resp_err_t refuse[20000];
+    for (size_t i = 0; i < sizeof refuse / sizeof refuse[0]; i++)
+        refuse[i] = RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+    rd_kafka_mock_push_request_errors_array(mc, 0 /* Produce */, sizeof refuse / sizeof refuse[0],
+                                            refuse);
+    uint64_t now = now_ms(), cut = now + 200;
+    char def[128];
+    snprintf(def, sizeof def, "{\"id\":\"p\",\"options\":[\"a\"],\"closes_at\":%llu}",
+             (unsigned long long)cut);
+    cr_assert_neq(history_update(h, poll_of(def), now, 200, NULL, &e), TALLY_OK);
+    def[7] = 'q'; /* the same close of poll q */
+    cr_assert_neq(history_update(h, poll_of(def), now, 200, NULL, &e), TALLY_OK);
+    cr_assert_eq(learner_calls, 2);
+    rd_kafka_mock_clear_request_errors(mc, 0);
+    /* Ingest refuses from the cut on; the history knows the write failed. */
+    const catalog_entry_t *en = catalog_find(catalog_live_get(live), "p", 1);
+    cr_assert_eq(en->def->closes_at, cut);
+    cr_assert_eq(en->pending_cut, cut);
+    while (now_ms() <= cut)
+        ;
+    catalog_entry_t *fin = NULL;
+    cr_assert_eq(history_final(h, "p", &fin, &e), TALLY_OK, "%s", e.message);
+    cr_assert_eq(fin->final_at, cut);
+    catalog_entry_unref(fin);
+    en = catalog_find(catalog_live_get(live), "p", 1);
+    cr_assert(en->final && !en->pending_cut);
+    /* q: a change that leaves the cut alone (as a retried close does)
+     * carries the failed write's cut, although its view closed meanwhile. */
+    en = catalog_find(catalog_live_get(live), "q", 1);
+    cr_assert_eq(en->pending_cut, cut);
+    catalog_entry_t *again = NULL;
+    cr_assert_eq(history_update(h, poll_def_dup(en->def), now_ms(), 200, &again, &e), TALLY_OK,
+                 "%s", e.message);
+    cr_assert_eq(again->def->closes_at, cut);
+    cr_assert_eq(again->pending_cut, 0);
+    catalog_entry_unref(again);
+
+    /* Every partition, for p: the create, the close's DEFINE with its cut, the
+     * FINAL (a failed append may have reached some partitions: then its
+     * DEFINE is there twice, never missing). */
+    static controls_t s;
+    memset(&s, 0, sizeof s);
+    uint64_t ends[NPART], pos[NPART] = {0};
+    int parts[NPART] = {0, 1, 2, 3};
+    cr_assert_eq(vlog_end_positions(l, ends, err, sizeof err), 0, "%s", err);
+    vlog_reader_t *r = vlog_reader_new(l, parts, pos, NPART, err, sizeof err);
+    cr_assert(r, "%s", err);
+    uint64_t want = 0, deadline = mono_ms() + 30000;
+    for (int p = 0; p < NPART; p++)
+        want += ends[p];
+    while ((uint64_t)s.total < want && mono_ms() < deadline)
+        cr_assert_geq(vlog_reader_poll(r, on_control, &s, 1000, 100, err, sizeof err), 0, "%s",
+                      err);
+    vlog_reader_free(r);
+    char closes[64];
+    snprintf(closes, sizeof closes, "\"closes_at\":%llu", (unsigned long long)cut);
+    for (int p = 0; p < NPART; p++) {
+        int k = s.n[p];
+        cr_assert_geq(k, 3, "partition %d: %d control records", p, k);
+        cr_assert_eq(s.kind[p][k - 1], CONTROL_FINAL, "partition %d", p);
+        cr_assert_eq(s.kind[p][k - 2], CONTROL_DEFINE, "partition %d", p);
+        cr_assert(strstr(s.body[p][k - 2], closes), "partition %d: %s", p, s.body[p][k - 2]);
+    }
+    history_free(h);
+    catalog_live_free(live);
+    vlog_close(l);
 }

@@ -404,7 +404,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
             pub_set_on_publish(pub, ingest_sse_publish, in);
             /* Before the publisher's first rendering: the stream finds
              * run-time polls in the catalog (ingest/routes.c). */
-            ingest_set_catalog(in, run_catalog, &lc);
+            ingest_set_catalog(in, run_catalog, &lc, 0);
         }
         engine_run_opts_t ro = {
             .log = log,
@@ -472,7 +472,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         if (!e) { /* with an engine: set above, before any publishing */
             if (!(lc.kreader = kcat_reader_new(c, err, sizeof err)))
                 goto out;
-            ingest_set_catalog(in, kcat_reader_get, lc.kreader);
+            ingest_set_catalog(in, kcat_reader_get, lc.kreader, 1);
             /* Like the log's readiness: answer the first votes with the
              * catalog loaded rather than 503 (after 15 s: 503 until it is). */
             if (!kcat_reader_wait_ready(lc.kreader, 15000))

@@ -414,9 +414,10 @@ void ingest_set_log(ingest_t *in, vlog_t *log) {
         vlog_set_clients(log, &in->vote_conns);
 }
 
-void ingest_set_catalog(ingest_t *in, ingest_catalog_fn *fn, void *arg) {
+void ingest_set_catalog(ingest_t *in, ingest_catalog_fn *fn, void *arg, int remote) {
     in->catalog = fn;
     in->catalog_arg = arg;
+    in->catalog_remote = remote;
 }
 
 void ingest_set_tick(ingest_t *in, int (*tick)(void *), void *arg) {

@@ -50,10 +50,14 @@ void ingest_set_stats(ingest_t *in, void (*fill)(void *arg, ingest_t *in, buf_t 
  * closes_at or once final (by the ts ingest stamps, before anything is
  * appended), and answered 503 poll_closing instead of 202 when the log's
  * ack comes at or after closes_at + admin.final_grace_ms - 2000 ms (the
- * final may be near: the vote may or may not count). Without fn, the
- * config's polls, open forever. @locality fn: any ingest thread */
+ * final may be near: the vote may or may not count). remote: the history
+ * is written by another process (tally ingest), so its FINAL and this
+ * process's votes reach the log in no agreed order: a vote judged before
+ * its poll had a close is held to the close learned since (routes.c
+ * ack_too_late). Without fn, the config's polls, open forever.
+ * @locality fn: any ingest thread */
 typedef const catalog_t *(ingest_catalog_fn)(void *arg, const char **code, const char **why);
-void ingest_set_catalog(ingest_t *in, ingest_catalog_fn *fn, void *arg);
+void ingest_set_catalog(ingest_t *in, ingest_catalog_fn *fn, void *arg, int remote);
 
 /* Called every 200 ms on the main loop; a non-zero return stops the server
  * (used to stop when the engine fails). */

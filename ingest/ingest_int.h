@@ -35,6 +35,7 @@ typedef struct conn_ctx_s {
     uint64_t sse_ver;     /* the last version queued to it */
     struct conn_ctx_s *sse_prev, *sse_next;
     uint64_t closes_at; /* the vote's poll's close when it was stamped; 0 none */
+    uint64_t ts;        /* the vote's stamp */
 } conn_ctx_t;
 
 /* The SSE hub (sse.c): each poll's current event, shared by every loop.
@@ -124,6 +125,7 @@ struct ingest_s {
     _Atomic uint64_t closed, not_open; /* among rejected: the poll's lifecycle */
     ingest_catalog_fn *catalog;
     void *catalog_arg;
+    int catalog_remote; /* ingest_set_catalog */
 };
 
 /* routes.c: registers the routes' metrics (once per process). */

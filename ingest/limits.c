@@ -161,8 +161,7 @@ static int64_t bucket_level(const limits_bucket_t *b, int rate, int burst, uint6
     return t;
 }
 
-int limits_bucket_take(limits_bucket_t *b, int rate, int burst, uint64_t now,
-                       int *retry_after_s) {
+int limits_bucket_take(limits_bucket_t *b, int rate, int burst, uint64_t now, int *retry_after_s) {
     b->tokens_milli = bucket_level(b, rate, burst, now);
     b->refilled_ms = now;
     if (b->tokens_milli >= 1000) {

@@ -268,7 +268,7 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
         return;
     }
     /* One stamp: the lifecycle is judged by the ts the record carries. */
-    uint64_t ts = now_ms();
+    uint64_t ts = x->ts = now_ms();
     poll_conf_t view;
     const poll_conf_t *poll = vote_poll(w, c, poll_id, poll_len, ts, &view, &x->closes_at);
     if (!poll)
@@ -331,22 +331,37 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
     http_conn_defer(c);
 }
 
-/* 1 when a durable vote may have landed after its poll's final: the final
- * is written at closes_at + final_grace_ms, so an ack later than 2 s before
- * that (or a final already seen, or a close moved earlier meanwhile) is not
- * answered 202. */
+/* 1 when a durable vote may have landed after its poll's final, written at
+ * the cut + final_grace_ms: an ack later than 2 s before that is not
+ * answered 202. The cut is the one the vote was judged by, or an earlier
+ * one since. When this process writes the history (tally run), a vote
+ * judged before its poll had a close was appended before any FINAL of it
+ * (one log writer, in order): it counts. When another process does (tally
+ * ingest with Kafka), the two reach the broker in no agreed order, so such
+ * a vote is held to the current view's cut; with none, a view confirmed
+ * now proves that any cut is later than its confirmation (a cut is learned
+ * before it is logged), at most 1 s ago, so no final for 1 s more (the
+ * grace is 2 s at least); a view not confirmed (Kafka slow) proves only
+ * that any cut is after the vote's stamp, which then stands for it.
+ * Before, a vote held back past the final by a slow broker was answered
+ * 202 and never counted. */
 static int ack_too_late(worker_t *w, const conn_ctx_t *x) {
     ingest_t *in = w->in;
-    if (!x->closes_at || !in->catalog)
+    if (!in->catalog || (!x->closes_at && !in->catalog_remote))
         return 0;
-    uint64_t cut = x->closes_at;
     const char *code, *why;
     const catalog_t *cat = in->catalog(in->catalog_arg, &code, &why);
     const catalog_entry_t *en = cat ? catalog_find(cat, x->poll, strlen(x->poll)) : NULL;
     if (en && en->final)
         return 1;
-    if (en && en->def->closes_at && en->def->closes_at < cut)
+    uint64_t cut = x->closes_at;
+    if (en && en->def->closes_at && (!cut || en->def->closes_at < cut))
         cut = en->def->closes_at;
+    if (!cut) {
+        if (cat)
+            return 0;
+        cut = x->ts;
+    }
     return now_ms() + 2000 >= cut + (uint64_t)in->conf->admin_final_grace_ms;
 }
 

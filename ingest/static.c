@@ -239,8 +239,8 @@ void http_date_format(int64_t t, char *out) {
     char tmp[64];
     /* By hand: strftime's names follow the locale. Years past 9999 do not
      * fit the format (and no file has one): cut. */
-    snprintf(tmp, sizeof tmp, "%s, %02d %s %04d %02d:%02d:%02d GMT", wdays[tm.tm_wday],
-             tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    snprintf(tmp, sizeof tmp, "%s, %02d %s %04d %02d:%02d:%02d GMT", wdays[tm.tm_wday], tm.tm_mday,
+             months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
     memcpy(out, tmp, HTTP_DATE_LEN);
     out[HTTP_DATE_LEN] = '\0';
 }
@@ -357,10 +357,10 @@ int static_serve(http_conn_t *c, const http_req_t *r, const char *root, const ch
     if (r->if_none_match) /* If-Modified-Since is ignored then (13.1.3) */
         not_modified = http_etag_list_matches(r->if_none_match, r->if_none_match_len, etag);
     else
-        not_modified = lm_ok && r->if_modified_since &&
-                       http_date_parse(r->if_modified_since, r->if_modified_since_len, &since) ==
-                           0 &&
-                       since <= now && mtime <= since;
+        not_modified =
+            lm_ok && r->if_modified_since &&
+            http_date_parse(r->if_modified_since, r->if_modified_since_len, &since) == 0 &&
+            since <= now && mtime <= since;
     if (not_modified) {
         close(fd);
         http_conn_reply(c, 304, NULL, hdrs, NULL, 0);

@@ -133,8 +133,10 @@ int vote_parse_idem_key(const char *s, size_t len, vote_record_t *rec, vote_erro
     while (len && (s[len - 1] == ' ' || s[len - 1] == '\t'))
         len--;
     if (len == 0 || len > RECORD_MAX_KEY)
-        return fail(err, 400, "invalid_header", "Idempotency-Key must be 1-%d characters of "
-                    "[A-Za-z0-9._-] (one header)", RECORD_MAX_KEY);
+        return fail(err, 400, "invalid_header",
+                    "Idempotency-Key must be 1-%d characters of "
+                    "[A-Za-z0-9._-] (one header)",
+                    RECORD_MAX_KEY);
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||

@@ -80,14 +80,15 @@ class AdminKafka(TallyTestCase):
     def tearDownClass(cls):
         kafka_local("stop", "--dir", cls.kdir, "--purge")
 
-    def install(self, close_delay_ms=CLOSE_DELAY_MS, engine_env=None):
+    def install(self, close_delay_ms=CLOSE_DELAY_MS, engine_env=None, ingest_env=None,
+                message_timeout_ms=5000):
         self.topic = f"tally-admin-{self.id().split('.')[-1]}-{int(time.time() * 1000)}"
         a = Admin(self, extra=f"""[kafka]
 brokers = {self.bootstrap}
 topic = {self.topic}
 partitions = 4
 linger.ms = 1
-message.timeout.ms = 5000
+message.timeout.ms = {message_timeout_ms}
 """)
         # The close delay the learn bound needs with Kafka, not the file-log
         # test's shorter one.
@@ -100,7 +101,7 @@ message.timeout.ms = 5000
         ing = [Tally(workdir=a.t.dir, config=a.t.config) for _ in range(2)]
         for i in ing:
             self.addCleanup(lambda i=i: i.proc and i.kill9())
-            i.start(cmd="ingest")
+            i.start(cmd="ingest", env=ingest_env)
         # Ready once each has read the catalog: a config poll takes votes.
         for i in ing:
             wait_until(lambda i=i: i.vote("free", "p", None)[0] == 202, 60, "ingest to load the catalog")
@@ -341,6 +342,61 @@ message.timeout.ms = 5000
             st, body = wait_until(lambda i=i: (lambda r: r if r[0] != 503 else None)(
                 i.vote("wob", "x", None)), 10, "an answer other than 503")
             self.assertEqual((st, body["error"]), (409, "poll_closed"))
+
+    def test_a_vote_held_back_past_the_final_is_not_answered_202(self):
+        """A vote judged while its poll had no close, whose write a slow
+        network between its ingest and the broker holds back (6 s) while the
+        poll closes and goes final: it lands behind the FINAL and never
+        counts, so its ack must not be answered 202. Before, an ack of a vote
+        judged without a close was answered 202 however late it came."""
+        ctl = os.path.join(tempfile.mkdtemp(prefix="tally-shim-"), "ctl")
+        a, ing = self.install(close_delay_ms=200, message_timeout_ms=30000,
+                              ingest_env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
+        st, p = a.create(id="held", options=["x"], mode="unlimited")
+        self.assertEqual(st, 201, p)
+        for i in ing:
+            wait_until(lambda i=i: i.vote("held", "x", None)[0] == 202, 10, "an ingest to learn held")
+        answer = []
+        for gen in range(1, 6):
+            with open(ctl, "w") as f:
+                f.write(f"gen={gen} ops=sendmsg delay_ms=6000 count=-1\n")
+            time.sleep(0.05)  # the shim reads its control file every 10 ms
+            th = threading.Thread(target=lambda: answer.append(ing[0].vote("held", "x", "held-1")))
+            th.start()
+            th.join(0.5)
+            if th.is_alive():
+                break  # judged, and its write is held back
+            # Judged by a view the slow network had already made stale (503,
+            # nothing written): once more, with a fresh view.
+            self.assertEqual(answer[-1][0], 503, answer)
+            answer.clear()
+            with open(ctl, "w") as f:
+                f.write("off\n")
+            wait_until(lambda: ing[0].vote("held", "x", None)[0] == 202, 30, "a fresh view again")
+        self.assertTrue(th.is_alive(), "never staged a held-back vote")
+        st, p = a.request("POST", "/v1/admin/polls/held/close")
+        self.assertEqual(st, 200, p)
+        wait_until(lambda: a.show("held")[1]["state"] == "final", 30, "the final")
+        th.join(60)
+        with open(ctl, "w") as f:
+            f.write("off\n")
+        (st, body), = answer
+        # Where the vote lies, read with the test's own reader.
+        after_final = None
+        parts = {}
+        for part, off, key, val in topic_values(self.bootstrap, self.topic):
+            parts.setdefault(part, []).append((off, val))
+        for recs in parts.values():
+            final = False
+            for _, val in sorted(recs, key=lambda r: r[0]):
+                r = logreader.decode_any(val)
+                if r[0] == "control" and r[5] == "held" and r[1] == 2:
+                    final = True
+                elif r[0] == "vote" and r[5] == "held-1":
+                    after_final = final
+        self.assertTrue(after_final, "the held-back vote did not land behind the final: not staged")
+        self.assertNotEqual(st, 202, "a vote behind the final (never counted) was answered 202")
+        self.assertEqual((st, body["error"]), (503, "poll_closing"), body)
 
     def test_a_retry_through_another_ingest_counts_once_in_every_mode(self):
         """Issue 10: a vote sent to one ingest and retried with the same

@@ -841,52 +841,76 @@ tally_err_t history_create(history_t *h, poll_def_t *def, catalog_entry_t **out,
     return rc;
 }
 
-/* Under h->mu, before a change that ends voting earlier (a close, or
- * closes_at moved earlier) is logged: every ingest takes the new cut first,
- * on the current definition and seq, so that it refuses what it stamps at
- * or after the cut before any DEFINE carrying it is in the log. The other
- * order (log, then learn) let ingest answer 202 to votes stamped after the
- * cut while the write was slow; landing behind the DEFINE, the engine
- * judged them late and never counted them.
+/* Puts old back as the view of every ingest (after a pending view that
+ * is not to be logged). */
+static void put_back(history_t *h, const catalog_t *cur, const catalog_entry_t *old) {
+    /* catalog_with only takes a reference: old itself does not change. */
+    catalog_live_swap(
+        h->live, catalog_with(catalog_live_get(h->live), (catalog_entry_t *)old, catalog_seq(cur)));
+    if (h->learn)
+        h->learn(h->learn_arg, old, NULL);
+}
+
+/* Under h->mu, before a change that narrows voting (a close or closes_at
+ * moved earlier; opens_at moved later) is logged: every ingest takes it
+ * first, on the current definition and seq, so that it refuses what it
+ * stamps outside the new window before any DEFINE carrying it is in the
+ * log. The other order (log, then learn) let ingest answer 202 to votes
+ * stamped after the cut (before the new opening) while the write was slow;
+ * landing behind the DEFINE, the engine judged them late (early) and never
+ * counted them.
  *
  * This process's ingest learns at the swap of the live catalog; other
  * processes' (tally ingest with Kafka) from the learner, which returns the
- * time from which they all judge by the cut. A vote judged by the old view
- * was stamped before that time: when it is at or after the cut (a slow
- * broker, a wait for h->mu past admin.close_delay_ms), the cut moves to it
- * + the delay; the ingests then refuse a little early, which loses nothing.
- * A learner that fails puts the old view back and nothing is logged. A
- * failed write leaves the stricter view (the next start completes a partly
- * written change; a refused vote never reached the log). */
-static tally_err_t learn_close_first(history_t *h, const catalog_t *cur, const catalog_entry_t *old,
-                                     poll_def_t *next, uint64_t now, uint64_t entered_mono,
-                                     uint64_t close_delay_ms, catalog_error_t *err) {
+ * time from which they all judge by the change. A vote judged by the old
+ * view was stamped before that time: when it is at or after the cut (a
+ * slow broker, a wait for h->mu past admin.close_delay_ms), the cut moves
+ * to it + the delay; the ingests then refuse a little early, which loses
+ * nothing. When it is at or after the old opening, the poll opened under
+ * the old view: the later opening is refused (409) and the old view put
+ * back. A learner that fails puts the old view back and nothing is logged.
+ * A failed write leaves the stricter view (the next start completes a
+ * partly written change; a refused vote never reached the log). */
+static tally_err_t learn_narrowing_first(history_t *h, const catalog_t *cur,
+                                         const catalog_entry_t *old, poll_def_t *next, uint64_t now,
+                                         uint64_t entered_mono, uint64_t close_delay_ms,
+                                         catalog_error_t *err) {
     const poll_def_t *d = old->def;
-    if (!next->closes_at || (d->closes_at && next->closes_at >= d->closes_at))
+    int closes_earlier = next->closes_at && (!d->closes_at || next->closes_at < d->closes_at);
+    int opens_later = d->opens_at && next->opens_at > d->opens_at;
+    if (!closes_earlier && !opens_later)
         return TALLY_OK;
     poll_def_t *view = poll_def_dup(d);
-    view->closes_at = next->closes_at;
+    if (closes_earlier)
+        view->closes_at = next->closes_at;
+    if (opens_later)
+        view->opens_at = next->opens_at;
     catalog_entry_t *pend = catalog_entry_new(view, old->def_seq);
-    pend->pending_cut = next->closes_at;
+    pend->pending_cut = closes_earlier ? next->closes_at : 0;
     catalog_live_swap(h->live, catalog_with(cur, pend, catalog_seq(cur)));
     uint64_t learned_mono = mono_ms();
     if (h->learn && h->learn(h->learn_arg, pend, &learned_mono) != 0) {
         catalog_entry_unref(pend);
-        /* Unknown whether any other ingest has the cut: they get the
-         * current definition again (a stricter view meanwhile loses
-         * nothing); this one has it back now. */
-        catalog_live_swap(h->live, catalog_with(catalog_live_get(h->live), (catalog_entry_t *)old,
-                                                catalog_seq(cur)));
-        h->learn(h->learn_arg, old, NULL);
+        /* Unknown whether any other ingest has it: they get the current
+         * definition again (a stricter view meanwhile loses nothing). */
+        put_back(h, cur, old);
         return fail(err, 503, "unavailable", "",
-                    "poll %s: the close could not reach every ingest (the catalog topic did "
+                    "poll %s: the change could not reach every ingest (the catalog topic did "
                     "not acknowledge it); nothing changed, retry",
                     d->id);
     }
     /* The caller's clock reading plus the time spent until every ingest
-     * has the cut: the same clock the cut was computed from. */
+     * has the change: the same clock the cut was computed from. */
     uint64_t learned = now + (learned_mono - entered_mono);
-    if (learned >= next->closes_at) {
+    if (opens_later && learned >= d->opens_at) {
+        catalog_entry_unref(pend);
+        put_back(h, cur, old);
+        return fail(err, 409, "incompatible", "opens_at",
+                    "poll %s: it opened before the later opens_at reached every ingest: it stays "
+                    "open (close it instead)",
+                    d->id);
+    }
+    if (closes_earlier && learned >= next->closes_at) {
         uint64_t cut = learned + (close_delay_ms ? close_delay_ms : 1);
         log_warn("history: poll %s: its cut reached ingest %llu ms late: moving it to %llu ms "
                  "from now",
@@ -927,7 +951,7 @@ tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t
         }
         if ((rc = poll_def_check_successor(base ? base : old->def, old->final, def, now,
                                            close_delay_ms, err)) != TALLY_OK ||
-            (rc = learn_close_first(h, cur, old, def, now, entered, close_delay_ms, err)) !=
+            (rc = learn_narrowing_first(h, cur, old, def, now, entered, close_delay_ms, err)) !=
                 TALLY_OK) {
             poll_def_free(def);
         } else {

@@ -346,6 +346,64 @@ class AdminTest(TallyTestCase):
                    f"the totals to equal the votes answered 202 {want} (other answers {other})")
         a.t.stop()
 
+    def test_an_opening_moved_later_under_a_slow_disk_takes_no_vote_early(self):
+        # Moving opens_at later narrows the poll as a close does: ingest
+        # must refuse from the old opening before the DEFINE is logged, or a
+        # vote it answered 202 while the write was slow lands behind the
+        # DEFINE, where the engine judges it early and never counts it.
+        # Every fdatasync takes 1.2 s; the opening moves 0.4 s before it was
+        # due; voters keep voting through the old opening.
+        a = Admin(self)
+        ctl = os.path.join(a.t.dir, "shim.ctl")
+        a.t.start(env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
+        opens = int(time.time() * 1000) + 2500
+        st, body = a.create(id="later", options=["x"], mode="unlimited", opens_at=opens)
+        self.assertEqual(st, 201, body)
+        import threading
+        answers, lock, stop = {}, threading.Lock(), threading.Event()
+
+        def voter(i):
+            conn = a.t.connect(timeout=30)
+            while not stop.is_set():
+                try:
+                    st, body = a.t.vote("later", "x", conn=conn)
+                except OSError:
+                    conn.close()
+                    conn = a.t.connect(timeout=30)
+                    continue
+                with lock:
+                    key = (st, (body or {}).get("error"))
+                    answers[key] = answers.get(key, 0) + 1
+                time.sleep(0.01 * (i % 5))
+            conn.close()
+
+        threads = [threading.Thread(target=voter, args=(i,)) for i in range(16)]
+        for th in threads:
+            th.start()
+        with open(ctl, "w") as f:
+            f.write(f"gen=1 ops=fdatasync prefix={a.t.dir} delay_ms=1200 count=-1")
+        wait_until(lambda: time.time() * 1000 >= opens - 400, 10, "just before the opening")
+        st, body = a.request("PATCH", "/v1/admin/polls/later", {"opens_at": opens + 60000})
+        patched = (st, body)
+        time.sleep(2.5)
+        stop.set()
+        for th in threads:
+            th.join(60 * TIMEOUT_MULT)
+        with open(ctl, "w") as f:
+            f.write("off")
+        accepted = answers.get((202, None), 0)
+        # Counted is what the engine judged on time; early votes are in
+        # "early", never in the totals. Every 202 must be in the totals.
+        time.sleep(1.5)
+        a.t.wait_counts({"later": {"x": accepted}}, timeout=20)
+        if patched[0] == 200:
+            self.assertEqual(accepted, 0, f"votes answered 202 before the new opening: {answers}")
+        else:
+            # Refused because the poll opened before every ingest had the
+            # change: then the poll is open and its 202s count.
+            self.assertEqual((patched[0], patched[1]["error"]), (409, "incompatible"), patched)
+        a.t.stop()
+
     def test_scheduled_poll_opens_on_time_and_open_now(self):
         a = self.start()
         opens = int(time.time() * 1000) + 1500

@@ -359,6 +359,18 @@ static poll_def_t *def_of(const char *json) {
     return d;
 }
 
+static int slow_calls;
+
+/* Every ingest elsewhere has a change 5 s after it is handed over. */
+static int slow_learner(void *arg, const catalog_entry_t *en, uint64_t *learned_mono) {
+    (void)arg;
+    (void)en;
+    slow_calls++;
+    if (learned_mono)
+        *learned_mono = mono_ms() + 5000;
+    return 0;
+}
+
 Test(catalog, history_writer_broadcasts_waits_then_swaps) {
     char *dir = tmpdir_new(), *ld = path_join(dir, "log"), err[512];
     tally_config_t *c = config_new_defaults();
@@ -448,6 +460,33 @@ Test(catalog, history_writer_broadcasts_waits_then_swaps) {
     cr_assert_gt(en->def->closes_at, 5000);
     cr_assert_leq(en->def->closes_at, 5000 + 1000);
     catalog_entry_unref(en);
+
+    /* Other processes' ingests (a learner) have a change 5 s from now: a
+     * close moves past that; an opening moved later is refused when the
+     * old opening came first, and the old view is back. */
+    history_set_learner(h, slow_learner, NULL);
+    cr_assert_eq(history_create(h,
+                                def_of("{\"id\":\"r\",\"options\":[\"a\"],\"opens_at\":"
+                                       "3000}"),
+                                NULL, &e),
+                 TALLY_OK, "%s", e.message);
+    cr_assert_eq(history_update(h,
+                                def_of("{\"id\":\"r\",\"options\":[\"a\"],\"opens_at\":"
+                                       "3000,\"closes_at\":4000}"),
+                                1000, 100, &en, &e),
+                 TALLY_OK, "%s", e.message);
+    cr_assert_geq(en->def->closes_at, 1000 + 5000 + 100, "%llu",
+                  (unsigned long long)en->def->closes_at);
+    catalog_entry_unref(en);
+    cr_assert_eq(history_update(h,
+                                def_of("{\"id\":\"r\",\"options\":[\"a\"],\"opens_at\":"
+                                       "4000,\"closes_at\":9000000}"),
+                                1000, 100, NULL, &e),
+                 TALLY_ERR_STATE);
+    cr_assert_str_eq(e.field, "opens_at");
+    const catalog_entry_t *rent = catalog_find(catalog_live_get(live), "r", 1);
+    cr_assert_eq(rent->def->opens_at, 3000);
+    cr_assert_eq(slow_calls, 3, "%d", slow_calls); /* the close, the opening, its putting back */
     history_free(h);
     catalog_live_free(live);
     vlog_close(log);

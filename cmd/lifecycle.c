@@ -224,19 +224,19 @@ static void sched_round(lifecycle_sched_t *s) {
     int ndue = 0;
     for (int i = 0; i < n; i++) {
         const catalog_entry_t *en = catalog_at(cat, i);
-        if (en->def_seq && !en->final && en->def->closes_at &&
-            now >= en->def->closes_at + s->grace_ms) {
+        uint64_t cut = en->pending_cut > en->def->closes_at ? en->pending_cut : en->def->closes_at;
+        if (en->def_seq && !en->final && cut && now >= cut + s->grace_ms) {
             due = xrealloc(due, sizeof *due * (size_t)(ndue + 1));
             due[ndue++] = xstrdup(en->def->id);
         }
     }
     for (int i = 0; i < ndue; i++) {
         catalog_error_t err = {0};
-        tally_err_t rc = history_final(s->h, due[i], NULL, &err);
+        tally_err_t rc = history_final(s->h, due[i], now_ms(), s->grace_ms, NULL, &err);
         if (rc == TALLY_OK) {
             s->finals++;
             log_info("poll %s is final", due[i]);
-        } else if (strcmp(err.code, "poll_final") != 0) {
+        } else if (strcmp(err.code, "poll_final") != 0 && strcmp(err.code, "not_due") != 0) {
             log_warn("poll %s: cannot write its FINAL yet: %s (retrying)", due[i], err.message);
         }
         free(due[i]);

@@ -818,6 +818,11 @@ static tally_err_t commit(history_t *h, catalog_entry_t *en, unsigned kind, uint
             catalog_entry_ref(en);
             *out = en;
         }
+    } else {
+        /* Some partitions may hold the record at seq: the next change takes
+         * the seq after it, or those partitions would ignore that change
+         * (a seq applies once) and judge by this one. */
+        catalog_live_swap(h->live, catalog_with_seq(cur, seq));
     }
 out:
     catalog_entry_unref(en);
@@ -843,10 +848,9 @@ tally_err_t history_create(history_t *h, poll_def_t *def, catalog_entry_t **out,
 
 /* Puts old back as the view of every ingest (after a pending view that
  * is not to be logged). */
-static void put_back(history_t *h, const catalog_t *cur, const catalog_entry_t *old) {
-    /* catalog_with only takes a reference: old itself does not change. */
-    catalog_live_swap(
-        h->live, catalog_with(catalog_live_get(h->live), (catalog_entry_t *)old, catalog_seq(cur)));
+static void put_back(history_t *h, catalog_entry_t *old) {
+    const catalog_t *now = catalog_live_get(h->live);
+    catalog_live_swap(h->live, catalog_with(now, old, catalog_seq(now)));
     if (h->learn)
         h->learn(h->learn_arg, old, NULL);
 }
@@ -871,10 +875,9 @@ static void put_back(history_t *h, const catalog_t *cur, const catalog_entry_t *
  * back. A learner that fails puts the old view back and nothing is logged.
  * A failed write leaves the stricter view (the next start completes a
  * partly written change; a refused vote never reached the log). */
-static tally_err_t learn_narrowing_first(history_t *h, const catalog_t *cur,
-                                         const catalog_entry_t *old, poll_def_t *next, uint64_t now,
-                                         uint64_t entered_mono, uint64_t close_delay_ms,
-                                         catalog_error_t *err) {
+static tally_err_t learn_narrowing_first(history_t *h, const catalog_t *cur, catalog_entry_t *old,
+                                         poll_def_t *next, uint64_t now, uint64_t entered_mono,
+                                         uint64_t close_delay_ms, catalog_error_t *err) {
     const poll_def_t *d = old->def;
     int closes_earlier = next->closes_at && (!d->closes_at || next->closes_at < d->closes_at);
     int opens_later = d->opens_at && next->opens_at > d->opens_at;
@@ -887,28 +890,33 @@ static tally_err_t learn_narrowing_first(history_t *h, const catalog_t *cur,
         view->opens_at = next->opens_at;
     catalog_entry_t *pend = catalog_entry_new(view, old->def_seq);
     pend->pending_cut = closes_earlier ? next->closes_at : 0;
+    /* cur and old may be freed from here on (a learner slower than
+     * CATALOG_GRACE_MS): old is held; cur is not read again. */
+    catalog_entry_ref(old);
     catalog_live_swap(h->live, catalog_with(cur, pend, catalog_seq(cur)));
+    cur = NULL;
+    tally_err_t rc = TALLY_OK;
     uint64_t learned_mono = mono_ms();
     if (h->learn && h->learn(h->learn_arg, pend, &learned_mono) != 0) {
-        catalog_entry_unref(pend);
         /* Unknown whether any other ingest has it: they get the current
          * definition again (a stricter view meanwhile loses nothing). */
-        put_back(h, cur, old);
-        return fail(err, 503, "unavailable", "",
-                    "poll %s: the change could not reach every ingest (the catalog topic did "
-                    "not acknowledge it); nothing changed, retry",
-                    d->id);
+        put_back(h, old);
+        rc = fail(err, 503, "unavailable", "",
+                  "poll %s: the change could not reach every ingest (the catalog topic did "
+                  "not acknowledge it); nothing changed, retry",
+                  d->id);
+        goto out;
     }
     /* The caller's clock reading plus the time spent until every ingest
      * has the change: the same clock the cut was computed from. */
     uint64_t learned = now + (learned_mono - entered_mono);
     if (opens_later && learned >= d->opens_at) {
-        catalog_entry_unref(pend);
-        put_back(h, cur, old);
-        return fail(err, 409, "incompatible", "opens_at",
-                    "poll %s: it opened before the later opens_at reached every ingest: it stays "
-                    "open (close it instead)",
-                    d->id);
+        put_back(h, old);
+        rc = fail(err, 409, "incompatible", "opens_at",
+                  "poll %s: it opened before the later opens_at reached every ingest: it stays "
+                  "open (close it instead)",
+                  d->id);
+        goto out;
     }
     if (closes_earlier && learned >= next->closes_at) {
         uint64_t cut = learned + (close_delay_ms ? close_delay_ms : 1);
@@ -921,12 +929,14 @@ static tally_err_t learn_narrowing_first(history_t *h, const catalog_t *cur,
          * is what the next change logs. */
         catalog_entry_t *moved = catalog_entry_new(poll_def_dup(view), old->def_seq);
         moved->pending_cut = cut;
-        catalog_live_swap(h->live,
-                          catalog_with(catalog_live_get(h->live), moved, catalog_seq(cur)));
+        const catalog_t *live = catalog_live_get(h->live);
+        catalog_live_swap(h->live, catalog_with(live, moved, catalog_seq(live)));
         catalog_entry_unref(moved);
     }
+out:
     catalog_entry_unref(pend);
-    return TALLY_OK;
+    catalog_entry_unref(old);
+    return rc;
 }
 
 tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t close_delay_ms,
@@ -951,11 +961,12 @@ tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t
         }
         if ((rc = poll_def_check_successor(base ? base : old->def, old->final, def, now,
                                            close_delay_ms, err)) != TALLY_OK ||
-            (rc = learn_narrowing_first(h, cur, old, def, now, entered, close_delay_ms, err)) !=
-                TALLY_OK) {
+            (rc = learn_narrowing_first(h, cur, (catalog_entry_t *)old, def, now, entered,
+                                        close_delay_ms, err)) != TALLY_OK) {
             poll_def_free(def);
         } else {
-            uint64_t seq = catalog_seq(cur) + 1;
+            /* cur may be gone: the live version has its seq. */
+            uint64_t seq = catalog_seq(catalog_live_get(h->live)) + 1;
             rc = commit(h, catalog_entry_new(def, seq), CONTROL_DEFINE, seq, out, err);
         }
         poll_def_free(base);
@@ -964,8 +975,8 @@ tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t
     return rc;
 }
 
-tally_err_t history_final(history_t *h, const char *id, catalog_entry_t **out,
-                          catalog_error_t *err) {
+tally_err_t history_final(history_t *h, const char *id, uint64_t now, uint64_t grace_ms,
+                          catalog_entry_t **out, catalog_error_t *err) {
     pthread_mutex_lock(&h->mu);
     const catalog_t *cur = catalog_live_get(h->live);
     const catalog_entry_t *old = catalog_find(cur, id, strlen(id));
@@ -976,6 +987,12 @@ tally_err_t history_final(history_t *h, const char *id, catalog_entry_t **out,
         rc = fail(err, 409, "poll_final", "", "poll %s is final already", id);
     else if (!old->def->closes_at)
         rc = fail(err, 409, "incompatible", "closes_at", "poll %s has no closes_at", id);
+    else if (now <
+             (old->pending_cut > old->def->closes_at ? old->pending_cut : old->def->closes_at) +
+                 grace_ms)
+        /* Judged here, under the lock: the caller's view may be older than
+         * a change that moved the cut (or put a later one back). */
+        rc = fail(err, 409, "not_due", "closes_at", "poll %s: its final is not due yet", id);
     else {
         catalog_entry_t *settled = NULL;
         rc = TALLY_OK;

@@ -190,9 +190,11 @@ vlog_ack_cb history_log_ack;
 /* Writes changes of the catalog: one at a time (a mutex), each one with the
  * next seq, encoded as a control record, appended to every partition, and
  * only once every partition acknowledged it durable, swapped into live.
- * A failed append leaves the catalog as it was (some partitions may hold
- * the record: the next start re-appends it to the others, see
- * history_repair). @locality any thread; blocks up to timeout_ms. */
+ * A failed append leaves the catalog's polls as they were (or the stricter
+ * view of a narrowing, see pending_cut) and moves its seq past the failed
+ * record's: some partitions may hold it (the next start re-appends it to
+ * the others, see history_repair), and a later change under the same seq
+ * would be ignored there. @locality any thread; blocks up to timeout_ms. */
 typedef struct history_s history_t;
 history_t *history_new(vlog_t *log, catalog_live_t *live, int timeout_ms);
 void history_free(history_t *h);
@@ -220,11 +222,12 @@ tally_err_t history_create(history_t *h, poll_def_t *def, catalog_entry_t **out,
  * tells the cut); 503 "unavailable" when the learner failed. */
 tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now_ms, uint64_t close_delay_ms,
                            catalog_entry_t **out, catalog_error_t *err);
-/* Appends CONTROL_FINAL (at = closes_at) for a closed poll: 404, 409
- * "poll_final" when already final, 409 "incompatible" when it has no
- * closes_at. */
-tally_err_t history_final(history_t *h, const char *id, catalog_entry_t **out,
-                          catalog_error_t *err);
+/* Appends CONTROL_FINAL (at = closes_at) for a poll closed grace_ms before
+ * now: 404, 409 "poll_final" when already final, 409 "incompatible" when it
+ * has no closes_at, 409 "not_due" before its cut (a pending one included)
+ * + grace_ms. */
+tally_err_t history_final(history_t *h, const char *id, uint64_t now, uint64_t grace_ms,
+                          catalog_entry_t **out, catalog_error_t *err);
 /* The control record of entry en at seq: a DEFINE of its definition, or
  * its FINAL (at its final_at). Malloc'd, *len its length; NULL when the
  * definition is over CONTROL_MAX_BODY. *meta: what the log files it under

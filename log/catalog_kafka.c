@@ -91,8 +91,9 @@ struct kcat_writer_s {
     _Atomic int stopping;
     pthread_mutex_t mu; /* guards published */
     pthread_cond_t cv;
-    uint64_t published; /* the topic holds every entry up to this catalog seq */
-    int have_published; /* at least one complete write */
+    uint64_t published;                /* the topic holds every entry up to this catalog seq */
+    int have_published;                /* at least one complete write */
+    uint64_t rewrite_asked, rewritten; /* every entry again (kcat_writer_learn) */
     _Atomic int delivery_failed;
 };
 
@@ -156,8 +157,9 @@ static void *writer_main(void *arg) {
         const catalog_t *cat = catalog_live_get(w->live);
         uint64_t seq = catalog_seq(cat);
         pthread_mutex_lock(&w->mu);
-        int need = !w->have_published || seq > w->published;
-        int64_t above = w->have_published ? (int64_t)w->published : -1;
+        uint64_t rewrite = w->rewrite_asked;
+        int need = !w->have_published || seq > w->published || rewrite != w->rewritten;
+        int64_t above = w->have_published && rewrite == w->rewritten ? (int64_t)w->published : -1;
         pthread_mutex_unlock(&w->mu);
         if (need) {
             atomic_store(&w->delivery_failed, 0);
@@ -165,6 +167,7 @@ static void *writer_main(void *arg) {
                 pthread_mutex_lock(&w->mu);
                 w->published = seq;
                 w->have_published = 1;
+                w->rewritten = rewrite;
                 pthread_cond_broadcast(&w->cv);
                 pthread_mutex_unlock(&w->mu);
                 continue;
@@ -228,7 +231,7 @@ static int writer_wait(kcat_writer_t *w, uint64_t seq) {
     until.tv_sec += KCAT_TIMEOUT_MS / 1000;
     int ok = 1;
     pthread_mutex_lock(&w->mu);
-    while (!(w->have_published && w->published >= seq))
+    while (!(w->have_published && w->published >= seq && w->rewritten == w->rewrite_asked))
         if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT) {
             log_warn("kafka catalog topic: seq %llu not written within %d s",
                      (unsigned long long)seq, KCAT_TIMEOUT_MS / 1000);
@@ -247,9 +250,18 @@ int kcat_writer_learn(void *arg, const catalog_entry_t *en, uint64_t *learned_mo
     kcat_writer_t *w = arg;
     /* After everything the writer thread has to write: a reader keeps an
      * entry of equal seq, so the older one must not come after this. */
-    if (learned_mono && !writer_wait(w, catalog_seq(catalog_live_get(w->live))))
+    if (!learned_mono) {
+        /* Putting an entry back: the writer thread rewrites every entry
+         * (retried until the topic has them all), so that a reader that
+         * got the pending entry late gets the current one after it. */
+        pthread_mutex_lock(&w->mu);
+        w->rewrite_asked++;
+        pthread_mutex_unlock(&w->mu);
+        return 0;
+    }
+    if (!writer_wait(w, catalog_seq(catalog_live_get(w->live))))
         return -1;
-    learn_ack_t *la = learned_mono ? xcalloc(1, sizeof *la) : NULL;
+    learn_ack_t *la = xcalloc(1, sizeof *la);
     char *v = entry_value(en);
     rd_kafka_resp_err_t e = rd_kafka_producev(
         w->rk, RD_KAFKA_V_RKT(w->rkt), RD_KAFKA_V_PARTITION(0),
@@ -261,8 +273,6 @@ int kcat_writer_learn(void *arg, const catalog_entry_t *en, uint64_t *learned_mo
         free(la);
         return -1;
     }
-    if (!la)
-        return 0;
     uint64_t deadline = mono_ms() + KCAT_TIMEOUT_MS;
     while (atomic_load(&la->state) == LEARN_PENDING && mono_ms() < deadline)
         rd_kafka_poll(w->rk, 5); /* the ack may be served here or by the writer thread */

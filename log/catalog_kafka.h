@@ -47,8 +47,9 @@ kcat_writer_t *kcat_writer_new(const tally_config_t *c, catalog_live_t *live, ch
 void kcat_writer_wait(void *w, uint64_t seq);
 /* A history_learn_fn (arg: the writer): produces en, after whatever the
  * writer thread still has to write, and waits for its ack (up to 10 s);
- * *learned_mono = the ack + KCAT_FRESH_MS. With learned_mono NULL it only
- * produces. @locality any thread */
+ * *learned_mono = the ack + KCAT_FRESH_MS. With learned_mono NULL (an entry
+ * put back) the writer thread rewrites every entry of the live catalog,
+ * retrying until the topic holds them. @locality any thread */
 int kcat_writer_learn(void *w, const catalog_entry_t *en, uint64_t *learned_mono);
 void kcat_writer_free(kcat_writer_t *w);
 

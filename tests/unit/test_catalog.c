@@ -371,6 +371,54 @@ static int slow_learner(void *arg, const catalog_entry_t *en, uint64_t *learned_
     return 0;
 }
 
+/* Hands a change over after longer than a catalog version lives once
+ * swapped out. */
+static int very_slow_learner(void *arg, const catalog_entry_t *en, uint64_t *learned_mono) {
+    (void)arg;
+    (void)en;
+    struct timespec ts = {CATALOG_GRACE_MS / 1000, 300 * 1000000};
+    nanosleep(&ts, NULL);
+    if (learned_mono)
+        *learned_mono = mono_ms();
+    return 0;
+}
+
+/* The version the change started from is freed while the learner works
+ * (the moved cut's swap frees what retired over CATALOG_GRACE_MS ago):
+ * nothing of it may be read after (ASan: it used to be, for the seq). */
+Test(catalog, a_learner_slower_than_the_grace_reads_nothing_freed, .timeout = 60) {
+    char *dir = tmpdir_new(), *ld = path_join(dir, "log"), err[512];
+    tally_config_t *c = config_new_defaults();
+    free(c->log_dir);
+    c->log_dir = ld;
+    c->log_partitions = 2;
+    c->log_fsync = 0;
+    history_ack_init(other_ack);
+    vlog_t *log = vlog_open(c, VLOG_F_WRITE | VLOG_F_READ, history_log_ack, NULL, err, sizeof err);
+    cr_assert_not_null(log, "%s", err);
+    catalog_live_t *live = catalog_live_new(NULL);
+    history_t *h = history_new(log, live, 5000);
+    catalog_error_t e = {0};
+    cr_assert_eq(history_create(h, def_of("{\"id\":\"s\",\"options\":[\"a\"]}"), NULL, &e),
+                 TALLY_OK, "%s", e.message);
+    history_set_learner(h, very_slow_learner, NULL);
+    catalog_entry_t *en = NULL;
+    uint64_t now = now_ms();
+    char def[96];
+    snprintf(def, sizeof def, "{\"id\":\"s\",\"options\":[\"a\"],\"closes_at\":%llu}",
+             (unsigned long long)(now + 100));
+    cr_assert_eq(history_update(h, def_of(def), now, 100, &en, &e), TALLY_OK, "%s", e.message);
+    cr_assert_eq(en->def_seq, 2);
+    cr_assert_geq(en->def->closes_at, now + CATALOG_GRACE_MS + 100);
+    catalog_entry_unref(en);
+    cr_assert_eq(catalog_seq(catalog_live_get(live)), 2);
+    history_free(h);
+    catalog_live_free(live);
+    vlog_close(log);
+    config_free(c);
+    tmpdir_free(dir);
+}
+
 Test(catalog, history_writer_broadcasts_waits_then_swaps) {
     char *dir = tmpdir_new(), *ld = path_join(dir, "log"), err[512];
     tally_config_t *c = config_new_defaults();
@@ -408,18 +456,18 @@ Test(catalog, history_writer_broadcasts_waits_then_swaps) {
         TALLY_ERR_STATE);
     cr_assert_eq(e.http_status, 404);
     /* No close: no final. */
-    cr_assert_eq(history_final(h, "p", NULL, &e), TALLY_ERR_STATE);
+    cr_assert_eq(history_final(h, "p", now_ms(), 0, NULL, &e), TALLY_ERR_STATE);
     cr_assert_str_eq(e.field, "closes_at");
     cr_assert_eq(history_update(h,
                                 def_of("{\"id\":\"p\",\"options\":[\"a\",\"b\"],"
                                        "\"closes_at\":9000}"),
                                 1000, 3000, NULL, &e),
                  TALLY_OK, "%s", e.message);
-    cr_assert_eq(history_final(h, "p", &en, &e), TALLY_OK, "%s", e.message);
+    cr_assert_eq(history_final(h, "p", now_ms(), 0, &en, &e), TALLY_OK, "%s", e.message);
     cr_assert(en->final);
     cr_assert_eq(en->final_at, 9000);
     catalog_entry_unref(en);
-    cr_assert_eq(history_final(h, "p", NULL, &e), TALLY_ERR_STATE);
+    cr_assert_eq(history_final(h, "p", now_ms(), 0, NULL, &e), TALLY_ERR_STATE);
     cr_assert_str_eq(e.code, "poll_final");
     cr_assert_eq(catalog_seq(catalog_live_get(live)), 3);
     /* Another append's ack goes to the next callback, untouched. */
@@ -487,6 +535,12 @@ Test(catalog, history_writer_broadcasts_waits_then_swaps) {
     const catalog_entry_t *rent = catalog_find(catalog_live_get(live), "r", 1);
     cr_assert_eq(rent->def->opens_at, 3000);
     cr_assert_eq(slow_calls, 3, "%d", slow_calls); /* the close, the opening, its putting back */
+    /* The FINAL is judged under the lock against the cut in force, not the
+     * caller's older view. */
+    uint64_t rcut = rent->def->closes_at;
+    cr_assert_eq(history_final(h, "r", rcut + 50, 100, NULL, &e), TALLY_ERR_STATE);
+    cr_assert_str_eq(e.code, "not_due");
+    cr_assert_eq(history_final(h, "r", rcut + 100, 100, NULL, &e), TALLY_OK, "%s", e.message);
     history_free(h);
     catalog_live_free(live);
     vlog_close(log);

@@ -224,8 +224,8 @@ static void sched_round(lifecycle_sched_t *s) {
     int ndue = 0;
     for (int i = 0; i < n; i++) {
         const catalog_entry_t *en = catalog_at(cat, i);
-        uint64_t cut = en->pending_cut > en->def->closes_at ? en->pending_cut : en->def->closes_at;
-        if (en->def_seq && !en->final && cut && now >= cut + s->grace_ms) {
+        if (en->def_seq && !en->final && en->def->closes_at &&
+            now >= en->def->closes_at + s->grace_ms) {
             due = xrealloc(due, sizeof *due * (size_t)(ndue + 1));
             due[ndue++] = xstrdup(en->def->id);
         }

@@ -667,6 +667,8 @@ void history_log_ack(void *opaque, vlog_err_t err) {
     pthread_mutex_unlock(&w->mu);
 }
 
+#define HISTORY_CLOCK_SKEW_MS 1000
+
 struct history_s {
     vlog_t *log;
     catalog_live_t *live;
@@ -674,6 +676,17 @@ struct history_s {
     pthread_mutex_t mu;      /* one change at a time */
     history_learn_fn *learn; /* other processes' ingests (Kafka), or NULL */
     void *learn_arg;
+    /* A change whose append failed (some partitions may hold it): appended
+     * again before any other change, or a later seq would reach partitions
+     * that lack this one, and no start could repair them (it re-appends
+     * only what is above a partition's highest seq). */
+    struct {
+        uint8_t *rec; /* NULL: none */
+        size_t len;
+        vlog_meta_t meta; /* key: en's id */
+        catalog_entry_t *en;
+        uint64_t seq;
+    } debt;
 };
 
 void history_set_learner(history_t *h, history_learn_fn *fn, void *arg) {
@@ -695,6 +708,8 @@ history_t *history_new(vlog_t *log, catalog_live_t *live, int timeout_ms) {
 void history_free(history_t *h) {
     if (!h)
         return;
+    free(h->debt.rec);
+    catalog_entry_unref(h->debt.en);
     pthread_mutex_destroy(&h->mu);
     free(h);
 }
@@ -799,6 +814,33 @@ uint8_t *catalog_entry_encode(const catalog_entry_t *en, unsigned kind, uint64_t
 }
 
 /* Under h->mu: writes en (DEFINE or FINAL at seq) everywhere, then swaps. */
+/* Under h->mu: appends the change that failed earlier to every partition
+ * (one that has it already ignores it: a seq applies once) and then makes
+ * it the live entry; 503 while the log still refuses it. */
+static tally_err_t pay_debt(history_t *h, catalog_error_t *err) {
+    if (!h->debt.rec)
+        return TALLY_OK;
+    catalog_error_t why = {0};
+    if (append_all(h, h->debt.rec, h->debt.len, &h->debt.meta, NULL, vlog_partitions(h->log),
+                   &why) != TALLY_OK)
+        return fail(err, 503, "unavailable", "",
+                    "an earlier change of poll %s (seq %llu) is not yet in every partition of "
+                    "the log, and it comes first; retry",
+                    h->debt.en->def->id, (unsigned long long)h->debt.seq);
+    log_info("history: the change of poll %s (seq %llu) that failed earlier is in the log now",
+             h->debt.en->def->id, (unsigned long long)h->debt.seq);
+    const catalog_t *cur = catalog_live_get(h->live);
+    catalog_live_swap(h->live, catalog_with(cur, h->debt.en, h->debt.seq));
+    free(h->debt.rec);
+    catalog_entry_unref(h->debt.en);
+    h->debt.rec = NULL;
+    h->debt.en = NULL;
+    return TALLY_OK;
+}
+
+/* Under h->mu: logs en (taken) as the change at seq and swaps it in. A
+ * failure keeps the record as the debt (pay_debt), so the seq stays taken
+ * and the catalog's polls as they were (or a narrowing's stricter view). */
 static tally_err_t commit(history_t *h, catalog_entry_t *en, unsigned kind, uint64_t seq,
                           catalog_entry_t **out, catalog_error_t *err) {
     const catalog_t *cur = catalog_live_get(h->live);
@@ -811,31 +853,43 @@ static tally_err_t commit(history_t *h, catalog_entry_t *en, unsigned kind, uint
         goto out;
     }
     rc = append_all(h, rec, len, &meta, NULL, vlog_partitions(h->log), err);
-    free(rec);
     if (rc == TALLY_OK) {
+        free(rec);
         catalog_live_swap(h->live, catalog_with(cur, en, seq));
         if (out) {
             catalog_entry_ref(en);
             *out = en;
         }
     } else {
-        /* Some partitions may hold the record at seq: the next change takes
-         * the seq after it, or those partitions would ignore that change
-         * (a seq applies once) and judge by this one. */
-        catalog_live_swap(h->live, catalog_with_seq(cur, seq));
+        tally_assert(!h->debt.rec);
+        catalog_entry_ref(en);
+        h->debt.rec = rec;
+        h->debt.len = len;
+        h->debt.meta = meta; /* its key is en's id, held */
+        h->debt.en = en;
+        h->debt.seq = seq;
     }
 out:
     catalog_entry_unref(en);
     return rc;
 }
 
+tally_err_t history_settle(history_t *h, catalog_error_t *err) {
+    pthread_mutex_lock(&h->mu);
+    tally_err_t rc = pay_debt(h, err);
+    pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
 tally_err_t history_create(history_t *h, poll_def_t *def, catalog_entry_t **out,
                            catalog_error_t *err) {
     pthread_mutex_lock(&h->mu);
+    tally_err_t rc = pay_debt(h, err);
     const catalog_t *cur = catalog_live_get(h->live);
     const catalog_entry_t *old = catalog_find(cur, def->id, strlen(def->id));
-    tally_err_t rc;
-    if (old && old->def_seq) {
+    if (rc != TALLY_OK) {
+        poll_def_free(def);
+    } else if (old && old->def_seq) {
         rc = fail(err, 409, "poll_exists", "id", "poll %s exists", def->id);
         poll_def_free(def);
     } else {
@@ -889,7 +943,6 @@ static tally_err_t learn_narrowing_first(history_t *h, const catalog_t *cur, cat
     if (opens_later)
         view->opens_at = next->opens_at;
     catalog_entry_t *pend = catalog_entry_new(view, old->def_seq);
-    pend->pending_cut = closes_earlier ? next->closes_at : 0;
     /* cur and old may be freed from here on (a learner slower than
      * CATALOG_GRACE_MS): old is held; cur is not read again. */
     catalog_entry_ref(old);
@@ -910,6 +963,10 @@ static tally_err_t learn_narrowing_first(history_t *h, const catalog_t *cur, cat
     /* The caller's clock reading plus the time spent until every ingest
      * has the change: the same clock the cut was computed from. */
     uint64_t learned = now + (learned_mono - entered_mono);
+    /* Other processes stamp votes by their own clocks, ahead of this one by
+     * up to the allowance (docs/ARCHITECTURE.md, clock assumption). */
+    if (h->learn)
+        learned += HISTORY_CLOCK_SKEW_MS;
     if (opens_later && learned >= d->opens_at) {
         put_back(h, old);
         rc = fail(err, 409, "incompatible", "opens_at",
@@ -924,14 +981,7 @@ static tally_err_t learn_narrowing_first(history_t *h, const catalog_t *cur, cat
                  "from now",
                  d->id, (unsigned long long)(learned - next->closes_at),
                  (unsigned long long)(cut - learned));
-        next->closes_at = cut;
-        /* The view stays (stricter); should the write fail, the later cut
-         * is what the next change logs. */
-        catalog_entry_t *moved = catalog_entry_new(poll_def_dup(view), old->def_seq);
-        moved->pending_cut = cut;
-        const catalog_t *live = catalog_live_get(h->live);
-        catalog_live_swap(h->live, catalog_with(live, moved, catalog_seq(live)));
-        catalog_entry_unref(moved);
+        next->closes_at = cut; /* the ingests keep the earlier one until it is logged */
     }
 out:
     catalog_entry_unref(pend);
@@ -939,37 +989,41 @@ out:
     return rc;
 }
 
+/* 1 when the debt is a change of poll id (under h->mu). */
+static int debt_of(const history_t *h, const char *id) {
+    return h->debt.rec && !strcmp(h->debt.en->def->id, id);
+}
+
 tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t close_delay_ms,
                            catalog_entry_t **out, catalog_error_t *err) {
     uint64_t entered = mono_ms();
     pthread_mutex_lock(&h->mu);
+    /* def was built from the poll as it was before its failed change (the
+     * caller did not history_settle first): judged against the completed
+     * one it could undo it. */
+    int changed = debt_of(h, def->id);
+    tally_err_t rc = pay_debt(h, err);
     const catalog_t *cur = catalog_live_get(h->live);
     const catalog_entry_t *old = catalog_find(cur, def->id, strlen(def->id));
-    tally_err_t rc;
-    if (!old || !old->def_seq) {
+    if (rc != TALLY_OK) {
+        poll_def_free(def);
+    } else if (changed) {
+        rc = fail(err, 409, "poll_changed", "",
+                  "poll %s: an earlier change of it was completed first; read it and retry",
+                  def->id);
+        poll_def_free(def);
+    } else if (!old || !old->def_seq) {
         rc = fail(err, 404, "no_such_poll", "id", "no poll %s", def->id);
         poll_def_free(def);
+    } else if ((rc = poll_def_check_successor(old->def, old->final, def, now, close_delay_ms,
+                                              err)) != TALLY_OK ||
+               (rc = learn_narrowing_first(h, cur, (catalog_entry_t *)old, def, now, entered,
+                                           close_delay_ms, err)) != TALLY_OK) {
+        poll_def_free(def);
     } else {
-        /* After a failed write of a cut, the change is judged against (and
-         * carries, unless it moves the cut itself) the cut that write had. */
-        poll_def_t *base = NULL;
-        if (old->pending_cut) {
-            base = poll_def_dup(old->def);
-            base->closes_at = old->pending_cut;
-            if (def->closes_at == old->def->closes_at)
-                def->closes_at = old->pending_cut;
-        }
-        if ((rc = poll_def_check_successor(base ? base : old->def, old->final, def, now,
-                                           close_delay_ms, err)) != TALLY_OK ||
-            (rc = learn_narrowing_first(h, cur, (catalog_entry_t *)old, def, now, entered,
-                                        close_delay_ms, err)) != TALLY_OK) {
-            poll_def_free(def);
-        } else {
-            /* cur may be gone: the live version has its seq. */
-            uint64_t seq = catalog_seq(catalog_live_get(h->live)) + 1;
-            rc = commit(h, catalog_entry_new(def, seq), CONTROL_DEFINE, seq, out, err);
-        }
-        poll_def_free(base);
+        /* cur may be gone: the live version has its seq. */
+        uint64_t seq = catalog_seq(catalog_live_get(h->live)) + 1;
+        rc = commit(h, catalog_entry_new(def, seq), CONTROL_DEFINE, seq, out, err);
     }
     pthread_mutex_unlock(&h->mu);
     return rc;
@@ -978,40 +1032,27 @@ tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t
 tally_err_t history_final(history_t *h, const char *id, uint64_t now, uint64_t grace_ms,
                           catalog_entry_t **out, catalog_error_t *err) {
     pthread_mutex_lock(&h->mu);
+    /* A failed close is logged before its FINAL: a FINAL no DEFINE
+     * explains would leave the log saying final, never closed. */
+    tally_err_t rc = pay_debt(h, err);
     const catalog_t *cur = catalog_live_get(h->live);
     const catalog_entry_t *old = catalog_find(cur, id, strlen(id));
-    tally_err_t rc;
-    if (!old || !old->def_seq)
+    if (rc != TALLY_OK)
+        ;
+    else if (!old || !old->def_seq)
         rc = fail(err, 404, "no_such_poll", "id", "no poll %s", id);
     else if (old->final)
         rc = fail(err, 409, "poll_final", "", "poll %s is final already", id);
     else if (!old->def->closes_at)
         rc = fail(err, 409, "incompatible", "closes_at", "poll %s has no closes_at", id);
-    else if (now <
-             (old->pending_cut > old->def->closes_at ? old->pending_cut : old->def->closes_at) +
-                 grace_ms)
+    else if (now < old->def->closes_at + grace_ms)
         /* Judged here, under the lock: the caller's view may be older than
          * a change that moved the cut (or put a later one back). */
         rc = fail(err, 409, "not_due", "closes_at", "poll %s: its final is not due yet", id);
     else {
-        catalog_entry_t *settled = NULL;
-        rc = TALLY_OK;
-        if (old->pending_cut) {
-            /* The cut whose write failed is logged first: a FINAL no DEFINE
-             * explains would leave the log saying final, never closed. */
-            poll_def_t *d = poll_def_dup(old->def);
-            d->closes_at = old->pending_cut;
-            uint64_t seq = catalog_seq(cur) + 1;
-            rc = commit(h, catalog_entry_new(d, seq), CONTROL_DEFINE, seq, &settled, err);
-            cur = catalog_live_get(h->live);
-            old = settled;
-        }
-        if (rc == TALLY_OK) {
-            uint64_t seq = catalog_seq(cur) + 1;
-            rc = commit(h, catalog_entry_finalized(old, seq, old->def->closes_at), CONTROL_FINAL,
-                        seq, out, err);
-        }
-        catalog_entry_unref(settled);
+        uint64_t seq = catalog_seq(cur) + 1;
+        rc = commit(h, catalog_entry_finalized(old, seq, old->def->closes_at), CONTROL_FINAL, seq,
+                    out, err);
     }
     pthread_mutex_unlock(&h->mu);
     return rc;

@@ -131,10 +131,6 @@ typedef struct {
     uint64_t final_seq; /* its seq */
     uint64_t final_at;  /* its at_ms (the cut) */
     uint64_t seed;      /* record_poll_seed(id) */
-    /* Not 0: def's closes_at was learned ahead of the log and the DEFINE
-     * carrying it (with this cut, not earlier than def's) failed; the next
-     * change of the poll (history_update, history_final) logs it first. */
-    uint64_t pending_cut;
     _Atomic int refs;
 } catalog_entry_t;
 
@@ -190,11 +186,12 @@ vlog_ack_cb history_log_ack;
 /* Writes changes of the catalog: one at a time (a mutex), each one with the
  * next seq, encoded as a control record, appended to every partition, and
  * only once every partition acknowledged it durable, swapped into live.
- * A failed append leaves the catalog's polls as they were (or the stricter
- * view of a narrowing, see pending_cut) and moves its seq past the failed
- * record's: some partitions may hold it (the next start re-appends it to
- * the others, see history_repair), and a later change under the same seq
- * would be ignored there. @locality any thread; blocks up to timeout_ms. */
+ * A failed append leaves the catalog's polls as they were (or a narrowing's
+ * stricter view) and is kept: some partitions may hold it, so every later
+ * change first appends it again and makes it live (history_settle), or
+ * answers 503 while the log refuses it. A crash meanwhile: the next start
+ * re-appends it to the partitions that lack it (history_repair). @locality any thread; blocks up to
+ * timeout_ms. */
 typedef struct history_s history_t;
 history_t *history_new(vlog_t *log, catalog_live_t *live, int timeout_ms);
 void history_free(history_t *h);
@@ -209,6 +206,12 @@ void history_free(history_t *h);
 typedef int history_learn_fn(void *arg, const catalog_entry_t *en, uint64_t *learned_mono);
 /* @locality the start-up thread, before changes */
 void history_set_learner(history_t *h, history_learn_fn *fn, void *arg);
+
+/* Completes a change whose append failed, if any: 503 "unavailable" while
+ * the log refuses it. Callers that build a change from the live catalog
+ * settle first (history_update refuses with 409 "poll_changed" a change of
+ * a poll whose failed change it had to complete itself). */
+tally_err_t history_settle(history_t *h, catalog_error_t *err);
 
 /* Defines a new poll (*def taken, whatever the result). 409 "poll_exists"
  * when the id is in the catalog. On TALLY_OK *out (may be NULL) is the new

@@ -261,19 +261,6 @@ static void handle_close(admin_t *a, http_conn_t *c, const char *id, size_t len)
     }
     uint64_t delay = (uint64_t)a->conf->admin_close_delay_ms, now = now_ms();
     uint64_t cut = now + delay;
-    if (cur->pending_cut) {
-        /* An earlier close was learned but its write failed: this one
-         * writes it (history_update gives it that close's cut). */
-        catalog_entry_t *en = NULL;
-        if (write_update(a, c, poll_def_dup(cur->def), now, &en) != 0)
-            return;
-        if (a->wait_learnable)
-            a->wait_learnable(a->wait_arg, en->def_seq);
-        log_info("admin: poll %s: the close whose write failed is written (seq %llu)", en->def->id,
-                 (unsigned long long)en->def_seq);
-        reply_entry(a, c, 200, en);
-        return;
-    }
     poll_state_t st = poll_def_state_at(cur->def, cur->final, now);
     /* Already closed, or closing sooner than a close now would: keep it. */
     if (st == POLL_CLOSED || st == POLL_FINAL ||
@@ -494,6 +481,16 @@ void admin_routes_handle(admin_t *a, http_conn_t *c, const http_req_t *r) {
                                   "the engine is reading the poll history; retry shortly",
                                   "Retry-After: 1\r\n");
             return;
+        }
+        int changes = r->method == HTTP_POST || r->method == HTTP_PATCH;
+        if (changes && rt->id != R_METRICS && rt->id != R_HEALTHZ) {
+            /* A change that failed earlier is completed before any other is
+             * built from the catalog (it may be in some partitions). */
+            catalog_error_t err = {0};
+            if (history_settle(a->history, &err) != TALLY_OK) {
+                reply_catalog_error(c, &err);
+                return;
+            }
         }
         switch (rt->id) {
         case R_POLLS:

@@ -154,10 +154,14 @@ static void *writer_main(void *arg) {
     kcat_writer_t *w = arg;
     thread_name("catalog-w");
     while (!atomic_load(&w->stopping)) {
+        /* The rewrite asked for before the catalog is read: one asked after
+         * (an entry put back) is for a later catalog. */
+        pthread_mutex_lock(&w->mu);
+        uint64_t rewrite = w->rewrite_asked;
+        pthread_mutex_unlock(&w->mu);
         const catalog_t *cat = catalog_live_get(w->live);
         uint64_t seq = catalog_seq(cat);
         pthread_mutex_lock(&w->mu);
-        uint64_t rewrite = w->rewrite_asked;
         int need = !w->have_published || seq > w->published || rewrite != w->rewritten;
         int64_t above = w->have_published && rewrite == w->rewritten ? (int64_t)w->published : -1;
         pthread_mutex_unlock(&w->mu);

@@ -346,6 +346,7 @@ class AdminTest(TallyTestCase):
                    f"the totals to equal the votes answered 202 {want} (other answers {other})")
         a.t.stop()
 
+    @unittest.skipIf(SANITIZE or not os.path.exists(SHIM), "needs the fault shim (not under sanitizers)")
     def test_an_opening_moved_later_under_a_slow_disk_takes_no_vote_early(self):
         # Moving opens_at later narrows the poll as a close does: ingest
         # must refuse from the old opening before the DEFINE is logged, or a

@@ -217,6 +217,13 @@ struct lifecycle_sched_s {
 
 /* Makes every poll final whose close is final_grace_ms past. */
 static void sched_round(lifecycle_sched_t *s) {
+    /* A change whose append failed is completed even when no other comes
+     * (a failed create has no live entry to make final). */
+    catalog_error_t serr = {0};
+    if (history_settle(s->h, &serr) != TALLY_OK) {
+        log_warn("history: %s (retrying)", serr.message);
+        return;
+    }
     const catalog_t *cat = catalog_live_get(s->live);
     uint64_t now = now_ms();
     int n = catalog_npolls(cat);

@@ -763,8 +763,8 @@ static tally_err_t append_all(history_t *h, const uint8_t *rec, size_t len, cons
             break;
         if (mono_ms() >= deadline) {
             rc = fail(err, 503, "unavailable", "",
-                      "the log did not take the change on every partition (the next start "
-                      "completes it)");
+                      "the log did not take the change on every partition: it is kept, and "
+                      "written before any other change (or at the next start)");
             break;
         }
         struct timespec ts = {0, 50 * 1000000};
@@ -989,6 +989,17 @@ out:
     return rc;
 }
 
+/* 400 when def's DEFINE would not fit a control record: judged before
+ * anything is learned (a narrowing learned, then refused, would stay). */
+static tally_err_t def_fits(const poll_def_t *def, catalog_error_t *err) {
+    char *body = poll_def_to_json(def);
+    size_t n = strlen(body);
+    free(body);
+    if (n > CONTROL_MAX_BODY)
+        return BAD("", "the poll's definition is over %d bytes", CONTROL_MAX_BODY);
+    return TALLY_OK;
+}
+
 /* 1 when the debt is a change of poll id (under h->mu). */
 static int debt_of(const history_t *h, const char *id) {
     return h->debt.rec && !strcmp(h->debt.en->def->id, id);
@@ -1017,6 +1028,7 @@ tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now, uint64_t
         poll_def_free(def);
     } else if ((rc = poll_def_check_successor(old->def, old->final, def, now, close_delay_ms,
                                               err)) != TALLY_OK ||
+               (rc = def_fits(def, err)) != TALLY_OK ||
                (rc = learn_narrowing_first(h, cur, (catalog_entry_t *)old, def, now, entered,
                                            close_delay_ms, err)) != TALLY_OK) {
         poll_def_free(def);

@@ -60,7 +60,8 @@ class RestartTest(unittest.TestCase):
         self.t.wait_counts({"chg": {"x": 10, "y": 10, "z": 10}}, timeout=30)
         self.assertTrue(os.path.exists(os.path.join(pub, "index.html")))
         self.assertLessEqual(len(self.publisher_errors()), 2, "\n".join(self.publisher_errors()))
-        self.assertIn("writing to", self.t.stderr())
+        # Logged once the whole rendering is written, a moment after the JSON.
+        wait_until(lambda: "writing to" in self.t.stderr(), 10, "the publisher to say it writes again")
         # and keeps publishing as votes come.
         self.vote_some(3, prefix="w")
         self.t.wait_counts({"chg": {"x": 11, "y": 11, "z": 11}}, timeout=30)

@@ -190,19 +190,19 @@ vlog_ack_cb history_log_ack;
  * stricter view) and is kept: some partitions may hold it, so every later
  * change first appends it again and makes it live (history_settle), or
  * answers 503 while the log refuses it. A crash meanwhile: the next start
- * re-appends it to the partitions that lack it (history_repair). @locality any thread; blocks up to
- * timeout_ms. */
+ * re-appends it to the partitions that lack it (history_repair).
+ * @locality any thread; blocks up to timeout_ms. */
 typedef struct history_s history_t;
 history_t *history_new(vlog_t *log, catalog_live_t *live, int timeout_ms);
 void history_free(history_t *h);
 
 /* How the ingests of other processes (tally ingest, with Kafka: the catalog
- * topic) learn a cut before it is logged. Called under the history's lock
- * with the pending entry (the current definition and seq with the earlier
- * closes_at). With learned_mono: returns 0 once they will all judge by it
- * from *learned_mono (CLOCK_MONOTONIC ms) on, or -1 when that is unknown;
- * with NULL: hands them en again, without waiting (a learner that failed
- * puts the previous entry back). */
+ * topic) learn a narrowing (an earlier close, a later opening) before it is
+ * logged. Called under the history's lock with the pending entry (the
+ * current definition and seq with the narrowed times). With learned_mono:
+ * returns 0 once they will all judge by it from *learned_mono
+ * (CLOCK_MONOTONIC ms) on, or -1 when that is unknown; with NULL: en (the
+ * previous entry, put back) is to reach them again, without waiting. */
 typedef int history_learn_fn(void *arg, const catalog_entry_t *en, uint64_t *learned_mono);
 /* @locality the start-up thread, before changes */
 void history_set_learner(history_t *h, history_learn_fn *fn, void *arg);
@@ -219,16 +219,17 @@ tally_err_t history_settle(history_t *h, catalog_error_t *err);
 tally_err_t history_create(history_t *h, poll_def_t *def, catalog_entry_t **out,
                            catalog_error_t *err);
 /* Replaces a poll's definition (*def taken): 404 "no_such_poll", 409 per
- * poll_def_check_successor at now_ms with close_delay_ms. A change that
- * ends voting earlier is in the live catalog (and the learner's) before the
- * log holds it; its cut moves later when that came at or after it (*out
- * tells the cut); 503 "unavailable" when the learner failed. */
+ * poll_def_check_successor at now_ms with close_delay_ms. A narrowing (an
+ * earlier close, a later opening) is in the live catalog (and the
+ * learner's) before the log holds it; a cut moves later when that came at
+ * or after it (*out tells the cut), a later opening is 409 then; 503
+ * "unavailable" when the learner failed. */
 tally_err_t history_update(history_t *h, poll_def_t *def, uint64_t now_ms, uint64_t close_delay_ms,
                            catalog_entry_t **out, catalog_error_t *err);
 /* Appends CONTROL_FINAL (at = closes_at) for a poll closed grace_ms before
  * now: 404, 409 "poll_final" when already final, 409 "incompatible" when it
- * has no closes_at, 409 "not_due" before its cut (a pending one included)
- * + grace_ms. */
+ * has no closes_at, 409 "not_due" before its logged cut + grace_ms (judged
+ * under the lock, after a failed change is settled). */
 tally_err_t history_final(history_t *h, const char *id, uint64_t now, uint64_t grace_ms,
                           catalog_entry_t **out, catalog_error_t *err);
 /* The control record of entry en at seq: a DEFINE of its definition, or

@@ -64,8 +64,8 @@ admin_t *admin_new(const tally_config_t *c, const char *token, const admin_ops_t
  * changes, once the start-up has read the history (until then every poll
  * route answers 503 "starting"). wait_learnable (may be NULL: an
  * in-process catalog, learned at once) blocks until every ingest can learn
- * catalog seq (Kafka: the catalog topic holds it); the close's correction
- * rule uses it. Once. @locality any thread */
+ * catalog seq (Kafka: the catalog topic holds it); a close is answered
+ * once the topic holds its DEFINE. Once. @locality any thread */
 void admin_set_catalog(admin_t *a, catalog_live_t *live, history_t *history,
                        void (*wait_learnable)(void *arg, uint64_t seq), void *wait_arg);
 /* Starts the admin thread. TALLY_OK or TALLY_ERR_IO. */

@@ -345,6 +345,8 @@ static void handle_vote(worker_t *w, http_conn_t *c, const http_req_t *r, const 
  * that any cut is after the vote's stamp, which then stands for it.
  * Before, a vote held back past the final by a slow broker was answered
  * 202 and never counted. */
+/* 0: answer 202; 1: the poll closed and its final is near; 2: no close
+ * known, but the view could not be confirmed (the stamp stood for it). */
 static int ack_too_late(worker_t *w, const conn_ctx_t *x) {
     ingest_t *in = w->in;
     if (!in->catalog || (!x->closes_at && !in->catalog_remote))
@@ -357,12 +359,10 @@ static int ack_too_late(worker_t *w, const conn_ctx_t *x) {
     uint64_t cut = x->closes_at;
     if (en && en->def->closes_at && (!cut || en->def->closes_at < cut))
         cut = en->def->closes_at;
-    if (!cut) {
-        if (cat)
-            return 0;
-        cut = x->ts;
-    }
-    return now_ms() + 2000 >= cut + (uint64_t)in->conf->admin_final_grace_ms;
+    uint64_t grace = (uint64_t)in->conf->admin_final_grace_ms;
+    if (!cut) /* no close known: 2 when the stamp had to stand for it */
+        return !cat && now_ms() + 2000 >= x->ts + grace ? 2 : 0;
+    return now_ms() + 2000 >= cut + grace;
 }
 
 void routes_answer_vote(conn_ctx_t *x) {
@@ -373,12 +373,20 @@ void routes_answer_vote(conn_ctx_t *x) {
         reply_unavailable(w, x->conn, vlog_err2str(x->err));
         return;
     }
-    if (ack_too_late(w, x)) {
+    int late = ack_too_late(w, x);
+    if (late) {
         atomic_fetch_add(&w->in->unavailable, 1);
-        http_conn_reply_error(x->conn, 503, "poll_closing",
-                              "the poll closed and its final is near: this vote may or may not "
-                              "count; a retry is refused",
-                              "Retry-After: 1\r\n");
+        if (late == 1)
+            http_conn_reply_error(x->conn, 503, "poll_closing",
+                                  "the poll closed and its final is near: this vote may or may not "
+                                  "count; a retry is refused",
+                                  "Retry-After: 1\r\n");
+        else
+            http_conn_reply_error(x->conn, 503, "ack_unconfirmed",
+                                  "the vote is in the log, but whether its poll closed meanwhile "
+                                  "could not be confirmed (the poll catalog is stale): it may or "
+                                  "may not count; retry only with the same Idempotency-Key",
+                                  "Retry-After: 1\r\n");
         return;
     }
     atomic_fetch_add(&w->in->accepted, 1);

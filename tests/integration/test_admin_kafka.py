@@ -399,7 +399,11 @@ message.timeout.ms = {message_timeout_ms}
                     after_final = final
         self.assertTrue(after_final, "the held-back vote did not land behind the final: not staged")
         self.assertNotEqual(st, 202, "a vote behind the final (never counted) was answered 202")
-        self.assertEqual((st, body["error"]), (503, "poll_closing"), body)
+        # poll_closing when its view had the final by then, ack_unconfirmed
+        # when the slow network kept the view from being confirmed.
+        self.assertEqual(st, 503, body)
+        self.assertIn(body["error"], ("poll_closing", "ack_unconfirmed"), body)
+        print(f"\nthe held-back vote: {st} {body['error']}", file=sys.stderr)
 
     def test_a_retry_through_another_ingest_counts_once_in_every_mode(self):
         """Issue 10: a vote sent to one ingest and retried with the same

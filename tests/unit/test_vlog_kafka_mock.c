@@ -58,25 +58,8 @@ static void teardown(void) {
     rd_kafka_destroy(mrk);
 }
 
-static vlog_err_t append_vote(vlog_t *l, int i) {
-    char voter[32];
-    snprintf(voter, sizeof voter, "v%d", i);
-    vote_record_t v = {.ts_ms = now_ms(),
-                       .poll = "poll",
-                       .poll_len = 4,
-                       .option = "opt",
-                       .option_len = 3,
-                       .voter = voter,
-                       .voter_len = strlen(voter)};
-    uint8_t rec[RECORD_MAX_LEN];
-    size_t len = record_encode(&v, rec);
-    char key[RECORD_LOG_KEY_MAX];
-    vlog_meta_t meta = {key, record_log_key(&v, key), v.ts_ms};
-    return vlog_append(l, record_partition(&v, vlog_partitions(l), 0), rec, len, &meta,
-                       (void *)(intptr_t)(i + 1));
-}
-
-/* One vote for an explicit partition: to pile batches up on one partition. */
+/* Vote i (voter "v<i>") to partition, or, with partition < 0, to the one
+ * its key maps to, filed under that key. */
 static vlog_err_t append_vote_to(vlog_t *l, int i, int partition) {
     char voter[32];
     snprintf(voter, sizeof voter, "v%d", i);
@@ -89,7 +72,16 @@ static vlog_err_t append_vote_to(vlog_t *l, int i, int partition) {
                        .voter_len = strlen(voter)};
     uint8_t rec[RECORD_MAX_LEN];
     size_t len = record_encode(&v, rec);
-    return vlog_append(l, partition, rec, len, NULL, (void *)(intptr_t)(i + 1));
+    if (partition >= 0) /* to pile batches up on one partition */
+        return vlog_append(l, partition, rec, len, NULL, (void *)(intptr_t)(i + 1));
+    char key[RECORD_LOG_KEY_MAX];
+    vlog_meta_t meta = {key, record_log_key(&v, key), v.ts_ms};
+    return vlog_append(l, record_partition(&v, vlog_partitions(l), 0), rec, len, &meta,
+                       (void *)(intptr_t)(i + 1));
+}
+
+static vlog_err_t append_vote(vlog_t *l, int i) {
+    return append_vote_to(l, i, -1);
 }
 
 static void wait_acks(int want) {
@@ -350,6 +342,7 @@ typedef struct {
     int close_pos[NPART], r_pos[NPART]; /* where p's first close, r's DEFINE were read */
     char closes[64];                    /* "closes_at":<the cut> */
     unsigned kind[NPART][8];
+    uint64_t seq[NPART][8];
     char body[NPART][8][512];
 } controls_t;
 
@@ -367,11 +360,28 @@ static int on_control(void *arg, const vlog_msg_t *m) {
     int k = s->n[m->partition]++;
     cr_assert_lt(k, 8);
     s->kind[m->partition][k] = c.kind;
+    s->seq[m->partition][k] = c.seq;
     snprintf(s->body[m->partition][k], 512, "%.*s", (int)c.body_len, c.body ? c.body : "");
     if (c.kind == CONTROL_DEFINE && strstr(s->body[m->partition][k], s->closes) &&
         !s->close_pos[m->partition])
         s->close_pos[m->partition] = s->total;
     return 0;
+}
+
+/* Reads every partition of l to its end into s (the test's own walk). */
+static void read_controls(vlog_t *l, controls_t *s) {
+    char err[256];
+    uint64_t ends[NPART], pos[NPART] = {0};
+    int parts[NPART] = {0, 1, 2, 3};
+    cr_assert_eq(vlog_end_positions(l, ends, err, sizeof err), 0, "%s", err);
+    vlog_reader_t *r = vlog_reader_new(l, parts, pos, NPART, err, sizeof err);
+    cr_assert(r, "%s", err);
+    uint64_t want = 0, deadline = mono_ms() + 30000;
+    for (int p = 0; p < NPART; p++)
+        want += ends[p];
+    while ((uint64_t)s->total < want && mono_ms() < deadline)
+        cr_assert_geq(vlog_reader_poll(r, on_control, s, 1000, 100, err, sizeof err), 0, "%s", err);
+    vlog_reader_free(r);
 }
 
 static poll_def_t *poll_of(const char *json) {
@@ -449,18 +459,7 @@ Test(kafka_mock, a_close_whose_write_failed_is_logged_before_the_final) {
     static controls_t s;
     memset(&s, 0, sizeof s);
     snprintf(s.closes, sizeof s.closes, "\"closes_at\":%llu", (unsigned long long)cut);
-    uint64_t ends[NPART], pos[NPART] = {0};
-    int parts[NPART] = {0, 1, 2, 3};
-    cr_assert_eq(vlog_end_positions(l, ends, err, sizeof err), 0, "%s", err);
-    vlog_reader_t *r = vlog_reader_new(l, parts, pos, NPART, err, sizeof err);
-    cr_assert(r, "%s", err);
-    uint64_t want = 0, deadline = mono_ms() + 30000;
-    for (int p = 0; p < NPART; p++)
-        want += ends[p];
-    while ((uint64_t)s.total < want && mono_ms() < deadline)
-        cr_assert_geq(vlog_reader_poll(r, on_control, &s, 1000, 100, err, sizeof err), 0, "%s",
-                      err);
-    vlog_reader_free(r);
+    read_controls(l, &s);
     char closes[64];
     snprintf(closes, sizeof closes, "\"closes_at\":%llu", (unsigned long long)cut);
     for (int p = 0; p < NPART; p++) {
@@ -471,6 +470,71 @@ Test(kafka_mock, a_close_whose_write_failed_is_logged_before_the_final) {
         cr_assert(strstr(s.body[p][k - 2], closes), "partition %d: %s", p, s.body[p][k - 2]);
         cr_assert_lt(s.close_pos[p], s.r_pos[p], "partition %d: r's DEFINE before p's close", p);
     }
+    history_free(h);
+    catalog_live_free(live);
+    vlog_close(l);
+}
+
+/* A close whose DEFINE reached some partitions only (partition 0's leader
+ * down for longer than message.timeout.ms): the next change of any poll
+ * first writes it again to every partition under its seq, so partition 0
+ * gets it before r's DEFINE, and the partitions that had it hold it twice
+ * at one seq (the engine applies a seq once). Before, the next change took
+ * the failed record's seq (ignored where that seq was) and, had a later
+ * seq landed first, no start could have repaired partition 0. */
+Test(kafka_mock, a_close_that_reached_some_partitions_is_completed_before_the_next_change) {
+    char err[256];
+    cr_assert_eq(rd_kafka_mock_partition_set_leader(mc, TOPIC, 0, 1), 0);
+    for (int p = 1; p < NPART; p++)
+        cr_assert_eq(rd_kafka_mock_partition_set_leader(mc, TOPIC, p, 2), 0);
+    history_ack_init(ack);
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, history_log_ack, NULL, err, sizeof err);
+    cr_assert(l, "%s", err);
+    catalog_live_t *live = catalog_live_new(NULL);
+    history_t *h = history_new(l, live, 1500);
+    catalog_error_t e = {0};
+    cr_assert_eq(history_create(h, poll_of("{\"id\":\"p\",\"options\":[\"a\"]}"), NULL, &e),
+                 TALLY_OK, "%s", e.message);
+    uint64_t seq0 = catalog_seq(catalog_live_get(live));
+    cr_assert_eq(rd_kafka_mock_broker_set_down(mc, 1), 0);
+    uint64_t now = now_ms(), cut = now + 5000;
+    char def[128];
+    snprintf(def, sizeof def, "{\"id\":\"p\",\"options\":[\"a\"],\"closes_at\":%llu}",
+             (unsigned long long)cut);
+    cr_assert_eq(history_update(h, poll_of(def), now, 200, NULL, &e), TALLY_ERR_UNAVAIL);
+    cr_assert_eq(rd_kafka_mock_broker_set_up(mc, 1), 0);
+    /* Another poll: p's close goes first, then r at the seq after it. */
+    catalog_entry_t *made = NULL;
+    uint64_t deadline = mono_ms() + 30000;
+    while (history_create(h, poll_of("{\"id\":\"r\",\"options\":[\"a\"]}"), &made, &e) !=
+           TALLY_OK) {
+        cr_assert_lt(mono_ms(), deadline, "%s", e.message);
+        struct timespec ts = {0, 200 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_eq(made->def_seq, seq0 + 2);
+    catalog_entry_unref(made);
+    const catalog_entry_t *en = catalog_find(catalog_live_get(live), "p", 1);
+    cr_assert_eq(en->def_seq, seq0 + 1);
+    cr_assert_eq(en->def->closes_at, cut);
+
+    static controls_t s;
+    memset(&s, 0, sizeof s);
+    snprintf(s.closes, sizeof s.closes, "\"closes_at\":%llu", (unsigned long long)cut);
+    read_controls(l, &s);
+    int twice = 0;
+    for (int p = 0; p < NPART; p++) {
+        cr_assert_gt(s.close_pos[p], 0, "partition %d never got p's close", p);
+        cr_assert_lt(s.close_pos[p], s.r_pos[p], "partition %d: r's DEFINE before p's close", p);
+        int copies = 0;
+        for (int k = 0; k < s.n[p]; k++)
+            if (strstr(s.body[p][k], s.closes)) {
+                copies++;
+                cr_assert_eq(s.seq[p][k], seq0 + 1, "partition %d", p);
+            }
+        twice += copies == 2;
+    }
+    cr_assert_gt(twice, 0, "no partition had the close before: the append was not partial");
     history_free(h);
     catalog_live_free(live);
     vlog_close(l);

@@ -340,6 +340,7 @@ typedef struct {
     int total;                          /* control records read */
     int n[NPART];                       /* of poll p */
     int close_pos[NPART], r_pos[NPART]; /* where p's first close, r's DEFINE were read */
+    int final_pos[NPART];               /* where p's last FINAL was read */
     char closes[64];                    /* "closes_at":<the cut> */
     unsigned kind[NPART][8];
     uint64_t seq[NPART][8];
@@ -362,6 +363,8 @@ static int on_control(void *arg, const vlog_msg_t *m) {
     s->kind[m->partition][k] = c.kind;
     s->seq[m->partition][k] = c.seq;
     snprintf(s->body[m->partition][k], 512, "%.*s", (int)c.body_len, c.body ? c.body : "");
+    if (c.kind == CONTROL_FINAL)
+        s->final_pos[m->partition] = s->total;
     if (c.kind == CONTROL_DEFINE && strstr(s->body[m->partition][k], s->closes) &&
         !s->close_pos[m->partition])
         s->close_pos[m->partition] = s->total;
@@ -535,6 +538,82 @@ Test(kafka_mock, a_close_that_reached_some_partitions_is_completed_before_the_ne
         twice += copies == 2;
     }
     cr_assert_gt(twice, 0, "no partition had the close before: the append was not partial");
+    history_free(h);
+    catalog_live_free(live);
+    vlog_close(l);
+}
+
+/* A FINAL whose write failed (the votes topic refused it) is the debt too:
+ * the poll is not final in the live view until it is logged, the FINAL
+ * scheduler's settle writes it under its seq, and a later change comes
+ * after it on every partition. Before the debt was kept, the next change
+ * took the FINAL's seq, and a retried FINAL was written at another. */
+Test(kafka_mock, a_final_whose_write_failed_is_written_before_the_next_change) {
+    char err[256];
+    history_ack_init(ack);
+    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, history_log_ack, NULL, err, sizeof err);
+    cr_assert(l, "%s", err);
+    catalog_live_t *live = catalog_live_new(NULL);
+    history_t *h = history_new(l, live, 1500);
+    catalog_error_t e = {0};
+    uint64_t cut = now_ms() + 100;
+    char def[128];
+    snprintf(def, sizeof def, "{\"id\":\"p\",\"options\":[\"a\"],\"closes_at\":%llu}",
+             (unsigned long long)cut);
+    cr_assert_eq(history_create(h, poll_of(def), NULL, &e), TALLY_OK, "%s", e.message);
+    uint64_t seq0 = catalog_seq(catalog_live_get(live));
+    while (now_ms() <= cut)
+        ;
+
+    static rd_kafka_resp_err_t refuse[20000];
+    for (size_t i = 0; i < sizeof refuse / sizeof refuse[0]; i++)
+        refuse[i] = RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+    rd_kafka_mock_push_request_errors_array(mc, 0 /* Produce */, sizeof refuse / sizeof refuse[0],
+                                            refuse);
+    cr_assert_eq(history_final(h, "p", now_ms(), 0, NULL, &e), TALLY_ERR_UNAVAIL);
+    const catalog_entry_t *en = catalog_find(catalog_live_get(live), "p", 1);
+    cr_assert(!en->final, "final in the live view before its FINAL is in the log");
+    cr_assert_eq(catalog_seq(catalog_live_get(live)), seq0);
+    /* While the log refuses it, every change waits, naming it. */
+    cr_assert_eq(history_create(h, poll_of("{\"id\":\"r\",\"options\":[\"a\"]}"), NULL, &e),
+                 TALLY_ERR_UNAVAIL);
+    cr_assert(strstr(e.message, "poll p"), "%s", e.message);
+    cr_assert_eq(history_settle(h, &e), TALLY_ERR_UNAVAIL);
+    rd_kafka_mock_clear_request_errors(mc, 0);
+
+    /* The scheduler's next round: settle, then the FINAL is already there. */
+    cr_assert_eq(history_settle(h, &e), TALLY_OK, "%s", e.message);
+    en = catalog_find(catalog_live_get(live), "p", 1);
+    cr_assert(en->final);
+    cr_assert_eq(en->final_at, cut);
+    cr_assert_eq(catalog_seq(catalog_live_get(live)), seq0 + 1);
+    cr_assert_eq(history_final(h, "p", now_ms(), 0, NULL, &e), TALLY_ERR_STATE);
+    cr_assert_str_eq(e.code, "poll_final");
+    catalog_entry_t *made = NULL;
+    cr_assert_eq(history_create(h, poll_of("{\"id\":\"r\",\"options\":[\"a\"]}"), &made, &e),
+                 TALLY_OK, "%s", e.message);
+    cr_assert_eq(made->def_seq, seq0 + 2);
+    catalog_entry_unref(made);
+
+    /* Every partition: p's FINAL at seq0 + 1 (once, or twice if the refused
+     * append reached it), before r's DEFINE. */
+    static controls_t s;
+    memset(&s, 0, sizeof s);
+    snprintf(s.closes, sizeof s.closes, "\"closes_at\":%llu", (unsigned long long)cut);
+    read_controls(l, &s);
+    for (int p = 0; p < NPART; p++) {
+        int k = s.n[p], finals = 0;
+        cr_assert_geq(k, 2, "partition %d: %d control records of p", p, k);
+        cr_assert_eq(s.kind[p][0], CONTROL_DEFINE, "partition %d", p);
+        for (int j = 1; j < k; j++) {
+            cr_assert_eq(s.kind[p][j], CONTROL_FINAL, "partition %d record %d", p, j);
+            cr_assert_eq(s.seq[p][j], seq0 + 1, "partition %d", p);
+            finals++;
+        }
+        cr_assert_geq(finals, 1, "partition %d has no FINAL", p);
+        cr_assert_gt(s.r_pos[p], 0, "partition %d never got r's DEFINE", p);
+        cr_assert_lt(s.final_pos[p], s.r_pos[p], "partition %d: r's DEFINE before p's FINAL", p);
+    }
     history_free(h);
     catalog_live_free(live);
     vlog_close(l);

@@ -346,6 +346,45 @@ message.timeout.ms = {message_timeout_ms}
             self.assertEqual((st, body["error"]), (409, "poll_closed"))
 
     @unittest.skipIf(SANITIZE or not os.path.exists(SHIM), "needs the fault shim (not under sanitizers)")
+    def test_a_close_acknowledged_too_late_is_put_back_on_every_ingest(self):
+        """The engine's requests to the broker are held back 11 s while a
+        close is asked: the catalog topic acknowledges the pending cut after
+        the engine gave up on it (10 s, 503 nothing changed), so the ingests
+        read the closed view after the answer. The engine then writes the
+        open definition again behind it, and both ingests take votes past the
+        cut. Without that rewrite they keep the pending cut (an entry of the
+        same seq read later wins) and refuse a poll the log says is open."""
+        ctl = os.path.join(tempfile.mkdtemp(prefix="tally-shim-"), "ctl")
+        a, ing = self.install(close_delay_ms=200,
+                              engine_env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
+        st, p = a.create(id="tardy", options=["x"], mode="unlimited")
+        self.assertEqual(st, 201, p)
+        for i in ing:
+            wait_until(lambda i=i: i.vote("tardy", "x", None)[0] == 202, 10, "an ingest to learn tardy")
+        with open(ctl, "w") as f:
+            f.write("gen=1 ops=sendmsg delay_ms=11000 count=-1\n")
+        time.sleep(0.1)  # the shim reads its control file every 10 ms
+        asked = time.time() * 1000
+        st, p = a.request("POST", "/v1/admin/polls/tardy/close")
+        self.assertEqual((st, p["error"]), (503, "unavailable"), p)
+        self.assertIn("nothing changed", p["message"])
+        with open(ctl, "w") as f:
+            f.write("off\n")
+        st, p = a.show("tardy")
+        self.assertEqual((st, p["state"], p["closes_at_ms"]), (200, "open", None), p)
+        # The pending cut reaches the topic about 11 s after the ask; the open
+        # definition follows it. Judged well after both, and past the cut.
+        wait_until(lambda: time.time() * 1000 > asked + 16000, 30, "past the pending cut's landing")
+        for i in ing:
+            st, body = wait_until(lambda i=i: (lambda r: r if r[0] != 503 else None)(
+                i.vote("tardy", "x", None)), 15, "an answer other than 503")
+            self.assertEqual(st, 202, f"ingest {i.port} refused a poll the log has open: {body}")
+        time.sleep(2)
+        for i in ing:
+            st, body = i.vote("tardy", "x", None)
+            self.assertEqual(st, 202, f"ingest {i.port}: {body}")
+
+    @unittest.skipIf(SANITIZE or not os.path.exists(SHIM), "needs the fault shim (not under sanitizers)")
     def test_a_vote_held_back_past_the_final_is_not_answered_202(self):
         """A vote judged while its poll had no close, whose write a slow
         network between its ingest and the broker holds back (6 s) while the

@@ -20,4 +20,20 @@ void json_put_str(buf_t *out, const char *s); /* NUL-terminated s */
 /* Appends the error body {"error":code,"message":message}. */
 void json_put_error(buf_t *out, const char *code, const char *message);
 
+/* A scope for jansson trees that live within one call on the hot path (a
+ * vote body: ingest/vote.c): between json_scope_begin() and json_scope_end()
+ * every jansson allocation of the calling thread comes from a block of
+ * JSON_SCOPE_BYTES the thread owns, and freeing it costs nothing; what does
+ * not fit is malloc'd as usual. So parsing a vote allocates nothing (jansson
+ * made 12 malloc and 12 free calls for one). Every tree built inside must be
+ * freed before json_scope_end() (it asserts so: a value kept past the scope
+ * would point into memory the next scope reuses). Scopes nest; the block is
+ * reused when the outermost one ends. Outside a scope, and in every other
+ * thread, jansson allocates with malloc. @locality the calling thread */
+#define JSON_SCOPE_BYTES 16384
+void json_scope_begin(void);
+void json_scope_end(void);
+/* 1 when p lies in the calling thread's scope block (for tests). */
+int json_scope_owns(const void *p);
+
 #endif

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/json.h"
 #include "common/util.h"
 
 #define HS256_LEN 32
@@ -380,6 +381,7 @@ jwt_err_t jwt_verify(const jwt_keys_t *k, const char *tok, size_t len, int64_t n
         return fail(JWT_ERR_MALFORMED, why, wsz, "not a compact JWS (three dot-separated parts)");
     size_t hlen = (size_t)(d1 - tok), plen = (size_t)(d2 - d1 - 1),
            slen = len - (size_t)(d2 + 1 - tok);
+    json_scope_begin(); /* both trees live within this call; the claims are copied */
     if (!(hdr = part_json(tok, hlen))) {
         rc = fail(JWT_ERR_MALFORMED, why, wsz, "the header is not base64url of a JSON object");
         goto out;
@@ -486,6 +488,7 @@ jwt_err_t jwt_verify(const jwt_keys_t *k, const char *tok, size_t len, int64_t n
 out:
     json_decref(hdr);
     json_decref(pl);
+    json_scope_end();
     return rc;
 }
 

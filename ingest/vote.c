@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/json.h"
 #include "common/util.h"
 
 static int fail(vote_error_t *err, int status, const char *code, const char *fmt, ...)
@@ -160,10 +161,10 @@ int vote_parse(const poll_conf_t *p, const char *body, size_t len, uint64_t ts_m
     if (len >= 3 && !memcmp(body, "\xef\xbb\xbf", 3))
         return fail(err, 400, "malformed_json", "the body starts with a byte order mark");
     json_error_t je;
+    json_scope_begin(); /* the tree lives within this call */
     json_t *root = json_loadb(len ? body : "", len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
-    if (!root)
-        return fail_json(err, &je, body, len);
-    int rc = check_body(p, root, ts_ms, rec, scratch, err);
+    int rc = root ? check_body(p, root, ts_ms, rec, scratch, err) : fail_json(err, &je, body, len);
     json_decref(root);
+    json_scope_end();
     return rc;
 }

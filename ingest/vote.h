@@ -1,5 +1,7 @@
 /* The vote body parser: bytes in, a vote record or an error out. A pure
- * function (no I/O, no globals, nothing allocated that outlives the call),
+ * function (no I/O, no globals, nothing allocated that outlives the call;
+ * jansson's tree lives in the thread's JSON scope, common/json.h, so a
+ * vote of up to a few KiB is parsed without a malloc),
  * so it is unit-tested and fuzzed on its own (tests/unit/test_vote.c,
  * tests/fuzz/fuzz_vote.c).
  *

@@ -203,7 +203,8 @@ typedef struct {
     catalog_live_t *live;
     history_t *hist;
     lifecycle_sched_t *sched;
-    lifecycle_t *lc; /* the admin API and the catalog topic, told when ready */
+    lifecycle_t *lc;  /* the admin API and the catalog topic, told when ready */
+    publisher_t *pub; /* held until the engine has caught up */
     pthread_t th;
     int threaded;
     _Atomic int failed;
@@ -214,6 +215,8 @@ typedef struct {
 static void *startup_main(void *arg) {
     startup_t *s = arg;
     s->err = lifecycle_catch_up(s->e, s->log, s->msg, sizeof s->msg);
+    if (s->err == TALLY_OK)
+        pub_hold(s->pub, 0); /* the totals are the log's now */
     if (s->err == TALLY_OK) {
         s->live = catalog_live_new(catalog_dup(engine_catalog(s->e)));
         s->hist = history_new(s->log, s->live, 10000);
@@ -414,12 +417,10 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
             .on_change = pub_notify,
             .on_change_arg = pub,
         };
-        /* Results are derived: what cannot be published now (publisher.dir
-         * full or unwritable) the publisher thread retries. */
-        if (pub_publish_all(pub, err, sizeof err) != TALLY_OK)
-            log_error("publisher: %s (results are derived: counting goes on, the publisher "
-                      "retries)",
-                      err);
+        /* Nothing is published before the engine has caught up with the
+         * log (startup_main releases the hold): a snapshot's totals are
+         * older than what an earlier run published. */
+        pub_hold(pub, 1);
         if (engine_start(e, &ro, err, sizeof err) != TALLY_OK ||
             pub_start(pub, err, sizeof err) != TALLY_OK)
             goto out;
@@ -436,6 +437,7 @@ static int pipeline(int argc, char **argv, const char *cmd, const char *help, in
         su.log = log;
         su.in = in;
         su.lc = &lc;
+        su.pub = pub;
         if (in) {
             /* Votes and /healthz get 503 "starting" until the history is
              * read: ingest serves while the engine catches up. */

@@ -370,7 +370,12 @@ void routes_answer_vote(conn_ctx_t *x) {
     w->inflight--;
     metric_observe(m_ack_latency, metrics_now_ns() - x->appended_ns);
     if (x->err != VLOG_OK) {
-        reply_unavailable(w, x->conn, vlog_err2str(x->err));
+        /* Appended, then not confirmed: a failed write or fdatasync (file
+         * log) or delivery (Kafka) leaves it unknown whether the bytes
+         * stayed, and after a restart such a vote may count. */
+        reply_unavailable(w, x->conn,
+                          "the log could not confirm this vote (its write failed): it may or "
+                          "may not count; retry only with the same Idempotency-Key");
         return;
     }
     int late = ack_too_late(w, x);

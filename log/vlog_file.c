@@ -59,6 +59,11 @@
 #define MAX_WRITE VLOG_MAX_WRITE
 #define READ_CHUNK (1u << 20)
 #define CKPT_INTERVAL_MS 1000
+/* A writer idle this long after a round writes CHECKPOINT at once if it is
+ * behind: the last votes of a burst are then under it too, so that a bit
+ * flip in them is damage (refused), not a torn tail (cut, see recover()),
+ * for a restart and for replay. */
+#define CKPT_IDLE_MS 100
 #define IDENT_INTERVAL_MS 500 /* an idle writer checks votes.log this often */
 #define FAIL_RETRY_MS 250     /* a failed log retries its repair this often */
 /* Readers (the engine's workers) are woken at most this often: under load a
@@ -372,7 +377,10 @@ static void ckpt_write(flog_t *l) {
 }
 
 /* 1 with *end when CHECKPOINT is intact and names this log (id) and file
- * (inode, and the head when the file has one), else 0. */
+ * (inode, and the head when the file has one); 2 with *end when it names
+ * this log and a file with the same head (or one too short to have a
+ * head) under another inode: votes.log restored from a copy, whose size
+ * still tells whether it lost durable bytes; else 0. */
 static int ckpt_read(const char *dir, const char *id, int fd, const struct stat *st,
                      uint64_t *end_out) {
     char path[4200], text[200 + VLOG_ID_MAX], cid[VLOG_ID_MAX];
@@ -392,14 +400,13 @@ static int ckpt_read(const char *dir, const char *id, int fd, const struct stat 
         sscanf(text, "tally-ckpt %d %llu %llu %llx %159s%n", &fmt, &ino, &end, &head, cid,
                &idend) != 5 ||
         text + idend != sum || strcmp(cid, id) != 0 || fmt != LOG_FORMAT ||
-        ino != (unsigned long long)st->st_ino ||
         strtoull(sum + 1, NULL, 16) != XXH3_64bits(text, (size_t)(sum - text)))
         return 0;
     uint64_t size = (uint64_t)st->st_size;
     if (end >= FRAME_HDR && size >= FRAME_HDR && head != file_head(fd, size))
-        return 0; /* another file that got the same inode number */
+        return 0; /* another file (that may have got the same inode number) */
     *end_out = end;
-    return 1;
+    return ino == (unsigned long long)st->st_ino ? 1 : 2;
 }
 
 /* Recovery at open: scans from the checkpoint (or 0), cuts a provable torn
@@ -413,6 +420,12 @@ static int64_t recover(flog_t *l, tally_err_t *err, char *errstr, size_t esz) {
     }
     uint64_t size = (uint64_t)st.st_size, from = 0;
     int have_ckpt = ckpt_read(l->dir, l->base.id, l->fd, &st, &from);
+    if (have_ckpt == 2 && from <= size) {
+        /* A copy at least as long: its bytes are checked from the start
+         * (the offset is not this file's to trust). */
+        log_warn("log: %s is another file than CHECKPOINT names (a copy?): scanning all of it",
+                 l->path);
+    }
     if (have_ckpt && from > size) {
         *err = TALLY_ERR_STATE;
         snprintf(errstr, esz,
@@ -422,6 +435,9 @@ static int64_t recover(flog_t *l, tally_err_t *err, char *errstr, size_t esz) {
                  l->path, (unsigned long long)size, l->dir, (unsigned long long)from);
         return -1;
     }
+    uint64_t durable = have_ckpt ? from : 0; /* what CHECKPOINT says was synced */
+    if (have_ckpt == 2)
+        from = 0;
     /* A read-only open (replay) reads the whole log anyway: it checks all
      * of it first, so that damage refuses before anything is counted. */
     if (!(l->flags & VLOG_F_WRITE))
@@ -447,6 +463,19 @@ static int64_t recover(flog_t *l, tally_err_t *err, char *errstr, size_t esz) {
         goto out;
     }
     end = (int64_t)s.valid_end;
+    if (s.has_tail && s.tail.start < durable) {
+        /* A torn write lies past everything synced before it: bad bytes
+         * below the end CHECKPOINT names were acknowledged. */
+        *err = TALLY_ERR_CORRUPT;
+        snprintf(errstr, esz,
+                 "%s: %s at offset %llu, below the end %s/CHECKPOINT says was durable (%llu): "
+                 "acknowledged votes are damaged, this is not a torn tail; refusing to open, "
+                 "nothing was changed (see `tally log verify` and `tally log salvage`)",
+                 l->path, s.tail.why, (unsigned long long)s.tail.start, l->dir,
+                 (unsigned long long)durable);
+        end = -1;
+        goto out;
+    }
     if (s.has_tail) {
         uint64_t tail = s.tail.end - s.tail.start;
         if (!(l->flags & VLOG_F_WRITE)) {
@@ -493,12 +522,26 @@ static void fail_set(flog_t *l, tally_err_t why, const char *fmt, ...) {
     }
 }
 
-/* Is votes.log still the file this writer writes? One stat(). */
+/* Does votes.log still hold every durable byte? A file cut under the writer
+ * (truncate, a copy over it in place) lost acknowledged votes; the next
+ * write would only fill the cut with a hole of zeros. */
+static int size_check(flog_t *l, const struct stat *st) {
+    if ((uint64_t)st->st_size >= l->end)
+        return 0;
+    fail_set(l, TALLY_ERR_STATE,
+             "%s shrank to %llu bytes under the writer, below the %llu bytes that were durable: "
+             "acknowledged votes were cut away; the log cannot take votes; restore it and "
+             "restart",
+             l->path, (unsigned long long)st->st_size, (unsigned long long)l->end);
+    return -1;
+}
+
+/* Is votes.log still the file this writer writes, whole? One stat(). */
 static int ident_check(flog_t *l) {
     struct stat st;
     int there = stat(l->path, &st) == 0;
     if (there && st.st_dev == l->dev && st.st_ino == l->ino)
-        return 0;
+        return size_check(l, &st);
     struct stat fst;
     nlink_t links = fstat(l->fd, &fst) == 0 ? fst.st_nlink : 0;
     if (!there)
@@ -522,6 +565,9 @@ static void fail_repair(flog_t *l, int may_clear) {
     if (atomic_load(&l->failed) == TALLY_ERR_STATE)
         return; /* vanished or replaced: only a restart helps */
     if (may_clear && mono_ms() - l->fail_at_ms < FAIL_RETRY_MS)
+        return;
+    struct stat st; /* cutting "back" a file shorter than end would grow it */
+    if (fstat(l->fd, &st) == 0 && size_check(l, &st) != 0)
         return;
     if (ftruncate(l->fd, (off_t)l->end) != 0) {
         fail_set(l, TALLY_ERR_IO, "%s: cannot cut a failed write back to %llu: %s", l->path,
@@ -562,6 +608,9 @@ static vlog_err_t writer_round(flog_t *l, size_t n) {
         if (atomic_load(&l->failed))
             return VLOG_UNAVAIL; /* appended before the failure: never written */
     }
+    struct stat st;
+    if (fstat(l->fd, &st) == 0 && size_check(l, &st) != 0)
+        return VLOG_UNAVAIL; /* writing at end would leave a hole where votes were */
     if (pwrite_all(l->fd, l->writing.data, l->writing.len, l->end) != 0) {
         fail_set(l, TALLY_ERR_IO, "%s: write failed: %s; %zu votes not acknowledged", l->path,
                  strerror(errno), n);
@@ -660,9 +709,10 @@ static void wake_readers(flog_t *l) {
 static void *writer_main(void *arg) {
     flog_t *l = arg;
     thread_name("log");
-    uint64_t last_ckpt = mono_ms(), last_ident = mono_ms(), woke_ms = 0;
-    long anticipate_ns = 0; /* wait this long for the next round to fill */
-    int wake_owed = 0;      /* durable data the readers have not been woken for */
+    uint64_t last_ckpt = mono_ms(), last_ident = mono_ms(), woke_ms = 0, last_round = 0;
+    uint64_t idle_ckpt_at = UINT64_MAX; /* l->end an idle checkpoint was tried for */
+    long anticipate_ns = 0;             /* wait this long for the next round to fill */
+    int wake_owed = 0;                  /* durable data the readers have not been woken for */
     void **acks = NULL;
     size_t capacks = 0;
     pthread_mutex_lock(&l->mu);
@@ -683,6 +733,14 @@ static void *writer_main(void *arg) {
                 uint64_t since = mono_ms() - woke_ms;
                 wait_ms = since >= READER_WAKE_MS ? 0 : READER_WAKE_MS - (int)since;
             }
+            /* l->end and ckpt_end are this thread's own. */
+            int ckpt_owed = l->fsync && !failed && l->end != l->ckpt_end && l->end != idle_ckpt_at;
+            if (ckpt_owed) {
+                uint64_t since = mono_ms() - last_round;
+                int w = since >= CKPT_IDLE_MS ? 0 : CKPT_IDLE_MS - (int)since;
+                if (w < wait_ms)
+                    wait_ms = w;
+            }
             struct timespec ts = deadline_in_ms(wait_ms);
             if (wait_ms > 0)
                 pthread_cond_timedwait(&l->wake, &l->mu, &ts);
@@ -691,6 +749,15 @@ static void *writer_main(void *arg) {
                 woke_ms = mono_ms();
                 pthread_mutex_unlock(&l->mu);
                 wake_readers(l);
+                pthread_mutex_lock(&l->mu);
+                continue;
+            }
+            if (ckpt_owed && l->nacks == 0 && !l->stopping &&
+                mono_ms() - last_round >= CKPT_IDLE_MS) {
+                idle_ckpt_at = l->end; /* tried once: a failure only warns */
+                pthread_mutex_unlock(&l->mu);
+                ckpt_write(l);
+                last_ckpt = mono_ms();
                 pthread_mutex_lock(&l->mu);
                 continue;
             }
@@ -732,7 +799,7 @@ static void *writer_main(void *arg) {
         pthread_mutex_unlock(&l->mu);
 
         vlog_err_t err = writer_round(l, n);
-        last_ident = mono_ms();
+        last_ident = last_round = mono_ms();
         if (err == VLOG_OK) {
             l->end += l->writing.len;
             atomic_store_explicit(&l->durable, l->end, memory_order_release);

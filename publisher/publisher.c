@@ -58,6 +58,7 @@ struct publisher_s {
     pthread_mutex_t mu;
     pthread_cond_t cond;
     int notified; /* under mu */
+    int held;     /* under mu: pub_hold */
     int stopping; /* under mu */
 };
 
@@ -513,19 +514,25 @@ static void *pub_main(void *arg) {
             struct timespec ts = deadline_in_ms(next);
             while (!p->stopping && pthread_cond_timedwait(&p->cond, &p->mu, &ts) != ETIMEDOUT)
                 ;
-        } else if (!p->notified) {
+        } else if (!p->notified || p->held) {
             struct timespec ts = deadline_in_ms(1000);
             pthread_cond_timedwait(&p->cond, &p->mu, &ts);
         }
-        p->notified = 0;
         if (p->stopping)
             break;
+        if (p->held) {
+            next = -1; /* what is noticed now is published at the release */
+            continue;
+        }
+        p->notified = 0;
         pthread_mutex_unlock(&p->mu);
         next = publish_round(p, 0);
         pthread_mutex_lock(&p->mu);
     }
+    int held = p->held;
     pthread_mutex_unlock(&p->mu);
-    publish_round(p, 1); /* last round: nothing changed stays unpublished */
+    if (!held)
+        publish_round(p, 1); /* last round: nothing changed stays unpublished */
     return NULL;
 }
 
@@ -536,6 +543,14 @@ tally_err_t pub_start(publisher_t *p, char *errstr, size_t esz) {
     }
     p->started = 1;
     return TALLY_OK;
+}
+
+void pub_hold(publisher_t *p, int on) {
+    pthread_mutex_lock(&p->mu);
+    p->held = on;
+    p->notified = 1; /* released: publish what changed meanwhile */
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->mu);
 }
 
 void pub_notify(void *arg) {

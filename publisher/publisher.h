@@ -34,6 +34,12 @@ tally_err_t pub_publish_all(publisher_t *p, char *errstr, size_t esz);
  * results are derived data, so a full or unwritable publisher.dir never
  * stops counting. */
 tally_err_t pub_start(publisher_t *p, char *errstr, size_t esz);
+/* Held (on), the thread writes nothing, not even in pub_stop's last round:
+ * while the engine catches up with the log its totals are a snapshot's or
+ * partial, older than what an earlier run published (results went back,
+ * then forward, and live streams got the old totals). Released (off), it
+ * publishes every poll. @locality any thread */
+void pub_hold(publisher_t *p, int on);
 /* Wakes the thread: totals may have changed. @locality any thread */
 void pub_notify(void *p);
 /* Stops the thread after a last round for anything still unpublished. */

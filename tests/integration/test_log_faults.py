@@ -17,7 +17,7 @@ import tempfile
 import time
 import unittest
 
-from harness import TALLY_BIN, TIMEOUT_MULT, TallyTestCase, wait_until
+from harness import SANITIZE, SHIM, TALLY_BIN, TIMEOUT_MULT, TallyTestCase, wait_until
 
 POLLS = """
 [poll.free]
@@ -65,6 +65,16 @@ def tree(d):
             with open(p, "rb") as f:
                 out[os.path.relpath(p, d)] = hashlib.sha256(f.read()).hexdigest()
     return out
+
+
+def ckpt_end(logdir):
+    """The durable end CHECKPOINT names ("tally-ckpt FMT INODE END ..."),
+    or None while there is none."""
+    try:
+        with open(os.path.join(logdir, "CHECKPOINT")) as f:
+            return int(f.read().split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def flip(path, off):
@@ -130,6 +140,140 @@ class LogFaults(TallyTestCase):
         self.assertIn("corruption", r.stderr)
         self.assertEqual(tree(self.logdir(t)), before_log, "tally run cut the log")
         self.assertEqual(tree(os.path.join(t.dir, "public")), before_pub)
+
+    def test_a_bit_flip_in_the_last_acknowledged_vote_is_refused_not_cut(self):
+        """Votes in a burst, the writer idle, kill -9, then one bit of the
+        LAST frame flipped: bad bytes with nothing intact after them look
+        like a torn tail. Before, CHECKPOINT lagged the burst (written at
+        most once a second, never when idle), so the frame was cut as
+        "never acknowledged" and 5 of 6 votes answered 202 counted. Now an
+        idle writer brings CHECKPOINT up to date and a tail below it is
+        damage: tally run and tally replay refuse, nothing is cut."""
+        t = self.make(polls=POLLS)
+        nosnap = ("-s", "engine.snapshot_interval_ms=600000")  # the engine reads the frame again
+        t.start(*nosnap)
+        for _ in range(6):
+            st, body = t.vote("free", "p")
+            self.assertEqual(st, 202, body)
+            time.sleep(0.3)
+        t.wait_counts({"free": {"p": 6, "q": 0}})
+        size = os.path.getsize(self.votes(t))
+        wait_until(lambda: ckpt_end(self.logdir(t)) == size, 5, "the idle writer's CHECKPOINT at the end")
+        t.kill9()
+        fr = frames(self.votes(t))
+        flip(self.votes(t), fr[-1][1] - 3)
+        before_log, before_pub = tree(self.logdir(t)), tree(os.path.join(t.dir, "public"))
+        r = t.replay()
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(f"checksum mismatch at offset {fr[-1][0]}, below the end", r.stderr)
+        self.assertEqual(tree(os.path.join(t.dir, "public")), before_pub, "replay published")
+        r = self.tally("run", "-c", t.config, "-q", *nosnap, timeout=60)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"checksum mismatch at offset {fr[-1][0]}", r.stderr)
+        self.assertNotIn("dropping torn tail", r.stderr)
+        self.assertEqual(tree(self.logdir(t)), before_log, "tally run cut the log")
+        self.assertEqual(t.published_counts("free"), {"p": 6, "q": 0})
+
+    def test_a_torn_tail_below_the_checkpoint_is_never_cut(self):
+        """CHECKPOINT covers the whole file; the last frame is damaged and
+        bytes follow it (as a torn write would leave). Before, the scan from
+        CHECKPOINT called it "not a frame boundary", rescanned, and cut the
+        file below the end CHECKPOINT says was durable (5 of 6 counted)."""
+        t = self.make(polls=POLLS)
+        self.voted(t, 6)  # a clean stop writes CHECKPOINT at the end
+        fr = frames(self.votes(t))
+        flip(self.votes(t), fr[-1][1] - 3)
+        with open(self.votes(t), "ab") as f:
+            f.write(b"\x17torn")
+        before = tree(self.logdir(t))
+        r = self.tally("run", "-c", t.config, "-q", timeout=60)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("below the end", r.stderr)
+        self.assertEqual(tree(self.logdir(t)), before, "tally run cut the log")
+
+    def test_an_older_copy_restored_as_a_new_file_is_refused(self):
+        """A backup of votes.log holding 20 of 101 acknowledged votes put
+        back as a new file (cp to a temporary name, then mv: another
+        inode). Before, CHECKPOINT was skipped (not this inode) and the
+        restart counted 20 without a word; now its end past the file's
+        refuses the start, as for a restore in place."""
+        t = self.make(polls=POLLS)
+        nosnap = ("-s", "engine.snapshot_interval_ms=600000")  # no snapshot to catch it
+        t.start(*nosnap)
+        conn = t.connect()
+        for _ in range(20):
+            self.assertEqual(t.vote("free", "p", conn=conn)[0], 202)
+        t.wait_counts({"free": {"p": 20, "q": 0}})
+        backup = os.path.join(t.dir, "backup.log")
+        shutil.copyfile(self.votes(t), backup)
+        for _ in range(80):
+            self.assertEqual(t.vote("free", "p", conn=conn)[0], 202)
+        time.sleep(1.1)  # a round a second after the last CHECKPOINT writes one
+        self.assertEqual(t.vote("free", "p", conn=conn)[0], 202)
+        conn.close()
+        t.wait_counts({"free": {"p": 101, "q": 0}})
+        small = os.path.getsize(backup)
+        wait_until(lambda: (ckpt_end(self.logdir(t)) or 0) > small, 5, "CHECKPOINT past the copy")
+        t.kill9()
+        shutil.copyfile(backup, self.votes(t) + ".restore")
+        os.rename(self.votes(t) + ".restore", self.votes(t))
+        r = self.tally("run", "-c", t.config, "-q", *nosnap, timeout=20)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("lost acknowledged votes", r.stderr)
+        self.assertEqual(t.published_counts("free"), {"p": 101, "q": 0})
+
+    def test_votes_log_cut_under_the_writer_stops_the_log(self):
+        """votes.log truncated to half while tally runs. Before, the writer
+        checked only the inode: votes went on getting 202 (written after a
+        hole of zeros) and /healthz said ok. Now the log fails: 503, and
+        /healthz names the cut."""
+        t = self.make(polls=POLLS)
+        t.start()
+        conn = t.connect()
+        for _ in range(50):
+            self.assertEqual(t.vote("free", "p", conn=conn)[0], 202)
+        size = os.path.getsize(self.votes(t))
+        os.truncate(self.votes(t), size // 2)
+        st, body = t.vote("free", "p", conn=conn)
+        self.assertEqual((st, body["error"]), (503, "log_unavailable"), body)
+        st, body = t.request("GET", "/healthz")
+        self.assertEqual(st, 503, body)
+        self.assertIn("shrank", json.loads(body)["message"])
+        conn.close()
+        t.kill9()
+
+    @unittest.skipIf(SANITIZE or not os.path.exists(SHIM), "needs the fault shim (not under sanitizers)")
+    def test_a_restart_publishes_nothing_before_it_has_caught_up(self):
+        """kill -9 with no snapshot, then a restart on a slow disk (every
+        read of votes.log 300 ms late). Before, the start published the
+        snapshot's totals (0) as a newer version before the engine had read
+        the log, then 50 again: the results went backwards. Now nothing is
+        written until the engine has caught up."""
+        t = self.make(polls=POLLS)
+        t.start("-s", "engine.snapshot_interval_ms=600000")
+        conn = t.connect()
+        for _ in range(50):
+            self.assertEqual(t.vote("free", "p", conn=conn)[0], 202)
+        conn.close()
+        t.wait_counts({"free": {"p": 50, "q": 0}})
+        t.kill9()
+        ctl = os.path.join(t.dir, "shim.ctl")
+        with open(ctl, "w") as f:
+            f.write(f"gen=1 ops=pread prefix={self.votes(t)} delay_ms=300 count=-1\n")
+        t.start("-s", "engine.snapshot_interval_ms=600000", wait=False,
+                env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
+        seen, deadline = set(), time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                seen.add(t.published_counts("free")["p"])
+            except (OSError, ValueError):
+                pass  # between the rename and the read
+            time.sleep(0.01)
+        with open(ctl, "w") as f:
+            f.write("off\n")
+        self.assertEqual(seen, {50}, "published totals other than the log's")
+        t.wait_counts({"free": {"p": 50, "q": 0}})
+        t.stop()
 
     def test_replay_never_writes_into_log_dir(self):
         t = self.make(polls=POLLS)

@@ -138,9 +138,15 @@ static int file_log_only(const tally_config_t *c, const char *sub) {
     return 0;
 }
 
+/* A tail below the durable end CHECKPOINT names was acknowledged: damage,
+ * refused at open, not a torn write. */
+static int tail_acked(const vlog_examine_t *x) {
+    return x->scan.has_tail && x->scan.tail.start < x->durable;
+}
+
 static const char *scan_status(const vlog_examine_t *x) {
     const vlog_scan_t *s = &x->scan;
-    if (!vlog_scan_clean(s))
+    if (!vlog_scan_clean(s) || tail_acked(x))
         return "damaged";
     if (s->has_tail && !x->live)
         return "torn";
@@ -170,12 +176,13 @@ static void verify_text(const vlog_examine_t *x) {
     if (s->has_tail) {
         uint64_t n = s->tail.end - s->tail.start;
         print_range(n > VLOG_MAX_WRITE ? "damage (tail longer than one write)"
+                    : tail_acked(x)    ? "damage (below the end CHECKPOINT says was durable)"
                     : x->live          ? "tail (a commit in flight, or torn)"
                                        : "torn tail",
                     &s->tail,
-                    n > VLOG_MAX_WRITE ? ""
-                    : x->live          ? ""
-                                       : ", never acknowledged: `tally run` cuts it at open");
+                    n > VLOG_MAX_WRITE || tail_acked(x) ? ""
+                    : x->live                           ? ""
+                              : ", never acknowledged: `tally run` cuts it at open");
     }
     printf("status: %s\n", scan_status(x));
 }
@@ -198,8 +205,9 @@ static void verify_json(const vlog_examine_t *x) {
     if (s->has_tail) {
         json_decref(tail);
         tail = range_json(&s->tail);
-        json_object_set_new(tail, "torn",
-                            json_boolean(s->tail.end - s->tail.start <= VLOG_MAX_WRITE));
+        json_object_set_new(
+            tail, "torn",
+            json_boolean(s->tail.end - s->tail.start <= VLOG_MAX_WRITE && !tail_acked(x)));
     }
     json_t *jpath = json_string(x->path); /* NULL when the path is not UTF-8 */
     json_t *o =

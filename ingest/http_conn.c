@@ -90,6 +90,7 @@ struct http_conn_s {
     uint64_t deadline; /* mono ms; 0 none */
     uint64_t nreq;
     size_t hdr_bytes;
+    size_t trailer_bytes;  /* a chunked body's trailer fields: read, never used */
     const char *scan_from; /* chunked: framing bytes not scanned yet */
     int err_status;        /* set by a callback that failed the request */
     const char *err_code, *err_msg;
@@ -430,6 +431,7 @@ static int on_message_begin(http_parser *p) {
     c->value_started = c->hdrs_paused = c->msg_done = c->head = 0;
     c->host_count = 0;
     c->prev_cr = c->after_data = 0;
+    c->trailer_bytes = 0;
     c->hkind = H_OTHER;
     if (c->nreq > 0) /* the first request's deadline runs from the accept */
         c->deadline = http_now_ms() + (uint64_t)c->cfg->header_timeout_ms;
@@ -446,8 +448,21 @@ static int on_url(http_parser *p, const char *at, size_t len) {
     return 0;
 }
 
+/* A chunked body's trailer section (RFC 9110 6.5): its fields are never
+ * merged into the header (an X-Forwarded-For, Authorization or
+ * Idempotency-Key there would take effect unchecked), only bounded like
+ * the header block. */
+static int trailer_piece(http_conn_t *c, size_t len) {
+    c->trailer_bytes += len;
+    if (c->trailer_bytes > (size_t)c->cfg->max_header_bytes)
+        return fail(c, 431, "header_too_large", "the chunked body's trailer fields are too large");
+    return 0;
+}
+
 static int on_header_field(http_parser *p, const char *at, size_t len) {
     http_conn_t *c = p->data;
+    if (c->state != S_HEADERS)
+        return trailer_piece(c, len);
     if (c->value_started) { /* a new header */
         c->value_started = 0;
         c->hname_len = 0;
@@ -487,6 +502,8 @@ static int append(char *buf, size_t cap, size_t *len, const char *at, size_t n, 
 
 static int on_header_value(http_parser *p, const char *at, size_t len) {
     http_conn_t *c = p->data;
+    if (c->state != S_HEADERS)
+        return trailer_piece(c, len);
     int first = !c->value_started;
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)at[i];

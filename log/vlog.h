@@ -201,11 +201,13 @@ int vlog_scan_clean(const vlog_scan_t *s);
  * opened O_RDONLY, locked shared when it can be (else live = 1: a writer is
  * running), and scanned whole. Nothing in the directory is written. */
 typedef struct {
-    int fd, lockfd;  /* votes.log (holding the shared lock); lockfd unused (-1) */
-    int live;        /* a writer holds the log: bytes past the last frame may
-                      * be a commit in flight */
-    int npartitions; /* from META */
-    char path[4200]; /* votes.log */
+    int fd, lockfd;   /* votes.log (holding the shared lock); lockfd unused (-1) */
+    int live;         /* a writer holds the log: bytes past the last frame may
+                       * be a commit in flight */
+    int npartitions;  /* from META */
+    uint64_t durable; /* the end CHECKPOINT names for this log's file, else 0:
+                       * bad bytes below it were acknowledged (damage) */
+    char path[4200];  /* votes.log */
     vlog_scan_t scan;
 } vlog_examine_t;
 tally_err_t vlog_file_examine(const tally_config_t *c, vlog_examine_t *x, char *errstr,

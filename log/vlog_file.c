@@ -1369,7 +1369,8 @@ tally_err_t vlog_file_examine(const tally_config_t *c, vlog_examine_t *x, char *
                  errno ? strerror(errno) : "not a directory");
         return TALLY_ERR_STATE;
     }
-    int have = meta_load(c->log_dir, &x->npartitions, NULL, 0, &err, errstr, esz);
+    char id[VLOG_ID_MAX] = "";
+    int have = meta_load(c->log_dir, &x->npartitions, id, sizeof id, &err, errstr, esz);
     if (have < 0)
         goto fail;
     if (have == 0) {
@@ -1392,6 +1393,11 @@ tally_err_t vlog_file_examine(const tally_config_t *c, vlog_examine_t *x, char *
     }
     if ((err = vlog_scan_fd(x->fd, 0, x->npartitions, &x->scan, errstr, esz)) != TALLY_OK)
         goto fail;
+    struct stat fst;
+    uint64_t end = 0;
+    if (have && id[0] && fstat(x->fd, &fst) == 0 &&
+        ckpt_read(c->log_dir, id, x->fd, &fst, &end) != 0)
+        x->durable = end;
     return TALLY_OK;
 fail:
     vlog_file_examine_close(x);

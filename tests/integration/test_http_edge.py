@@ -461,6 +461,29 @@ class TestCaps(EdgeCase):
         self.assertEqual(st, 202, body)
         t.stop()
 
+    def test_chunked_trailer_fields_are_never_taken_as_headers(self):
+        """RFC 9110 6.5: trailer fields are not header fields. Before, they
+        were merged into the request's: a fresh X-Forwarded-For in each
+        trailer got a new rate-limit bucket behind a trusted proxy (202
+        forever where the header alone got 429), and trailers were not
+        bounded by server.max_header_bytes (70 KB of them got 202)."""
+        t = self.start("limits.ip_rate=1", "limits.ip_burst=2", "server.trusted_proxies=127.0.0.1")
+        post = b"POST /v1/polls/free/votes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        statuses = []
+        for i in range(4):
+            req = (post + b"X-Forwarded-For: 10.0.0.1\r\n\r\ne\r\n" + VOTE + b"\r\n0\r\n"
+                   + f"X-Forwarded-For: 10.0.{i}.9\r\n\r\n".encode())
+            st, h, body, s = self.raw(t, req)
+            statuses.append(st)
+            s.close()
+        self.assertEqual(statuses, [202, 202, 429, 429], "a trailer named the client")
+        before = self.totals(t)
+        big = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 100) for i in range(700))
+        st, h, body, _ = self.raw(t, post + b"X-Forwarded-For: 10.0.7.7\r\n\r\ne\r\n" + VOTE
+                                  + b"\r\n0\r\n" + big + b"\r\n")
+        self.assert_json_error(st, h, body, 431)
+        self.assertEqual(self.totals(t), before)
+
     def test_rate_limit_and_trusted_proxies(self):
         t = self.start("limits.ip_rate=1", "limits.ip_burst=2", "server.trusted_proxies=10.9.0.0/16, 127.0.0.1")
         conn = t.connect()

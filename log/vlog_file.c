@@ -83,7 +83,8 @@ typedef struct {
     int group_us;     /* first gather step (log.group_commit_us) */
     int group_max_us; /* gather while votes arrive, up to this (log.group_commit_max_us) */
     size_t max_pending;
-    dev_t dev; /* votes.log's identity at open */
+    uint64_t head; /* writer: file_head() of votes.log (0 while shorter than a header) */
+    dev_t dev;     /* votes.log's identity at open */
     ino_t ino;
     uint64_t end;             /* writer: durable end of the file */
     uint64_t ckpt_end;        /* writer: the end CHECKPOINT holds (or open found) */
@@ -365,7 +366,7 @@ static void ckpt_write(flog_t *l) {
     char text[160 + VLOG_ID_MAX], path[4200];
     int n = snprintf(text, sizeof text, "tally-ckpt %d %llu %llu %016llx %s", LOG_FORMAT,
                      (unsigned long long)l->ino, (unsigned long long)l->end,
-                     (unsigned long long)file_head(l->fd, l->end), l->base.id);
+                     (unsigned long long)l->head, l->base.id);
     n += snprintf(text + n, sizeof text - (size_t)n, " %016llx\n",
                   (unsigned long long)XXH3_64bits(text, (size_t)n));
     snprintf(path, sizeof path, "%s/CHECKPOINT", l->dir);
@@ -611,6 +612,8 @@ static vlog_err_t writer_round(flog_t *l, size_t n) {
     struct stat st;
     if (fstat(l->fd, &st) == 0 && size_check(l, &st) != 0)
         return VLOG_UNAVAIL; /* writing at end would leave a hole where votes were */
+    if (l->end == 0 && l->writing.len >= FRAME_HDR) /* the file's first frame */
+        l->head = XXH3_64bits(l->writing.data, FRAME_HDR);
     if (pwrite_all(l->fd, l->writing.data, l->writing.len, l->end) != 0) {
         fail_set(l, TALLY_ERR_IO, "%s: write failed: %s; %zu votes not acknowledged", l->path,
                  strerror(errno), n);
@@ -1335,6 +1338,7 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
     l->end = (uint64_t)end;
     atomic_store(&l->durable, (uint64_t)end);
     l->ckpt_end = l->end;
+    l->head = file_head(l->fd, l->end); /* once: a checkpoint reads nothing */
     if (writing) {
         if (fsync_dir(l->dir) != 0) {
             *err = TALLY_ERR_IO;

@@ -38,6 +38,7 @@ struct publisher_s {
     uint8_t *checked;      /* the existing file was looked at */
     uint64_t *version;     /* the last version rendered */
     uint64_t *vote_hash;   /* XXH3 of the vote page written, 0: none */
+    uint64_t *content;     /* XXH3 of the last results rendered, version and time left out */
     int index_npolls;      /* index.html lists this many polls... */
     uint64_t index_states; /* ...in these states, with these options (a hash) */
     void (*on_publish)(void *arg, const poll_def_t *def, uint64_t version, const char *json,
@@ -92,6 +93,7 @@ void pub_free(publisher_t *p) {
     free(p->checked);
     free(p->version);
     free(p->vote_hash);
+    free(p->content);
     free(p->dir);
     free(p);
 }
@@ -110,6 +112,7 @@ static void ensure_cap(publisher_t *p, int n) {
     p->checked = xrealloc_zero(p->checked, o, c, sizeof *p->checked);
     p->version = xrealloc_zero(p->version, o, c, sizeof *p->version);
     p->vote_hash = xrealloc_zero(p->vote_hash, o, c, sizeof *p->vote_hash);
+    p->content = xrealloc_zero(p->content, o, c, sizeof *p->content);
     p->cap = cap;
 }
 
@@ -403,7 +406,6 @@ static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz)
         .counts = counts,
         .series = &series,
         .state = poll_def_state_at(pc, st.final, now),
-        .version = next_version(p, i),
         .late = st.late,
         .final_positions = st.final ? finals : NULL,
         .npartitions = np,
@@ -415,6 +417,23 @@ static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz)
         v.series = NULL;
     }
     buf_t json = {0}, html = {0};
+    /* What a reader would see, but for the version and the time: the
+     * generation was read before the totals, so a change applied between
+     * the two reads is in this rendering and bumps the generation once
+     * more; the next round would render the same results as a new version
+     * (an event to every subscriber, one more write). Unchanged: nothing. */
+    pub_render_poll_json(&v, 0, &json);
+    uint64_t content = XXH3_64bits(json.data, json.len) | 1;
+    if (p->ever[i] && content == p->content[i]) {
+        p->published_gen[i] = gen;
+        buf_free(&json);
+        series_view_free(&series);
+        free(counts);
+        free(finals);
+        return TALLY_OK;
+    }
+    json.len = 0;
+    v.version = next_version(p, i);
     pub_render_poll_json(&v, now, &json);
     pub_render_poll_html(&v, now, &html);
     series_view_free(&series);
@@ -438,6 +457,7 @@ static tally_err_t publish_poll(publisher_t *p, int i, char *errstr, size_t esz)
     free(finals);
     if (rc == TALLY_OK) {
         p->published_gen[i] = gen;
+        p->content[i] = content;
         p->last_ms[i] = mono_ms();
         p->ever[i] = 1;
         p->state[i] = (uint8_t)v.state;

@@ -307,29 +307,39 @@ message.timeout.ms = {message_timeout_ms}
         print(f"\n{len(ok)} answered 202, {len(late)} late in the topic, cut {cut - asked:.0f} ms "
               f"after the close was asked", file=sys.stderr)
 
+    def close_under_engine_fault(self, poll, fault):
+        """Two ingests and an engine whose broker requests (sendmsg) suffer
+        `fault` (a fault shim rule) while poll `poll` is asked to close: the
+        close answers 503 "nothing changed" and the poll stays open. The
+        fault is lifted after the answer. Returns (admin, ingests, when the
+        close was asked in ms)."""
+        ctl = os.path.join(tempfile.mkdtemp(prefix="tally-shim-"), "ctl")
+        a, ing = self.install(close_delay_ms=200,
+                              engine_env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
+        st, p = a.create(id=poll, options=["x"], mode="unlimited")
+        self.assertEqual(st, 201, p)
+        for i in ing:
+            wait_until(lambda i=i: i.vote(poll, "x", None)[0] == 202, 10, f"an ingest to learn {poll}")
+        with open(ctl, "w") as f:
+            f.write(f"gen=1 ops=sendmsg {fault} count=-1\n")
+        time.sleep(0.1)  # the shim reads its control file every 10 ms
+        asked = time.time() * 1000
+        st, p = a.request("POST", f"/v1/admin/polls/{poll}/close")
+        self.assertEqual((st, p["error"]), (503, "unavailable"), p)
+        self.assertIn("nothing changed", p["message"])
+        with open(ctl, "w") as f:
+            f.write("off\n")
+        st, p = a.show(poll)
+        self.assertEqual((st, p["state"], p["closes_at_ms"]), (200, "open", None), p)
+        return a, ing, asked
+
     @unittest.skipIf(SANITIZE or not os.path.exists(SHIM), "needs the fault shim (not under sanitizers)")
     def test_a_close_the_catalog_topic_does_not_acknowledge_changes_nothing(self):
         """The engine cannot reach the broker while a close is asked: the
         cut is not acknowledged on the catalog topic, so it is not logged
         either (503, nothing changed), and the poll keeps taking votes
         everywhere; once the broker is reachable the close goes through."""
-        ctl = os.path.join(tempfile.mkdtemp(prefix="tally-shim-"), "ctl")
-        a, ing = self.install(close_delay_ms=200,
-                              engine_env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
-        st, p = a.create(id="wob", options=["x"], mode="unlimited")
-        self.assertEqual(st, 201, p)
-        for i in ing:
-            wait_until(lambda i=i: i.vote("wob", "x", None)[0] == 202, 10, "an ingest to learn wob")
-        with open(ctl, "w") as f:
-            f.write("gen=1 ops=sendmsg errno=EIO count=-1\n")
-        time.sleep(0.1)  # the shim reads its control file every 10 ms
-        st, p = a.request("POST", "/v1/admin/polls/wob/close")
-        self.assertEqual((st, p["error"]), (503, "unavailable"), p)
-        self.assertIn("nothing changed", p["message"])
-        with open(ctl, "w") as f:
-            f.write("off\n")
-        st, p = a.show("wob")
-        self.assertEqual((st, p["state"], p["closes_at_ms"]), (200, "open", None), p)
+        a, ing, _ = self.close_under_engine_fault("wob", "errno=EIO")
         # Still open on both ingests, well past the cut the close had.
         time.sleep(1.5)
         for i in ing:
@@ -354,24 +364,7 @@ message.timeout.ms = {message_timeout_ms}
         open definition again behind it, and both ingests take votes past the
         cut. Without that rewrite they keep the pending cut (an entry of the
         same seq read later wins) and refuse a poll the log says is open."""
-        ctl = os.path.join(tempfile.mkdtemp(prefix="tally-shim-"), "ctl")
-        a, ing = self.install(close_delay_ms=200,
-                              engine_env={"LD_PRELOAD": SHIM, "FAULTSHIM_CTL": ctl})
-        st, p = a.create(id="tardy", options=["x"], mode="unlimited")
-        self.assertEqual(st, 201, p)
-        for i in ing:
-            wait_until(lambda i=i: i.vote("tardy", "x", None)[0] == 202, 10, "an ingest to learn tardy")
-        with open(ctl, "w") as f:
-            f.write("gen=1 ops=sendmsg delay_ms=11000 count=-1\n")
-        time.sleep(0.1)  # the shim reads its control file every 10 ms
-        asked = time.time() * 1000
-        st, p = a.request("POST", "/v1/admin/polls/tardy/close")
-        self.assertEqual((st, p["error"]), (503, "unavailable"), p)
-        self.assertIn("nothing changed", p["message"])
-        with open(ctl, "w") as f:
-            f.write("off\n")
-        st, p = a.show("tardy")
-        self.assertEqual((st, p["state"], p["closes_at_ms"]), (200, "open", None), p)
+        a, ing, asked = self.close_under_engine_fault("tardy", "delay_ms=11000")
         # The pending cut reaches the topic about 11 s after the ask; the open
         # definition follows it. Judged well after both, and past the cut.
         wait_until(lambda: time.time() * 1000 > asked + 16000, 30, "past the pending cut's landing")

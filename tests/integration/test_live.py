@@ -296,15 +296,15 @@ class Embargo(TallyTestCase):
         for opt in ("a", "b", "b"):
             self.assertEqual(t.vote("secret", opt)[0], 202)
             sent += 1
-        # The engine counted them (stats), and the stream moved on: a newer
-        # version, still the state alone.
+        # The engine counted them (stats), and the stream stays quiet: what
+        # it shows did not change, and an event per burst would tell the
+        # vote rate. The file keeps its version too.
         wait_until(lambda: json.loads(t.request("GET", "/v1/stats")[1])["engine"]["applied"] >= sent, 10,
                    "the engine to count the votes")
-        got = ev.next(timeout=2)
-        self.assertIsNotNone(got, "no event after the votes")
-        self.assertGreater(got[0], first[0])
-        state_only(got[1], "event after the votes")
+        got = ev.next(timeout=1)
+        self.assertIsNone(got, "an event for votes the stream may not tell")
         pub = t.published("secret")
+        self.assertEqual(pub["version"], first[0])
         self.assertEqual(pub["state"], "open")
         self.assertEqual(pub["visibility"], "on_close")
         for k in counts:
@@ -369,9 +369,7 @@ class Embargo(TallyTestCase):
         wait_until(lambda: json.loads(t.request("GET", "/v1/stats")[1])["engine"]["applied"] >= 2, 10,
                    "the engine to count the votes")
         for ev in (old, new):
-            got = ev.next(timeout=2)
-            self.assertIsNotNone(got, "no event after the vote")
-            self.assertEqual(set(got[1]), {"poll", "version", "state"}, got[1])
+            self.assertIsNone(ev.next(timeout=1), "an event for a vote the stream may not tell")
             ev.close()
         self.assertNotIn("total", t.published("pv"))
         t.stop()

@@ -387,6 +387,33 @@ static void read_controls(vlog_t *l, controls_t *s) {
     vlog_reader_free(r);
 }
 
+/* The history of the lifecycle tests over a Kafka log on the mock cluster,
+ * its acknowledgements in `ack`. */
+static history_t *history_open(vlog_t **l, catalog_live_t **live) {
+    char err[256];
+    history_ack_init(ack);
+    *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, history_log_ack, NULL, err, sizeof err);
+    cr_assert(*l, "%s", err);
+    *live = catalog_live_new(NULL);
+    return history_new(*l, *live, 1500);
+}
+
+static void history_close(history_t *h, catalog_live_t *live, vlog_t *l) {
+    history_free(h);
+    catalog_live_free(live);
+    vlog_close(l);
+}
+
+/* From now on every Produce the mock cluster gets is refused (20,000 times:
+ * more than a test's retries), as a topic the producer may not write. */
+static void refuse_every_produce(void) {
+    static rd_kafka_resp_err_t refuse[20000];
+    for (size_t i = 0; i < sizeof refuse / sizeof refuse[0]; i++)
+        refuse[i] = RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+    rd_kafka_mock_push_request_errors_array(mc, 0 /* Produce */, sizeof refuse / sizeof refuse[0],
+                                            refuse);
+}
+
 static poll_def_t *poll_of(const char *json) {
     poll_def_t *d;
     catalog_error_t e;
@@ -401,12 +428,9 @@ static poll_def_t *poll_of(const char *json) {
  * scheduler wrote a FINAL at a cut no DEFINE carried, and a later change
  * reused (or skipped past) the seq some partitions might hold. */
 Test(kafka_mock, a_close_whose_write_failed_is_logged_before_the_final) {
-    char err[256];
-    history_ack_init(ack);
-    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, history_log_ack, NULL, err, sizeof err);
-    cr_assert(l, "%s", err);
-    catalog_live_t *live = catalog_live_new(NULL);
-    history_t *h = history_new(l, live, 1500);
+    vlog_t *l;
+    catalog_live_t *live;
+    history_t *h = history_open(&l, &live);
     history_set_learner(h, learn_now, NULL);
     catalog_error_t e = {0};
     cr_assert_eq(history_create(h, poll_of("{\"id\":\"p\",\"options\":[\"a\"]}"), NULL, &e),
@@ -414,11 +438,7 @@ Test(kafka_mock, a_close_whose_write_failed_is_logged_before_the_final) {
     cr_assert_eq(history_create(h, poll_of("{\"id\":\"q\",\"options\":[\"a\"]}"), NULL, &e),
                  TALLY_OK, "%s", e.message);
 
-    static rd_kafka_resp_err_t refuse[20000];
-    for (size_t i = 0; i < sizeof refuse / sizeof refuse[0]; i++)
-        refuse[i] = RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
-    rd_kafka_mock_push_request_errors_array(mc, 0 /* Produce */, sizeof refuse / sizeof refuse[0],
-                                            refuse);
+    refuse_every_produce();
     uint64_t now = now_ms(), cut = now + 200;
     char def[128];
     snprintf(def, sizeof def, "{\"id\":\"p\",\"options\":[\"a\"],\"closes_at\":%llu}",
@@ -473,9 +493,7 @@ Test(kafka_mock, a_close_whose_write_failed_is_logged_before_the_final) {
         cr_assert(strstr(s.body[p][k - 2], closes), "partition %d: %s", p, s.body[p][k - 2]);
         cr_assert_lt(s.close_pos[p], s.r_pos[p], "partition %d: r's DEFINE before p's close", p);
     }
-    history_free(h);
-    catalog_live_free(live);
-    vlog_close(l);
+    history_close(h, live, l);
 }
 
 /* A close whose DEFINE reached some partitions only (partition 0's leader
@@ -486,15 +504,12 @@ Test(kafka_mock, a_close_whose_write_failed_is_logged_before_the_final) {
  * the failed record's seq (ignored where that seq was) and, had a later
  * seq landed first, no start could have repaired partition 0. */
 Test(kafka_mock, a_close_that_reached_some_partitions_is_completed_before_the_next_change) {
-    char err[256];
     cr_assert_eq(rd_kafka_mock_partition_set_leader(mc, TOPIC, 0, 1), 0);
     for (int p = 1; p < NPART; p++)
         cr_assert_eq(rd_kafka_mock_partition_set_leader(mc, TOPIC, p, 2), 0);
-    history_ack_init(ack);
-    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, history_log_ack, NULL, err, sizeof err);
-    cr_assert(l, "%s", err);
-    catalog_live_t *live = catalog_live_new(NULL);
-    history_t *h = history_new(l, live, 1500);
+    vlog_t *l;
+    catalog_live_t *live;
+    history_t *h = history_open(&l, &live);
     catalog_error_t e = {0};
     cr_assert_eq(history_create(h, poll_of("{\"id\":\"p\",\"options\":[\"a\"]}"), NULL, &e),
                  TALLY_OK, "%s", e.message);
@@ -538,9 +553,7 @@ Test(kafka_mock, a_close_that_reached_some_partitions_is_completed_before_the_ne
         twice += copies == 2;
     }
     cr_assert_gt(twice, 0, "no partition had the close before: the append was not partial");
-    history_free(h);
-    catalog_live_free(live);
-    vlog_close(l);
+    history_close(h, live, l);
 }
 
 /* A FINAL whose write failed (the votes topic refused it) is the debt too:
@@ -549,12 +562,9 @@ Test(kafka_mock, a_close_that_reached_some_partitions_is_completed_before_the_ne
  * after it on every partition. Before the debt was kept, the next change
  * took the FINAL's seq, and a retried FINAL was written at another. */
 Test(kafka_mock, a_final_whose_write_failed_is_written_before_the_next_change) {
-    char err[256];
-    history_ack_init(ack);
-    vlog_t *l = vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, history_log_ack, NULL, err, sizeof err);
-    cr_assert(l, "%s", err);
-    catalog_live_t *live = catalog_live_new(NULL);
-    history_t *h = history_new(l, live, 1500);
+    vlog_t *l;
+    catalog_live_t *live;
+    history_t *h = history_open(&l, &live);
     catalog_error_t e = {0};
     uint64_t cut = now_ms() + 100;
     char def[128];
@@ -565,11 +575,7 @@ Test(kafka_mock, a_final_whose_write_failed_is_written_before_the_next_change) {
     while (now_ms() <= cut)
         ;
 
-    static rd_kafka_resp_err_t refuse[20000];
-    for (size_t i = 0; i < sizeof refuse / sizeof refuse[0]; i++)
-        refuse[i] = RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
-    rd_kafka_mock_push_request_errors_array(mc, 0 /* Produce */, sizeof refuse / sizeof refuse[0],
-                                            refuse);
+    refuse_every_produce();
     cr_assert_eq(history_final(h, "p", now_ms(), 0, NULL, &e), TALLY_ERR_UNAVAIL);
     const catalog_entry_t *en = catalog_find(catalog_live_get(live), "p", 1);
     cr_assert(!en->final, "final in the live view before its FINAL is in the log");
@@ -614,7 +620,5 @@ Test(kafka_mock, a_final_whose_write_failed_is_written_before_the_next_change) {
         cr_assert_gt(s.r_pos[p], 0, "partition %d never got r's DEFINE", p);
         cr_assert_lt(s.final_pos[p], s.r_pos[p], "partition %d: r's DEFINE before p's FINAL", p);
     }
-    history_free(h);
-    catalog_live_free(live);
-    vlog_close(l);
+    history_close(h, live, l);
 }

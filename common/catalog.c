@@ -207,6 +207,8 @@ static tally_err_t get_options(json_t *v, poll_def_t *d, catalog_error_t *err) {
                     if (get_text(ov, f, POLL_LABEL_MAX, &opt->label, err) != TALLY_OK)
                         return TALLY_ERR_CONFIG;
                 } else {
+                    if (!id_valid(k, strlen(k))) /* named only when id-shaped */
+                        snprintf(f, sizeof f, "options[%zu]", i);
                     return BAD(f, "%s: unknown key (id, label)", f);
                 }
             }
@@ -283,13 +285,13 @@ tally_err_t poll_def_from_json(const char *json, size_t len, const poll_def_defa
         } else if (!strcmp(k, "created_ms")) {
             rc = get_uint(v, "created_ms", 0, UINT64_C(1) << 53, &d->created_ms, err);
         } else {
-            char f[64];
-            snprintf(f, sizeof f, "%.60s", k);
-            rc = BAD(f,
-                     "unknown key '%s' (id, title, mode, max_votes, options, visibility, "
+            /* Named only when id-shaped: keys may be any UTF-8. */
+            int named = id_valid(k, strlen(k));
+            rc = BAD(named ? k : "",
+                     "unknown key%s%s%s (id, title, mode, max_votes, options, visibility, "
                      "voter_auth, opens_at, closes_at, idempotency_window_s, created_ms, "
                      "source)",
-                     f);
+                     named ? " '" : "", named ? k : "", named ? "'" : "");
         }
         if (rc != TALLY_OK)
             goto out;

@@ -1,5 +1,7 @@
 #include "common/ids.h"
 
+#include <stdio.h>
+
 int id_valid(const char *s, size_t len) {
     if (len == 0 || len > ID_MAX_LEN)
         return 0;
@@ -10,6 +12,14 @@ int id_valid(const char *s, size_t len) {
             return 0;
     }
     return 1;
+}
+
+const char *id_quote(const char *s, size_t len, char buf[ID_QUOTE_MAX]) {
+    if (id_valid(s, len))
+        snprintf(buf, ID_QUOTE_MAX, "'%.*s'", (int)len, s);
+    else
+        snprintf(buf, ID_QUOTE_MAX, "named so (an id is 1-%d of A-Z a-z 0-9 _ -)", ID_MAX_LEN);
+    return buf;
 }
 
 int voter_valid(const char *s, size_t len) {

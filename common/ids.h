@@ -11,5 +11,10 @@
 int id_valid(const char *s, size_t len);
 /* Voter ids: 1-256 bytes, no control characters (UTF-8 allowed). */
 int voter_valid(const char *s, size_t len);
+/* How a message names the poll or option id s a request gave: 'id' when
+ * well-formed, else a phrase, so that an error message never repeats
+ * other request bytes. Returns buf (ID_QUOTE_MAX bytes). */
+#define ID_QUOTE_MAX (ID_MAX_LEN + 64)
+const char *id_quote(const char *s, size_t len, char buf[ID_QUOTE_MAX]);
 
 #endif

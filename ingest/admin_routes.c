@@ -201,7 +201,8 @@ static void handle_create(admin_t *a, http_conn_t *c, const http_req_t *r) {
 static void handle_show(admin_t *a, http_conn_t *c, const char *id, size_t len) {
     const catalog_entry_t *en = find(a, id, len);
     if (!en) {
-        fail(c, 404, "no_such_poll", "", "no poll '%.*s'", (int)len, id);
+        char q[ID_QUOTE_MAX];
+        fail(c, 404, "no_such_poll", "", "no poll %s", id_quote(id, len, q));
         return;
     }
     reply_json(c, 200, poll_json(a, en, now_ms(), 1));
@@ -225,7 +226,8 @@ static int write_update(admin_t *a, http_conn_t *c, poll_def_t *next, uint64_t n
 static void handle_open(admin_t *a, http_conn_t *c, const char *id, size_t len) {
     const catalog_entry_t *cur = find(a, id, len);
     if (!cur) {
-        fail(c, 404, "no_such_poll", "", "no poll '%.*s'", (int)len, id);
+        char q[ID_QUOTE_MAX];
+        fail(c, 404, "no_such_poll", "", "no poll %s", id_quote(id, len, q));
         return;
     }
     uint64_t now = now_ms();
@@ -256,7 +258,8 @@ static void handle_open(admin_t *a, http_conn_t *c, const char *id, size_t len) 
 static void handle_close(admin_t *a, http_conn_t *c, const char *id, size_t len) {
     const catalog_entry_t *cur = find(a, id, len);
     if (!cur) {
-        fail(c, 404, "no_such_poll", "", "no poll '%.*s'", (int)len, id);
+        char q[ID_QUOTE_MAX];
+        fail(c, 404, "no_such_poll", "", "no poll %s", id_quote(id, len, q));
         return;
     }
     uint64_t delay = (uint64_t)a->conf->admin_close_delay_ms, now = now_ms();
@@ -302,7 +305,8 @@ static void handle_patch(admin_t *a, http_conn_t *c, const http_req_t *r, const 
                          size_t len) {
     const catalog_entry_t *cur = find(a, id, len);
     if (!cur) {
-        fail(c, 404, "no_such_poll", "", "no poll '%.*s'", (int)len, id);
+        char q[ID_QUOTE_MAX];
+        fail(c, 404, "no_such_poll", "", "no poll %s", id_quote(id, len, q));
         return;
     }
     json_t *body;

@@ -202,6 +202,7 @@ static void out_uint(http_conn_t *c, uint64_t v) {
 static void conn_answered(http_conn_t *c) {
     c->state = S_IDLE;
     c->msg_done = 0;
+    c->head = 0; /* the next request's method is not known before its line */
     c->nreq++;
     if (!c->keep_alive || c->close_after)
         c->closing = 1;
@@ -574,13 +575,14 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
     return 0;
 }
 
-/* "chunked" alone, any case, optional whitespace around it. */
-static int te_is_chunked(const char *s, size_t n) {
+/* Whether a field value is tok (any case), with optional whitespace around
+ * it (RFC 9110 5.5: OWS is not part of the value). */
+static int value_is(const char *s, size_t n, const char *tok) {
     while (n && (*s == ' ' || *s == '\t'))
         s++, n--;
     while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
         n--;
-    return n == 7 && !strncasecmp(s, "chunked", 7);
+    return n == strlen(tok) && !strncasecmp(s, tok, n);
 }
 
 static int on_headers_complete(http_parser *p) {
@@ -590,7 +592,7 @@ static int on_headers_complete(http_parser *p) {
     c->http10 = p->http_minor == 0;
     if (c->te_seen && (p->flags & F_CONTENTLENGTH))
         return fail(c, 400, "bad_framing", "Content-Length together with Transfer-Encoding");
-    if (c->te_seen && (c->te_over || !te_is_chunked(c->te, c->te_len)))
+    if (c->te_seen && (c->te_over || !value_is(c->te, c->te_len, "chunked")))
         return fail(c, 501, "unsupported_transfer_coding",
                     "the only transfer coding served is a lone chunked");
     if (!c->http10 && c->host_count == 0)
@@ -599,7 +601,7 @@ static int on_headers_complete(http_parser *p) {
         return fail(c, 413, "body_too_large", "the body is over 4096 bytes");
     int has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENTLENGTH) && p->content_length);
     if (c->expect_len) {
-        if (!(c->expect_len == 12 && !strncasecmp(c->expect, "100-continue", 12)))
+        if (!value_is(c->expect, c->expect_len, "100-continue"))
             return fail(c, 417, "expectation_failed", "only Expect: 100-continue is supported");
         if (has_body && !c->http10)
             out_str(c, "HTTP/1.1 100 Continue\r\n\r\n");
@@ -776,6 +778,10 @@ static void conn_process(http_conn_t *c) {
             }
             if (c->msg_done) {
                 c->hdr_bytes = 0;
+                /* The LF the framing scan last saw ended this request: a
+                 * CRLF before the next request line is a blank line to
+                 * ignore (RFC 9112 2.2), not a CR after a CR. */
+                c->prev_cr = c->after_data = 0;
                 if (c->parser.upgrade) /* nothing after an Upgrade is HTTP/1.1 */
                     c->keep_alive = 0;
                 dispatch(c);

@@ -140,6 +140,7 @@ void http_conn_close(http_conn_t *c);
  * that stopped reading is dropped, not buffered for). */
 #define HTTP_STREAM_QUEUE 4
 #define HTTP_STREAM_SNDBUF (64 * 1024) /* SO_SNDBUF of a stream's socket */
+#define HTTP_CONN_SNDBUF (128 * 1024)  /* SO_SNDBUF of every other (the kernel doubles both) */
 
 typedef struct http_chunk_s {
     _Atomic long refs;

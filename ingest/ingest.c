@@ -270,8 +270,14 @@ int ingest_bind_listen(const char *key, const char *hostport, int reuseport, int
         return -1;
     }
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    int one = 1;
+    int one = 1, sndbuf = HTTP_CONN_SNDBUF;
+    /* Accepted sockets inherit the listener's send buffer: a client that
+     * sends requests and never reads the answers fills this much, then its
+     * requests wait and the write deadline drops it (autotuned, the kernel
+     * would hold up to net.ipv4.tcp_wmem's 4 MB for it until keep-alive
+     * runs out). */
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) != 0 ||
         (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
         bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
         snprintf(errstr, esz, "%s %s: %s", key, hostport, strerror(errno));

@@ -193,12 +193,13 @@ static const poll_conf_t *vote_poll(worker_t *w, http_conn_t *c, const char *pol
                                     size_t poll_len, uint64_t ts, poll_conf_t *view,
                                     uint64_t *closes_at) {
     ingest_t *in = w->in;
-    int shown = (int)(poll_len > ID_MAX_LEN ? ID_MAX_LEN : poll_len);
+    char q[ID_QUOTE_MAX];
     *closes_at = 0;
     if (!in->catalog) {
         const poll_conf_t *poll = config_poll(in->conf, poll_id, poll_len);
         if (!poll)
-            reject_vote(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'", shown, poll_id);
+            reject_vote(w, c, 404, "unknown_poll", NULL, "no poll %s",
+                        id_quote(poll_id, poll_len, q));
         return poll;
     }
     const char *code = "starting", *why = "the poll catalog is not loaded yet";
@@ -227,7 +228,7 @@ static const poll_conf_t *vote_poll(worker_t *w, http_conn_t *c, const char *pol
         return NULL;
     }
     if (!en) {
-        reject_vote(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'", shown, poll_id);
+        reject_vote(w, c, 404, "unknown_poll", NULL, "no poll %s", id_quote(poll_id, poll_len, q));
         return NULL;
     }
     const poll_def_t *d = en->def;
@@ -491,8 +492,8 @@ static void handle_events(worker_t *w, http_conn_t *c, const http_req_t *r, cons
         known = catalog_find(cat, arg, alen) != NULL;
     }
     if (!known) {
-        reject(w, c, 404, "unknown_poll", NULL, "no poll '%.*s'",
-               (int)(alen > ID_MAX_LEN ? ID_MAX_LEN : alen), arg);
+        char q[ID_QUOTE_MAX];
+        reject(w, c, 404, "unknown_poll", NULL, "no poll %s", id_quote(arg, alen, q));
         return;
     }
     if (w->draining) {

@@ -284,7 +284,14 @@ static const char *date_header(int64_t now) {
     return date_now;
 }
 
-/* fd, -1 (no such file: 404) or -2 (cannot tell here: the slow path). */
+/* Whether an open failed for want of resources (descriptors, memory), not
+ * because of the file: 503, worth a retry, never 404. */
+static int out_of_resources(int err) {
+    return err == EMFILE || err == ENFILE || err == ENOMEM;
+}
+
+/* fd, -1 (no such file: 404), -2 (cannot tell here: the slow path) or -3
+ * (out of resources: 503). */
 static int open_beneath_fast(const char *canon, const char *rel) {
     char p[PATH_MAX];
     if (snprintf(p, sizeof p, "%s/%s", canon, rel) >= (int)sizeof p)
@@ -294,6 +301,8 @@ static int open_beneath_fast(const char *canon, const char *rel) {
     long fd = syscall(SYS_openat2, AT_FDCWD, p, &how, sizeof how);
     if (fd >= 0)
         return (int)fd;
+    if (out_of_resources(errno))
+        return -3;
     return errno == ENOENT || errno == ENOTDIR || errno == EACCES ? -1 : -2;
 }
 
@@ -331,6 +340,14 @@ int static_serve(http_conn_t *c, const http_req_t *r, const char *root, const ch
             return 403;
         }
         fd = open(rfull, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+        if (fd < 0 && out_of_resources(errno))
+            fd = -3;
+    }
+    if (fd == -3) {
+        http_conn_reply_error(c, 503, "unavailable",
+                              "the server is out of file descriptors; retry shortly",
+                              "Retry-After: 1\r\n");
+        return 503;
     }
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

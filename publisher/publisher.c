@@ -221,6 +221,20 @@ static void sweep_dir(const char *dir) {
     closedir(d);
 }
 
+/* Once, at pub_start (a held publisher writes nothing for a while, and
+ * its leftovers are no less stale) or at the first write. */
+static void sweep_stale(publisher_t *p) {
+    if (p->stale_swept)
+        return;
+    char sub[4200];
+    sweep_dir(p->dir);
+    snprintf(sub, sizeof sub, "%s/polls", p->dir);
+    sweep_dir(sub);
+    snprintf(sub, sizeof sub, "%s/vote", p->dir);
+    sweep_dir(sub);
+    p->stale_swept = 1;
+}
+
 /* What index.html and the vote pages show of poll i (its state and
  * options), folded into h; 0 when the index does not list it. */
 static uint64_t index_hash(publisher_t *p, int i, uint64_t now, const catalog_entry_t **out,
@@ -246,12 +260,7 @@ static tally_err_t publish_index(publisher_t *p, char *errstr, size_t esz) {
         snprintf(errstr, esz, "publisher.dir %s: %s", p->dir, strerror(errno));
         return TALLY_ERR_IO;
     }
-    if (!p->stale_swept) {
-        sweep_dir(p->dir);
-        sweep_dir(sub);
-        sweep_dir(votes);
-        p->stale_swept = 1;
-    }
+    sweep_stale(p);
     buf_t idx = {0};
     int n = engine_npolls(p->engine);
     ensure_cap(p, n);
@@ -557,6 +566,7 @@ static void *pub_main(void *arg) {
 }
 
 tally_err_t pub_start(publisher_t *p, char *errstr, size_t esz) {
+    sweep_stale(p);
     if (pthread_create(&p->thread, NULL, pub_main, p) != 0) {
         snprintf(errstr, esz, "publisher: cannot start thread");
         return TALLY_ERR_IO;

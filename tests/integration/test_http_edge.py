@@ -5,6 +5,7 @@ JSON error body that is valid UTF-8, and no total changed; pipelining,
 HTTP/1.0, 100-continue, HEAD; slowloris and idle deadlines; the connection
 caps, EMFILE and unfinished bodies."""
 import json
+import re
 import os
 import resource
 import select
@@ -201,6 +202,48 @@ class TestFraming(EdgeCase):
             self.assertEqual(int(h["content-length"]), len(body2))
         t.stop()
 
+    def test_a_blank_line_before_a_request_line_is_ignored(self):
+        """RFC 9112 2.2: a server SHOULD ignore a CRLF received before a
+        request line (some clients send one after a body). Before, the
+        framing scan kept the end of the last request's header block and
+        took the CR as a CR not followed by LF: 400."""
+        t = self.start()
+        s = self.sock(t)
+        get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        s.sendall(get + b"\r\n" + get)
+        st, _, _, rest = read_response(s, b"")
+        st2, _, body2, rest = read_response(s, rest)
+        self.assertEqual((st, st2), (200, 200), body2)
+        # Alone in its own packet, after the answer, and after a vote's body.
+        s.sendall(b"\r\n")
+        time.sleep(0.1)
+        s.sendall(get)
+        st, _, body, rest = read_response(s, rest)
+        self.assertEqual(st, 200, body)
+        s.sendall(b"POST /v1/polls/free/votes HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\n" + VOTE
+                  + b"\r\n" + get)
+        st, _, body, rest = read_response(s, rest)
+        st2, _, body2, rest = read_response(s, rest)
+        self.assertEqual((st, st2), (202, 200), (body, body2))
+        t.stop()
+
+    def test_an_error_after_a_head_request_has_its_body(self):
+        """The answer to a HEAD has no body; the next request's does, even
+        when it fails before its method is known. Before, the HEAD flag
+        stayed set and the 400 went out with a Content-Length and no body,
+        so the client read the next answer as this one's body."""
+        t = self.start()
+        s = self.sock(t)
+        s.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n\x01\x02 / HTTP/1.1\r\n\r\n")
+        st, _, body, rest = read_response(s, b"", head=True)
+        self.assertEqual((st, body), (200, b""))
+        s.settimeout(5)
+        st, h, body, rest = read_response(s, rest)
+        j = self.assert_json_error(st, h, body, 501 if st == 501 else 400)
+        self.assertTrue(j["message"])
+        self.assertEqual(rest, b"")
+        t.stop()
+
     def test_pipelined_votes_answer_in_order(self):
         t = self.start()
         s = self.sock(t)
@@ -258,6 +301,15 @@ class TestFraming(EdgeCase):
         s.sendall(VOTE)
         st, _, body, rest = read_response(s, rest)
         self.assertEqual(st, 202, body)
+        # Whitespace around the value is not part of it (RFC 9110 5.5):
+        # before, "100-continue " was refused with 417.
+        s.sendall(b"POST /v1/polls/free/votes HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue \t\r\n"
+                  b"Content-Length: 14\r\n\r\n")
+        st, _, _, rest = read_response(s, rest)
+        self.assertEqual(st, 100)
+        s.sendall(VOTE)
+        st, _, body, rest = read_response(s, rest)
+        self.assertEqual(st, 202, body)
         # Too large: refused without a 100 and without waiting for the body.
         s = self.sock(t)
         s.sendall(b"POST /v1/polls/free/votes HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n")
@@ -273,6 +325,15 @@ class TestFraming(EdgeCase):
         st, h, body, _ = self.raw(t, b"POST /v1/polls/" + enc + b"/votes HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\n" + VOTE)
         j = self.assert_json_error(st, h, body, 404)
         self.assertEqual(j["error"], "unknown_poll")
+        # Not even as replacement characters: only a well-formed id is named.
+        self.assertTrue(j["message"].isascii(), j["message"])
+        self.assertNotIn("%", j["message"])
+        st, h, body, _ = self.raw(t, b"GET /v1/polls/a%3Cb%3E/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        j = self.assert_json_error(st, h, body, 404)
+        self.assertNotIn("<", j["message"])
+        st, h, body, _ = self.raw(t, b"POST /v1/polls/nope/votes HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\n" + VOTE)
+        j = self.assert_json_error(st, h, body, 404)
+        self.assertEqual(j["message"], "no poll 'nope'")
         t.stop()
 
 
@@ -438,6 +499,9 @@ class TestCaps(EdgeCase):
             self.skipTest("no prlimit")
         raise_nofile()
         t = self.start(prefix=["prlimit", "--nofile=64:64"])
+        held = self.sock(t)
+        held.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(read_response(held, b"")[0], 200)
         socks = []
         for _ in range(100):
             s = socket.socket()
@@ -449,6 +513,19 @@ class TestCaps(EdgeCase):
                 pass
             socks.append(s)
         wait_until(lambda: "accept:" in t.stderr(), 10, "the EMFILE warning")
+        # A connection accepted before asks for a results file: out of
+        # descriptors is 503 (retry), never 404 (it is there). Before: 404.
+        seen = set()
+        for _ in range(5):
+            held.sendall(b"GET /polls/free.json HTTP/1.1\r\nHost: x\r\n\r\n")
+            st, h, body, _ = read_response(held, b"")
+            seen.add(st)
+            if st == 503:
+                j = self.assert_json_error(st, h, body, 503)
+                self.assertIn("descriptors", j["message"])
+                self.assertEqual(h.get("retry-after"), "1")
+        self.assertLessEqual(seen, {200, 503}, seen)
+        self.assertIn(503, seen)
         cpu0 = cpu_seconds(t.proc.pid)
         time.sleep(2)
         used = cpu_seconds(t.proc.pid) - cpu0
@@ -565,6 +642,49 @@ class TestMemoryAndFiles(EdgeCase):
         grown = rss_kib(t.proc.pid) - base
         self.assertLess(grown, 32 * 1024 * (8 if SANITIZE else 1), f"200 large bodies took {grown} KiB")
         self.assertGreater(refused, 150, "the oversized bodies were not refused with 413")
+        t.stop()
+
+    def test_a_client_that_never_reads_holds_little_and_is_dropped(self):
+        """A client pipelines requests and never reads the answers. Before,
+        the kernel autotuned the server socket's send buffer to megabytes
+        (net.ipv4.tcp_wmem) and held them for the 60 s keep-alive; now the
+        buffer is capped (HTTP_CONN_SNDBUF), parsing stops once it is full,
+        and the write deadline (server.body_timeout_ms) drops the client."""
+        if not shutil.which("ss"):
+            self.skipTest("no ss")
+        t = self.start("server.body_timeout_ms=1500")
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", t.port))
+        cport = s.getsockname()[1]
+        req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+        s.setblocking(False)
+        # Until the server stops taking requests (0.3 s without progress).
+        sent, stuck = 0, None
+        while sent < 64 << 20:
+            try:
+                sent += s.send(req)
+                stuck = None
+            except BlockingIOError:
+                stuck = stuck or time.monotonic()
+                if time.monotonic() - stuck > 0.3:
+                    break
+                time.sleep(0.01)
+
+        def server_side():
+            out = subprocess.run(["ss", "-tnmH", "state", "all", f"( sport = :{t.port} and dport = :{cport} )"],
+                                 capture_output=True, text=True).stdout
+            return out.strip()
+        line = server_side()
+        self.assertTrue(line, "no server-side socket")
+        send_q = int(line.split()[2])  # Recv-Q, Send-Q after the state
+        self.assertLess(send_q, 512 * 1024, f"the server holds {send_q} bytes for a client that never reads: {line}")
+        tb = int(re.search(r"tb(\d+)", line).group(1))
+        self.assertLessEqual(tb, 2 * 128 * 1024 + 4096, line)
+        wait_until(lambda: not server_side() or server_side().split()[0] in ("FIN-WAIT-1", "FIN-WAIT-2", "CLOSING", "LAST-ACK"),
+                   10, "the server to drop a client that never reads")
+        self.assertEqual(t.request("GET", "/healthz")[0], 200)
         t.stop()
 
     def test_fifo_in_results_dir_does_not_block(self):

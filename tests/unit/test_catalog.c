@@ -89,6 +89,25 @@ Test(catalog, null_times_are_unset) {
     poll_def_free(d);
 }
 
+Test(catalog, an_unknown_key_is_repeated_only_when_id_shaped) {
+    static const char *const bad[] = {
+        "{\"id\":\"p\",\"options\":[\"a\"],\"<b>\\u00e9\":1}",
+        "{\"id\":\"p\",\"options\":[{\"id\":\"a\",\"<b>\\u00e9\":1}]}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        poll_def_t *d;
+        catalog_error_t err = {0};
+        cr_assert_eq(poll_def_from_json(bad[i], strlen(bad[i]), &dflt, &d, &err), TALLY_ERR_CONFIG);
+        cr_assert(!strstr(err.message, "<b>") && !strstr(err.message, "\xc3"), "%s", err.message);
+        cr_assert(!strstr(err.field, "<b>") && !strstr(err.field, "\xc3"), "%s", err.field);
+    }
+    poll_def_t *d;
+    catalog_error_t err = {0};
+    const char *ok = "{\"id\":\"p\",\"options\":[\"a\"],\"colour\":1}";
+    cr_assert_eq(poll_def_from_json(ok, strlen(ok), &dflt, &d, &err), TALLY_ERR_CONFIG);
+    cr_assert(strstr(err.message, "unknown key 'colour'"), "%s", err.message);
+}
+
 Test(catalog, every_bad_field_is_named) {
     parse_bad("[1]", "");
     parse_bad("{\"id\":", "");
@@ -125,6 +144,12 @@ Test(catalog, every_bad_field_is_named) {
     parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"source\":\"cli\"}", "source");
     parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"created_ms\":\"x\"}", "created_ms");
     parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"colour\":\"red\"}", "colour");
+    /* Keys may be any UTF-8: named only when id-shaped, never repeated else. */
+    parse_bad("{\"id\":\"p\",\"options\":[\"a\"],\"<b>\\u00e9\":1}", "");
+    parse_bad(
+        "{\"id\":\"p\",\"options\":[{\"id\":\"a\",\"\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9"
+        "\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\":1}]}",
+        "options[0]");
     parse_bad("{\"id\":\"p\",\"id\":\"q\",\"options\":[\"a\"]}", "");
     char title[400];
     memset(title, 'x', 300);

@@ -160,8 +160,10 @@ static void print_range(const char *what, const vlog_range_t *r, const char *aft
 
 static void verify_text(const vlog_examine_t *x) {
     const vlog_scan_t *s = &x->scan;
-    printf("%s: %llu bytes, %llu intact frames, %d partitions (META)\n", x->path,
-           (unsigned long long)s->size, (unsigned long long)s->frames, x->npartitions);
+    printf("%s: %llu bytes, %llu intact frames (and %llu commit frames, one a write), %d "
+           "partitions (META)\n",
+           x->path, (unsigned long long)s->size, (unsigned long long)s->frames,
+           (unsigned long long)s->commits, x->npartitions);
     if (x->live)
         printf("  in use by a running tally: bytes past the last frame may be a commit in "
                "flight\n");
@@ -169,8 +171,11 @@ static void verify_text(const vlog_examine_t *x) {
         printf("  partition %d: %llu frames\n", p, (unsigned long long)s->part_frames[p]);
     for (size_t k = 0; k < s->ndamage; k++) {
         char after[96];
-        snprintf(after, sizeof after, ", %llu intact frames after it",
-                 (unsigned long long)s->damage[k].frames_after);
+        if (s->damage[k].frames_after)
+            snprintf(after, sizeof after, ", %llu intact frames after it",
+                     (unsigned long long)s->damage[k].frames_after);
+        else /* only commit frames after it: its write was acknowledged */
+            snprintf(after, sizeof after, ", followed by the commit frame of its write");
         print_range("damage", &s->damage[k], after);
     }
     if (s->has_tail) {
@@ -210,12 +215,12 @@ static void verify_json(const vlog_examine_t *x) {
             json_boolean(s->tail.end - s->tail.start <= VLOG_MAX_WRITE && !tail_acked(x)));
     }
     json_t *jpath = json_string(x->path); /* NULL when the path is not UTF-8 */
-    json_t *o =
-        json_pack("{s:o,s:I,s:i,s:b,s:I,s:o,s:I,s:o,s:o,s:s}", "log",
-                  jpath ? jpath : json_string("(path is not valid UTF-8)"), "size",
-                  (json_int_t)s->size, "partitions", x->npartitions, "live", x->live, "frames",
-                  (json_int_t)s->frames, "frames_per_partition", pf, "valid_end",
-                  (json_int_t)s->valid_end, "damage", dmg, "tail", tail, "status", scan_status(x));
+    json_t *o = json_pack("{s:o,s:I,s:i,s:b,s:I,s:I,s:o,s:I,s:o,s:o,s:s}", "log",
+                          jpath ? jpath : json_string("(path is not valid UTF-8)"), "size",
+                          (json_int_t)s->size, "partitions", x->npartitions, "live", x->live,
+                          "frames", (json_int_t)s->frames, "commit_frames", (json_int_t)s->commits,
+                          "frames_per_partition", pf, "valid_end", (json_int_t)s->valid_end,
+                          "damage", dmg, "tail", tail, "status", scan_status(x));
     tally_assert(o != NULL);
     char *text = json_dumps(o, JSON_COMPACT);
     printf("%s\n", text);

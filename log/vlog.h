@@ -171,13 +171,14 @@ void vlog_reader_free(vlog_reader_t *r);
 
 typedef struct {
     uint64_t start, end;   /* the bad bytes [start, end) */
-    uint64_t frames_after; /* intact frames between end and the end of the scan */
+    uint64_t frames_after; /* intact record frames between end and the end of the scan */
     const char *why;       /* what the first bad frame failed (static text) */
 } vlog_range_t;
 
 typedef struct {
     uint64_t from, size;   /* scanned [from, size) */
-    uint64_t frames;       /* intact frames */
+    uint64_t frames;       /* intact frames of records (commit frames apart) */
+    uint64_t commits;      /* intact commit frames (one ends each group-commit write) */
     uint64_t *part_frames; /* [npartitions]: intact frames per partition */
     int npartitions;
     uint64_t valid_end;   /* end of the last intact frame (from when none) */

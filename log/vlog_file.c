@@ -1,9 +1,18 @@
 /* The embedded vote log: one append-only file, log.dir/votes.log, holding
  * the frames of every partition interleaved in commit order.
  *
- * Frame, little-endian: u32 len | u32 checksum | u16 partition | u16 0 |
+ * Frame, little-endian: u32 len | u32 checksum | u16 partition | u16 kind |
  * payload. The checksum is the low 32 bits of XXH3-64 of the payload seeded
- * with the length and the partition.
+ * with the length, the partition and the kind. Kind 0 is a record of the
+ * partition (a vote, a poll's history); kind 1 (FRAME_COMMIT, partition 0,
+ * an 8-byte payload: the round's record count) ends every group-commit
+ * write. Readers skip commit frames. They make a damaged last record of an
+ * acknowledged round visible: its bad bytes are followed by an intact
+ * commit frame, so they are damage (refused), not a torn tail (cut), which
+ * they looked like before (a bit flip in the last frame of the file). Logs
+ * of format 2, written before commit frames, have none and read as they
+ * did; the commit frames a format 3 tally appends to one are not needed
+ * for what came before them (see LOG_FORMAT).
  *
  * One writer thread does group commit: it takes every append queued since its
  * last round, writes them with one write(), fdatasyncs once, checks that
@@ -52,10 +61,18 @@
 #include "log/record.h"
 #include "log/vlog_int.h"
 
-#define LOG_FORMAT 2
+/* 3: group-commit writes end with a commit frame (kind 1); 2: none. A
+ * format 2 log is read as it is, and its META says 3 once this tally
+ * opens it for writing (an older tally then refuses it by META, not by
+ * the first commit frame it would call damage). */
+#define LOG_FORMAT 3
+#define LOG_FORMAT_OLDEST 2
 #define FRAME_HDR 12
 #define FRAME_MAX_PAYLOAD 65536
 #define FRAME_MAX (FRAME_HDR + FRAME_MAX_PAYLOAD)
+#define FRAME_COMMIT 1 /* kind: the end of one group-commit write */
+#define COMMIT_PAYLOAD 8
+#define COMMIT_FRAME (FRAME_HDR + COMMIT_PAYLOAD)
 #define MAX_WRITE VLOG_MAX_WRITE
 #define READ_CHUNK (1u << 20)
 #define CKPT_INTERVAL_MS 1000
@@ -131,8 +148,13 @@ typedef struct {
     uint8_t *buf;
 } freader_t;
 
-static uint32_t frame_sum(const uint8_t *p, uint32_t len, uint16_t partition) {
-    return (uint32_t)XXH3_64bits_withSeed(p, len, (uint64_t)len | (uint64_t)partition << 32);
+static uint32_t frame_sum(const uint8_t *p, uint32_t len, uint16_t partition, uint16_t kind) {
+    return (uint32_t)XXH3_64bits_withSeed(
+        p, len, (uint64_t)len | (uint64_t)partition << 32 | (uint64_t)kind << 48);
+}
+
+static int frame_is_commit(const uint8_t *p) {
+    return le_get16(p + 10) == FRAME_COMMIT;
 }
 
 /* Checks the frame at p (avail bytes there). Returns its total length, 0 when
@@ -141,18 +163,19 @@ static int64_t frame_check(const uint8_t *p, size_t avail, int npartitions, cons
     if (avail < FRAME_HDR)
         return 0;
     uint32_t len = le_get32(p);
-    uint16_t part = le_get16(p + 8);
+    uint16_t part = le_get16(p + 8), kind = le_get16(p + 10);
     if (len == 0 || len > FRAME_MAX_PAYLOAD) {
         *why = "bad frame length";
         return -1;
     }
-    if (part >= npartitions || le_get16(p + 10) != 0) {
+    if (part >= npartitions || kind > FRAME_COMMIT ||
+        (kind == FRAME_COMMIT && (part != 0 || len != COMMIT_PAYLOAD))) {
         *why = "bad frame header";
         return -1;
     }
     if (avail < FRAME_HDR + len)
         return 0;
-    if (frame_sum(p + FRAME_HDR, len, part) != le_get32(p + 4)) {
+    if (frame_sum(p + FRAME_HDR, len, part, kind) != le_get32(p + 4)) {
         *why = "checksum mismatch";
         return -1;
     }
@@ -254,8 +277,12 @@ static void scan_run(scan_src_t *src, uint64_t from, int np, vlog_scan_t *out) {
                 out->damage[out->ndamage++] = (vlog_range_t){bad_start, pos, 0, bad_why};
                 in_bad = 0;
             }
-            out->frames++;
-            out->part_frames[le_get16(p + 8)]++;
+            if (frame_is_commit(p)) {
+                out->commits++;
+            } else {
+                out->frames++;
+                out->part_frames[le_get16(p + 8)]++;
+            }
             pos += (uint64_t)n;
             out->valid_end = pos;
             continue;
@@ -325,12 +352,18 @@ int vlog_scan_clean(const vlog_scan_t *s) {
 static void scan_refusal(const vlog_scan_t *s, const char *path, char *errstr, size_t esz) {
     if (s->ndamage > 0) {
         const vlog_range_t *d = &s->damage[0];
+        char after[96];
+        if (d->frames_after)
+            snprintf(after, sizeof after, "with %llu intact frames after it",
+                     (unsigned long long)d->frames_after);
+        else /* only commit frames: its write was acknowledged */
+            snprintf(after, sizeof after, "followed by the commit frame of its write");
         snprintf(errstr, esz,
-                 "%s: %s at offset %llu (%llu bad bytes) with %llu intact frames after it: this "
-                 "is corruption, not a torn tail; refusing to open, nothing was changed (see "
-                 "`tally log verify` and `tally log salvage`)",
+                 "%s: %s at offset %llu (%llu bad bytes) %s: this is corruption, not a torn "
+                 "tail; refusing to open, nothing was changed (see `tally log verify` and `tally "
+                 "log salvage`)",
                  path, d->why, (unsigned long long)d->start,
-                 (unsigned long long)(d->end - d->start), (unsigned long long)d->frames_after);
+                 (unsigned long long)(d->end - d->start), after);
         return;
     }
     snprintf(errstr, esz,
@@ -400,8 +433,8 @@ static int ckpt_read(const char *dir, const char *id, int fd, const struct stat 
     if (!sum ||
         sscanf(text, "tally-ckpt %d %llu %llu %llx %159s%n", &fmt, &ino, &end, &head, cid,
                &idend) != 5 ||
-        text + idend != sum || strcmp(cid, id) != 0 || fmt != LOG_FORMAT ||
-        strtoull(sum + 1, NULL, 16) != XXH3_64bits(text, (size_t)(sum - text)))
+        text + idend != sum || strcmp(cid, id) != 0 || fmt < LOG_FORMAT_OLDEST ||
+        fmt > LOG_FORMAT || strtoull(sum + 1, NULL, 16) != XXH3_64bits(text, (size_t)(sum - text)))
         return 0;
     uint64_t size = (uint64_t)st->st_size;
     if (end >= FRAME_HDR && size >= FRAME_HDR && head != file_head(fd, size))
@@ -701,6 +734,17 @@ static void gather(flog_t *l) {
     gather_until(l, &ts);
 }
 
+/* Ends a round's write with its commit frame (see the top of the file). */
+static void commit_frame(buf_t *w, size_t n) {
+    uint8_t f[COMMIT_FRAME];
+    le_put64(f + FRAME_HDR, (uint64_t)n);
+    le_put32(f, COMMIT_PAYLOAD);
+    le_put32(f + 4, frame_sum(f + FRAME_HDR, COMMIT_PAYLOAD, 0, FRAME_COMMIT));
+    le_put16(f + 8, 0);
+    le_put16(f + 10, FRAME_COMMIT);
+    buf_append(w, f, sizeof f);
+}
+
 /* Broadcast outside rmu: a woken reader would only block on it again. */
 static void wake_readers(flog_t *l) {
     pthread_mutex_lock(&l->rmu);
@@ -801,6 +845,7 @@ static void *writer_main(void *arg) {
         l->nacks = 0;
         pthread_mutex_unlock(&l->mu);
 
+        commit_frame(&l->writing, n);
         vlog_err_t err = writer_round(l, n);
         last_ident = last_round = mono_ms();
         if (err == VLOG_OK) {
@@ -852,7 +897,7 @@ static vlog_err_t flog_append(vlog_t *base, int partition, const uint8_t *rec, s
         return VLOG_UNAVAIL;
     uint8_t hdr[FRAME_HDR];
     le_put32(hdr, (uint32_t)len);
-    le_put32(hdr + 4, frame_sum(rec, (uint32_t)len, (uint16_t)partition));
+    le_put32(hdr + 4, frame_sum(rec, (uint32_t)len, (uint16_t)partition, 0));
     le_put16(hdr + 8, (uint16_t)partition);
     le_put16(hdr + 10, 0);
     pthread_mutex_lock(&l->mu);
@@ -860,7 +905,8 @@ static vlog_err_t flog_append(vlog_t *base, int partition, const uint8_t *rec, s
         pthread_mutex_unlock(&l->mu);
         return VLOG_UNAVAIL;
     }
-    if (l->inflight >= l->max_pending || l->pending.len + FRAME_HDR + len > MAX_WRITE) {
+    if (l->inflight >= l->max_pending ||
+        l->pending.len + FRAME_HDR + len > MAX_WRITE - COMMIT_FRAME) {
         pthread_mutex_unlock(&l->mu);
         return VLOG_FULL;
     }
@@ -998,6 +1044,19 @@ static vlog_reader_t *flog_reader_new(vlog_t *base, const int *parts, const uint
     return &r->base;
 }
 
+/* Progress messages: nothing of the reader's partitions lies before to. */
+static void progress_to(freader_t *r, vlog_msg_cb *cb, void *arg, uint64_t to) {
+    for (int i = 0; i < r->n; i++) {
+        if (!r->done[i] && r->pos[i] < to) {
+            vlog_msg_t m = {r->parts[i], to, -1, NULL, 0};
+            if (cb(arg, &m) != 0)
+                r->done[i] = 1;
+            else
+                r->pos[i] = to;
+        }
+    }
+}
+
 static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int max, int timeout_ms,
                             char *errstr, size_t esz) {
     freader_t *r = (freader_t *)rb;
@@ -1029,8 +1088,16 @@ static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int m
             }
             if (n == 0)
                 break;
-            int i = r->mine[le_get16(r->buf + off + 8)];
             uint64_t at = r->scan + off, next = at + (uint64_t)n;
+            if (frame_is_commit(r->buf + off)) {
+                /* The end of a write: every partition is there, so a
+                 * consumer that stops at an end (replay, vlog_end_positions
+                 * taken between writes) reaches it exactly. */
+                progress_to(r, cb, arg, next);
+                off += (size_t)n;
+                continue;
+            }
+            int i = r->mine[le_get16(r->buf + off + 8)];
             if (i >= 0 && !r->done[i] && at >= r->pos[i]) {
                 vlog_msg_t m = {r->parts[i], next, -1, r->buf + off + FRAME_HDR,
                                 (size_t)n - FRAME_HDR};
@@ -1052,15 +1119,7 @@ static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int m
     }
     /* Nothing of these partitions lies before scan: say so, so that their
      * positions (and replay's end) advance past other partitions' frames. */
-    for (int i = 0; i < r->n; i++) {
-        if (!r->done[i] && r->pos[i] < r->scan) {
-            vlog_msg_t m = {r->parts[i], r->scan, -1, NULL, 0};
-            if (cb(arg, &m) != 0)
-                r->done[i] = 1;
-            else
-                r->pos[i] = r->scan;
-        }
-    }
+    progress_to(r, cb, arg, r->scan);
     if (delivered == 0 && timeout_ms > 0 && r->scan >= end) {
         struct timespec ts = deadline_in_ms(timeout_ms);
         pthread_mutex_lock(&l->rmu);
@@ -1149,11 +1208,30 @@ static int meta_write_new(const char *dir, int n, char *id, size_t idsz, tally_e
     return 0;
 }
 
-/* 1 with *n when META is there and of this format, 0 when there is none,
- * -1 with *err and errstr. id (may be NULL): the log id, "" for a META
- * without one. */
-static int meta_load(const char *dir, int *n, char *id, size_t idsz, tally_err_t *err, char *errstr,
-                     size_t esz) {
+/* Rewrites the META of an older format's log as this format's, keeping
+ * its partition count and id (none: a legacy log keeps none), before the
+ * first commit frame is written. */
+static int meta_upgrade(const char *dir, int n, const char *id, tally_err_t *err, char *errstr,
+                        size_t esz) {
+    char meta[4200], text[64 + VLOG_ID_MAX];
+    snprintf(meta, sizeof meta, "%s/META", dir);
+    int tn = id[0] ? vlog_file_meta_text(n, id, text, sizeof text)
+                   : snprintf(text, sizeof text, "tally-log %d partitions=%d\n", LOG_FORMAT, n);
+    if (write_file_atomic(meta, text, (size_t)tn, 1) != 0 || fsync_dir(dir) != 0) {
+        *err = TALLY_ERR_IO;
+        snprintf(errstr, esz, "%s: %s", meta, strerror(errno));
+        return -1;
+    }
+    log_info("log: %s: format %d now (group-commit writes end with a commit frame)", meta,
+             LOG_FORMAT);
+    return 0;
+}
+
+/* 1 with *n and *fmt when META is there and of a format this tally reads,
+ * 0 when there is none, -1 with *err and errstr. id (may be NULL): the log
+ * id, "" for a META without one. */
+static int meta_load(const char *dir, int *n, int *fmt_out, char *id, size_t idsz, tally_err_t *err,
+                     char *errstr, size_t esz) {
     char path[4200];
     snprintf(path, sizeof path, "%s/META", dir);
     FILE *f = fopen(path, "r");
@@ -1177,12 +1255,15 @@ static int meta_load(const char *dir, int *n, char *id, size_t idsz, tally_err_t
         snprintf(errstr, esz, "%s: not a tally log (unreadable META)", path);
         return -1;
     }
-    if (fmt != LOG_FORMAT) {
+    if (fmt < LOG_FORMAT_OLDEST || fmt > LOG_FORMAT) {
         *err = TALLY_ERR_STATE;
-        snprintf(errstr, esz, "%s: log format %d, this tally reads format %d", path, fmt,
-                 LOG_FORMAT);
+        snprintf(errstr, esz, "%s: log format %d, this tally reads formats %d to %d%s", path, fmt,
+                 LOG_FORMAT_OLDEST, LOG_FORMAT,
+                 fmt > LOG_FORMAT ? " (a newer tally wrote it: run that one)" : "");
         return -1;
     }
+    if (fmt_out)
+        *fmt_out = fmt;
     if (id)
         snprintf(id, idsz, "%s%s", mid[0] ? "file:" : "", mid);
     return 1;
@@ -1266,7 +1347,9 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
     }
     if (writing && (l->lockfd = lock_take(l->dir, err, errstr, esz)) < 0)
         goto fail;
-    if ((have_meta = meta_load(l->dir, &n, l->base.id, sizeof l->base.id, err, errstr, esz)) < 0)
+    int fmt = LOG_FORMAT;
+    if ((have_meta = meta_load(l->dir, &n, &fmt, l->base.id, sizeof l->base.id, err, errstr, esz)) <
+        0)
         goto fail;
     if (have_meta && n != l->base.npartitions) {
         *err = TALLY_ERR_CONFIG;
@@ -1339,6 +1422,10 @@ vlog_t *vlog_file_open(const tally_config_t *c, int flags, vlog_ack_cb *ack, tal
     atomic_store(&l->durable, (uint64_t)end);
     l->ckpt_end = l->end;
     l->head = file_head(l->fd, l->end); /* once: a checkpoint reads nothing */
+    if (writing && have_meta && fmt < LOG_FORMAT &&
+        meta_upgrade(l->dir, l->base.npartitions, l->base.id_legacy ? "" : l->base.id, err, errstr,
+                     esz) != 0)
+        goto fail;
     if (writing) {
         if (fsync_dir(l->dir) != 0) {
             *err = TALLY_ERR_IO;
@@ -1374,7 +1461,7 @@ tally_err_t vlog_file_examine(const tally_config_t *c, vlog_examine_t *x, char *
         return TALLY_ERR_STATE;
     }
     char id[VLOG_ID_MAX] = "";
-    int have = meta_load(c->log_dir, &x->npartitions, id, sizeof id, &err, errstr, esz);
+    int have = meta_load(c->log_dir, &x->npartitions, NULL, id, sizeof id, &err, errstr, esz);
     if (have < 0)
         goto fail;
     if (have == 0) {

@@ -3,8 +3,10 @@ the format's description (log/vlog_file.c's header comment, log/record.h),
 not from its code, so a bug there cannot hide here.
 
 votes.log frame, little-endian:
-    u32 len | u32 checksum | u16 partition | u16 0 | payload[len]
-    checksum = low 32 bits of XXH3-64(payload, seed = len | partition << 32)
+    u32 len | u32 checksum | u16 partition | u16 kind | payload[len]
+    checksum = low 32 bits of XXH3-64(payload, seed = len | partition << 32 | kind << 48)
+    kind 0: a record of the partition; kind 1 (log format 3): a commit frame,
+    partition 0, payload u64 = the records of the write it ends
 record v1 (the payload, also the Kafka message value):
     u8 version=1 | u8 flags | u64 ts_ms | u8 poll_len | poll |
     u8 option_len | option | u16 voter_len | voter
@@ -36,6 +38,7 @@ except ImportError:  # an interpreter other than Debian's (pyenv): same ABI?
 HAVE_XXHASH = xxhash is not None
 FRAME_HDR = 12
 FRAME_MAX_PAYLOAD = 65536
+KIND_RECORD, KIND_COMMIT = 0, 1
 RECORD_V1, RECORD_V2 = 1, 2
 TYPE_VOTE, TYPE_CONTROL = 1, 2
 F_VOTER_HMAC, F_IDEM = 0x01, 0x02
@@ -131,8 +134,8 @@ def decode_record(payload):
     return None if r[0] == "control" else r[1:6]
 
 
-def frame_checksum(payload, partition):
-    seed = len(payload) | (partition << 32)
+def frame_checksum(payload, partition, kind=KIND_RECORD):
+    seed = len(payload) | (partition << 32) | (kind << 48)
     return xxhash.xxh3_64_intdigest(payload, seed=seed) & 0xFFFFFFFF
 
 
@@ -147,23 +150,28 @@ class Scan:
     def __init__(self):
         self.records, self.valid_end, self.bad, self.intact_after = [], 0, None, 0
         self.controls = []  # (partition, offset, decode_any tuple) of control records
+        self.commits = 0  # commit frames (format 3: one ends each write)
+        self.commit_mismatch = []  # offsets of commit frames whose count is not the write's
 
 
 def check_frame(data, off, npartitions):
-    """Returns (total_len, partition, payload) of the intact frame at off, or
-    (None, why)."""
+    """Returns (total_len, partition, payload) of the intact frame at off
+    (partition None for a commit frame), or (None, why)."""
     if len(data) - off < FRAME_HDR:
         return None, "incomplete header"
-    length, csum, part, zero = struct.unpack_from("<IIHH", data, off)
+    length, csum, part, kind = struct.unpack_from("<IIHH", data, off)
     if length == 0 or length > FRAME_MAX_PAYLOAD:
         return None, "bad length"
-    if part >= npartitions or zero != 0:
+    if part >= npartitions or kind not in (KIND_RECORD, KIND_COMMIT) or (
+            kind == KIND_COMMIT and (part != 0 or length != 8)):
         return None, "bad header"
     if len(data) - off - FRAME_HDR < length:
         return None, "incomplete payload"
     payload = bytes(data[off + FRAME_HDR:off + FRAME_HDR + length])
-    if HAVE_XXHASH and frame_checksum(payload, part) != csum:
+    if HAVE_XXHASH and frame_checksum(payload, part, kind) != csum:
         return None, "checksum mismatch"
+    if kind == KIND_COMMIT:
+        return FRAME_HDR + length, None, payload
     try:
         decode_record(payload)
     except (ValueError, UnicodeDecodeError) as e:
@@ -175,12 +183,23 @@ def scan_bytes(data, npartitions, resync=True, start=0):
     """start: a frame boundary to begin at (bytes before it already read)."""
     s = Scan()
     off = start
+    in_write = 0  # frames since the last commit frame
+    seen_commit = False  # the first may follow a format 2 log's frames, or a start within a write
     while off < len(data):
         r = check_frame(data, off, npartitions)
         if r[0] is None:
             s.bad = (off, r[1])
             break
         n, part, payload = r
+        if part is None:
+            s.commits += 1
+            if seen_commit and struct.unpack("<Q", payload)[0] != in_write:
+                s.commit_mismatch.append(off)
+            seen_commit = True
+            in_write = 0
+            off += n
+            continue
+        in_write += 1
         vote = decode_record(payload)
         if vote is None:
             s.controls.append((part, off, decode_any(payload)))
@@ -212,6 +231,12 @@ def read_log(path, npartitions):
 def frame_bytes(payload, partition):
     """Encodes one frame (for the checker's self-test; needs xxhash)."""
     return struct.pack("<IIHH", len(payload), frame_checksum(payload, partition), partition, 0) + payload
+
+
+def commit_bytes(records):
+    """Encodes a commit frame ending a write of `records` frames."""
+    payload = struct.pack("<Q", records)
+    return struct.pack("<IIHH", 8, frame_checksum(payload, 0, KIND_COMMIT), 0, KIND_COMMIT) + payload
 
 
 def encode_record(ts_ms, poll, option, voter, version=RECORD_V2, key=None):

@@ -331,6 +331,9 @@ class Chaos:
         if s.bad and s.intact_after:
             raise Violation(f"after {what}: bad frame at {s.bad[0]} ({s.bad[1]}) followed by "
                             f"{s.intact_after} intact frames: a hole, not a torn tail")
+        if s.commit_mismatch:
+            raise Violation(f"after {what}: the commit frame at {s.commit_mismatch[0]} does not "
+                            f"count the records of its write")
         self.must_keep.append((what, data[:s.valid_end]))
         return f"{len(data)}B{'+torn' if s.bad else ''}"
 

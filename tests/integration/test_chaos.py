@@ -46,6 +46,26 @@ class Reader(unittest.TestCase):
         moved[8] = 2
         self.assertEqual(logreader.scan_bytes(bytes(moved), 4).bad, (0, "checksum mismatch"))
 
+    def test_commit_frames_are_skipped_counted_and_bound_by_their_kind(self):
+        a, b = frame("one", "a", "v1"), frame("free", "p", None, 3)
+        img = a + logreader.commit_bytes(1) + a + b + logreader.commit_bytes(2)
+        s = logreader.scan_bytes(img, 4)
+        self.assertIsNone(s.bad)
+        self.assertEqual((len(s.records), s.commits, s.commit_mismatch), (3, 2, []))
+        self.assertEqual(s.valid_end, len(img))
+        # A count that is not its write's is seen (the first commit frame may
+        # follow an older log's frames: only later ones are judged).
+        bad = a + logreader.commit_bytes(1) + a + b + logreader.commit_bytes(3)
+        self.assertEqual(logreader.scan_bytes(bad, 4).commit_mismatch, [len(a) + 20 + len(a) + len(b)])
+        # The checksum is seeded with the kind: a record cannot pass as a
+        # commit frame, nor the other way round.
+        c = bytearray(logreader.commit_bytes(1))
+        c[10] = 0
+        self.assertEqual(logreader.scan_bytes(a + bytes(c), 4).bad, (len(a), "checksum mismatch"))
+        r = bytearray(a)
+        r[10] = 1
+        self.assertEqual(logreader.scan_bytes(bytes(r), 4).bad, (0, "bad header"))
+
     def test_every_single_bit_flip_is_caught(self):
         img = frame("one", "a", "v1") + frame("chg", "x", "v2", 2)
         first = len(frame("one", "a", "v1"))

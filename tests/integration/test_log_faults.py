@@ -41,16 +41,23 @@ def control_frames(path):
     return len(all_frames(path)) - len(frames(path))
 
 
-def all_frames(path):
-    """(start, end, partition) of every frame of an intact log file."""
+def all_frames(path, commits=None):
+    """(start, end, partition) of every record frame of an intact log file;
+    the commit frames (kind 1, one ends each write) go to commits when
+    given, as (start, end)."""
     out = []
     with open(path, "rb") as f:
         data = f.read()
     at = 0
     while at + 12 <= len(data):
-        n, _, part, zero = struct.unpack_from("<IIHH", data, at)
-        assert 0 < n <= 65536 and zero == 0 and at + 12 + n <= len(data), f"not a frame at {at}"
-        out.append((at, at + 12 + n, part))
+        n, _, part, kind = struct.unpack_from("<IIHH", data, at)
+        assert 0 < n <= 65536 and kind in (0, 1) and at + 12 + n <= len(data), f"not a frame at {at}"
+        if kind == 1:
+            assert part == 0 and n == 8, f"a bad commit frame at {at}"
+            if commits is not None:
+                commits.append((at, at + 12 + n))
+        else:
+            out.append((at, at + 12 + n, part))
         at += 12 + n
     assert at == len(data), "trailing bytes"
     return out
@@ -141,14 +148,15 @@ class LogFaults(TallyTestCase):
         self.assertEqual(tree(self.logdir(t)), before_log, "tally run cut the log")
         self.assertEqual(tree(os.path.join(t.dir, "public")), before_pub)
 
-    def test_a_bit_flip_in_the_last_acknowledged_vote_is_refused_not_cut(self):
+    def test_a_bit_flip_at_the_end_of_an_acknowledged_write_is_refused_not_cut(self):
         """Votes in a burst, the writer idle, kill -9, then one bit of the
-        LAST frame flipped: bad bytes with nothing intact after them look
-        like a torn tail. Before, CHECKPOINT lagged the burst (written at
-        most once a second, never when idle), so the frame was cut as
-        "never acknowledged" and 5 of 6 votes answered 202 counted. Now an
-        idle writer brings CHECKPOINT up to date and a tail below it is
-        damage: tally run and tally replay refuse, nothing is cut."""
+        LAST frame of the file flipped (the commit frame of the last write):
+        bad bytes with nothing intact after them look like a torn tail.
+        Before, CHECKPOINT lagged the burst (written at most once a second,
+        never when idle), so the frame was cut as "never acknowledged" (5 of
+        6 votes counted, before commit frames). Now an idle writer brings
+        CHECKPOINT up to date and a tail below it is damage: tally run and
+        tally replay refuse, nothing is cut."""
         t = self.make(polls=POLLS)
         nosnap = ("-s", "engine.snapshot_interval_ms=600000")  # the engine reads the frame again
         t.start(*nosnap)
@@ -160,7 +168,10 @@ class LogFaults(TallyTestCase):
         size = os.path.getsize(self.votes(t))
         wait_until(lambda: ckpt_end(self.logdir(t)) == size, 5, "the idle writer's CHECKPOINT at the end")
         t.kill9()
-        fr = frames(self.votes(t))
+        commits = []
+        all_frames(self.votes(t), commits)
+        self.assertEqual(commits[-1][1], size, "the file ends with a commit frame")
+        fr = [commits[-1]]
         flip(self.votes(t), fr[-1][1] - 3)
         before_log, before_pub = tree(self.logdir(t)), tree(os.path.join(t.dir, "public"))
         r = t.replay()
@@ -178,15 +189,48 @@ class LogFaults(TallyTestCase):
         self.assertEqual(tree(self.logdir(t)), before_log, "tally run cut the log")
         self.assertEqual(t.published_counts("free"), {"p": 6, "q": 0})
 
+    def test_a_bit_flip_in_the_last_vote_before_a_kill_is_refused_without_a_checkpoint(self):
+        """The window CHECKPOINT cannot close: votes keep arriving, kill -9,
+        and CHECKPOINT is older than the last write (here: gone). One bit of
+        the last vote's frame flipped. Before commit frames nothing intact
+        followed it, so it was cut as a torn tail: a vote answered 202 gone
+        without a word. Now the commit frame of its write follows it intact:
+        damage, refused by tally run and replay, nothing cut."""
+        t = self.make(polls=POLLS)
+        t.start("-s", "engine.snapshot_interval_ms=600000")
+        for _ in range(6):
+            st, body = t.vote("free", "p")
+            self.assertEqual(st, 202, body)
+        t.kill9()
+        ckpt = os.path.join(self.logdir(t), "CHECKPOINT")
+        if os.path.exists(ckpt):  # often not written yet
+            os.remove(ckpt)
+        fr = frames(self.votes(t))
+        flip(self.votes(t), fr[-1][1] - 3)
+        before = tree(self.logdir(t))
+        r = t.replay()
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(f"checksum mismatch at offset {fr[-1][0]}", r.stderr)
+        self.assertIn("followed by the commit frame of its write", r.stderr)
+        r = self.tally("run", "-c", t.config, "-q", timeout=60)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"checksum mismatch at offset {fr[-1][0]}", r.stderr)
+        self.assertNotIn("dropping torn tail", r.stderr)
+        self.assertEqual(tree(self.logdir(t)), before, "tally run cut the log")
+        r = self.tally("log", "verify", "-c", t.config)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("followed by the commit frame of its write", r.stdout)
+
     def test_a_torn_tail_below_the_checkpoint_is_never_cut(self):
-        """CHECKPOINT covers the whole file; the last frame is damaged and
-        bytes follow it (as a torn write would leave). Before, the scan from
+        """CHECKPOINT covers the whole file; the last frame (a commit frame)
+        is damaged and bytes follow it (as a torn write would leave). Before, the scan from
         CHECKPOINT called it "not a frame boundary", rescanned, and cut the
         file below the end CHECKPOINT says was durable (5 of 6 counted)."""
         t = self.make(polls=POLLS)
         self.voted(t, 6)  # a clean stop writes CHECKPOINT at the end
-        fr = frames(self.votes(t))
-        flip(self.votes(t), fr[-1][1] - 3)
+        commits = []
+        all_frames(self.votes(t), commits)  # the last frame: the last write's commit frame
+        flip(self.votes(t), commits[-1][1] - 3)
         with open(self.votes(t), "ab") as f:
             f.write(b"\x17torn")
         before = tree(self.logdir(t))
@@ -330,7 +374,7 @@ class LogFaults(TallyTestCase):
         with open(os.path.join(out, "votes.log"), "rb") as f:
             self.assertEqual(f.read(), orig[:fr[1][0]] + orig[fr[1][1]:])
         with open(os.path.join(out, "META")) as f:
-            self.assertRegex(f.read(), r"^tally-log 2 partitions=4 id=file:[0-9a-f]{32}\n$")
+            self.assertRegex(f.read(), r"^tally-log 3 partitions=4 id=file:[0-9a-f]{32}\n$")
         # Refusals: an existing non-empty DIR, log.dir itself, usage.
         r = self.tally("log", "salvage", "-c", t.config, "--out", out)
         self.assertEqual(r.returncode, 2)
@@ -616,8 +660,13 @@ class LogIdentity(TallyTestCase):
         self.assertEqual(st, 202)
         t.wait_counts({"free": {"p": 7, "q": 4}})
         t.stop()
-        with open(meta) as f:
-            self.assertEqual(f.read(), "tally-log 2 partitions=4\n", "META of an old log rewritten")
+        with open(meta) as f:  # format 3 now (commit frames follow), still no id made up
+            self.assertEqual(f.read(), "tally-log 3 partitions=4\n", "META of an old log given an id")
+        data, scan = logreader.read_log(self.votes(t), 4)
+        self.assertIsNone(scan.bad)
+        self.assertGreaterEqual(scan.commits, 1, "the new write has no commit frame")
+        self.assertEqual(scan.commit_mismatch, [])
+        self.assertEqual(decoded_counts(self.votes(t)), {"p": 7, "q": 4})
         # The new snapshots name the log's legacy id and are used in turn.
         newer = [n for n in os.listdir(os.path.join(t.dir, "snap")) if int(n[5:21], 16) > 0x136]
         self.assertTrue(newer)

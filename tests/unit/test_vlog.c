@@ -21,6 +21,7 @@
 
 #define NPARTS 3 /* setup's log.partitions */
 #define FRAME_HDR 12
+#define LOG_FORMAT 3 /* what META and CHECKPOINT say now; 2: before commit frames */
 #define MAX_PAYLOAD 65536
 #define MAX_WRITE (16u << 20)
 
@@ -153,7 +154,12 @@ static void sync_wait_entered(void) {
 
 /* ---- the model: what votes.log should hold, frame by frame ----
  * Appends from one thread are committed in the order they were made, so the
- * file is the model's frames end to end. */
+ * file is the model's frames in order. Each group-commit write ends with a
+ * commit frame (kind 1, COMMIT_FRAME bytes), and where the rounds fall is
+ * the writer's to choose: model_sync reads the file (with this file's own
+ * parsing) and puts each model frame where it lies; frames not written yet
+ * follow the last one end to end. */
+#define COMMIT_FRAME (FRAME_HDR + 8)
 typedef struct {
     int p, i; /* payload(p, i) */
     uint64_t start, end;
@@ -161,6 +167,8 @@ typedef struct {
 
 static mframe_t *model;
 static int nmodel, capmodel;
+static uint64_t model_tail; /* the end of the commit frames after the last frame synced */
+static int model_synced;    /* model frames [0, model_synced) are where the file has them */
 
 static void setup(void) {
     dir = tmpdir_new();
@@ -178,7 +186,8 @@ static void setup(void) {
     atomic_store(&pwrite_fail, 0);
     atomic_store(&pwrite_partial, 0);
     atomic_store(&ftruncate_fail, 0);
-    nmodel = 0;
+    nmodel = model_synced = 0;
+    model_tail = 0;
     gate_open();
     sync_gate(0);
     tally_log_quiet = 1;
@@ -234,8 +243,81 @@ static size_t payload(int p, int i, uint8_t *out) {
     return n + pad;
 }
 
+static uint32_t get32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void model_sync(void) {
+    char *path = votes_path();
+    size_t len = 0;
+    uint8_t *f = (uint8_t *)file_read(path, &len);
+    free(path);
+    if (!f)
+        return;
+    uint64_t off = 0;
+    int j = 0;
+    uint8_t want[256];
+    while (off + FRAME_HDR <= len) {
+        uint32_t n = get32(f + off);
+        int part = f[off + 8] | f[off + 9] << 8, kind = f[off + 10] | f[off + 11] << 8;
+        if (off + FRAME_HDR + n > len)
+            break;
+        if (kind == 1) {
+            off += FRAME_HDR + n;
+            if (j == model_synced && j > 0)
+                model_tail = off;
+            continue;
+        }
+        /* By partition and length: a test's flipped payload bit moves nothing. */
+        if (j >= nmodel || part != model[j].p || n != payload(model[j].p, model[j].i, want))
+            break; /* not the model's (a damaged header, or frames a test wrote) */
+        model[j].start = off;
+        model[j].end = off += FRAME_HDR + n;
+        if (++j > model_synced) {
+            model_synced = j;
+            model_tail = off;
+        }
+    }
+    free(f);
+    for (int k = model_synced; k < nmodel; k++) {
+        model[k].start = k ? model[k - 1].end : 0;
+        if (k == model_synced && k > 0)
+            model[k].start = model_tail;
+        model[k].end = model[k].start + FRAME_HDR + payload(model[k].p, model[k].i, want);
+    }
+}
+
+/* The commit frames in votes.log, walked with this file's own parsing;
+ * every frame must parse, and the last one be a commit frame. */
+static int votes_commits(void) {
+    char *path = votes_path();
+    size_t len = 0;
+    uint8_t *f = (uint8_t *)file_read(path, &len);
+    free(path);
+    int n = 0, last_kind = -1;
+    uint64_t off = 0;
+    while (f && off + FRAME_HDR <= len) {
+        uint32_t plen = get32(f + off);
+        last_kind = f[off + 10] | f[off + 11] << 8;
+        if (last_kind == 1) {
+            cr_assert_eq(plen, 8, "a commit frame of %u bytes", plen);
+            n++;
+        }
+        off += FRAME_HDR + plen;
+    }
+    cr_assert_eq(off, len, "frames do not fill votes.log");
+    cr_assert(len == 0 || last_kind == 1, "votes.log does not end with a commit frame");
+    free(f);
+    return n;
+}
+
+/* Where the model's frames end in the file: the last one's end, and the
+ * commit frame after it once written. */
 static uint64_t model_end(void) {
-    return nmodel ? model[nmodel - 1].end : 0;
+    model_sync();
+    if (!nmodel)
+        return 0;
+    return model_synced == nmodel ? model_tail : model[nmodel - 1].end;
 }
 
 static void model_add(int p, int i) {
@@ -244,13 +326,17 @@ static void model_add(int p, int i) {
         capmodel = capmodel ? capmodel * 2 : 256;
         model = xrealloc(model, sizeof *model * (size_t)capmodel);
     }
-    uint64_t start = model_end();
+    /* Where it would go after the frames known so far: model_sync knows. */
+    uint64_t start = nmodel ? model[nmodel - 1].end : 0;
+    if (nmodel && nmodel == model_synced)
+        start = model_tail;
     model[nmodel++] = (mframe_t){p, i, start, start + FRAME_HDR + payload(p, i, b)};
 }
 
 /* The first k frames of the model that belong to partition p end here
  * (0 for k == 0). */
 static uint64_t model_part_end(int p, int k) {
+    model_sync();
     uint64_t end = 0;
     for (int j = 0; j < nmodel && k > 0; j++)
         if (model[j].p == p) {
@@ -263,6 +349,7 @@ static uint64_t model_part_end(int p, int k) {
 
 /* Index of the model frame that starts at off. */
 static int model_at(uint64_t off) {
+    model_sync();
     for (int j = 0; j < nmodel; j++)
         if (model[j].start == off)
             return j;
@@ -309,6 +396,7 @@ static void append_interleaved(vlog_t *l, int np, int rounds) {
 
 static void flush_ok(vlog_t *l) {
     cr_assert_eq(vlog_flush(l, 10000 * TMOUT_MULT), 0, "flush timed out");
+    model_sync();
 }
 
 static uint64_t durable_end(vlog_t *l) {
@@ -447,6 +535,7 @@ static void read_all(vlog_t *l, const uint64_t *pos, sink_t *s) {
  * start at or after from, in order, with next_pos the offset after each
  * frame in the shared file. Returns how many. */
 static int expect_part_from(const sink_t *s, int p, uint64_t from) {
+    model_sync();
     uint8_t want[256];
     int k = 0, n = 0;
     for (int j = 0; j < nmodel; j++) {
@@ -555,10 +644,10 @@ static long long ckpt_get(void) {
     if (!text)
         return -1;
     unsigned long long ino, end;
-    cr_assert_eq(sscanf(text, "tally-ckpt 2 %llu %llu", &ino, &end), 2, "CHECKPOINT: '%s'", text);
+    cr_assert_eq(sscanf(text, "tally-ckpt 3 %llu %llu", &ino, &end), 2, "CHECKPOINT: '%s'", text);
     cr_assert_eq(ino, votes_ino(), "CHECKPOINT of another inode");
     char want[320];
-    ckpt_text(want, sizeof want, 2, end);
+    ckpt_text(want, sizeof want, LOG_FORMAT, end);
     cr_assert_str_eq(text, want);
     free(text);
     return (long long)end;
@@ -934,7 +1023,8 @@ Test(vlog, append_rejects_bad_arguments) {
     cr_assert_eq(vlog_append(l, NPARTS - 1, big, MAX_PAYLOAD, NULL, NULL), VLOG_OK);
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_ok), 1, "rejected appends were acknowledged");
-    cr_assert_eq(votes_size(), FRAME_HDR + MAX_PAYLOAD, "rejected appends left bytes");
+    cr_assert_eq(votes_size(), FRAME_HDR + MAX_PAYLOAD + COMMIT_FRAME,
+                 "rejected appends left bytes");
     sink_t s = {.decline_at = -1};
     read_all(l, NULL, &s);
     cr_assert_eq(s.n, 1);
@@ -1561,14 +1651,14 @@ Test(vlog, full_when_16mib_queued_in_total) {
     while ((err = vlog_append(l, 0, big, sizeof big, NULL, NULL)) == VLOG_OK)
         ok++;
     cr_assert_eq(err, VLOG_FULL);
-    /* 16 MiB / (12 + 64 KiB) frames */
+    /* 16 MiB, less the round's commit frame, / (12 + 64 KiB) frames */
     const uint32_t frame = FRAME_HDR + MAX_PAYLOAD;
-    cr_assert_eq(ok, (int)(MAX_WRITE / frame));
+    cr_assert_eq(ok, (int)((MAX_WRITE - COMMIT_FRAME) / frame));
     /* The bound is on the whole round, not per partition: another
      * partition is full too... */
     cr_assert_eq(vlog_append(l, 1, big, sizeof big, NULL, NULL), VLOG_FULL);
     /* ...but what still fits, fits, exactly up to 16 MiB... */
-    size_t rest = MAX_WRITE - (size_t)ok * frame - FRAME_HDR;
+    size_t rest = MAX_WRITE - COMMIT_FRAME - (size_t)ok * frame - FRAME_HDR;
     cr_assert_eq(vlog_append(l, 2, big, rest + 1, NULL, NULL), VLOG_FULL);
     cr_assert_eq(vlog_append(l, 2, big, rest, NULL, NULL), VLOG_OK);
     /* ...and not one byte more. */
@@ -1577,7 +1667,9 @@ Test(vlog, full_when_16mib_queued_in_total) {
     flush_ok(l);
     cr_assert_eq(atomic_load(&acks_ok), (unsigned long)ok + 2);
     cr_assert_eq(atomic_load(&acks_bad), 0);
-    cr_assert_eq(votes_size(), (long long)(FRAME_HDR + 4) + MAX_WRITE);
+    /* The first round (4 bytes and its commit frame), then exactly 16 MiB. */
+    const uint64_t first = FRAME_HDR + 4 + COMMIT_FRAME;
+    cr_assert_eq(votes_size(), (long long)(first + MAX_WRITE));
 
     /* All of it reads back, the round's frames in order. */
     int parts[NPARTS] = {0, 1, 2};
@@ -1588,11 +1680,11 @@ Test(vlog, full_when_16mib_queued_in_total) {
     for (int k = 1; k <= ok; k++) {
         cr_assert_eq(s.msgs[k].partition, 0);
         cr_assert_eq(s.msgs[k].len, (size_t)MAX_PAYLOAD);
-        cr_assert_eq(s.msgs[k].next_pos, FRAME_HDR + 4 + (uint64_t)k * frame);
+        cr_assert_eq(s.msgs[k].next_pos, first + (uint64_t)k * frame);
     }
     cr_assert_eq(s.msgs[ok + 1].partition, 2);
     cr_assert_eq(s.msgs[ok + 1].len, rest);
-    cr_assert_eq(s.msgs[ok + 1].next_pos, (uint64_t)votes_size());
+    cr_assert_eq(s.msgs[ok + 1].next_pos, (uint64_t)votes_size() - COMMIT_FRAME);
     cr_assert_eq(s.pos[1], (uint64_t)votes_size());
     sink_free(&s);
     vlog_reader_free(r);
@@ -1675,11 +1767,13 @@ Test(vlog, concurrent_appenders) {
     cr_assert_null(why, "%s", why);
     for (int p = 0; p < NPARTS; p++)
         cr_assert_eq(sink_count(&s, p), appended_to(p));
-    /* The frames fill the file end to end. */
+    /* The frames and a commit frame per write fill the file end to end. */
     uint64_t size = 0;
     for (int k = 0; k < s.n; k++)
         size += FRAME_HDR + s.msgs[k].len;
-    cr_assert_eq(size, (uint64_t)votes_size());
+    int commits = votes_commits();
+    cr_assert_gt(commits, 0);
+    cr_assert_eq(size + (uint64_t)commits * COMMIT_FRAME, (uint64_t)votes_size());
     sink_free(&s);
     vlog_close(l);
 }
@@ -1868,53 +1962,72 @@ Test(vlog, torn_tail_header_promising_more) {
     expect_recovered(25);
 }
 
+static void expect_refused(tally_err_t want, const char *n1, const char *n2);
+
+/* Reopens after a cut or a flip: the file ends at `size` and holds the
+ * first `records` records of prepare_closed_log (partition 1's five and
+ * partition 0's rest). */
+static void expect_kept(uint64_t size, int records, const char *what, uint64_t at) {
+    int keep = nmodel;
+    nmodel = records;
+    vlog_t *l = open_rw();
+    cr_assert_eq((uint64_t)votes_size(), size, "%s at %llu: size %lld, want %llu", what,
+                 (unsigned long long)at, votes_size(), (unsigned long long)size);
+    sink_t s = {.decline_at = -1};
+    read_all(l, NULL, &s);
+    expect_partition(&s, 0, records - 5);
+    expect_partition(&s, 1, 5);
+    sink_free(&s);
+    vlog_close(l);
+    nmodel = keep;
+}
+
+/* The last write, cut at every length (a torn write): what reached the
+ * file intact stays, the rest is cut. The last record cut short is cut
+ * away; with it whole and its commit frame cut short, the record stays (a
+ * write that had not been acknowledged, as any intact frame past the last
+ * commit). */
 Test(vlog, torn_tail_last_frame_cut_at_every_length) {
     prepare_closed_log();
     char *f = votes_path();
     size_t len;
     char *orig = file_read(f, &len);
-    uint64_t last = model[nmodel - 2].end;
+    uint64_t rec = model[nmodel - 1].start, rec_end = model[nmodel - 1].end;
     cr_assert_eq(len, model_end());
-    nmodel--; /* what every cut leaves */
-    for (uint64_t cut = last; cut < len; cut++) {
+    cr_assert_eq(len, rec_end + COMMIT_FRAME, "the file ends with the last write's commit frame");
+    for (uint64_t cut = rec; cut < len; cut++) {
         file_write(f, orig, (size_t)cut);
-        vlog_t *l = open_rw();
-        cr_assert_eq((uint64_t)votes_size(), last, "cut at %llu", (unsigned long long)cut);
-        sink_t s = {.decline_at = -1};
-        read_all(l, NULL, &s);
-        expect_partition(&s, 0, 19);
-        expect_partition(&s, 1, 5);
-        sink_free(&s);
-        vlog_close(l);
+        if (cut < rec_end)
+            expect_kept(rec, 24, "cut", cut);
+        else
+            expect_kept(rec_end, 25, "cut", cut);
     }
-    file_write(f, orig, (size_t)last + 5);
+    file_write(f, orig, (size_t)rec + 5);
     expect_recovered(24);
     free(orig);
     free(f);
 }
 
-Test(vlog, torn_tail_any_byte_of_last_frame_flipped) {
+/* A bit flipped in the last record of an acknowledged write is damage: the
+ * commit frame after it is intact, so it is not a torn write, and the log
+ * refuses to open (it used to cut the record: an acknowledged vote gone).
+ * A bit flipped in the commit frame that ends the file is a torn tail: the
+ * commit frame alone is cut, every record stays. */
+Test(vlog, a_flip_in_the_last_record_is_damage_and_in_its_commit_frame_a_torn_tail) {
     prepare_closed_log();
     char *f = votes_path();
     size_t len;
     char *orig = file_read(f, &len);
-    uint64_t last = model[nmodel - 2].end;
-    nmodel--; /* what every flip leaves */
-    for (uint64_t at = last; at < len; at++) {
+    uint64_t rec = model[nmodel - 1].start, rec_end = model[nmodel - 1].end;
+    cr_assert_eq(len, rec_end + COMMIT_FRAME);
+    for (uint64_t at = rec; at < len; at++) {
         file_write(f, orig, len);
         file_flip_byte(f, (long long)at);
-        vlog_t *l = open_rw();
-        cr_assert_eq((uint64_t)votes_size(), last, "flip at %llu not cut", (unsigned long long)at);
-        sink_t s = {.decline_at = -1};
-        read_all(l, NULL, &s);
-        expect_partition(&s, 0, 19);
-        expect_partition(&s, 1, 5);
-        sink_free(&s);
-        vlog_close(l);
+        if (at < rec_end)
+            expect_refused(TALLY_ERR_CORRUPT, "followed by the commit frame of its write", NULL);
+        else
+            expect_kept(rec_end, 25, "flip", at);
     }
-    file_write(f, orig, len);
-    file_flip_byte(f, -1);
-    expect_recovered(24);
     free(orig);
     free(f);
 }
@@ -1935,7 +2048,7 @@ Test(vlog, a_frame_moved_to_another_partition_fails_its_checksum) {
      * hands (and count votes in another shard). */
     prepare_closed_log();
     votes_set_partition(model[nmodel - 1].start, 1);
-    expect_recovered(24);
+    expect_refused(TALLY_ERR_CORRUPT, "checksum mismatch", "commit frame");
 }
 
 /* Opening refuses (writer and read-only alike) with class want and an
@@ -2529,7 +2642,7 @@ Test(vlog, meta_partition_count_is_fixed) {
     char *text = file_read(meta, &len);
     char want[256];
     snprintf(want, sizeof want, "%s", text);
-    cr_assert_eq(strncmp(text, "tally-log 2 partitions=4 id=file:", 33), 0, "%s", text);
+    cr_assert_eq(strncmp(text, "tally-log 3 partitions=4 id=file:", 33), 0, "%s", text);
     free(text);
 
     conf->log_partitions = 2;
@@ -2565,7 +2678,7 @@ Test(vlog, format_1_log_is_refused) {
     char err[1024] = "";
     cr_assert_null(vlog_open(conf, VLOG_F_WRITE | VLOG_F_READ, on_ack, NULL, err, sizeof err));
     cr_assert_not_null(strstr(err, "format 1"), "%s", err);
-    cr_assert_not_null(strstr(err, "format 2"), "%s", err);
+    cr_assert_not_null(strstr(err, "formats 2 to 3"), "%s", err);
     cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, NULL, err, sizeof err));
     char *text = file_read(meta, NULL);
     cr_assert_str_eq(text, "tally-log 1 partitions=3\n");
@@ -2598,7 +2711,7 @@ Test(vlog, missing_meta_with_an_existing_log_is_refused) {
     conf->log_partitions = 4;
     cr_assert_null(vlog_open(conf, VLOG_F_READ, on_ack, NULL, err, sizeof err));
     /* Restored as the error says (no id), it opens with a legacy id, and
-     * META is left as written. */
+     * META keeps it so (a writer says format 3, no id made up). */
     file_write_str(meta, "tally-log 2 partitions=4\n");
     l = open_rw();
     cr_assert_eq(strncmp(vlog_id(l), "legacy:", 7), 0, "%s", vlog_id(l));
@@ -2608,7 +2721,7 @@ Test(vlog, missing_meta_with_an_existing_log_is_refused) {
     sink_free(&s);
     vlog_close(l);
     char *text = file_read(meta, NULL);
-    cr_assert_str_eq(text, "tally-log 2 partitions=4\n");
+    cr_assert_str_eq(text, "tally-log 3 partitions=4\n");
     free(text);
     free(meta);
 }
@@ -2646,7 +2759,8 @@ Test(vlog, a_new_log_gets_a_random_id_kept_across_opens) {
 }
 
 /* A META of the tally before ids, over a log with votes: read as it is
- * (never rewritten), the id derived from the first frame header. */
+ * (never given an id; a writer only says the format now has commit
+ * frames), the id derived from the first frame header. */
 Test(vlog, old_meta_without_id_is_read_as_it_is) {
     conf->log_partitions = 2;
     vlog_t *l = open_rw();
@@ -2666,7 +2780,7 @@ Test(vlog, old_meta_without_id_is_read_as_it_is) {
     flush_ok(l);
     vlog_close(l);
     char *text = file_read(meta, NULL);
-    cr_assert_str_eq(text, "tally-log 2 partitions=2\n", "META of an old log rewritten");
+    cr_assert_str_eq(text, "tally-log 3 partitions=2\n", "META of an old log given an id");
     free(text);
     /* Deterministic: the same id read-only and again. */
     l = open_log(VLOG_F_READ);

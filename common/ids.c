@@ -29,6 +29,11 @@ int voter_valid(const char *s, size_t len) {
         unsigned char c = (unsigned char)s[i];
         if (c < 0x20 || c == 0x7f)
             return 0;
+        /* U+0080-U+009F (C1 controls, as UTF-8 C2 80..C2 9F): a voter id
+         * shown in a tool or a log must not carry NEL or CSI. */
+        if (c == 0xc2 && i + 1 < len && (unsigned char)s[i + 1] >= 0x80 &&
+            (unsigned char)s[i + 1] <= 0x9f)
+            return 0;
     }
     return 1;
 }

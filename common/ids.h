@@ -9,7 +9,8 @@
 
 /* Poll and option ids: 1-64 chars of [A-Za-z0-9_-]. */
 int id_valid(const char *s, size_t len);
-/* Voter ids: 1-256 bytes, no control characters (UTF-8 allowed). */
+/* Voter ids: 1-256 bytes, no control characters (C0, DEL, C1: U+0080-U+009F
+ * as UTF-8; other UTF-8 allowed). */
 int voter_valid(const char *s, size_t len);
 /* How a message names the poll or option id s a request gave: 'id' when
  * well-formed, else a phrase, so that an error message never repeats

@@ -313,6 +313,13 @@ Test(vote, rejects_control_characters_in_voters) {
     refused(one, "{\"option\":\"red\",\"voter\":\"a\\nb\"}", 400, "invalid_field");
     refused(one, "{\"option\":\"red\",\"voter\":\"a\\u007fb\"}", 400, "invalid_field");
     refused(one, "{\"option\":\"red\",\"voter\":\"a\x7f\"}", 400, "invalid_field");
+    /* C1 controls too (NEL, CSI), escaped or raw UTF-8; the letters next to
+     * them in Latin-1 Supplement are fine. */
+    refused(one, "{\"option\":\"red\",\"voter\":\"a\\u0085b\"}", 400, "invalid_field");
+    refused(one, "{\"option\":\"red\",\"voter\":\"a\xc2\x9b[2J\"}", 400, "invalid_field");
+    refused(one, "{\"option\":\"red\",\"voter\":\"\xc2\x80\"}", 400, "invalid_field");
+    cr_assert(voter_valid("\xc2\xa0x\xc3\xa9", 5), "U+00A0 and U+00E9 are not controls");
+    cr_assert(!voter_valid("x\xc2\x9f", 3));
 }
 
 Test(vote, unknown_option_is_422_and_named) {

@@ -229,7 +229,7 @@ static void put_head(http_conn_t *c, int status, const char *ctype, const char *
         out_str(c, "\r\nContent-Type: ");
         out_str(c, ctype);
     }
-    if (status != 304) { /* a 304 has no content, so no length to give */
+    if (status != 304 && len != (uint64_t)HTTP_LEN_UNKNOWN) { /* a 304 has no content */
         out_str(c, "\r\nContent-Length: ");
         out_uint(c, len);
     }
@@ -246,6 +246,7 @@ static void put_head(http_conn_t *c, int status, const char *ctype, const char *
 void http_conn_reply(http_conn_t *c, int status, const char *content_type,
                      const char *extra_headers, const void *body, size_t len) {
     tally_assert(c->state != S_IDLE); /* one answer per request */
+    tally_assert(len != HTTP_LEN_UNKNOWN || c->head);
     if (status == 304)
         len = 0;
     put_head(c, status, content_type, extra_headers, len);

@@ -113,7 +113,10 @@ void http_conn_free(http_conn_t *c);
 
 /* Answers the current request. extra_headers is NULL or complete lines
  * ("Allow: GET\r\n"). body is copied; HEAD gets its Content-Length only.
- * A 304 is sent with neither Content-Length nor body (RFC 9110 15.4.5). */
+ * A 304 is sent with neither Content-Length nor body (RFC 9110 15.4.5).
+ * len HTTP_LEN_UNKNOWN (a HEAD only): no Content-Length, the GET's is not
+ * known (a stream). */
+#define HTTP_LEN_UNKNOWN ((size_t)-1)
 void http_conn_reply(http_conn_t *c, int status, const char *content_type,
                      const char *extra_headers, const void *body, size_t len);
 /* {"error":code,"message":msg}; msg may hold any bytes, it is escaped so the

@@ -387,7 +387,9 @@ void sse_subscribe(worker_t *w, http_conn_t *c, const http_req_t *r, const char 
     }
     if (r->head) { /* HEAD: the head of a stream, no stream */
         atomic_fetch_sub(&in->sse.nsubs, 1);
-        http_conn_reply(c, 200, "text/event-stream", "Cache-Control: no-store\r\n", NULL, 0);
+        /* No Content-Length: a GET's stream has none to tell. */
+        http_conn_reply(c, 200, "text/event-stream", "Cache-Control: no-store\r\n", NULL,
+                        HTTP_LEN_UNKNOWN);
         return;
     }
     pthread_mutex_lock(&in->sse.mu);

@@ -252,7 +252,14 @@ class SSE(TallyTestCase):
         # The server learns of a close when it reads the FIN: until then the
         # cap is still full and a HEAD is 503 (seen under TSan).
         wait_until(lambda: sample(scrape(t), "tally_sse_subscribers") == 0, 5, "closed streams to be counted off")
-        self.assertEqual(t.request("HEAD", "/v1/polls/free/events")[0], 200)
+        conn = t.connect()
+        self.assertEqual(t.request("HEAD", "/v1/polls/free/events", conn=conn)[0], 200)
+        # A stream has no length to tell (it was "Content-Length: 0", which
+        # says a GET's body is empty); the connection stays usable.
+        self.assertNotIn("content-length", {k.lower() for k in t.last_headers})
+        self.assertEqual(t.last_headers.get("Content-Type"), "text/event-stream")
+        self.assertEqual(t.request("GET", "/healthz", conn=conn)[0], 200)
+        conn.close()
         for _ in range(10):  # reset before or while subscribing
             s = socket.create_connection(("127.0.0.1", t.port))
             s.sendall(b"GET /v1/polls/free/events HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -249,7 +249,7 @@ tally_err_t poll_def_from_json(const char *json, size_t len, const poll_def_defa
     const char *k;
     json_t *v;
     json_object_foreach(root, k, v) {
-        uint64_t u;
+        uint64_t u = 0;
         int e;
         if (!strcmp(k, "id"))
             rc = get_id(v, "id", &d->id, err);

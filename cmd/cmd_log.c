@@ -175,7 +175,8 @@ static void verify_text(const vlog_examine_t *x) {
             snprintf(after, sizeof after, ", %llu intact frames after it",
                      (unsigned long long)s->damage[k].frames_after);
         else /* only commit frames after it: its write was acknowledged */
-            snprintf(after, sizeof after, ", followed by the commit frame of its write");
+            snprintf(after, sizeof after,
+                     ", only commit frames after it (its write was acknowledged)");
         print_range("damage", &s->damage[k], after);
     }
     if (s->has_tail) {

@@ -356,8 +356,10 @@ static void scan_refusal(const vlog_scan_t *s, const char *path, char *errstr, s
         if (d->frames_after)
             snprintf(after, sizeof after, "with %llu intact frames after it",
                      (unsigned long long)d->frames_after);
-        else /* only commit frames: its write was acknowledged */
-            snprintf(after, sizeof after, "followed by the commit frame of its write");
+        else /* only commit frames after it: its write was acknowledged */
+            snprintf(after, sizeof after,
+                     "with only commit frames after it (its write was "
+                     "acknowledged)");
         snprintf(errstr, esz,
                  "%s: %s at offset %llu (%llu bad bytes) %s: this is corruption, not a torn "
                  "tail; refusing to open, nothing was changed (see `tally log verify` and `tally "
@@ -1089,15 +1091,13 @@ static int flog_reader_poll(vlog_reader_t *rb, vlog_msg_cb *cb, void *arg, int m
             if (n == 0)
                 break;
             uint64_t at = r->scan + off, next = at + (uint64_t)n;
-            if (frame_is_commit(r->buf + off)) {
-                /* The end of a write: every partition is there, so a
-                 * consumer that stops at an end (replay, vlog_end_positions
-                 * taken between writes) reaches it exactly. */
-                progress_to(r, cb, arg, next);
-                off += (size_t)n;
-                continue;
-            }
-            int i = r->mine[le_get16(r->buf + off + 8)];
+            /* A commit frame is skipped: the progress message at the end of
+             * the poll takes every partition past it. (Not one at each: a
+             * log of one vote a write made a message per write and
+             * partition, each kept by the engine until the poll ended.) A
+             * consumer that stops at an end taken between writes gets a
+             * message past it, as before, and counts itself there. */
+            int i = frame_is_commit(r->buf + off) ? -1 : r->mine[le_get16(r->buf + off + 8)];
             if (i >= 0 && !r->done[i] && at >= r->pos[i]) {
                 vlog_msg_t m = {r->parts[i], next, -1, r->buf + off + FRAME_HDR,
                                 (size_t)n - FRAME_HDR};

@@ -151,7 +151,13 @@ class Scan:
         self.records, self.valid_end, self.bad, self.intact_after = [], 0, None, 0
         self.controls = []  # (partition, offset, decode_any tuple) of control records
         self.commits = 0  # commit frames (format 3: one ends each write)
-        self.commit_mismatch = []  # offsets of commit frames whose count is not the write's
+        self.last_commit_end = 0  # the offset after the last commit frame (0: none)
+        # Offsets of commit frames counting more records than lie between
+        # them and the commit frame before: records of an acknowledged write
+        # gone. (Fewer is no fault: a kill -9 within a write can leave some
+        # of its records whole and no commit frame; they stay, unacknowledged,
+        # and the next commit frame counts its own write only.)
+        self.commit_mismatch = []
 
 
 def check_frame(data, off, npartitions):
@@ -193,8 +199,9 @@ def scan_bytes(data, npartitions, resync=True, start=0):
         n, part, payload = r
         if part is None:
             s.commits += 1
-            if seen_commit and struct.unpack("<Q", payload)[0] != in_write:
+            if seen_commit and struct.unpack("<Q", payload)[0] > in_write:
                 s.commit_mismatch.append(off)
+            s.last_commit_end = off + n
             seen_commit = True
             in_write = 0
             off += n

@@ -332,8 +332,8 @@ class Chaos:
             raise Violation(f"after {what}: bad frame at {s.bad[0]} ({s.bad[1]}) followed by "
                             f"{s.intact_after} intact frames: a hole, not a torn tail")
         if s.commit_mismatch:
-            raise Violation(f"after {what}: the commit frame at {s.commit_mismatch[0]} does not "
-                            f"count the records of its write")
+            raise Violation(f"after {what}: the commit frame at {s.commit_mismatch[0]} counts more "
+                            f"records than its write holds")
         self.must_keep.append((what, data[:s.valid_end]))
         return f"{len(data)}B{'+torn' if s.bad else ''}"
 
@@ -357,7 +357,11 @@ class Chaos:
         if len(s.records) < 3:
             self.start()
             return "flip(skipped: log too short)"
-        j = rng.randrange(len(s.records) - 1)  # never the last intact frame
+        # Never the last intact frame of the file, which a torn write could
+        # have left: the last record only when a commit frame follows it
+        # (the write was acknowledged; its flip is damage, not a torn tail).
+        last_committed = s.last_commit_end > s.records[-1].offset
+        j = rng.randrange(len(s.records) if last_committed else len(s.records) - 1)
         rec = s.records[j]
         at = rng.randrange(rec.offset, rec.end)
         bit = rng.randrange(8)

@@ -57,6 +57,11 @@ class Reader(unittest.TestCase):
         # follow an older log's frames: only later ones are judged).
         bad = a + logreader.commit_bytes(1) + a + b + logreader.commit_bytes(3)
         self.assertEqual(logreader.scan_bytes(bad, 4).commit_mismatch, [len(a) + 20 + len(a) + len(b)])
+        # Records of a write a kill -9 tore (no commit frame) before the next
+        # write's: fewer counted than lie there is no fault.
+        orphans = a + logreader.commit_bytes(1) + a + b + a + logreader.commit_bytes(1)
+        s = logreader.scan_bytes(orphans, 4)
+        self.assertEqual((s.commit_mismatch, s.last_commit_end), ([], len(orphans)))
         # The checksum is seeded with the kind: a record cannot pass as a
         # commit frame, nor the other way round.
         c = bytearray(logreader.commit_bytes(1))
